@@ -1,0 +1,208 @@
+"""Training configuration: the single home of defaults, validated on construction.
+
+`TrainConfig` holds what a user can set; fields left `None` are resolved per
+architecture by `TrainConfig.resolved()` from `ARCH_DEFAULTS`, so
+`scripts/train.py --arch A` with no other flag gives a good model in reasonable
+time. Invalid values raise `ConfigError` naming the field, the allowed values and
+what was received.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from pathlib import Path
+
+from kmnist_lab.errors import ConfigError
+
+BACKENDS = ("tensorflow", "jax", "torch")
+JIT_POLICIES = ("auto", "on", "off")
+LR_SCHEDULES = ("constant", "step", "cosine")
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchDefaults:
+    """Per-architecture defaults (measured on mnist_5k, 2 CPU cores; see README)."""
+
+    epochs: int
+    batch_size: int
+    optimizer: str
+    lr: float
+    lr_schedule: str
+
+
+_MLP = ArchDefaults(epochs=15, batch_size=128, optimizer="adam", lr=1e-3, lr_schedule="cosine")
+_CNN = ArchDefaults(epochs=15, batch_size=64, optimizer="adam", lr=1e-3, lr_schedule="cosine")
+ARCH_DEFAULTS = {
+    "plain_mlp": _MLP,
+    "relu_mlp": _MLP,
+    "bn_mlp": _MLP,
+    "mlp": _MLP,
+    "residual_cnn": _CNN,
+    "resnet18": _CNN,
+}
+FALLBACK_DEFAULTS = _MLP
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run needs. `None` means "the architecture's default".
+
+    Attributes:
+        arch: architecture name (`kmnist_lab.models.list_models()`).
+        dataset: dataset name (`kmnist_lab.data.list_datasets()`).
+        data_dir: folder with IDX/.npz files, searched first.
+        epochs, batch_size, lr, optimizer, lr_schedule: see `ARCH_DEFAULTS`.
+        warmup_epochs: linear learning-rate warm-up before the schedule.
+        loss: loss name (`kmnist_lab.losses.list_losses()`); it picks the head.
+        loss_params: keyword arguments of the loss (e.g. `{"margin": 0.3}`).
+        model_params: keyword arguments of the builder (e.g. `{"hidden": [128]}`).
+        momentum, weight_decay: optimizer parameters, when the optimizer takes them.
+        l2: L2 penalty on kernels (MLPs).
+        augment: random translation + small rotation at training time.
+        seed: seeds Keras, NumPy and the validation split.
+        val_fraction: share of the training set held out (None: dataset default).
+        run_name: folder name under `output_dir` (None: derived from the config).
+        output_dir: where run folders go.
+        backend: Keras backend recorded in config.json (set before Keras is imported).
+        jit: XLA policy: `auto` (measured per model and device), `on`, `off`.
+        steps_per_execution: training steps per compiled call (None: auto).
+        tensorboard: also write TensorBoard logs to `<run>/tensorboard`.
+        export: write the SavedModel (and model.keras).
+        overwrite: replace an existing complete run folder.
+        verbose: Keras progress bar: 0 silent, 1 bar, 2 one line per epoch.
+    """
+
+    arch: str = "bn_mlp"
+    dataset: str = "auto"
+    data_dir: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    optimizer: str | None = None
+    lr_schedule: str | None = None
+    warmup_epochs: int = 0
+    loss: str = "ce"
+    loss_params: dict = dataclasses.field(default_factory=dict)
+    model_params: dict = dataclasses.field(default_factory=dict)
+    momentum: float | None = None
+    weight_decay: float | None = None
+    l2: float = 0.0
+    augment: bool = False
+    seed: int = 0
+    val_fraction: float | None = None
+    run_name: str | None = None
+    output_dir: str = "saved_models"
+    backend: str | None = None
+    jit: str = "auto"
+    steps_per_execution: int | None = None
+    tensorboard: bool = False
+    export: bool = True
+    overwrite: bool = False
+    verbose: int = 1
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Checks every field; raises `ConfigError` on the first bad one."""
+        from kmnist_lab.data import list_datasets
+        from kmnist_lab.losses import LOSSES
+        from kmnist_lab.models import MODELS
+        from kmnist_lab.optimizers import OPTIMIZERS
+
+        MODELS.get(self.arch)
+        LOSSES.get(self.loss)
+        if self.optimizer is not None:
+            OPTIMIZERS.get(self.optimizer)
+        _choice("dataset", self.dataset, list_datasets())
+        _choice("jit", self.jit, JIT_POLICIES)
+        if self.lr_schedule is not None:
+            _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        if self.backend is not None:
+            _choice("backend", self.backend, BACKENDS)
+        for name in ("epochs", "batch_size", "steps_per_execution"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise ConfigError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+        _positive_float("lr", self.lr)
+        for name in ("momentum", "weight_decay", "l2"):
+            value = getattr(self, name)
+            if value is not None and (not _is_number(value) or not math.isfinite(value) or value < 0):
+                raise ConfigError(f"`{name}` must be a finite number >= 0. Received: {name}={value!r}")
+        if self.momentum is not None and self.momentum >= 1:
+            raise ConfigError(f"`momentum` must be in [0, 1). Received: momentum={self.momentum}")
+        if not isinstance(self.warmup_epochs, int) or self.warmup_epochs < 0:
+            raise ConfigError(f"`warmup_epochs` must be an integer >= 0. Received: {self.warmup_epochs!r}")
+        if self.val_fraction is not None and (
+            not _is_number(self.val_fraction) or not (0.0 < self.val_fraction < 1.0)
+        ):
+            raise ConfigError(
+                f"`val_fraction` must be in (0, 1). Received: val_fraction={self.val_fraction!r}"
+            )
+        if self.run_name is not None and not re.fullmatch(r"[A-Za-z0-9._=+-]+", self.run_name):
+            raise ConfigError(
+                "`run_name` may contain only letters, digits and . _ = + -. "
+                f"Received: run_name={self.run_name!r}"
+            )
+        if self.verbose not in (0, 1, 2):
+            raise ConfigError(f"`verbose` must be 0, 1 or 2. Received: verbose={self.verbose!r}")
+
+    def resolved(self) -> TrainConfig:
+        """A copy with every `None` default filled in from `ARCH_DEFAULTS`."""
+        d = ARCH_DEFAULTS.get(self.arch, FALLBACK_DEFAULTS)
+        changes = {
+            "epochs": self.epochs or d.epochs,
+            "batch_size": self.batch_size or d.batch_size,
+            "optimizer": self.optimizer or d.optimizer,
+            "lr": self.lr or d.lr,
+            "lr_schedule": self.lr_schedule or d.lr_schedule,
+        }
+        if self.run_name is None:
+            changes["run_name"] = f"{self.arch}_{self.dataset}_{self.loss}_s{self.seed}"
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / (self.run_name or self.resolved().run_name)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        """Builds a config from a dict (e.g. a `config.json`), refusing unknown keys."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a config must be a JSON object. Received: {type(data).__name__}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - fields)
+        if unknown:
+            raise ConfigError(f"unknown config keys {unknown}. Valid keys: {', '.join(sorted(fields))}")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> TrainConfig:
+        """Reads a config file (a `config.json` of a run, or its `"config"` entry)."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"cannot read config file {path}: {e}") from None
+        if isinstance(data, dict) and "config" in data and isinstance(data["config"], dict):
+            data = data["config"]
+        return cls.from_dict(data)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _positive_float(name: str, value) -> None:
+    if value is not None and (not _is_number(value) or not math.isfinite(value) or value <= 0):
+        raise ConfigError(f"`{name}` must be a positive finite number. Received: {name}={value!r}")
+
+
+def _choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"`{name}` must be one of {', '.join(allowed)}. Received: {name}={value!r}")

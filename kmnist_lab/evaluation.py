@@ -1,0 +1,148 @@
+"""Score a SavedModel with TensorFlow alone (no model code) and report per class.
+
+`evaluate_saved_model(path, x, y, class_names)` loads the `serve` signature with
+`tf.saved_model.load`, so any exported run (logit or cosine head) is scored the
+same way, and returns accuracy, cross-entropy of the served probabilities,
+per-class accuracy (report B), the confusion matrix and scikit-learn's
+classification report (report C), and the most confidently wrong examples.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from kmnist_lab.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+
+def resolve_saved_model(path) -> tuple[Path, Path | None]:
+    """Returns `(saved_model_dir, run_dir or None)` for a SavedModel or a run folder.
+
+    Raises:
+        ModelLoadError: `path` is neither.
+    """
+    path = Path(path)
+    if (path / "saved_model" / "saved_model.pb").is_file():
+        return path / "saved_model", path
+    if (path / "saved_model.pb").is_file():
+        parent = path.parent
+        return path, parent if (parent / "config.json").is_file() else None
+    if not path.exists():
+        raise ModelLoadError(f"{path} does not exist")
+    raise ModelLoadError(
+        f"{path} is not a SavedModel (no saved_model.pb) nor a run folder with saved_model/"
+    )
+
+
+def load_saved_model(path):
+    """Loads a SavedModel's `serve` function with `tf.saved_model.load`."""
+    import tensorflow as tf
+
+    saved_dir, _ = resolve_saved_model(path)
+    try:
+        loaded = tf.saved_model.load(str(saved_dir))
+    except Exception as e:  # TF raises many types for corrupt files
+        raise ModelLoadError(f"cannot load SavedModel {saved_dir}: {type(e).__name__}") from None
+    if "serve" not in loaded.signatures:
+        raise ModelLoadError(
+            f"{saved_dir} has no `serve` signature (it has {sorted(loaded.signatures)}); "
+            "export it with kmnist_lab.export.export_saved_model"
+        )
+    return loaded
+
+
+def predict_scores(loaded, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """Class scores (logits or `s * cos`) of raw pixel images `x`, batched."""
+    import tensorflow as tf
+
+    x = np.asarray(x)
+    if x.ndim not in (3, 4) or x.shape[1:3] != (28, 28) or (x.ndim == 4 and x.shape[3] != 1):
+        raise ModelLoadError(f"images must be (N, 28, 28) or (N, 28, 28, 1); got shape {x.shape}")
+    serve = loaded.signatures["serve"]
+    out = []
+    for i in range(0, len(x), batch_size):
+        batch = tf.constant(x[i : i + batch_size], dtype=tf.float32)
+        out.append(serve(pixels=batch)["scores"].numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def score(y_true, scores, class_names, n_wrong: int = 24) -> dict:
+    """Accuracy, cross-entropy, per-class accuracy, confusion matrix, classification report.
+
+    Cross-entropy is `mean(-log softmax(scores)_y)`, computed stably with
+    `log_softmax(s) = s - logsumexp(s)`.
+    """
+    from sklearn.metrics import classification_report, confusion_matrix
+
+    y_true = np.asarray(y_true).reshape(-1)
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = list(range(len(class_names)))
+    pred = scores.argmax(axis=1)
+    shifted = scores - scores.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    probs = np.exp(log_probs)
+    cm = confusion_matrix(y_true, pred, labels=labels)
+    support = cm.sum(axis=1)
+    per_class = np.divide(np.diag(cm), support, out=np.full(len(labels), np.nan), where=support > 0)
+    wrong = np.flatnonzero(pred != y_true)
+    confidence = probs[wrong, pred[wrong]]
+    worst = wrong[np.argsort(-confidence)][:n_wrong]
+    report = classification_report(
+        y_true, pred, labels=labels, target_names=list(class_names), output_dict=True, zero_division=0
+    )
+    return {
+        "n": int(len(y_true)),
+        "accuracy": float((pred == y_true).mean()) if len(y_true) else float("nan"),
+        "cross_entropy": float(-log_probs[np.arange(len(y_true)), y_true].mean()),
+        "per_class_accuracy": {name: float(a) for name, a in zip(class_names, per_class)},
+        "confusion_matrix": cm.tolist(),
+        "classification_report": report,
+        "classification_report_text": classification_report(
+            y_true, pred, labels=labels, target_names=list(class_names), digits=4, zero_division=0
+        ),
+        "most_confident_wrong": [
+            {"index": int(i), "true": int(y_true[i]), "pred": int(pred[i]), "confidence": float(probs[i, pred[i]])}
+            for i in worst
+        ],
+    }
+
+
+def write_report(result: dict, x: np.ndarray, class_names, out_dir, title: str = "") -> Path:
+    """Writes `evaluation.json` and the figures (confusion, per-class, wrong examples)."""
+    from kmnist_lab import plots
+    from kmnist_lab.runs import atomic_write_json
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "evaluation.json", result)
+    plots.save(plots.confusion_matrix(result["confusion_matrix"], class_names, f"Confusion matrix {title}"),
+               out_dir / "confusion.png")  # fmt: skip
+    plots.save(
+        plots.per_class_accuracy({title or "accuracy": list(result["per_class_accuracy"].values())},
+                                 class_names, f"Per-class accuracy {title}"),  # fmt: skip
+        out_dir / "per_class.png",
+    )
+    wrong = result["most_confident_wrong"]
+    if wrong:
+        captions = [
+            f"true {class_names[w['true']]}\npred {class_names[w['pred']]} {w['confidence']:.2f}" for w in wrong
+        ]
+        images = x[[w["index"] for w in wrong]]
+        plots.save(plots.image_grid(images, captions, title=f"Most confidently wrong {title}"),
+                   out_dir / "wrong.png")  # fmt: skip
+    return out_dir / "evaluation.json"
+
+
+def run_config(run_dir: Path | None) -> dict:
+    """The `config.json` of a run folder, or {}."""
+    if run_dir is None or not (run_dir / "config.json").is_file():
+        return {}
+    try:
+        return json.loads((run_dir / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}

@@ -1,0 +1,71 @@
+"""Model registry: one path builds every model, `build_model(name, **overrides)`.
+
+Every builder takes raw 28x28 pixels (uint8 or float 0-255, with or without the
+channel axis) and owns its rescaling, so a served model needs no outside
+preprocessing.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import keras
+
+from kmnist_lab.errors import ConfigError
+from kmnist_lab.models import mlp as _mlp
+from kmnist_lab.models import residual_cnn as _cnn
+from kmnist_lab.models import resnet as _resnet
+from kmnist_lab.registry import Registry
+
+MODELS = Registry("arch")
+MODELS.register("plain_mlp", family="mlp")(_mlp.plain_mlp)
+MODELS.register("relu_mlp", family="mlp")(_mlp.relu_mlp)
+MODELS.register("bn_mlp", family="mlp")(_mlp.bn_mlp)
+MODELS.register("mlp", "Configurable MLP: hidden widths, activation, BatchNorm, dropout, L2", family="mlp")(
+    _mlp.mlp
+)
+MODELS.register("resnet18", family="cnn")(_resnet.resnet18)
+MODELS.register("residual_cnn", "Report C's residual CNN (conv5x5-16, res, conv5x5-32, res)", family="cnn")(
+    _cnn.residual_cnn
+)
+
+
+def list_models() -> list[str]:
+    """Names of all registered architectures."""
+    return MODELS.names()
+
+
+def model_family(name: str) -> str:
+    """`"mlp"` or `"cnn"`: used by speed policies and per-arch defaults."""
+    return MODELS.get(name).meta["family"]
+
+
+def model_params(name: str) -> list[str]:
+    """Keyword arguments the builder of `name` accepts."""
+    factory = MODELS.get(name).factory
+    return list(getattr(factory, "base_params", None) or inspect.signature(factory).parameters)
+
+
+def build_model(name: str, num_classes: int = 10, head: str = "logits", **overrides) -> keras.Model:
+    """Builds the registered architecture `name`.
+
+    Args:
+        name: one of `list_models()`.
+        num_classes: output width.
+        head: `"logits"` (dense) or `"cosine"` (`CosineDense`, for margin losses).
+        **overrides: builder keywords, e.g. `hidden=(128,)`, `activation="tanh"`,
+            `augment=True`. `None` values are ignored, so callers can pass optional
+            settings through unchanged.
+
+    Raises:
+        ConfigError: unknown name, or a keyword the builder does not take.
+    """
+    factory = MODELS.get(name).factory
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    accepted = model_params(name)
+    unknown = sorted(set(overrides) - set(accepted))
+    if unknown:
+        raise ConfigError(
+            f"arch {name!r} does not take {', '.join(unknown)}. It takes: {', '.join(accepted)}"
+        )
+    return factory(num_classes=num_classes, head=head, **overrides)

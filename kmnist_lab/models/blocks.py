@@ -1,0 +1,101 @@
+"""Building blocks shared by every architecture: input + preprocessing, heads, conv blocks.
+
+Blocks are module-level functions taking a tensor and a `name` prefix, so layer
+names read like `stage2_block1_conv1` (the keras.applications convention).
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from kmnist_lab.errors import ConfigError
+
+HEADS = ("logits", "cosine")
+ACTIVATIONS = ("relu", "sigmoid", "tanh", "selu", "gelu", "elu", "silu", "hard_swish", "linear")
+
+# Report A normalised with mean 0.5, std 0.5: x/255 -> (x - 0.5) / 0.5 = x/127.5 - 1.
+PIXEL_SCALE = 1.0 / 127.5
+PIXEL_OFFSET = -1.0
+
+
+def check_choice(arg: str, value, allowed) -> None:
+    """Raises `ConfigError` unless `value` is one of `allowed`."""
+    if value not in allowed:
+        raise ConfigError(f"`{arg}` must be one of {', '.join(map(str, allowed))}. Received: {arg}={value!r}")
+
+
+def image_input(channels_axis: bool, augment: bool = False, name: str = "pixels"):
+    """Model input taking raw pixels (uint8 or float 0-255) and owning the preprocessing.
+
+    The input is (28, 28, 1); Keras functional models also accept (N, 28, 28) and
+    add the channel axis themselves. Pixels are rescaled to [-1, 1]. With `augment`,
+    a random translation (up to 10%) and rotation (up to 10 degrees, no flips)
+    follow; both are inactive at inference.
+
+    Returns:
+        `(inputs, x)`: the `keras.Input` and the preprocessed tensor, (28, 28, 1)
+        when `channels_axis` else flattened to (784,).
+    """
+    inputs = keras.Input(shape=(28, 28, 1), name=name)
+    x = layers.Rescaling(PIXEL_SCALE, offset=PIXEL_OFFSET, name="rescale")(inputs)
+    if augment:
+        x = layers.RandomTranslation(0.1, 0.1, fill_mode="constant", fill_value=-1.0, name="aug_translate")(x)
+        x = layers.RandomRotation(10 / 360, fill_mode="constant", fill_value=-1.0, name="aug_rotate")(x)
+    if not channels_axis:
+        x = layers.Flatten(name="flatten_input")(x)
+    return inputs, x
+
+
+def classifier_head(x, num_classes: int, head: str = "logits", l2: float = 0.0, name: str = "head"):
+    """Final layer: a dense layer giving logits, or a `CosineDense` giving cosines."""
+    check_choice("head", head, HEADS)
+    if head == "cosine":
+        from kmnist_lab.layers import CosineDense
+
+        return CosineDense(num_classes, name=name)(x)
+    return layers.Dense(num_classes, kernel_regularizer=regularizer(l2), name=name)(x)
+
+
+def regularizer(l2: float):
+    """L2 weight penalty `l2 * sum(w**2)`, or None when `l2 == 0`."""
+    return keras.regularizers.L2(l2) if l2 else None
+
+
+def activation(x, name: str, kind: str = "relu"):
+    return layers.Activation(kind, name=name)(x)
+
+
+def basic_block(x, filters: int, stride: int, act: str, name: str):
+    """ResNet basic block (He et al. 2016, arXiv:1512.03385), PyTorch layout.
+
+    `y = act(bn(conv3x3(act(bn(conv3x3_s(x))))) + shortcut(x))`, where the shortcut
+    is a 1x1 stride-`s` conv + BN when the shape changes, identity otherwise.
+    Stride-2 convs pad one pixel on every side, as PyTorch's `padding=1` does.
+    """
+    shortcut = x
+    if stride != 1 or x.shape[-1] != filters:
+        shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False, name=f"{name}_down_conv")(x)
+        shortcut = layers.BatchNormalization(epsilon=1e-5, name=f"{name}_down_bn")(shortcut)
+    if stride != 1:
+        x = layers.ZeroPadding2D(1, name=f"{name}_pad1")(x)
+    y = layers.Conv2D(
+        filters, 3, strides=stride, padding="valid" if stride != 1 else "same", use_bias=False,
+        name=f"{name}_conv1",
+    )(x)  # fmt: skip
+    y = layers.BatchNormalization(epsilon=1e-5, name=f"{name}_bn1")(y)
+    y = activation(y, f"{name}_act1", act)
+    y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
+    y = layers.BatchNormalization(epsilon=1e-5, name=f"{name}_bn2")(y)
+    y = layers.Add(name=f"{name}_add")([y, shortcut])
+    return activation(y, f"{name}_out", act)
+
+
+def residual_block(x, name: str, act: str = "relu"):
+    """Report C's residual block: `act(x + conv3x3(act(conv3x3(x))))`, same width."""
+    filters = x.shape[-1]
+    y = layers.Conv2D(filters, 3, padding="same", name=f"{name}_conv1")(x)
+    y = activation(y, f"{name}_act1", act)
+    y = layers.Conv2D(filters, 3, padding="same", name=f"{name}_conv2")(y)
+    y = layers.Add(name=f"{name}_add")([x, y])
+    return activation(y, f"{name}_out", act)

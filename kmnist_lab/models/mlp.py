@@ -1,0 +1,98 @@
+"""Multi-layer perceptrons: report A's three 784-512-128-10 nets and a configurable `mlp`."""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import keras
+from keras import layers
+
+from kmnist_lab.errors import ConfigError
+from kmnist_lab.models.blocks import ACTIVATIONS, check_choice, classifier_head, image_input, regularizer
+
+
+def mlp(
+    hidden=(512, 128),
+    activation: str | None = "relu",
+    batchnorm: bool = False,
+    dropout: float = 0.0,
+    l2: float = 0.0,
+    init_std: float | None = None,
+    num_classes: int = 10,
+    head: str = "logits",
+    augment: bool = False,
+    name: str = "mlp",
+) -> keras.Model:
+    """Fully-connected classifier `784 -> hidden... -> num_classes`.
+
+    Each hidden layer is `Dense -> [BatchNorm] -> activation -> [Dropout]`
+    (BatchNorm: Ioffe & Szegedy 2015, arXiv:1502.03167).
+
+    Args:
+        hidden: widths of the hidden layers (report D: `(128,)`; report E: depth x width).
+        activation: one of `ACTIVATIONS`, or None for none (report A's `plain_mlp`).
+        batchnorm: BatchNorm after each hidden Dense (report A's `bn_mlp`).
+        dropout: dropout rate after each hidden layer, in [0, 1).
+        l2: L2 penalty `l2 * sum(w**2)` on every kernel.
+        init_std: if set, kernels start from N(0, init_std^2) (report D: 0.01);
+            default Glorot uniform.
+        num_classes: output width.
+        head: `"logits"` or `"cosine"` (for margin losses).
+        augment: random translation + rotation at training time.
+        name: model name.
+    """
+    hidden = tuple(int(h) for h in hidden)
+    if not hidden or any(h <= 0 for h in hidden):
+        raise ConfigError(f"`hidden` must be a non-empty list of positive widths. Received: hidden={hidden}")
+    if activation is not None:
+        check_choice("activation", activation, ACTIVATIONS)
+    if not (0.0 <= dropout < 1.0) or math.isnan(dropout):
+        raise ConfigError(f"`dropout` must be in [0, 1). Received: dropout={dropout}")
+    if l2 < 0 or math.isnan(l2):
+        raise ConfigError(f"`l2` must be >= 0. Received: l2={l2}")
+    init = keras.initializers.RandomNormal(stddev=init_std) if init_std else "glorot_uniform"
+    inputs, x = image_input(channels_axis=False, augment=augment)
+    for i, width in enumerate(hidden, start=1):
+        x = layers.Dense(width, kernel_initializer=init, kernel_regularizer=regularizer(l2), name=f"dense{i}")(x)
+        if batchnorm:
+            x = layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"bn{i}")(x)
+        if activation is not None:
+            x = layers.Activation(activation, name=f"act{i}")(x)
+        if dropout:
+            x = layers.Dropout(dropout, name=f"dropout{i}")(x)
+    outputs = classifier_head(x, num_classes, head, l2)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def variant(base, name: str, doc: str, **fixed):
+    """A named thin variant of a generic builder with some arguments fixed.
+
+    The variant accepts every other keyword of `base`; `base_params` records them
+    for the registry (so `build_model` can validate overrides).
+    """
+
+    def builder(**kw):
+        clash = sorted(set(kw) & set(fixed))
+        if clash:
+            raise ConfigError(f"arch {name!r} fixes {', '.join(clash)}; use arch 'mlp' to change them")
+        return base(name=name, **fixed, **kw)
+
+    builder.__name__ = builder.__qualname__ = name
+    builder.__doc__ = doc
+    builder.base_params = [p for p in inspect.signature(base).parameters if p not in fixed and p != "name"]
+    return builder
+
+
+plain_mlp = variant(
+    mlp, "plain_mlp", "Report A's 784-512-128-10 with no activation (a linear model in three layers).",
+    hidden=(512, 128), activation=None, batchnorm=False,
+)  # fmt: skip
+relu_mlp = variant(
+    mlp, "relu_mlp", "Report A's 784-512-128-10 with ReLU.",
+    hidden=(512, 128), activation="relu", batchnorm=False,
+)  # fmt: skip
+bn_mlp = variant(
+    mlp, "bn_mlp", "Report A's 784-512-128-10 with BatchNorm + ReLU.",
+    hidden=(512, 128), activation="relu", batchnorm=True,
+)  # fmt: skip

@@ -1,0 +1,78 @@
+"""Learning-rate schedules: constant, step and cosine, each with optional linear warm-up."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from kmnist_lab.config import LR_SCHEDULES
+from kmnist_lab.errors import ConfigError
+
+
+@keras.saving.register_keras_serializable(package="kmnist_lab")
+class Warmup(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from 0 to `schedule(warmup_steps)` over `warmup_steps`, then `schedule`.
+
+    `lr(t) = schedule(warmup_steps) * (t + 1) / warmup_steps` for `t < warmup_steps`
+    (Goyal et al. 2017, arXiv:1706.02677), else `schedule(t)`.
+    """
+
+    def __init__(self, schedule, warmup_steps: int):
+        self.schedule = schedule
+        self.warmup_steps = int(warmup_steps)
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        warm = ops.cast(self.warmup_steps, "float32")
+        after = self.schedule(step)
+        ramp = self.schedule(warm) * (step + 1.0) / warm
+        return ops.where(step < warm, ramp, after)
+
+    def get_config(self):
+        return {
+            "schedule": keras.saving.serialize_keras_object(self.schedule),
+            "warmup_steps": self.warmup_steps,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["schedule"] = keras.saving.deserialize_keras_object(config["schedule"])
+        return cls(**config)
+
+
+def make_schedule(kind: str, lr: float, steps_per_epoch: int, epochs: int, warmup_epochs: int = 0):
+    """Returns a float (constant) or a `LearningRateSchedule`.
+
+    - `constant`: `lr`.
+    - `step`: `lr` x 0.1 after 50% and again after 75% of the epochs.
+    - `cosine`: `lr * (1 + cos(pi * t / T)) / 2` down to 1% of `lr` (Loshchilov &
+      Hutter 2016, arXiv:1608.03983).
+
+    `warmup_epochs` adds a linear ramp over that many epochs (counted within `epochs`).
+    """
+    if kind not in LR_SCHEDULES:
+        raise ConfigError(f"`lr_schedule` must be one of {', '.join(LR_SCHEDULES)}. Received: {kind!r}")
+    if warmup_epochs >= epochs and warmup_epochs:
+        raise ConfigError(
+            f"`warmup_epochs` must be smaller than `epochs`. Received: warmup_epochs={warmup_epochs}, "
+            f"epochs={epochs}"
+        )
+    total = steps_per_epoch * epochs
+    warmup = steps_per_epoch * warmup_epochs
+    if kind == "cosine":
+        if warmup:
+            return keras.optimizers.schedules.CosineDecay(
+                0.0, total - warmup, alpha=0.01, warmup_target=lr, warmup_steps=warmup
+            )
+        return keras.optimizers.schedules.CosineDecay(lr, total, alpha=0.01)
+    if kind == "step":
+        bounds = sorted({max(1, int(total * 0.5)), max(2, int(total * 0.75))})
+        schedule = keras.optimizers.schedules.PiecewiseConstant(
+            bounds, [lr, lr * 0.1, lr * 0.01][: len(bounds) + 1]
+        )
+    else:
+        if not warmup:
+            return lr
+        schedule = keras.optimizers.schedules.PiecewiseConstant([total], [lr, lr])
+    return Warmup(schedule, warmup) if warmup else schedule

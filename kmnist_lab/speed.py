@@ -1,0 +1,73 @@
+"""Compile policy: when to use XLA and how many steps to run per compiled call.
+
+Measured on a 2-core CPU (see `docs/performance.md` and `scripts/benchmark.py`):
+XLA speeds the MLPs up but slows convolutional nets down on CPU, and running
+several steps per compiled call removes per-step Python overhead for small models.
+On GPU, XLA is used for every model.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import keras
+
+from kmnist_lab.config import JIT_POLICIES
+from kmnist_lab.errors import ConfigError
+from kmnist_lab.models import model_family
+
+# Architectures for which XLA measured faster on CPU (TensorFlow backend).
+XLA_ON_CPU = {"mlp"}  # families
+# Steps per compiled call on CPU by family (capped at the steps of one epoch).
+STEPS_PER_EXECUTION = {"mlp": 10, "cnn": 1}
+
+
+@functools.lru_cache(maxsize=1)
+def has_accelerator() -> bool:
+    """True when the Keras backend sees a GPU/TPU."""
+    backend = keras.backend.backend()
+    try:
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            return any(d.device_type != "CPU" for d in tf.config.list_physical_devices())
+        if backend == "jax":
+            import jax
+
+            return any(d.platform != "cpu" for d in jax.devices())
+        if backend == "torch":
+            import torch
+
+            return torch.cuda.is_available()
+    except Exception:  # a broken accelerator runtime means: no accelerator
+        return False
+    return False
+
+
+def resolve_jit(policy: str, arch: str) -> bool | str:
+    """The `jit_compile` value for `model.compile`.
+
+    - `on` / `off`: forced.
+    - `auto`: JAX always compiles; TensorFlow uses XLA on GPU, and on CPU only for
+      the families in `XLA_ON_CPU`; torch runs eagerly (Keras' `torch.compile` path
+      measured slower for these small models).
+    """
+    if policy not in JIT_POLICIES:
+        raise ConfigError(f"`jit` must be one of {', '.join(JIT_POLICIES)}. Received: jit={policy!r}")
+    backend = keras.backend.backend()
+    if policy == "on":
+        return True
+    if policy == "off":
+        return False if backend != "jax" else True  # JAX has no eager training loop worth using
+    if backend == "jax":
+        return True
+    if backend == "torch":
+        return False
+    return has_accelerator() or model_family(arch) in XLA_ON_CPU
+
+
+def resolve_steps_per_execution(arch: str, steps_per_epoch: int) -> int:
+    """Steps per compiled call for `arch`, never more than one epoch's steps."""
+    if keras.backend.backend() == "torch":
+        return 1
+    return max(1, min(STEPS_PER_EXECUTION.get(model_family(arch), 1), steps_per_epoch))

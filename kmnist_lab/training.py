@@ -1,0 +1,269 @@
+"""One training run: config -> data -> model -> compile -> fit -> run folder.
+
+`train(config)` writes `<output_dir>/<run_name>/`:
+
+```
+config.json   resolved config, backend, versions, dataset source + checksums, speed policy
+history.csv   one row per epoch: loss, accuracy, val_*, learning_rate, epoch_time
+batches.csv   one row per logged iteration: epoch, step, steps, loss
+metrics.json  test metrics, wall time, samples/s (written last: the completion marker)
+saved_model/  TF SavedModel, `serve` signature on raw pixels
+model.keras   full Keras model (custom objects registered) for further training
+plots/        learning curves
+backup/       BackupAndRestore state while the run is in progress (removed at the end)
+```
+
+A killed run re-run with the same config resumes from its last completed epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from kmnist_lab import runs
+from kmnist_lab.callbacks import BatchLogger, DivergenceGuard, EpochStats, HistoryLogger
+from kmnist_lab.config import TrainConfig
+from kmnist_lab.data import Dataset, load_dataset
+from kmnist_lab.errors import KmnistLabError
+from kmnist_lab.losses import get_loss, loss_head, serving_scale
+from kmnist_lab.models import build_model, model_family
+from kmnist_lab.optimizers import get_optimizer
+from kmnist_lab.schedules import make_schedule
+from kmnist_lab.speed import resolve_jit, resolve_steps_per_execution
+
+log = logging.getLogger(__name__)
+
+
+class DivergedError(KmnistLabError):
+    """Training stopped at a non-finite loss (scripts exit with code 3)."""
+
+    exit_code = 3
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What `train` returns.
+
+    Attributes:
+        run_dir: the run folder.
+        config: the resolved config.
+        metrics: the contents of `metrics.json`.
+        history: one dict per epoch (as in `history.csv`).
+        model: the trained Keras model.
+        dataset: the dataset it was trained on.
+    """
+
+    run_dir: Path
+    config: TrainConfig
+    metrics: dict
+    history: list
+    model: keras.Model
+    dataset: Dataset
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "keras": keras.__version__, "backend": keras.backend.backend()}
+    for pkg in ("tensorflow", "jax", "torch", "numpy", "kmnist_lab"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def build_for_config(cfg: TrainConfig, num_classes: int) -> tuple[keras.Model, keras.losses.Loss]:
+    """The model and loss a config describes (head chosen by the loss)."""
+    loss = get_loss(cfg.loss, **cfg.loss_params)
+    overrides = dict(cfg.model_params)
+    overrides.setdefault("augment", cfg.augment or None)
+    if cfg.l2:
+        overrides.setdefault("l2", cfg.l2)
+    model = build_model(cfg.arch, num_classes=num_classes, head=loss_head(cfg.loss), **overrides)
+    return model, loss
+
+
+def compile_for_config(model, loss, cfg: TrainConfig, steps_per_epoch: int) -> dict:
+    """Compiles `model` with the config's optimizer, schedule and speed policy."""
+    schedule = make_schedule(cfg.lr_schedule, cfg.lr, steps_per_epoch, cfg.epochs, cfg.warmup_epochs)
+    params = {k: getattr(cfg, k) for k in ("momentum", "weight_decay") if getattr(cfg, k) is not None}
+    optimizer = get_optimizer(cfg.optimizer, learning_rate=schedule, **params)
+    jit = resolve_jit(cfg.jit, cfg.arch)
+    spe = cfg.steps_per_execution or resolve_steps_per_execution(cfg.arch, steps_per_epoch)
+    model.compile(
+        optimizer=optimizer,
+        loss=loss,
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        jit_compile=jit,
+        steps_per_execution=spe,
+    )
+    return {"jit_compile": jit, "steps_per_execution": spe, "family": model_family(cfg.arch)}
+
+
+def train(config: TrainConfig, dataset: Dataset | None = None) -> RunResult:
+    """Trains, evaluates on the test split once, exports; see the module docstring.
+
+    Args:
+        config: the run's configuration (defaults resolved here).
+        dataset: use these arrays instead of loading `config.dataset` (your own
+            data, tests).
+
+    Raises:
+        ConfigError, DataError, RunFolderError: bad input (nothing is overwritten).
+        DivergedError: the loss became non-finite; history is kept, status `diverged`.
+    """
+    cfg = config.resolved()
+    run_dir = Path(cfg.output_dir) / cfg.run_name
+    resume = runs.prepare_run_dir(run_dir, cfg.overwrite, cfg.to_dict())
+    with runs.RunLock(run_dir):
+        return _train_locked(cfg, run_dir, resume, dataset)
+
+
+def _train_locked(cfg: TrainConfig, run_dir: Path, resume: bool, dataset: Dataset | None) -> RunResult:
+    start = time.perf_counter()
+    keras.utils.set_random_seed(cfg.seed)
+    if dataset is None:
+        dataset = load_dataset(cfg.dataset, cfg.data_dir, cfg.val_fraction, cfg.seed)
+    log.info("%s", dataset.summary())
+    (x_train, y_train), val = dataset.train, dataset.val
+    steps_per_epoch = math.ceil(len(y_train) / cfg.batch_size)
+    model, loss = build_for_config(cfg, dataset.num_classes)
+    speed = compile_for_config(model, loss, cfg, steps_per_epoch)
+    if not resume:
+        for stale in ("history.csv", "batches.csv", "status.json", runs.COMPLETE_MARKER):
+            (run_dir / stale).unlink(missing_ok=True)
+        shutil.rmtree(run_dir / "backup", ignore_errors=True)
+    runs.atomic_write_json(
+        run_dir / "config.json",
+        {
+            "config": cfg.to_dict(),
+            "backend": keras.backend.backend(),
+            "versions": versions(),
+            "dataset": {
+                "name": dataset.name,
+                "requested": cfg.dataset,
+                "sizes": {s: int(len(getattr(dataset, s)[1])) for s in ("train", "val", "test")},
+                "class_names": list(dataset.class_names),
+                "source": dataset.source,
+            },
+            "speed": speed,
+            "parameters": int(model.count_params()),
+        },
+    )
+    runs.atomic_write_json(run_dir / "status.json", {"status": "running"})
+    guard = DivergenceGuard()
+    callbacks = [
+        EpochStats(),
+        HistoryLogger(run_dir / "history.csv"),
+        BatchLogger(run_dir / "batches.csv", len(y_train), cfg.batch_size),
+        guard,
+        # Last, so an epoch's CSV rows exist before its backup: a kill in between
+        # re-runs that epoch and the loggers drop its rows (no duplicates, no gaps).
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True),
+    ]
+    if cfg.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard")))
+    if resume:
+        log.info("resuming interrupted run in %s", run_dir)
+    has_val = len(val[1]) > 0
+    fit_start = time.perf_counter()
+    model.fit(
+        x_train,
+        y_train,
+        batch_size=cfg.batch_size,
+        epochs=cfg.epochs,
+        validation_data=val if has_val else None,
+        shuffle=True,
+        callbacks=callbacks,
+        verbose=cfg.verbose,
+    )
+    fit_time = time.perf_counter() - fit_start
+    history = _read_history(run_dir / "history.csv")
+    if guard.diverged_at is not None:
+        epoch, step = guard.diverged_at
+        runs.atomic_write_json(
+            run_dir / "status.json", {"status": "diverged", "epoch": epoch, "step": step}
+        )
+        raise DivergedError(
+            f"training diverged: non-finite loss at epoch {epoch}, step {step} "
+            f"(lr={cfg.lr}); try a lower --lr"
+        )
+    x_test, y_test = dataset.test
+    test = model.evaluate(x_test, y_test, batch_size=max(cfg.batch_size, 256), verbose=0, return_dict=True)
+    artifacts = _export(model, loss, run_dir, cfg)
+    _plot(run_dir)
+    epoch_times = [float(r["epoch_time"]) for r in history if r.get("epoch_time")]
+    steady = epoch_times[1:] or epoch_times
+    metrics = {
+        "status": "complete",
+        "test_accuracy": float(test["accuracy"]),
+        "test_loss": float(test["loss"]),
+        "val_accuracy": float(history[-1]["val_accuracy"]) if has_val and history else None,
+        "train_accuracy": float(history[-1]["accuracy"]) if history else None,
+        "epochs": len(history),
+        "wall_time_s": time.perf_counter() - start,
+        "fit_time_s": fit_time,
+        "samples_per_s": len(y_train) / (sum(steady) / len(steady)) if steady else None,
+        "dataset": dataset.name,
+        "artifacts": artifacts,
+    }
+    runs.atomic_write_json(run_dir / "status.json", {"status": "complete"})
+    runs.atomic_write_json(run_dir / runs.COMPLETE_MARKER, metrics)
+    log.info("test accuracy %.4f, loss %.4f -> %s", metrics["test_accuracy"], metrics["test_loss"], run_dir)
+    return RunResult(run_dir, cfg, metrics, history, model, dataset)
+
+
+def _export(model, loss, run_dir: Path, cfg: TrainConfig) -> list[str]:
+    if not cfg.export:
+        return []
+    written = []
+    tmp = run_dir / ".model.tmp.keras"
+    model.save(tmp)
+    tmp.replace(run_dir / "model.keras")
+    written.append("model.keras")
+    from kmnist_lab.export import can_export_saved_model, export_saved_model
+
+    if can_export_saved_model():
+        export_saved_model(model, run_dir / "saved_model", score_scale=serving_scale(loss))
+        written.append("saved_model")
+    else:
+        log.warning(
+            "backend %s cannot write a TF SavedModel; model.keras was saved (load it with "
+            "keras.saving.load_model on any backend)",
+            keras.backend.backend(),
+        )
+    return written
+
+
+def _plot(run_dir: Path) -> None:
+    from kmnist_lab import plots
+
+    out = run_dir / "plots"
+    out.mkdir(exist_ok=True)
+    plots.save(plots.learning_curves(run_dir / "history.csv"), out / "curves.png")
+    if (run_dir / "batches.csv").is_file():
+        plots.save(plots.batch_losses({run_dir.name: run_dir / "batches.csv"}), out / "batch_loss.png")
+
+
+def _read_history(path: Path) -> list[dict]:
+    import csv
+
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def predict_classes(model: keras.Model, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Argmax class of every image (works for logit and cosine heads)."""
+    return np.argmax(model.predict(x, batch_size=batch_size, verbose=0), axis=-1)

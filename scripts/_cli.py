@@ -1,0 +1,164 @@
+"""Shared command-line plumbing for the scripts (not part of the library).
+
+- `select_backend(argv)`: reads `--backend` before Keras is imported and sets
+  `KERAS_BACKEND` (the environment variable works too).
+- `Parser`: argparse whose errors are one line on stderr with exit code 2.
+- `run(main_fn)`: turns kmnist_lab's user errors into one line + exit code 2
+  (3 for divergence), never a traceback.
+- argparse `type=` helpers that reject zero, negatives, NaN and non-numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+
+BACKENDS = ("tensorflow", "jax", "torch")
+
+# Scripts run from a checkout without installation too.
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
+
+
+def select_backend(argv) -> str:
+    """Sets `KERAS_BACKEND` from `--backend X` / `--backend=X` in argv before Keras loads."""
+    argv = list(argv if argv is not None else sys.argv[1:])
+    backend = None
+    for i, arg in enumerate(argv):
+        if arg == "--backend" and i + 1 < len(argv):
+            backend = argv[i + 1]
+        elif arg.startswith("--backend="):
+            backend = arg.split("=", 1)[1]
+    if backend is not None:
+        if backend not in BACKENDS:
+            fail(f"--backend must be one of {', '.join(BACKENDS)}. Received: {backend!r}")
+        if "keras" in sys.modules and os.environ.get("KERAS_BACKEND", "tensorflow") != backend:
+            import keras
+
+            if keras.backend.backend() != backend:
+                fail(
+                    f"Keras is already loaded with backend {keras.backend.backend()!r} in this "
+                    f"process; run the script in a new process for --backend {backend}"
+                )
+        os.environ["KERAS_BACKEND"] = backend
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return os.environ.get("KERAS_BACKEND", "tensorflow")
+
+
+class UsageError(Exception):
+    """A bad command line (exit code 2)."""
+
+
+def fail(message: str, code: int = 2):
+    raise SystemExit(_one_line(message, code))
+
+
+def _one_line(message: str, code: int) -> int:
+    prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "kmnist_lab"
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return code
+
+
+class Parser(argparse.ArgumentParser):
+    """ArgumentParser printing errors as one line (`prog: error: ... (see --help)`)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def nonneg_float(text: str) -> float:
+    value = _finite(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    value = _finite(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text!r}")
+    return value
+
+
+def key_value(text: str) -> tuple[str, object]:
+    """`KEY=VALUE` with VALUE parsed as JSON when it can be (numbers, lists, true/false)."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"must look like KEY=VALUE, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    if isinstance(value, float) and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{key} must be finite, got {raw!r}")
+    return key.strip().replace("-", "_"), value
+
+
+def setup_logging(verbose: bool = True) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("tensorflow", "absl", "h5py", "matplotlib", "jax"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def run(main_fn, argv=None) -> int:
+    """Calls `main_fn(argv)`; user errors become one stderr line and exit code 2 (or 3)."""
+    from kmnist_lab.errors import KmnistLabError
+
+    try:
+        return main_fn(argv)
+    except KmnistLabError as e:
+        return _one_line(str(e).splitlines()[0] if str(e) else type(e).__name__, getattr(e, "exit_code", 2))
+    except KeyboardInterrupt:
+        return _one_line("interrupted; re-run the same command to resume", 130)

@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""Evaluate an exported SavedModel with TensorFlow alone (no model code needed).
+
+Examples:
+  python scripts/evaluate.py saved_models/bn_mlp_auto_ce_s0
+  python scripts/evaluate.py saved_models/bn_mlp_auto_ce_s0/saved_model --split val
+  python scripts/evaluate.py RUN --dataset fashion_mnist --data-dir /usr/share/datasets/fashion-mnist
+
+PATH is a run folder or its saved_model/ folder. Dataset, data dir, validation
+fraction and seed default to the run's config.json, so `--split val` is the same
+validation split the run used. Prints accuracy, per-class accuracy and the
+classification report; writes evaluation.json, confusion.png, per_class.png and
+wrong.png to --output-dir (default RUN/evaluation/DATASET-SPLIT).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import _cli
+
+
+def build_parser():
+    from kmnist_lab.data import DATASETS
+
+    p = _cli.Parser(prog="evaluate.py", description=__doc__)
+    p.add_argument("path", help="run folder or SavedModel folder")
+    p.add_argument("--dataset", choices=list(DATASETS), help="default: the run's dataset, else auto")
+    p.add_argument("--data-dir", help="folder with IDX/.npz files")
+    p.add_argument("--split", choices=("test", "val", "train"), default="test")
+    p.add_argument("--val-fraction", type=_cli.fraction, help="default: the run's")
+    p.add_argument("--seed", type=int, help="validation-split seed (default: the run's)")
+    p.add_argument("--batch-size", type=_cli.positive_int, default=1024)
+    p.add_argument("--output-dir", help="where evaluation.json and figures go")
+    p.add_argument("--backend", choices=_cli.BACKENDS, help=argparse_suppress())
+    return p
+
+
+def argparse_suppress():
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+def main(argv=None) -> int:
+    _cli.select_backend(argv)
+    args = build_parser().parse_args(argv)
+    _cli.setup_logging(True)
+    from pathlib import Path
+
+    from kmnist_lab.data import load_dataset
+    from kmnist_lab.evaluation import (
+        load_saved_model,
+        predict_scores,
+        resolve_saved_model,
+        run_config,
+        score,
+        write_report,
+    )
+
+    saved_dir, run_dir = resolve_saved_model(args.path)
+    cfg = run_config(run_dir).get("config", {})
+    dataset_name = args.dataset or run_config(run_dir).get("dataset", {}).get("name") or cfg.get("dataset", "auto")
+    data_dir = args.data_dir if args.data_dir is not None else (cfg.get("data_dir") if not args.dataset else None)
+    dataset = load_dataset(
+        dataset_name,
+        data_dir,
+        args.val_fraction if args.val_fraction is not None else cfg.get("val_fraction"),
+        args.seed if args.seed is not None else cfg.get("seed", 0),
+    )
+    x, y = getattr(dataset, args.split)
+    loaded = load_saved_model(saved_dir)
+    scores = predict_scores(loaded, x, args.batch_size)
+    if scores.shape[1] != dataset.num_classes:
+        from kmnist_lab.errors import ModelLoadError
+
+        raise ModelLoadError(
+            f"the model outputs {scores.shape[1]} classes but {dataset.name} has {dataset.num_classes}"
+        )
+    result = score(y, scores, dataset.class_names)
+    result.update({"saved_model": str(saved_dir), "dataset": dataset.name, "split": args.split})
+    out = Path(args.output_dir) if args.output_dir else (run_dir or saved_dir.parent) / "evaluation" / f"{dataset.name}-{args.split}"
+    path = write_report(result, x, dataset.class_names, out, title=f"({dataset.name} {args.split})")
+    print(f"{dataset.name} {args.split}: accuracy {100 * result['accuracy']:.2f}% "
+          f"cross-entropy {result['cross_entropy']:.4f} (n={result['n']})")  # fmt: skip
+    print("per-class accuracy: " + "  ".join(f"{k}:{100 * v:.1f}" for k, v in result["per_class_accuracy"].items()))
+    print(result["classification_report_text"])
+    print(f"wrote {path} and figures in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_cli.run(main))

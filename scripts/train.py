@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Train one model and write its run folder (history, SavedModel, plots, metrics).
+
+Examples:
+  python scripts/train.py --arch bn_mlp
+  python scripts/train.py --arch resnet18 --dataset fashion_mnist --epochs 10
+  python scripts/train.py --arch bn_mlp --loss am_softmax --loss-param margin=0.3
+  python scripts/train.py --arch mlp --hidden 128 --activation tanh --optimizer sgdm --lr 0.01
+
+Defaults per architecture (epochs, batch size, optimizer, learning rate, schedule)
+are listed at the end of --help. Re-running an interrupted command resumes it.
+Exit codes: 0 ok, 2 bad input (one line on stderr), 3 training diverged.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import _cli
+
+
+def build_parser():
+    from kmnist_lab.config import ARCH_DEFAULTS, JIT_POLICIES, LR_SCHEDULES, TrainConfig
+    from kmnist_lab.data import DATASETS
+    from kmnist_lab.losses import list_losses
+    from kmnist_lab.models import list_models
+    from kmnist_lab.optimizers import list_optimizers
+
+    defaults = "\n".join(
+        f"  {arch:<13} epochs={d.epochs} batch={d.batch_size} {d.optimizer} lr={d.lr:g} {d.lr_schedule}"
+        for arch, d in ARCH_DEFAULTS.items()
+    )
+    p = _cli.Parser(
+        prog="train.py",
+        description=__doc__,
+        epilog=f"per-architecture defaults:\n{defaults}\n\ndatasets:\n"
+        + "\n".join(f"  {k:<14} {v}" for k, v in DATASETS.items()),
+    )
+    c = TrainConfig()
+    g = p.add_argument_group("what to train")
+    g.add_argument("--config", metavar="JSON", help="read options from a JSON file (a run's config.json works); flags override it")
+    g.add_argument("--arch", choices=list_models(), default=None, help=f"architecture (default {c.arch})")
+    g.add_argument("--dataset", choices=list(DATASETS), default=None, help=f"dataset (default {c.dataset})")
+    g.add_argument("--data-dir", help="folder with IDX (.gz or raw) or .npz files, searched first")
+    g.add_argument("--val-fraction", type=_cli.fraction, help="share of training data held out for validation")
+    g.add_argument("--loss", choices=list_losses(), default=None, help=f"loss; it picks the model head (default {c.loss})")
+    g.add_argument("--loss-param", action="append", type=_cli.key_value, default=[], metavar="K=V",
+                   help="loss keyword, e.g. margin=0.3 (repeatable)")  # fmt: skip
+    g.add_argument("--model-param", action="append", type=_cli.key_value, default=[], metavar="K=V",
+                   help="builder keyword, e.g. hidden=[256,64] (repeatable)")  # fmt: skip
+    g.add_argument("--hidden", type=_cli.positive_int, nargs="+", help="hidden widths (arch mlp)")
+    g.add_argument("--activation", help="activation (arch mlp, resnet18)")
+    g.add_argument("--dropout", type=_cli.nonneg_float, help="dropout rate (arch mlp)")
+    g.add_argument("--l2", type=_cli.nonneg_float, default=None, help="L2 penalty on kernels (MLPs)")
+    g.add_argument("--augment", action="store_true", default=None, help="random translation + small rotation")
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--epochs", type=_cli.positive_int)
+    o.add_argument("--batch-size", type=_cli.positive_int)
+    o.add_argument("--lr", type=_cli.positive_float, help="(peak) learning rate")
+    o.add_argument("--optimizer", choices=list_optimizers(), default=None)
+    o.add_argument("--momentum", type=_cli.nonneg_float, help="momentum (sgdm, nesterov, rmsprop)")
+    o.add_argument("--weight-decay", type=_cli.nonneg_float)
+    o.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None)
+    o.add_argument("--warmup-epochs", type=_cli.nonneg_int, default=None)
+    o.add_argument("--seed", type=int, default=None)
+    r = p.add_argument_group("run")
+    r.add_argument("--run-name", help="run folder name (default: arch_dataset_loss_sSEED)")
+    r.add_argument("--output-dir", default=None, help=f"parent of run folders (default {c.output_dir})")
+    r.add_argument("--overwrite", action="store_true", default=None, help="replace a finished run folder")
+    r.add_argument("--backend", choices=_cli.BACKENDS, help="Keras backend (or set KERAS_BACKEND)")
+    r.add_argument("--jit", choices=JIT_POLICIES, default=None, help="XLA policy (default auto: measured per model)")
+    r.add_argument("--steps-per-execution", type=_cli.positive_int, help="steps per compiled call (default: auto)")
+    r.add_argument("--tensorboard", action="store_true", default=None, help="also write TensorBoard logs")
+    r.add_argument("--no-export", dest="export", action="store_false", default=None, help="skip SavedModel/model.keras")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def config_from_args(args):
+    from kmnist_lab.config import TrainConfig
+
+    base = TrainConfig.from_json(args.config).to_dict() if args.config else {}
+    base.pop("backend", None)
+    fields = (
+        "arch", "dataset", "data_dir", "val_fraction", "loss", "l2", "augment", "epochs",
+        "batch_size", "lr", "optimizer", "momentum", "weight_decay", "lr_schedule",
+        "warmup_epochs", "seed", "run_name", "output_dir", "overwrite", "jit",
+        "steps_per_execution", "tensorboard", "export",
+    )  # fmt: skip
+    for name in fields:
+        value = getattr(args, name)
+        if value is not None:
+            base[name] = value
+    base["loss_params"] = {**base.get("loss_params", {}), **dict(args.loss_param)}
+    model_params = {**base.get("model_params", {}), **dict(args.model_param)}
+    for name in ("hidden", "activation", "dropout"):
+        if getattr(args, name) is not None:
+            model_params[name] = getattr(args, name)
+    base["model_params"] = model_params
+    base["verbose"] = 0 if args.quiet else (1 if sys.stdout.isatty() else 2)
+    import keras
+
+    base["backend"] = keras.backend.backend()
+    return TrainConfig.from_dict(base)
+
+
+def main(argv=None) -> int:
+    _cli.select_backend(argv)
+    args = build_parser().parse_args(argv)
+    _cli.setup_logging(not args.quiet)
+    from kmnist_lab.training import train
+
+    result = train(config_from_args(args))
+    m = result.metrics
+    print(
+        f"{result.config.arch} on {m['dataset']}: test accuracy {100 * m['test_accuracy']:.2f}% "
+        f"(loss {m['test_loss']:.4f}) in {m['wall_time_s']:.0f} s -> {result.run_dir}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_cli.run(main))

@@ -1,0 +1,28 @@
+"""Shared fixtures: tiny synthetic datasets, quiet TensorFlow, no downloads."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Tests never download: `auto` and the full datasets fall back or fail fast.
+os.environ.setdefault("KMNIST_LAB_NO_DOWNLOAD", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+def make_images(n, seed=0, num_classes=10):
+    """Class-dependent synthetic 28x28 uint8 images (learnable: a bright block per class)."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % num_classes
+    rng.shuffle(y)
+    x = rng.integers(0, 60, size=(n, 28, 28), dtype=np.uint8)
+    for i, label in enumerate(y):
+        r, c = divmod(int(label), 4)
+        x[i, 2 + 6 * r : 8 + 6 * r, 2 + 6 * c : 8 + 6 * c] = 230
+    return x, y.astype(np.int64)
+
+
+@pytest.fixture
+def tiny_arrays():
+    """(x, y) with 60 learnable synthetic images."""
+    return make_images(60)

@@ -1,0 +1,174 @@
+"""Dataset loading: IDX/npz readers, checksums, splits, sources and their failure modes."""
+
+import gzip
+
+import numpy as np
+import pytest
+from helpers import idx_bytes, write_idx_dataset
+
+from kmnist_lab import data
+from kmnist_lab.errors import ConfigError, DataError
+
+
+def test_idx_round_trip():
+    arr = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
+    np.testing.assert_array_equal(data.parse_idx(idx_bytes(arr)), arr)
+
+
+def test_idx_labels_round_trip():
+    labels = np.array([3, 1, 4, 1, 5], dtype=np.uint8)
+    np.testing.assert_array_equal(data.parse_idx(idx_bytes(labels)), labels)
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (b"", "not an IDX file"),
+        (b"\x01\x02\x08\x01\x00\x00\x00\x01\x05", "not an IDX file"),
+        (b"\x00\x00\x0d\x01\x00\x00\x00\x01\x05", "element type"),
+        (b"\x00\x00\x08\x03\x00\x00", "truncated IDX header"),
+        (b"\x00\x00\x08\x01\x00\x00\x00\x05\x01\x02", "truncated or corrupt"),
+    ],
+)
+def test_idx_rejects_bad_bytes(raw, message):
+    with pytest.raises(DataError, match=message):
+        data.parse_idx(raw, "f.idx")
+
+
+def test_stratified_split_is_deterministic_balanced_and_disjoint():
+    y = np.repeat(np.arange(10), 50)
+    keep, held = data.stratified_split(y, 0.1, seed=3)
+    keep2, held2 = data.stratified_split(y, 0.1, seed=3)
+    np.testing.assert_array_equal(held, held2)
+    np.testing.assert_array_equal(keep, keep2)
+    assert np.bincount(y[held]).tolist() == [5] * 10
+    assert len(np.intersect1d(keep, held)) == 0 and len(keep) + len(held) == len(y)
+    _, held_other_seed = data.stratified_split(y, 0.1, seed=4)
+    assert not np.array_equal(held, held_other_seed)
+
+
+def test_stratified_split_keeps_rare_class_in_both_sides():
+    y = np.array([0] * 20 + [1] * 2)
+    keep, held = data.stratified_split(y, 0.1, seed=0)
+    assert 1 in y[keep] and 1 in y[held]
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_load_from_data_dir_idx(tmp_path, gz):
+    write_idx_dataset(tmp_path, n_train=100, n_test=30, gz=gz)
+    ds = data.load_dataset("kmnist", data_dir=tmp_path, val_fraction=0.2, seed=0)
+    assert ds.train[0].shape == (80, 28, 28) and ds.train[0].dtype == np.uint8
+    assert ds.val[0].shape == (20, 28, 28) and ds.test[0].shape == (30, 28, 28)
+    assert ds.train[1].dtype == np.int64
+    assert ds.class_names == data.KUZUSHIJI
+    assert set(ds.source["files"]) == {
+        f"{stem}{'.gz' if gz else ''}" for stem in data.IDX_FILES.values()
+    }
+    assert all(len(h) == 64 for h in ds.source["files"].values())
+
+
+def test_load_from_keras_style_npz(tmp_path):
+    from conftest import make_images
+
+    xtr, ytr = make_images(50)
+    xte, yte = make_images(20, seed=1)
+    np.savez(tmp_path / "fashion_mnist.npz", x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
+    ds = data.load_dataset("fashion_mnist", data_dir=tmp_path, val_fraction=0.2)
+    assert len(ds.train[1]) + len(ds.val[1]) == 50 and len(ds.test[1]) == 20
+    assert ds.class_names[0] == "T-shirt/top"
+
+
+def test_known_file_with_wrong_checksum_is_refused_and_named(tmp_path):
+    write_idx_dataset(tmp_path, gz=True)
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte\.gz: sha256 .* does not match"):
+        data.load_dataset("mnist", data_dir=tmp_path)
+
+
+def test_image_label_count_mismatch_names_the_folder(tmp_path):
+    write_idx_dataset(tmp_path)
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros(7, np.uint8)))
+    with pytest.raises(DataError, match="40 images but 7 labels"):
+        data.load_dataset("kmnist", data_dir=tmp_path)
+
+
+def test_truncated_gzip_is_a_data_error(tmp_path):
+    write_idx_dataset(tmp_path, gz=True)
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz"):
+        data.load_dataset("kmnist", data_dir=tmp_path)
+
+
+def test_incomplete_idx_set_lists_missing_files(tmp_path):
+    write_idx_dataset(tmp_path)
+    (tmp_path / "t10k-images-idx3-ubyte").unlink()
+    with pytest.raises(DataError, match="missing.*t10k-images-idx3-ubyte"):
+        data.load_dataset("kmnist", data_dir=tmp_path)
+
+
+def test_corrupt_npz_is_a_data_error(tmp_path):
+    (tmp_path / "mnist.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(DataError, match="mnist.npz"):
+        data.load_dataset("kmnist", data_dir=tmp_path)
+
+
+def test_empty_or_missing_data_dir(tmp_path):
+    with pytest.raises(DataError, match="holds no kmnist files"):
+        data.load_dataset("kmnist", data_dir=tmp_path)
+    with pytest.raises(DataError, match="does not exist"):
+        data.load_dataset("kmnist", data_dir=tmp_path / "nope")
+
+
+def test_kmnist_needs_data_dir():
+    with pytest.raises(DataError, match="--data-dir only"):
+        data.load_dataset("kmnist")
+
+
+def test_unknown_dataset_and_bad_fraction():
+    with pytest.raises(ConfigError, match="Valid datasets: auto, mnist"):
+        data.load_dataset("cifar")
+    with pytest.raises(ConfigError, match="val_fraction"):
+        data.load_dataset("mnist_5k", val_fraction=1.5)
+
+
+def test_mnist_5k_split_4000_500_500_stratified():
+    ds = data.load_dataset("mnist_5k")
+    assert [len(s[1]) for s in (ds.train, ds.val, ds.test)] == [4000, 500, 500]
+    for split in (ds.train, ds.val, ds.test):
+        counts = np.bincount(split[1], minlength=10)
+        assert counts.min() == counts.max()
+    assert ds.train[0].dtype == np.uint8 and ds.train[0].max() == 255
+    assert "mnist_5k.csv.gz" in ds.source["files"]
+
+
+def test_auto_falls_back_to_mnist_5k_and_says_why(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setenv("KMNIST_LAB_NO_DOWNLOAD", "1")
+    monkeypatch.setitem(data._DEBIAN_DIRS, "mnist", str(tmp_path / "none"))
+    ds = data.load_dataset("auto")
+    assert ds.name == "mnist_5k"
+    assert "downloads are disabled" in ds.source["auto_reason"]
+
+
+def test_auto_uses_full_mnist_from_keras_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    write_idx_dataset(tmp_path / "datasets", n_train=40, n_test=20)
+    ds = data.load_dataset("auto")
+    assert ds.name == "mnist" and len(ds.test[1]) == 20
+
+
+def test_from_arrays_accepts_flat_and_channel_images():
+    from conftest import make_images
+
+    x, y = make_images(40)
+    ds = data.from_arrays(x.reshape(40, 784), y, x[..., None], y, val_fraction=0.25)
+    assert ds.train[0].shape[1:] == (28, 28) and ds.test[0].shape == (40, 28, 28)
+    with pytest.raises(DataError, match=r"\(N, 28, 28\)"):
+        data.from_arrays(np.zeros((4, 32, 32)), np.zeros(4), x, y)
+
+
+def test_gzip_reader_reads_what_was_written(tmp_path):
+    arr = np.arange(10, dtype=np.uint8)
+    with gzip.open(tmp_path / "a.gz", "wb") as f:
+        f.write(idx_bytes(arr))
+    np.testing.assert_array_equal(data.parse_idx(data._read_bytes(tmp_path / "a.gz")), arr)

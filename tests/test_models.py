@@ -1,0 +1,121 @@
+"""Every registered model: shape, parameter count, a training step, save/load round-trips.
+
+Parametrized over `list_models()`, so a newly registered architecture is covered
+(and must add its reference parameter count below).
+"""
+
+import numpy as np
+import pytest
+
+import keras
+from kmnist_lab.errors import ConfigError
+from kmnist_lab.models import build_model, list_models, model_params
+
+# Trainable parameters of the same networks in PyTorch (the reports' framework):
+# e.g. bn_mlp = 784*512+512 + 2*512 + 512*128+128 + 2*128 + 128*10+10.
+TORCH_TRAINABLE = {
+    "plain_mlp": 468_874,
+    "relu_mlp": 468_874,
+    "bn_mlp": 470_154,
+    "mlp": 468_874,
+    "resnet18": 11_175_370,  # torchvision resnet18 with a 1-channel stem and 10 classes
+    "residual_cnn": 41_514,
+}
+
+
+@pytest.fixture(scope="module", params=list_models())
+def model_name(request):
+    return request.param
+
+
+def _images(n=8, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+
+
+def test_output_shape_and_parameter_count(model_name):
+    model = build_model(model_name)
+    assert model.output_shape == (None, 10)
+    assert model_name in TORCH_TRAINABLE, "add the reference parameter count of the new model"
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    assert trainable == TORCH_TRAINABLE[model_name]
+
+
+def test_accepts_uint8_float_and_channel_axis(model_name):
+    model = build_model(model_name, num_classes=7)
+    x = _images(3)
+    a = model.predict(x, verbose=0)
+    b = model.predict(x.astype("float32")[..., None], verbose=0)
+    assert a.shape == (3, 7)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_cosine_head_outputs_cosines(model_name):
+    model = build_model(model_name, head="cosine")
+    out = model.predict(_images(4), verbose=0)
+    assert out.shape == (4, 10)
+    assert np.all(np.abs(out) <= 1 + 1e-5)
+
+
+def test_one_training_step_changes_weights_and_gives_finite_loss(model_name):
+    keras.utils.set_random_seed(0)
+    model = build_model(model_name)
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    logs = model.train_on_batch(_images(8), np.arange(8) % 10, return_dict=True)
+    assert np.isfinite(logs["loss"])
+    after = [w.numpy() for w in model.trainable_weights]
+    assert any(not np.allclose(a, b) for a, b in zip(before, after))
+
+
+def test_keras_and_savedmodel_round_trips_predict_the_same(model_name, tmp_path):
+    import tensorflow as tf
+
+    from kmnist_lab.export import export_saved_model
+
+    model = build_model(model_name)
+    x = _images(5)
+    expected = model.predict(x, verbose=0)
+    model.save(tmp_path / "m.keras")
+    restored = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(restored.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-5)
+    export_saved_model(model, tmp_path / "sm")
+    served = tf.saved_model.load(str(tmp_path / "sm"))
+    for name, batch in (("serve", tf.constant(x, tf.float32)), ("serve_uint8", tf.constant(x[..., None]))):
+        out = served.signatures[name](pixels=batch)
+        np.testing.assert_allclose(out["scores"].numpy(), expected, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(out["class_ids"].numpy(), expected.argmax(1))
+
+
+def test_augmentation_is_inactive_at_inference():
+    model = build_model("bn_mlp", augment=True)
+    x = _images(4)
+    np.testing.assert_allclose(model(x, training=False), model(x, training=False))
+    assert not np.allclose(model(x, training=True), model(x, training=False))
+
+
+def test_mlp_options():
+    model = build_model("mlp", hidden=(128,), activation="tanh", init_std=0.01)
+    assert [w.shape for w in model.trainable_weights] == [(784, 128), (128,), (128, 10), (10,)]
+    assert np.std(model.trainable_weights[0].numpy()) == pytest.approx(0.01, rel=0.05)
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, message",
+    [
+        ("nope", {}, "Unknown arch 'nope'. Valid archs: plain_mlp"),
+        ("bn_mlp", {"hidden": (3,)}, "does not take hidden"),
+        ("mlp", {"hidden": ()}, "`hidden` must be a non-empty"),
+        ("mlp", {"activation": "swishy"}, "`activation` must be one of"),
+        ("mlp", {"dropout": 1.0}, r"`dropout` must be in \[0, 1\)"),
+        ("resnet18", {"activation": "selu"}, "`activation` must be one of relu, sigmoid, tanh"),
+        ("bn_mlp", {"head": "arcface"}, "`head` must be one of logits, cosine"),
+    ],
+)
+def test_invalid_builds_raise_config_error(name, kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        build_model(name, **kwargs)
+
+
+def test_every_model_documents_its_keywords():
+    for name in list_models():
+        assert {"num_classes", "head", "augment"} <= set(model_params(name))
