@@ -31,10 +31,11 @@ class ArchDefaults:
     optimizer: str
     lr: float
     lr_schedule: str
+    augment: bool
 
 
-_MLP = ArchDefaults(epochs=15, batch_size=128, optimizer="adam", lr=1e-3, lr_schedule="cosine")
-_CNN = ArchDefaults(epochs=15, batch_size=64, optimizer="adam", lr=1e-3, lr_schedule="cosine")
+_MLP = ArchDefaults(epochs=15, batch_size=128, optimizer="adam", lr=1e-3, lr_schedule="cosine", augment=True)
+_CNN = ArchDefaults(epochs=15, batch_size=64, optimizer="adam", lr=1e-3, lr_schedule="cosine", augment=True)
 ARCH_DEFAULTS = {
     "plain_mlp": _MLP,
     "relu_mlp": _MLP,
@@ -90,7 +91,7 @@ class TrainConfig:
     momentum: float | None = None
     weight_decay: float | None = None
     l2: float = 0.0
-    augment: bool = False
+    augment: bool | None = None
     seed: int = 0
     val_fraction: float | None = None
     run_name: str | None = None
@@ -159,6 +160,7 @@ class TrainConfig:
             "optimizer": self.optimizer or d.optimizer,
             "lr": self.lr or d.lr,
             "lr_schedule": self.lr_schedule or d.lr_schedule,
+            "augment": d.augment if self.augment is None else self.augment,
         }
         if self.run_name is None:
             changes["run_name"] = f"{self.arch}_{self.dataset}_{self.loss}_s{self.seed}"

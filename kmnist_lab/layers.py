@@ -122,3 +122,88 @@ class CosineDense(keras.layers.Layer):
             }
         )
         return config
+
+
+@keras.saving.register_keras_serializable(package="kmnist_lab")
+class RandomAffine(keras.layers.Layer):
+    """Random rotation + translation of images, active only in training.
+
+    Why not `keras.layers.RandomRotation`/`RandomTranslation`: on TensorFlow they
+    use `ImageProjectiveTransformV3`, which XLA cannot compile, so they switch the
+    whole training step off XLA (measured 2.4x slower for `bn_mlp` on CPU). This
+    layer does the same bilinear warp with `keras.ops` gathers, which XLA, JAX and
+    PyTorch all compile.
+
+    Each image is rotated by `a ~ U(-max_rotation, max_rotation)` degrees about its
+    centre and shifted by `(dx, dy) ~ U(-max_translation, max_translation) * (W, H)`;
+    output pixel `p` samples the input at `R(-a) (p - c - t) + c` (bilinear), and
+    samples outside the image read `fill_value`.
+
+    Args:
+        max_rotation: degrees, >= 0 (report E: small rotations).
+        max_translation: fraction of the image size, in [0, 1).
+        fill_value: value of pixels coming from outside the image.
+        seed: seed of the layer's random generator.
+    """
+
+    def __init__(self, max_rotation=10.0, max_translation=0.1, fill_value=-1.0, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if not max_rotation >= 0:
+            raise ConfigError(f"`max_rotation` must be >= 0 degrees. Received: max_rotation={max_rotation}")
+        if not 0 <= max_translation < 1:
+            raise ConfigError(
+                f"`max_translation` must be in [0, 1). Received: max_translation={max_translation}"
+            )
+        self.max_rotation = float(max_rotation)
+        self.max_translation = float(max_translation)
+        self.fill_value = float(fill_value)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training=False):
+        if not training:
+            return images
+        batch = ops.shape(images)[0]
+        h, w = images.shape[1], images.shape[2]
+        limit = self.max_rotation * 3.141592653589793 / 180.0
+        angle = keras.random.uniform((batch,), -limit, limit, seed=self.seed_generator)
+        shift = keras.random.uniform((batch, 2), -self.max_translation, self.max_translation, seed=self.seed_generator)
+        return self.transform(images, angle, shift[:, 0] * w, shift[:, 1] * h)
+
+    def transform(self, images, angle, dx, dy):
+        """Warps `images` (B, H, W, C) by per-image `angle` (radians) and shifts (pixels)."""
+        h, w, c = images.shape[1], images.shape[2], images.shape[3]
+        dtype = images.dtype
+        ys, xs = ops.meshgrid(ops.arange(h, dtype="float32"), ops.arange(w, dtype="float32"), indexing="ij")
+        cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
+        xs = ops.reshape(xs, (1, -1)) - cx - ops.reshape(dx, (-1, 1))
+        ys = ops.reshape(ys, (1, -1)) - cy - ops.reshape(dy, (-1, 1))
+        cos, sin = ops.reshape(ops.cos(angle), (-1, 1)), ops.reshape(ops.sin(angle), (-1, 1))
+        src_x = cos * xs + sin * ys + cx
+        src_y = -sin * xs + cos * ys + cy
+        x0, y0 = ops.floor(src_x), ops.floor(src_y)
+        flat = ops.reshape(ops.cast(images, "float32"), (-1, h * w, c))
+        out = 0.0
+        for oy in (0.0, 1.0):
+            for ox in (0.0, 1.0):
+                px, py = x0 + ox, y0 + oy
+                weight = (1.0 - ops.abs(src_x - px)) * (1.0 - ops.abs(src_y - py))
+                inside = (px >= 0) & (px <= w - 1) & (py >= 0) & (py <= h - 1)
+                index = ops.cast(ops.clip(py, 0, h - 1) * w + ops.clip(px, 0, w - 1), "int32")
+                index = ops.repeat(ops.expand_dims(index, -1), c, axis=-1)
+                value = ops.take_along_axis(flat, index, axis=1)
+                value = ops.where(ops.expand_dims(inside, -1), value, self.fill_value)
+                out = out + ops.expand_dims(weight, -1) * value
+        return ops.cast(ops.reshape(out, (-1, h, w, c)), dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "max_rotation": self.max_rotation,
+            "max_translation": self.max_translation,
+            "fill_value": self.fill_value,
+            "seed": self.seed,
+        }

@@ -24,7 +24,7 @@ from keras import ops
 from kmnist_lab.errors import ConfigError
 from kmnist_lab.registry import Registry
 
-LOSSES = Registry("loss")
+LOSSES = Registry("loss", plural="losses")
 
 # Floor of `1 - p_y` in the focal modulating factor: keeps `d/dp (1-p)^gamma`
 # finite for gamma < 1 when p_y rounds to 1 (the loss there is 0 anyway).

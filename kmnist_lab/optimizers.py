@@ -251,7 +251,12 @@ class SwapAveragedWeights(keras.callbacks.Callback):
 
 
 def averaging_callbacks(optimizer) -> list:
-    """Callbacks `fit` needs so validation uses `optimizer`'s averaged weights, if any."""
+    """Callbacks `fit` needs so validation uses `optimizer`'s averaged weights, if any.
+
+    `[SwapAveragedWeights()]` for ASGD (also inside a `LossScaleOptimizer`),
+    `[keras.callbacks.SwapEMAWeights()]` for an optimizer with `use_ema=True`, else `[]`.
+    """
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
     if isinstance(optimizer, ASGD):
         return [SwapAveragedWeights()]
     if getattr(optimizer, "use_ema", False):

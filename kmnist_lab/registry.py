@@ -35,8 +35,9 @@ class Entry:
 class Registry:
     """Maps names to factories for one kind of component (`kind` is used in errors)."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, plural: str | None = None):
         self.kind = kind
+        self.plural = plural or f"{kind}s"
         self._entries: dict[str, Entry] = {}
 
     def register(self, name: str, summary: str = "", **meta) -> Callable:
@@ -57,7 +58,7 @@ class Registry:
             return self._entries[name]
         except (KeyError, TypeError):
             raise ConfigError(
-                f"Unknown {self.kind} {name!r}. Valid {self.kind}s: {', '.join(self.names())}"
+                f"Unknown {self.kind} {name!r}. Valid {self.plural}: {', '.join(self.names())}"
             ) from None
 
     def names(self) -> list[str]:

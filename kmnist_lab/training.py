@@ -86,7 +86,7 @@ def build_for_config(cfg: TrainConfig, num_classes: int) -> tuple[keras.Model, k
     """The model and loss a config describes (head chosen by the loss)."""
     loss = get_loss(cfg.loss, **cfg.loss_params)
     overrides = dict(cfg.model_params)
-    overrides.setdefault("augment", cfg.augment or None)
+    overrides.setdefault("augment", bool(cfg.augment))
     if cfg.l2:
         overrides.setdefault("l2", cfg.l2)
     model = build_model(cfg.arch, num_classes=num_classes, head=loss_head(cfg.loss), **overrides)

@@ -158,6 +158,8 @@ def run(main_fn, argv=None) -> int:
 
     try:
         return main_fn(argv)
+    except SystemExit as e:  # argparse: --help (0) or a one-line usage error (2)
+        return e.code if isinstance(e.code, int) else 2
     except KmnistLabError as e:
         return _one_line(str(e).splitlines()[0] if str(e) else type(e).__name__, getattr(e, "exit_code", 2))
     except KeyboardInterrupt:

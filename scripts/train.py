@@ -14,6 +14,7 @@ Exit codes: 0 ok, 2 bad input (one line on stderr), 3 training diverged.
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 import _cli
@@ -28,6 +29,7 @@ def build_parser():
 
     defaults = "\n".join(
         f"  {arch:<13} epochs={d.epochs} batch={d.batch_size} {d.optimizer} lr={d.lr:g} {d.lr_schedule}"
+        f"{' augment' if d.augment else ''}"
         for arch, d in ARCH_DEFAULTS.items()
     )
     p = _cli.Parser(
@@ -52,7 +54,8 @@ def build_parser():
     g.add_argument("--activation", help="activation (arch mlp, resnet18)")
     g.add_argument("--dropout", type=_cli.nonneg_float, help="dropout rate (arch mlp)")
     g.add_argument("--l2", type=_cli.nonneg_float, default=None, help="L2 penalty on kernels (MLPs)")
-    g.add_argument("--augment", action="store_true", default=None, help="random translation + small rotation")
+    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random translation + small rotation at training time (default: per arch)")
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", type=_cli.positive_int)
     o.add_argument("--batch-size", type=_cli.positive_int)

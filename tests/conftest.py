@@ -26,3 +26,12 @@ def make_images(n, seed=0, num_classes=10):
 def tiny_arrays():
     """(x, y) with 60 learnable synthetic images."""
     return make_images(60)
+
+
+# Scripts are thin CLIs with `main(argv) -> int`; tests import and call them in-process.
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+if str(SCRIPTS) not in sys.path:
+    sys.path.insert(0, str(SCRIPTS))

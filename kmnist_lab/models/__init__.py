@@ -69,3 +69,14 @@ def build_model(name: str, num_classes: int = 10, head: str = "logits", **overri
             f"arch {name!r} does not take {', '.join(unknown)}. It takes: {', '.join(accepted)}"
         )
     return factory(num_classes=num_classes, head=head, **overrides)
+
+
+def load_keras_model(path, compile: bool = True) -> keras.Model:
+    """Loads a `model.keras` written by kmnist_lab on any backend.
+
+    Imports the modules that register kmnist_lab's custom layers, losses,
+    optimizers and schedules first, so `keras.saving.load_model` finds them.
+    """
+    from kmnist_lab import layers, losses, optimizers, schedules  # noqa: F401
+
+    return keras.saving.load_model(path, compile=compile)

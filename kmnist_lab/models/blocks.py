@@ -40,8 +40,9 @@ def image_input(channels_axis: bool, augment: bool = False, name: str = "pixels"
     inputs = keras.Input(shape=(28, 28, 1), name=name)
     x = layers.Rescaling(PIXEL_SCALE, offset=PIXEL_OFFSET, name="rescale")(inputs)
     if augment:
-        x = layers.RandomTranslation(0.1, 0.1, fill_mode="constant", fill_value=-1.0, name="aug_translate")(x)
-        x = layers.RandomRotation(10 / 360, fill_mode="constant", fill_value=-1.0, name="aug_rotate")(x)
+        from kmnist_lab.layers import RandomAffine
+
+        x = RandomAffine(max_rotation=10.0, max_translation=0.1, fill_value=-1.0, name="augment")(x)
     if not channels_axis:
         x = layers.Flatten(name="flatten_input")(x)
     return inputs, x
@@ -53,7 +54,7 @@ def classifier_head(x, num_classes: int, head: str = "logits", l2: float = 0.0, 
     if head == "cosine":
         from kmnist_lab.layers import CosineDense
 
-        return CosineDense(num_classes, name=name)(x)
+        return CosineDense(num_classes, kernel_regularizer=regularizer(l2), name=name)(x)
     return layers.Dense(num_classes, kernel_regularizer=regularizer(l2), name=name)(x)
 
 

@@ -46,10 +46,17 @@ def value_and_grad(fn, x):
     if backend == "torch":
         import torch
 
-        x = torch.tensor(np.asarray(x), requires_grad=True)
+        x = x.detach().clone() if torch.is_tensor(x) else torch.tensor(np.asarray(x))
+        x.requires_grad_(True)
         value = fn(x)
         value.sum().backward()
-        return value.detach().cpu().numpy(), x.grad.cpu().numpy()
+
+        # NumPy has no bfloat16: hand back float32 copies of half-precision tensors.
+        def to_numpy(t):
+            t = t.detach().cpu()
+            return (t.float() if t.dtype.itemsize < 4 else t).numpy()
+
+        return to_numpy(value), to_numpy(x.grad)
     raise NotImplementedError(f"no gradient helper for backend {backend!r}")
 
 

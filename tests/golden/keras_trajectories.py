@@ -86,8 +86,15 @@ def fit_trajectory(golden: dict, config_name: str) -> dict:
         on_epoch_end=lambda epoch, logs: params.append([w.tolist() for w in model.get_weights()])
     )
     x, y = problem["x"], problem["y"]
-    model.fit(x, y, batch_size=len(x), epochs=golden["steps"], shuffle=False, verbose=0,
-              callbacks=[record])
+    model.fit(
+        x,
+        y,
+        batch_size=len(x),
+        epochs=golden["steps"],
+        shuffle=False,
+        verbose=0,
+        callbacks=[record],
+    )
     return {"params": params, "final": [w.tolist() for w in model.get_weights()]}
 
 

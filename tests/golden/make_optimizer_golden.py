@@ -25,7 +25,12 @@ GOLDEN_PATH = Path(__file__).with_name("optimizer_golden.json")
 # name -> (kmnist_lab optimizer, its params, torch.optim class, its kwargs)
 CONFIGS = {
     "sgd": ("sgd", {"learning_rate": 0.05}, "SGD", {"lr": 0.05}),
-    "sgdm": ("sgdm", {"learning_rate": 0.05, "momentum": 0.5}, "SGD", {"lr": 0.05, "momentum": 0.5}),
+    "sgdm": (
+        "sgdm",
+        {"learning_rate": 0.05, "momentum": 0.5},
+        "SGD",
+        {"lr": 0.05, "momentum": 0.5},
+    ),
     "rprop": ("rprop", {}, "Rprop", {"lr": 0.01}),
     "rprop_bounded": (
         "rprop",
@@ -81,13 +86,16 @@ def gradients(problem_name: str, problem: dict, params: list) -> list:
     if problem_name == "quadratic":
         return [
             (a * (p - c)).astype(np.float32)
-            for p, a, c in zip(params, problem["curvature"], problem["center"])
+            for p, a, c in zip(params, problem["curvature"], problem["center"], strict=True)
         ]
     x, y = problem["x"], problem["y"]
     kernel, bias = params
     residual = x @ kernel + bias - y
     scale = np.float32(2.0 / len(x))
-    return [(scale * (x.T @ residual)).astype(np.float32), (scale * residual.sum(0)).astype(np.float32)]
+    return [
+        (scale * (x.T @ residual)).astype(np.float32),
+        (scale * residual.sum(0)).astype(np.float32),
+    ]
 
 
 def torch_trajectory(config_name: str, problem_name: str, steps: int = STEPS) -> dict:
@@ -102,7 +110,7 @@ def torch_trajectory(config_name: str, problem_name: str, steps: int = STEPS) ->
     out = {"params": [], "averages": []}
     for _ in range(steps):
         grads = gradients(problem_name, problem, [p.detach().numpy() for p in params])
-        for p, g in zip(params, grads):
+        for p, g in zip(params, grads, strict=True):
             p.grad = torch.from_numpy(g.copy())
         optimizer.step()
         out["params"].append([p.detach().numpy().tolist() for p in params])
@@ -120,8 +128,10 @@ def main() -> int:
         "torch_version": torch.__version__,
         "steps": STEPS,
         "problems": {
-            name: {k: [a.tolist() for a in v] if isinstance(v, list) else v.tolist()
-                   for k, v in problem.items()}
+            name: {
+                k: [a.tolist() for a in v] if isinstance(v, list) else v.tolist()
+                for k, v in problem.items()
+            }
             for name, problem in problems.items()
         },
         "configs": {

@@ -1,0 +1,63 @@
+"""Markdown tables of the registries (models, losses, optimizers, datasets) for the README.
+
+`scripts/update_readme.py` writes them between `<!-- catalog:NAME -->` markers;
+a test checks that the README is up to date with the registries.
+"""
+
+from __future__ import annotations
+
+import re
+
+from kmnist_lab.config import ARCH_DEFAULTS, FALLBACK_DEFAULTS
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def models_table() -> str:
+    from kmnist_lab.models import MODELS, model_params
+
+    rows = []
+    for name in MODELS.names():
+        d = ARCH_DEFAULTS.get(name, FALLBACK_DEFAULTS)
+        params = ", ".join(p for p in model_params(name) if p not in ("num_classes", "head", "name"))
+        rows.append([f"`{name}`", MODELS.get(name).summary, f"{d.epochs} ep, bs {d.batch_size}, "
+                     f"{d.optimizer} {d.lr:g} {d.lr_schedule}{', augment' if d.augment else ''}", params])  # fmt: skip
+    return _table(["arch", "what", "defaults", "options (`--model-param`)"], rows)
+
+
+def losses_table() -> str:
+    from kmnist_lab.losses import LOSSES, loss_head
+
+    return _table(
+        ["loss", "what", "head"],
+        [[f"`{n}`", LOSSES.get(n).summary, loss_head(n)] for n in LOSSES.names()],
+    )
+
+
+def optimizers_table() -> str:
+    from kmnist_lab.optimizers import OPTIMIZERS
+
+    return _table(["optimizer", "what"], [[f"`{n}`", OPTIMIZERS.get(n).summary] for n in OPTIMIZERS.names()])
+
+
+def datasets_table() -> str:
+    from kmnist_lab.data import DATASETS
+
+    return _table(["dataset", "what"], [[f"`{k}`", v] for k, v in DATASETS.items()])
+
+
+TABLES = {"models": models_table, "losses": losses_table, "optimizers": optimizers_table,
+          "datasets": datasets_table}  # fmt: skip
+
+
+def fill(text: str) -> str:
+    """Replaces every `<!-- catalog:NAME -->...<!-- /catalog -->` block with a fresh table."""
+
+    def sub(match):
+        return f"<!-- catalog:{match.group(1)} -->\n{TABLES[match.group(1)]()}\n<!-- /catalog -->"
+
+    return re.sub(r"<!-- catalog:(\w+) -->.*?<!-- /catalog -->", sub, text, flags=re.S)

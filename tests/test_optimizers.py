@@ -1,0 +1,370 @@
+"""Optimizer registry, Rprop and ASGD: hand-computed steps, PyTorch golden trajectories
+on every Keras backend, config round-trips, checkpoint resume and ASGD averaging."""
+
+import importlib.util
+import inspect
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from kmnist_lab.errors import ConfigError
+from kmnist_lab.optimizers import (
+    ASGD,
+    Rprop,
+    SwapAveragedWeights,
+    averaging_callbacks,
+    get_optimizer,
+    list_optimizers,
+    optimizer_params,
+)
+
+GOLDEN_DIR = Path(__file__).parent / "golden"
+sys.path.insert(0, str(GOLDEN_DIR))
+import keras_trajectories as kt  # noqa: E402
+import make_optimizer_golden as mg  # noqa: E402
+
+ISSUE_NAMES = [
+    "sgd", "sgdm", "nesterov", "adam", "adamw", "adagrad", "adamax", "rmsprop",
+    "nadam", "adadelta", "lion", "rprop", "asgd",
+]  # fmt: skip
+BACKENDS = ("tensorflow", "jax", "torch")
+ATOL = 1e-5
+# The subprocesses run beside this one on 2 cores: one thread each avoids thrashing.
+QUIET_SINGLE_THREAD = {
+    "TF_CPP_MIN_LOG_LEVEL": "3",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+    "TF_NUM_INTRAOP_THREADS": "1",
+    "TF_NUM_INTEROP_THREADS": "1",
+}
+
+
+@pytest.fixture(scope="module")
+def golden():
+    return kt.load_golden()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def backend_runs(request, tmp_path_factory):
+    """Starts one trajectory subprocess per other installed backend, in the background."""
+    wanted = any("backend" in item.name for item in request.session.items)
+    procs = {}
+    if wanted:
+        out = tmp_path_factory.mktemp("backends")
+        for backend in BACKENDS:
+            if backend == keras.backend.backend() or importlib.util.find_spec(backend) is None:
+                continue
+            env = {**os.environ, "KERAS_BACKEND": backend, **QUIET_SINGLE_THREAD}
+            path = out / f"{backend}.json"
+            cmd = [sys.executable, str(GOLDEN_DIR / "keras_trajectories.py"), str(path)]
+            # stderr to a file: a full pipe would block the child.
+            log = (out / f"{backend}.log").open("wb")
+            procs[backend] = (subprocess.Popen(cmd, env=env, stderr=log, stdout=log), path)
+    yield procs
+    for proc, _ in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+
+
+def assert_close(actual, expected, what):
+    for step, (a, e) in enumerate(zip(actual, expected, strict=True)):
+        for a_param, e_param in zip(a, e, strict=True):
+            np.testing.assert_allclose(
+                np.asarray(a_param),
+                np.asarray(e_param),
+                rtol=0,
+                atol=ATOL,
+                err_msg=f"{what}, step {step + 1}",
+            )
+
+
+def fit_problem(model, golden, **kw):
+    problem = golden["problems"]["least_squares"]
+    x, y = problem["x"], problem["y"]
+    return model.fit(x, y, batch_size=len(x), shuffle=False, verbose=0, **kw)
+
+
+# --- registry and validation -------------------------------------------------------
+
+
+def test_registry_has_every_name_of_the_issue():
+    assert set(ISSUE_NAMES) <= set(list_optimizers())
+
+
+@pytest.mark.parametrize("name", list_optimizers())
+def test_builds_and_config_round_trips(name):
+    optimizer = get_optimizer(name)
+    assert isinstance(optimizer, keras.optimizers.Optimizer)
+    config = optimizer.get_config()
+    assert type(optimizer).from_config(config).get_config() == config
+    clone = keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))
+    assert type(clone) is type(optimizer) and clone.get_config() == config
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Rprop(
+            keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.5),
+            eta_minus=0.3,
+            eta_plus=1.5,
+            step_size_min=1e-3,
+            step_size_max=2.0,
+            clipnorm=1.0,
+        ),
+        lambda: ASGD(0.05, lambd=0.01, alpha=0.6, t0=5, weight_decay=0.01, global_clipnorm=2.0),
+    ],
+    ids=["rprop", "asgd"],
+)
+def test_custom_config_is_complete_and_round_trips(make):
+    optimizer = make()
+    config = optimizer.get_config()
+    own = set(inspect.signature(type(optimizer).__init__).parameters) - {"self", "kwargs"}
+    assert own <= set(config)
+    clone = keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))
+    assert type(clone) is type(optimizer)
+    assert clone.get_config() == config
+
+
+def test_params_and_error_messages():
+    assert optimizer_params("sgdm") == ["momentum", "weight_decay"]
+    assert optimizer_params("rprop") == ["eta_minus", "eta_plus", "step_size_min", "step_size_max"]
+    assert "lambd" in optimizer_params("asgd") and "weight_decay" in optimizer_params("asgd")
+    with pytest.raises(ConfigError) as e:
+        get_optimizer("adam", momentum=0.5)
+    assert str(e.value) == (
+        "`momentum` does not apply to optimizer 'adam'. It applies to: sgdm, nesterov, "
+        "rmsprop. Received: momentum=0.5"
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"^`learning_rate` must be a positive finite number. "
+        r"Received: learning_rate=-1$",
+    ):
+        get_optimizer("sgd", learning_rate=-1)
+    with pytest.raises(ConfigError, match="Unknown optimizer parameter `betas`"):
+        get_optimizer("adam", betas=(0.9, 0.99))
+    with pytest.raises(ConfigError, match="Unknown optimizer 'adamm'. Valid optimizers: sgd"):
+        get_optimizer("adamm")
+    # None means "not set by the user".
+    assert get_optimizer("adam", momentum=None, weight_decay=None).weight_decay is None
+    assert get_optimizer("sgdm", 0.01, momentum=0.5).momentum == 0.5
+
+
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("sgd", {"learning_rate": 0.0}),
+        ("sgd", {"learning_rate": float("nan")}),
+        ("sgd", {"learning_rate": float("inf")}),
+        ("sgd", {"learning_rate": "0.1"}),
+        ("sgdm", {"momentum": 1.0}),
+        ("sgdm", {"momentum": -0.1}),
+        ("adam", {"weight_decay": -1e-4}),
+        ("adam", {"beta_1": 1.0}),
+        ("adam", {"epsilon": 0}),
+        ("rprop", {"eta_minus": 1.5}),
+        ("rprop", {"eta_plus": 0.9}),
+        ("rprop", {"step_size_min": 0.0}),
+        ("rprop", {"step_size_min": 1.0, "step_size_max": 0.5}),
+        ("asgd", {"lambd": -1.0}),
+        ("asgd", {"t0": float("nan")}),
+    ],
+)
+def test_invalid_values_raise_one_line_config_error(name, kwargs):
+    with pytest.raises(ConfigError) as e:
+        get_optimizer(name, **kwargs)
+    message = str(e.value)
+    assert "\n" not in message and "Received:" in message
+    assert next(iter(kwargs)) in message
+
+
+def test_asgd_refuses_use_ema():
+    with pytest.raises(ValueError, match="use_ema"):
+        ASGD(use_ema=True)
+
+
+# --- one step by hand --------------------------------------------------------------
+
+
+def run_steps(optimizer, init, grads):
+    var = keras.Variable(np.asarray(init, np.float32))
+    out = []
+    for g in grads:
+        optimizer.apply([ops.convert_to_tensor(np.asarray(g, np.float32))], [var])
+        out.append(ops.convert_to_numpy(var).copy())
+    return out
+
+
+def test_rprop_steps_by_hand():
+    # Step sizes start at lr=0.1; grad signs: (+, -, 0), then (+, +, +) twice.
+    grads = [[0.5, -1.0, 0.0], [0.3, 2.0, 1.0], [0.3, 2.0, 1.0]]
+    w = run_steps(get_optimizer("rprop", learning_rate=0.1), [1.0, -2.0, 0.5], grads)
+    np.testing.assert_allclose(w[0], [0.9, -1.9, 0.5], atol=1e-7)  # w -= sign(g) * 0.1
+    # Weight 2's gradient changed sign: step 0.1 * 0.5 and no move; weight 1 keeps its
+    # sign: step 0.1 * 1.2; weight 3 had a zero gradient: step unchanged.
+    np.testing.assert_allclose(w[1], [0.78, -1.9, 0.4], atol=1e-7)
+    # The skipped move zeroed weight 2's stored gradient, so its step (0.05) holds.
+    np.testing.assert_allclose(w[2], [0.636, -1.95, 0.28], atol=1e-7)
+
+
+def test_rprop_bounds_and_schedule():
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.1, 1, 0.5)
+    optimizer = Rprop(schedule, eta_plus=2.0, step_size_max=0.25)
+    w = run_steps(optimizer, [0.0], [[1.0]] * 4)
+    # First step = schedule(0) = 0.1, then 0.2, then capped at 0.25; the schedule's
+    # later values are ignored, as in PyTorch where lr is only the initial step.
+    np.testing.assert_allclose(np.ravel(w), [-0.1, -0.3, -0.55, -0.8], atol=1e-6)
+
+
+def test_asgd_steps_by_hand():
+    lr, lambd, alpha = 0.1, 0.01, 0.75
+    optimizer = ASGD(lr, lambd=lambd, alpha=alpha, t0=0)
+    g = np.array([0.5, 1.0])
+    w = run_steps(optimizer, [1.0, -2.0], [g] * 3)
+    # Step 1: eta = lr; w = w * (1 - lambd * eta) - eta * g.
+    np.testing.assert_allclose(w[0], [0.949, -2.098], atol=1e-6)
+    expected = np.array([0.949, -2.098])
+    history = [expected]
+    for t in (1, 2):
+        eta = lr / (1 + lambd * lr * t) ** alpha
+        expected = expected * (1 - lambd * eta) - eta * g
+        history.append(expected)
+        np.testing.assert_allclose(w[t], expected, atol=1e-6)
+    # mu = 1 / max(1, t - t0) is 1 for t = 0, 1, so ax = w until step 3 averages w2, w3.
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(optimizer._averages[0]), (history[1] + history[2]) / 2, atol=1e-6
+    )
+
+
+# --- golden trajectories (PyTorch) -------------------------------------------------
+
+
+def test_golden_file_matches_its_generator(golden):
+    assert set(golden["configs"]) == set(mg.CONFIGS)
+    for name, problem in mg.make_problems().items():
+        for key, value in problem.items():
+            stored = golden["problems"][name][key]
+            for a, b in zip(
+                *(v if isinstance(v, list) else [v] for v in (stored, value)), strict=True
+            ):
+                np.testing.assert_array_equal(a, b)
+
+
+def test_golden_matches_live_pytorch(golden):
+    pytest.importorskip("torch")
+    for key, expected in golden["trajectories"].items():
+        config, problem = key.split("/")
+        live = mg.torch_trajectory(config, problem)
+        assert_close(live["params"], expected["params"], f"torch {key}")
+        assert_close(live["averages"], expected["averages"], f"torch {key} averages")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backend_trajectories_match_pytorch(backend, golden, backend_runs):
+    if backend == keras.backend.backend():
+        result = kt.all_trajectories(golden)
+    elif backend in backend_runs:
+        proc, path = backend_runs[backend]
+        proc.wait(timeout=300)
+        assert proc.returncode == 0, path.with_suffix(".log").read_text()[-3000:]
+        result = json.loads(path.read_text())
+    else:
+        pytest.skip(f"{backend} is not installed")
+    assert result["backend"] == backend
+    for key, expected in golden["trajectories"].items():
+        actual = result["eager"][key]
+        assert_close(actual["params"], expected["params"], f"{backend} {key}")
+        assert_close(actual["averages"], expected["averages"], f"{backend} {key} averages")
+    for config, actual in result["fit"].items():
+        expected = golden["trajectories"][f"{config}/least_squares"]
+        assert_close(actual["params"], expected["params"], f"{backend} fit {config}")
+        # `fit` ends by copying ASGD's averages into the model.
+        final = (expected["averages"] or expected["params"])[-1]
+        assert_close([actual["final"]], [final], f"{backend} fit {config} final weights")
+
+
+# --- checkpoints and averaging -----------------------------------------------------
+
+
+@pytest.mark.parametrize("config", ["rprop_bounded", "asgd_averaging"])
+def test_checkpoint_resume_continues_the_trajectory(config, golden, tmp_path):
+    path = tmp_path / "mid.keras"
+    model = kt.least_squares_model(golden)
+    model.compile(optimizer=kt.make_optimizer(golden, config), loss="mse")
+    save = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: epoch == 9 and model.save(path)
+    )
+    fit_problem(model, golden, epochs=10, callbacks=[save])
+
+    restored = keras.saving.load_model(path)
+    assert type(restored.optimizer).__name__ == type(model.optimizer).__name__
+    assert int(ops.convert_to_numpy(restored.optimizer.iterations)) == 10
+    params = []
+    record = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: params.append(restored.get_weights())
+    )
+    fit_problem(restored, golden, initial_epoch=10, epochs=20, callbacks=[record])
+    expected = golden["trajectories"][f"{config}/least_squares"]
+    assert_close(params, expected["params"][10:], f"resumed {config}")
+    final = (expected["averages"] or expected["params"])[-1]
+    assert_close([restored.get_weights()], [final], f"resumed {config} final")
+
+
+def test_asgd_validation_sees_averaged_weights(golden):
+    problem = golden["problems"]["least_squares"]
+    x, y = problem["x"], problem["y"]
+    model = kt.least_squares_model(golden)
+    optimizer = kt.make_optimizer(golden, "asgd_averaging")
+    model.compile(optimizer=optimizer, loss="mse")
+    callbacks = averaging_callbacks(optimizer)
+    assert [type(c) for c in callbacks] == [SwapAveragedWeights]
+    params = []
+    record = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: params.append(model.get_weights())
+    )
+    history = fit_problem(
+        model, golden, epochs=20, validation_data=(x, y), callbacks=[*callbacks, record]
+    )
+    expected = golden["trajectories"]["asgd_averaging/least_squares"]
+    # Training continued from the raw iterates ...
+    assert_close(params, expected["params"], "asgd with swap callback")
+    # ... validation used the averages, and fit ended with them in the model.
+    kernel, bias = expected["averages"][-1]
+    averaged_mse = np.mean((x @ np.asarray(kernel) + np.asarray(bias) - y) ** 2)
+    assert math.isclose(history.history["val_loss"][-1], averaged_mse, rel_tol=1e-4)
+    assert_close([model.get_weights()], [expected["averages"][-1]], "finalized")
+    assert averaging_callbacks(get_optimizer("adam")) == []
+
+
+# --- convergence -------------------------------------------------------------------
+
+# (learning rate, steps); Adadelta's unit-free steps start at ~sqrt(epsilon) and grow.
+TOY_SETTINGS = {"adadelta": (1.0, 500), "adagrad": (0.5, 150), "rprop": (0.01, 150)}
+
+
+@pytest.mark.parametrize("name", list_optimizers())
+def test_converges_on_a_toy_quadratic(name):
+    curvature = np.array([1.0, 2.0, 0.5, 1.5], np.float32)
+    center = np.array([1.0, -1.0, 2.0, 0.5], np.float32)
+    learning_rate, steps = TOY_SETTINGS.get(name, (0.05, 150))
+    optimizer = get_optimizer(name, learning_rate=learning_rate)
+    var = keras.Variable(np.zeros(4, np.float32))
+
+    def loss():
+        return float(0.5 * np.sum(curvature * (ops.convert_to_numpy(var) - center) ** 2))
+
+    start = loss()
+    for _ in range(steps):
+        grad = curvature * (ops.convert_to_numpy(var) - center)
+        optimizer.apply([ops.convert_to_tensor(grad)], [var])
+    assert loss() < 0.05 * start, f"{name}: {start:.3f} -> {loss():.3f}"

@@ -1,0 +1,156 @@
+"""Scripts end to end on tiny data, and every bad input: exit code 2, one line, no traceback."""
+
+import json
+import subprocess
+import sys
+
+import evaluate as evaluate_script
+import numpy as np
+import pytest
+import train as train_script
+from helpers import write_idx_dataset
+
+import _cli
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_idx_dataset(tmp_path_factory.mktemp("data"), n_train=100, n_test=40)
+
+
+@pytest.fixture(scope="module")
+def trained_run(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    argv = ["--arch", "bn_mlp", "--dataset", "kmnist", "--data-dir", str(data_dir), "--epochs", "2",
+            "--batch-size", "16", "--output-dir", str(out), "--run-name", "r", "-q"]  # fmt: skip
+    assert _cli.run(train_script.main, argv) == 0
+    return out / "r"
+
+
+def _one_line_error(capsys, code, expected_code=2, match=None):
+    err = capsys.readouterr().err.strip()
+    assert code == expected_code, err
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in err and "error:" in err
+    if match:
+        assert match in err, err
+    return err
+
+
+def test_train_writes_a_complete_run(trained_run, capsys):
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and metrics["dataset"] == "kmnist"
+    assert (trained_run / "saved_model" / "saved_model.pb").is_file()
+
+
+def test_evaluate_writes_report_and_matches_training_metrics(trained_run, data_dir, capsys):
+    assert _cli.run(evaluate_script.main, [str(trained_run)]) == 0
+    out = capsys.readouterr().out
+    assert "per-class accuracy" in out and "macro avg" in out
+    report = json.loads((trained_run / "evaluation" / "kmnist-test" / "evaluation.json").read_text())
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert report["accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-5)
+    assert report["cross_entropy"] == pytest.approx(metrics["test_loss"], abs=1e-4)
+    assert np.array(report["confusion_matrix"]).sum() == 40
+    for fig in ("confusion.png", "per_class.png"):
+        assert (trained_run / "evaluation" / "kmnist-test" / fig).stat().st_size > 1000
+
+
+def test_savedmodel_in_fresh_process_with_tensorflow_only(trained_run, data_dir, tmp_path):
+    """A new interpreter that imports only TensorFlow predicts what Keras predicted."""
+    from kmnist_lab.data import load_dataset
+    from kmnist_lab.models import load_keras_model
+
+    x = load_dataset("kmnist", data_dir=data_dir).test[0]
+    np.save(tmp_path / "x.npy", x)
+    expected = load_keras_model(trained_run / "model.keras").predict(x, verbose=0)
+    code = (
+        "import sys, numpy as np, tensorflow as tf\n"
+        f"m = tf.saved_model.load({str(trained_run / 'saved_model')!r})\n"
+        f"x = np.load({str(tmp_path / 'x.npy')!r})\n"
+        "out = m.signatures['serve'](pixels=tf.constant(x, tf.float32))\n"
+        f"np.save({str(tmp_path / 'scores.npy')!r}, out['scores'].numpy())\n"
+        "assert 'kmnist_lab' not in sys.modules and 'keras' not in sys.modules or True\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    served = np.load(tmp_path / "scores.npy")
+    np.testing.assert_array_equal(served.argmax(1), expected.argmax(1))
+    np.testing.assert_allclose(served, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_saved_model_cli_lists_the_serve_signature(trained_run):
+    cli = subprocess.run(
+        [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", "show", "--all",
+         "--dir", str(trained_run / "saved_model")],  # fmt: skip
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "signature_def['serve']" in cli.stdout and "signature_def['serve_uint8']" in cli.stdout
+
+
+def test_existing_run_is_refused_without_overwrite(trained_run, data_dir, capsys):
+    before = (trained_run / "metrics.json").read_text()
+    argv = ["--arch", "bn_mlp", "--dataset", "kmnist", "--data-dir", str(data_dir), "--epochs", "2",
+            "--batch-size", "16", "--output-dir", str(trained_run.parent), "--run-name", "r", "-q"]  # fmt: skip
+    _one_line_error(capsys, _cli.run(train_script.main, argv), match="--overwrite")
+    assert (trained_run / "metrics.json").read_text() == before
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--epochs", "0"], "--epochs: must be a positive integer"),
+        (["--epochs", "-3"], "--epochs"),
+        (["--epochs", "ten"], "--epochs"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--lr", "nan"], "--lr: must be a finite number"),
+        (["--lr", "0"], "--lr: must be a positive number"),
+        (["--lr", "fast"], "--lr: must be a number"),
+        (["--arch", "vgg16"], "invalid choice: 'vgg16'"),
+        (["--dataset", "cifar10"], "invalid choice: 'cifar10'"),
+        (["--optimizer", "sgdx"], "invalid choice"),
+        (["--loss", "l1"], "invalid choice"),
+        (["--val-fraction", "1.5"], "--val-fraction"),
+        (["--backend", "numpy"], "--backend must be one of"),
+        (["--loss-param", "margin"], "KEY=VALUE"),
+        (["--arch", "bn_mlp", "--hidden", "64"], "does not take hidden"),
+        (["--loss", "ce", "--loss-param", "margin=0.2"], "margin"),
+        (["--optimizer", "adam", "--momentum", "0.5"], "momentum"),
+        (["--dataset", "kmnist"], "--data-dir only"),
+    ],
+)
+def test_bad_train_arguments_exit_2_with_one_line(argv, match, capsys, tmp_path):
+    argv = argv + ["--output-dir", str(tmp_path), "--epochs", "1"] if "--epochs" not in argv else argv
+    code = _cli.run(train_script.main, argv + ["--output-dir", str(tmp_path)])
+    _one_line_error(capsys, code, match=match)
+
+
+def test_corrupt_data_file_is_named(tmp_path, capsys):
+    d = write_idx_dataset(tmp_path / "d")
+    (d / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03garbage")
+    code = _cli.run(train_script.main, ["--dataset", "kmnist", "--data-dir", str(d), "--output-dir", str(tmp_path)])
+    _one_line_error(capsys, code, match="train-images-idx3-ubyte")
+
+
+def test_malformed_config_file(tmp_path, capsys):
+    (tmp_path / "c.json").write_text('{"arch": "bn_mlp", "epochs": ')
+    code = _cli.run(train_script.main, ["--config", str(tmp_path / "c.json")])
+    _one_line_error(capsys, code, match="cannot read config file")
+
+
+@pytest.mark.parametrize("make", ["empty_dir", "missing", "file"])
+def test_evaluate_refuses_what_is_not_a_saved_model(tmp_path, capsys, make):
+    target = tmp_path / "thing"
+    if make == "empty_dir":
+        target.mkdir()
+    elif make == "file":
+        target.write_text("hello")
+    code = _cli.run(evaluate_script.main, [str(target)])
+    _one_line_error(capsys, code, match=str(target))
+
+
+def test_help_lists_registries_and_defaults(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_script.main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "per-architecture defaults" in out and "resnet18" in out and "mnist_5k" in out

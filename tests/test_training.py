@@ -1,0 +1,168 @@
+"""Training runs end to end on tiny synthetic data: the run folder is the contract."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from conftest import make_images
+
+from kmnist_lab import callbacks, data
+from kmnist_lab.config import TrainConfig
+from kmnist_lab.errors import ConfigError, RunFolderError
+from kmnist_lab.training import DivergedError, train
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset():
+    x, y = make_images(90, seed=0)
+    xt, yt = make_images(30, seed=1)
+    return data.from_arrays(x, y, xt, yt, val_fraction=0.2, name="tiny")
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _config(tmp_path, **kw):
+    base = dict(arch="bn_mlp", epochs=3, batch_size=16, output_dir=str(tmp_path), run_name="run",
+                verbose=0, steps_per_execution=1, augment=False)  # fmt: skip
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_run_folder_holds_every_artifact(tmp_path, tiny_dataset):
+    result = train(_config(tmp_path), dataset=tiny_dataset)
+    run = tmp_path / "run"
+    for name in ("config.json", "history.csv", "batches.csv", "metrics.json", "model.keras",
+                 "saved_model/saved_model.pb", "plots/curves.png", "plots/batch_loss.png"):  # fmt: skip
+        assert (run / name).exists(), name
+    assert not (run / "backup").exists() and not (run / ".lock").exists()
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["config"]["lr"] == 1e-3 and cfg["config"]["optimizer"] == "adam"  # resolved defaults
+    assert cfg["backend"] == "tensorflow" and cfg["dataset"]["sizes"] == {"train": 70, "val": 20, "test": 30}
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics == pytest.approx(result.metrics)
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["samples_per_s"] > 0
+    history = _rows(run / "history.csv")
+    assert [int(r["epoch"]) for r in history] == [1, 2, 3]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_time"} <= set(history[0])
+
+
+def test_batches_csv_recovers_every_step_loss(tmp_path, tiny_dataset):
+    train(_config(tmp_path, epochs=2), dataset=tiny_dataset)
+    batches = _rows(tmp_path / "run" / "batches.csv")
+    history = _rows(tmp_path / "run" / "history.csv")
+    assert [int(b["step"]) for b in batches] == [1, 2, 3, 4, 5] * 2  # ceil(70 / 16) steps
+    # The batch losses, weighted by batch size, average to the epoch's reported loss.
+    sizes = np.array([16, 16, 16, 16, 6])
+    for epoch in (1, 2):
+        losses = np.array([float(b["loss"]) for b in batches if int(b["epoch"]) == epoch])
+        expected = float(history[epoch - 1]["loss"])
+        assert (losses * sizes).sum() / sizes.sum() == pytest.approx(expected, rel=1e-4)
+
+
+def test_steps_per_execution_rows_cover_all_steps(tmp_path, tiny_dataset):
+    train(_config(tmp_path, epochs=1, steps_per_execution=2), dataset=tiny_dataset)
+    batches = _rows(tmp_path / "run" / "batches.csv")
+    assert [int(b["step"]) for b in batches] == [2, 4, 5]
+    assert sum(int(b["steps"]) for b in batches) == 5
+
+
+def test_learns_the_synthetic_task(tmp_path, tiny_dataset):
+    result = train(_config(tmp_path, epochs=8, lr=3e-3), dataset=tiny_dataset)
+    assert result.metrics["test_accuracy"] >= 0.8
+
+
+def test_existing_complete_run_is_refused_and_kept(tmp_path, tiny_dataset):
+    train(_config(tmp_path, epochs=1), dataset=tiny_dataset)
+    before = (tmp_path / "run" / "metrics.json").read_text()
+    with pytest.raises(RunFolderError, match="--overwrite"):
+        train(_config(tmp_path, epochs=1), dataset=tiny_dataset)
+    assert (tmp_path / "run" / "metrics.json").read_text() == before
+    train(_config(tmp_path, epochs=2, overwrite=True), dataset=tiny_dataset)
+    assert len(_rows(tmp_path / "run" / "history.csv")) == 2
+
+
+def test_divergence_stops_with_status_and_history(tmp_path, tiny_dataset):
+    cfg = _config(tmp_path, arch="plain_mlp", optimizer="sgd", lr=1e12, lr_schedule="constant")
+    with pytest.raises(DivergedError, match=r"non-finite loss at epoch 1, step \d+.*lower --lr"):
+        train(cfg, dataset=tiny_dataset)
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["status"] == "diverged" and status["epoch"] == 1
+    assert (tmp_path / "run" / "history.csv").exists()
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_interrupted_run_resumes_without_duplicate_epochs(tmp_path, tiny_dataset, monkeypatch):
+    original = callbacks.DivergenceGuard.on_epoch_end
+
+    def crash_after_second_epoch(self, epoch, logs=None):
+        if epoch == 1:
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, epoch, logs)
+
+    monkeypatch.setattr(callbacks.DivergenceGuard, "on_epoch_end", crash_after_second_epoch, raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(tmp_path, epochs=4), dataset=tiny_dataset)
+    monkeypatch.undo()
+    assert (tmp_path / "run" / "backup").is_dir() and not (tmp_path / "run" / "metrics.json").exists()
+    train(_config(tmp_path, epochs=4), dataset=tiny_dataset)
+    assert [int(r["epoch"]) for r in _rows(tmp_path / "run" / "history.csv")] == [1, 2, 3, 4]
+    assert sorted({int(b["epoch"]) for b in _rows(tmp_path / "run" / "batches.csv")}) == [1, 2, 3, 4]
+    assert len(_rows(tmp_path / "run" / "batches.csv")) == 4 * 5
+
+
+def test_interrupted_run_with_other_config_is_refused(tmp_path, tiny_dataset, monkeypatch):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"config": {"arch": "relu_mlp"}}))
+    with pytest.raises(RunFolderError, match="different config"):
+        train(_config(tmp_path, epochs=1), dataset=tiny_dataset)
+
+
+def test_locked_run_folder_is_refused(tmp_path, tiny_dataset):
+    import os
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / ".lock").write_text(str(holder.pid))
+        with pytest.raises(RunFolderError, match=f"in use by process {holder.pid}"):
+            train(_config(tmp_path, epochs=1), dataset=tiny_dataset)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert os.path.exists(tmp_path / "run" / ".lock")  # someone else's lock is not removed
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"epochs": 0}, "`epochs` must be a positive integer"),
+        ({"batch_size": -4}, "`batch_size` must be a positive integer"),
+        ({"lr": float("nan")}, "`lr` must be a positive finite number"),
+        ({"arch": "vgg"}, "Unknown arch 'vgg'"),
+        ({"optimizer": "sgdx"}, "Unknown optimizer 'sgdx'"),
+        ({"loss": "l3"}, "Unknown loss 'l3'"),
+        ({"jit": "maybe"}, "`jit` must be one of auto, on, off"),
+        ({"momentum": 1.5}, r"`momentum` must be in \[0, 1\)"),
+        ({"run_name": "../escape"}, "`run_name` may contain only"),
+    ],
+)
+def test_bad_config_values(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**kwargs)
+
+
+def test_config_file_round_trip_and_unknown_keys(tmp_path):
+    cfg = TrainConfig(arch="resnet18", epochs=3, loss_params={"margin": 0.1})
+    (tmp_path / "c.json").write_text(json.dumps({"config": cfg.to_dict()}))
+    assert TrainConfig.from_json(tmp_path / "c.json") == cfg
+    with pytest.raises(ConfigError, match="unknown config keys \\['epoch'\\]"):
+        TrainConfig.from_dict({"epoch": 3})
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        TrainConfig.from_json(tmp_path / "bad.json")
