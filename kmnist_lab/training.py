@@ -110,13 +110,17 @@ def compile_for_config(model, loss, cfg: TrainConfig, steps_per_epoch: int) -> d
     return {"jit_compile": jit, "steps_per_execution": spe, "family": model_family(cfg.arch)}
 
 
-def train(config: TrainConfig, dataset: Dataset | None = None) -> RunResult:
+def train(config: TrainConfig, dataset: Dataset | None = None, after_fit=None) -> RunResult:
     """Trains, evaluates on the test split once, exports; see the module docstring.
 
     Args:
         config: the run's configuration (defaults resolved here).
         dataset: use these arrays instead of loading `config.dataset` (your own
             data, tests).
+        after_fit: optional `fn(model, dataset, run_dir) -> dict | None` called after
+            the test evaluation and before `metrics.json` is written (so a complete
+            run has its extra files, e.g. per-class scores); a returned dict is
+            merged into the metrics.
 
     Raises:
         ConfigError, DataError, RunFolderError: bad input (nothing is overwritten).
@@ -126,10 +130,12 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> RunResult:
     run_dir = Path(cfg.output_dir) / cfg.run_name
     resume = runs.prepare_run_dir(run_dir, cfg.overwrite, cfg.to_dict())
     with runs.RunLock(run_dir):
-        return _train_locked(cfg, run_dir, resume, dataset)
+        return _train_locked(cfg, run_dir, resume, dataset, after_fit)
 
 
-def _train_locked(cfg: TrainConfig, run_dir: Path, resume: bool, dataset: Dataset | None) -> RunResult:
+def _train_locked(
+    cfg: TrainConfig, run_dir: Path, resume: bool, dataset: Dataset | None, after_fit=None
+) -> RunResult:
     start = time.perf_counter()
     keras.utils.set_random_seed(cfg.seed)
     if dataset is None:
@@ -217,6 +223,8 @@ def _train_locked(cfg: TrainConfig, run_dir: Path, resume: bool, dataset: Datase
         "dataset": dataset.name,
         "artifacts": artifacts,
     }
+    if after_fit is not None:
+        metrics.update(after_fit(model, dataset, run_dir) or {})
     runs.atomic_write_json(run_dir / "status.json", {"status": "complete"})
     runs.atomic_write_json(run_dir / runs.COMPLETE_MARKER, metrics)
     log.info("test accuracy %.4f, loss %.4f -> %s", metrics["test_accuracy"], metrics["test_loss"], run_dir)

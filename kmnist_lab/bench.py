@@ -1,0 +1,110 @@
+"""Throughput measurements of kmnist_lab models (used by `scripts/benchmark.py`).
+
+Every number is measured the way training runs: `model.fit` on in-memory uint8
+images with the model's own rescaling, compiled under the requested policy.
+
+- `train_samples_per_s`: steady state, after a warm-up epoch that absorbs tracing
+  and compilation, over a fixed number of steps.
+- `compile_s`: wall time of the warm-up epoch minus its steady-state share.
+- `epoch_s`: one epoch of `epoch_samples` training images plus validation on
+  `epoch_samples / 6` images (the 60k/10k MNIST ratio).
+- `infer_samples_per_s`: `model.predict` in batches of 1024.
+- `peak_rss_mb`: the process's peak resident memory (`ru_maxrss`).
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+
+import keras
+import numpy as np
+
+from kmnist_lab.models import build_model
+from kmnist_lab.speed import resolve_jit, resolve_steps_per_execution
+
+# Training FLOPs per sample of the MLPs: forward 2*sum(fan_in*fan_out) multiply-adds,
+# backward twice that (gradients w.r.t. weights and activations): 3x forward.
+MLP_FORWARD_FLOPS = 2 * (784 * 512 + 512 * 128 + 128 * 10)
+MLP_TRAIN_FLOPS = 3 * MLP_FORWARD_FLOPS
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
+    """The machine's fp32 matmul rate with NumPy (BLAS), in GFLOP/s (`2 n^3` per product)."""
+    rng = np.random.default_rng(0)
+    a = rng.random((n, n), dtype=np.float32)
+    b = rng.random((n, n), dtype=np.float32)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def measure(
+    arch: str,
+    batch_size: int = 128,
+    jit: str = "auto",
+    steps_per_execution: int | None = None,
+    steps: int = 200,
+    epoch_samples: int | None = None,
+    seed: int = 0,
+) -> dict:
+    """Measures one architecture under one compile policy; returns a flat dict."""
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    n = 60 * batch_size  # one "epoch" of 60 steps, like the PyTorch reference
+    x = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+    y = rng.integers(0, 10, size=(n,))
+    model = build_model(arch)
+    jit_compile = resolve_jit(jit, arch)
+    spe = steps_per_execution or resolve_steps_per_execution(arch, 60)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=jit_compile,
+        steps_per_execution=spe,
+    )
+    epoch_n = epoch_samples or n
+    val_n = max(batch_size, epoch_n // 6)
+    start = time.perf_counter()
+    model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, shuffle=False)
+    warmup_s = time.perf_counter() - start
+    model.evaluate(x[:val_n], y[:val_n], batch_size=batch_size, verbose=0)  # trace validation too
+    epochs = max(1, math.ceil(steps / 60))
+    start = time.perf_counter()
+    model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0, shuffle=False)
+    train_s = time.perf_counter() - start
+    rate = epochs * n / train_s
+    # A full epoch with validation (functions already traced for these shapes).
+    xe = rng.integers(0, 256, size=(epoch_n, 28, 28), dtype=np.uint8)
+    ye = rng.integers(0, 10, size=(epoch_n,))
+    start = time.perf_counter()
+    model.fit(xe, ye, batch_size=batch_size, epochs=1, verbose=0,
+              validation_data=(xe[:val_n], ye[:val_n]))  # fmt: skip
+    epoch_s = time.perf_counter() - start
+    xi = x[: 1024 * max(1, n // 1024)]  # whole batches only: no retracing for a remainder
+    model.predict(xi[:1024], batch_size=1024, verbose=0)
+    start = time.perf_counter()
+    model.predict(xi, batch_size=1024, verbose=0)
+    infer = len(xi) / (time.perf_counter() - start)
+    return {
+        "arch": arch,
+        "backend": keras.backend.backend(),
+        "batch_size": batch_size,
+        "jit": jit,
+        "jit_compile": bool(jit_compile),
+        "steps_per_execution": spe,
+        "train_samples_per_s": rate,
+        "compile_s": max(0.0, warmup_s - n / rate),
+        "epoch_s": epoch_s,
+        "epoch_samples": epoch_n,
+        "infer_samples_per_s": infer,
+        "peak_rss_mb": peak_rss_mb(),
+        "timed_steps": epochs * 60,
+    }

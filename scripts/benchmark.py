@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""Benchmark training/inference throughput, compile time and memory; compare with PyTorch.
+
+Examples:
+  python scripts/benchmark.py --arch bn_mlp --arch relu_mlp --arch residual_cnn --arch resnet18 --compare-torch
+  python scripts/benchmark.py --arch bn_mlp --batch-size 1024 --compare-torch
+  python scripts/benchmark.py --arch bn_mlp --jit on off --steps-per-execution 1 10 50 --backend tensorflow jax
+
+Each measurement runs in its own subprocess (clean memory peak, no shared compile
+caches). With --compare-torch the PyTorch eager reference of the same model
+(../shared/bench/torch_reference.py, or --torch-reference PATH) runs right after
+each of ours, interleaved, and the table shows our/torch ratios of the medians over
+--repeats. The NumPy fp32 matmul rate is measured in the same run; for the MLPs the
+table shows the share of it their training reaches (3 x forward FLOPs per sample).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import _cli
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_TORCH_REFERENCE = ROOT.parent / "shared" / "bench" / "torch_reference.py"
+MLPS = ("plain_mlp", "relu_mlp", "bn_mlp", "mlp")
+
+
+def build_parser():
+    from kmnist_lab.config import JIT_POLICIES
+
+    p = _cli.Parser(prog="benchmark.py", description=__doc__)
+    p.add_argument("--arch", action="append", help="architecture (repeatable; default bn_mlp)")
+    p.add_argument("--batch-size", type=_cli.positive_int, default=128)
+    p.add_argument("--backend", nargs="+", choices=_cli.BACKENDS, default=None,
+                   help="Keras backend(s) (default: KERAS_BACKEND or tensorflow)")  # fmt: skip
+    p.add_argument("--jit", nargs="+", choices=JIT_POLICIES, default=["auto"], help="compile policy(ies)")
+    p.add_argument("--steps-per-execution", nargs="+", type=_cli.positive_int, default=[None],
+                   metavar="K", help="steps per compiled call (default: the policy's)")  # fmt: skip
+    p.add_argument("--steps", type=_cli.positive_int, help="timed training steps (default 300 MLP, 60 CNN)")
+    p.add_argument("--repeats", type=_cli.positive_int, default=2, help="measurements per setting (median)")
+    p.add_argument("--compare-torch", action="store_true", help="interleave the PyTorch eager reference")
+    p.add_argument("--torch-reference", default=str(DEFAULT_TORCH_REFERENCE), help="path of torch_reference.py")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--worker", help=_suppress())
+    return p
+
+
+def _suppress():
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+def _run_worker(spec: dict, backend: str) -> dict:
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(spec)],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"benchmark of {spec['arch']} on {backend} failed: {tail}")
+    return json.loads(lines[-1])
+
+
+def _run_torch(path: str, arch: str, batch_size: int, steps: int) -> float:
+    proc = subprocess.run(
+        [sys.executable, path, "--arch", arch, "--batch-size", str(batch_size), "--steps", str(steps)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"torch reference for {arch} failed: {tail}")
+    return float(proc.stdout.split("samples_per_s")[-1])
+
+
+def main(argv=None) -> int:
+    _cli.select_backend(None)
+    args = build_parser().parse_args(argv)
+    if args.worker:
+        from kmnist_lab.bench import measure
+
+        print(json.dumps(measure(**json.loads(args.worker))))
+        return 0
+    from kmnist_lab.bench import MLP_TRAIN_FLOPS, matmul_gflops
+    from kmnist_lab.errors import ConfigError
+    from kmnist_lab.models import list_models
+
+    archs = args.arch or ["bn_mlp"]
+    unknown = [a for a in archs if a not in list_models()]
+    if unknown:
+        raise ConfigError(f"unknown arch {unknown[0]!r}. Valid archs: {', '.join(list_models())}")
+    if args.compare_torch and not Path(args.torch_reference).is_file():
+        raise ConfigError(f"--compare-torch needs {args.torch_reference}; pass --torch-reference PATH")
+    backends = args.backend or [os.environ.get("KERAS_BACKEND", "tensorflow")]
+    gflops = matmul_gflops()
+    print(f"NumPy fp32 matmul: {gflops:.1f} GFLOP/s on {os.cpu_count()} CPU cores", file=sys.stderr)
+    samples: dict[tuple, list] = {}
+    torch_rates: dict[str, list] = {}
+    for rep in range(args.repeats):
+        for arch in archs:
+            steps = args.steps or (300 if arch in MLPS else 60)
+            for backend, jit, spe in itertools.product(backends, args.jit, args.steps_per_execution):
+                spec = {"arch": arch, "batch_size": args.batch_size, "jit": jit,
+                        "steps_per_execution": spe, "steps": steps}  # fmt: skip
+                result = _run_worker(spec, backend)
+                samples.setdefault((arch, backend, jit, spe), []).append(result)
+                print(f"[{rep + 1}/{args.repeats}] {arch} {backend} jit={jit} spe={result['steps_per_execution']}: "
+                      f"{result['train_samples_per_s']:.0f} samples/s", file=sys.stderr)  # fmt: skip
+            if args.compare_torch:
+                rate = _run_torch(args.torch_reference, arch, args.batch_size, steps)
+                torch_rates.setdefault(arch, []).append(rate)
+                print(f"[{rep + 1}/{args.repeats}] {arch} torch: {rate:.0f} samples/s", file=sys.stderr)
+    rows = []
+    for (arch, backend, jit, spe), results in samples.items():
+        med = {k: statistics.median(r[k] for r in results)
+               for k in ("train_samples_per_s", "compile_s", "epoch_s", "infer_samples_per_s", "peak_rss_mb")}  # fmt: skip
+        row = {**results[0], **med, "runs": [r["train_samples_per_s"] for r in results]}
+        torch = statistics.median(torch_rates[arch]) if arch in torch_rates else None
+        row["torch_samples_per_s"] = torch
+        row["ratio_vs_torch"] = med["train_samples_per_s"] / torch if torch else None
+        row["matmul_share"] = (med["train_samples_per_s"] * MLP_TRAIN_FLOPS / 1e9 / gflops) if arch in MLPS else None
+        rows.append(row)
+    _print_table(rows, args.batch_size)
+    if args.json:
+        from kmnist_lab.runs import atomic_write_json
+
+        atomic_write_json(args.json, {
+            "schema": 1,
+            "machine": {"cpu_count": os.cpu_count(), "matmul_gflops": gflops},
+            "batch_size": args.batch_size,
+            "repeats": args.repeats,
+            "results": rows,
+            "torch": torch_rates,
+        })  # fmt: skip
+    return 0
+
+
+def _print_table(rows, batch_size):
+    def fmt(value, spec):
+        return format(value, spec) if value is not None else "-"
+
+    header = (f"{'arch':<13} {'backend':<10} {'jit':<4} {'xla':<5} {'spe':>3} {'train/s':>9} "
+              f"{'torch/s':>9} {'ratio':>6} {'compile s':>9} {'epoch s':>8} {'infer/s':>9} "
+              f"{'RSS MB':>7} {'%matmul':>7}")  # fmt: skip
+    print(f"batch size {batch_size}; medians; samples/s\n{header}\n{'-' * len(header)}")
+    for r in rows:
+        share = fmt(100 * r["matmul_share"], ".0f") if r["matmul_share"] is not None else "-"
+        print(f"{r['arch']:<13} {r['backend']:<10} {r['jit']:<4} {str(r['jit_compile']):<5} "
+              f"{r['steps_per_execution']:>3} {r['train_samples_per_s']:>9.0f} "
+              f"{fmt(r['torch_samples_per_s'], '.0f'):>9} {fmt(r['ratio_vs_torch'], '.2f'):>6} "
+              f"{r['compile_s']:>9.1f} {r['epoch_s']:>8.1f} {r['infer_samples_per_s']:>9.0f} "
+              f"{r['peak_rss_mb']:>7.0f} {share:>7}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(_cli.run(main))

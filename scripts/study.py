@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""Run one of the lab reports' studies (every run of its table), resumably.
+
+Examples:
+  python scripts/study.py --list
+  python scripts/study.py a_models --dataset mnist_5k
+  python scripts/study.py b_resnet --dataset fashion_mnist --epochs-scale 0.5
+  python scripts/study.py e_sweeps --quick            # a few batches per run, seconds
+
+Runs go to OUTPUT_DIR/NAME/RUN/ (default OUTPUT_DIR: studies/DATASET, or
+studies/DATASET-quick with --quick). Re-running the command skips finished runs
+and resumes the interrupted one. Then: python scripts/report.py OUTPUT_DIR/NAME
+Exit codes: 0 ok (diverged runs are listed, not fatal), 2 bad input.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import _cli
+
+
+def build_parser():
+    from kmnist_lab.data import DATASETS
+    from kmnist_lab.studies import list_studies
+
+    p = _cli.Parser(prog="study.py", description=__doc__)
+    p.add_argument("name", nargs="?", choices=list_studies(), metavar="NAME",
+                   help="study to run: " + ", ".join(list_studies()))  # fmt: skip
+    p.add_argument("--list", action="store_true", help="list the studies with their run counts")
+    p.add_argument(
+        "--dataset", choices=list(DATASETS), default="auto", help="dataset (default auto)"
+    )
+    p.add_argument("--data-dir", help="folder with IDX (.gz or raw) or .npz files, searched first")
+    p.add_argument("--epochs-scale", type=_cli.positive_float, default=1.0, metavar="F",
+                   help="multiply every run's epochs by F (at least 1 epoch)")  # fmt: skip
+    p.add_argument("--quick", action="store_true", help="a few batches per run on a small subset")
+    p.add_argument(
+        "--output-dir", help="parent of the study folder (default studies/DATASET[-quick])"
+    )
+    p.add_argument("--no-export", dest="export", action="store_false",
+                   help="skip each run's SavedModel/model.keras (faster)")  # fmt: skip
+    p.add_argument("--report", action="store_true", help="write report.md/report.html afterwards")
+    p.add_argument("-q", "--quiet", action="store_true", help="only the summary line")
+    return p
+
+
+def main(argv=None) -> int:
+    _cli.select_backend(argv)
+    args = build_parser().parse_args(argv)
+    from kmnist_lab.studies import STUDIES
+
+    if args.list:
+        width = max(map(len, STUDIES))
+        for name, study in STUDIES.items():
+            print(f"{name:<{width}}  {len(study.runs):>3} runs  report {study.report}")
+        return 0
+    if args.name is None:
+        _cli.fail("a study NAME or --list is required (see --help)")
+    _cli.setup_logging(not args.quiet)
+    from kmnist_lab.studies import run_study
+
+    result = run_study(
+        args.name,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        epochs_scale=args.epochs_scale,
+        quick=args.quick,
+        output_dir=args.output_dir,
+        export=args.export,
+    )
+    counts = {}
+    for status in result.statuses.values():
+        counts[status] = counts.get(status, 0) + 1
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    trained = len(result.trained)
+    print(
+        f"{args.name} on {result.dataset}: {summary} ({trained} trained now) -> {result.study_dir}"
+    )
+    diverged = [name for name, s in result.statuses.items() if s == "diverged"]
+    if diverged:
+        print(f"diverged: {', '.join(diverged)}")
+    if args.report:
+        from kmnist_lab.report import write_report
+
+        md, html = write_report(result.study_dir)
+        print(f"report: {md} and {html}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_cli.run(main))
