@@ -6,7 +6,8 @@ Keras backend is, and Keras can export from the TensorFlow and JAX backends.
 
 The SavedModel has two signatures:
 
-- `serve`: float32 pixels in [0, 255], shape (N, 28, 28) or (N, 28, 28, 1).
+- `serve`: float32 pixels in [0, 255], shape (N, 28, 28) or (N, 28, 28, 1)
+  (exported from the JAX backend: (N, 28, 28)).
 - `serve_uint8`: the same as uint8.
 
 Both return `scores` (logits, or `s * cos` for cosine heads, so argmax and
@@ -21,6 +22,7 @@ import shutil
 from pathlib import Path
 
 import keras
+from keras import ops
 
 from kmnist_lab.errors import ConfigError
 
@@ -68,19 +70,23 @@ def export_saved_model(model: keras.Model, path, score_scale: float = 1.0) -> Pa
     scale = float(score_scale)
 
     def outputs(pixels):
-        x = tf.reshape(tf.cast(pixels, tf.float32), [-1, 28, 28, 1])
-        scores = tf.cast(model(x, training=False), tf.float32) * scale
+        # keras.ops, not tf.*: on JAX this function is traced by JAX, then converted.
+        x = ops.reshape(ops.cast(pixels, "float32"), (-1, 28, 28, 1))
+        scores = ops.cast(model(x, training=False), "float32") * scale
         return {
             "scores": scores,
-            "probabilities": tf.nn.softmax(scores, axis=-1),
-            "class_ids": tf.argmax(scores, axis=-1, output_type=tf.int32),
+            "probabilities": ops.softmax(scores, axis=-1),
+            "class_ids": ops.cast(ops.argmax(scores, axis=-1), "int32"),
         }
 
+    # TensorFlow traces the signature for inputs of any rank, so (N, 28, 28) and
+    # (N, 28, 28, 1) both work; JAX (through jax2tf) needs a known rank: (N, 28, 28).
+    shape = None if keras.backend.backend() == "tensorflow" else [None, 28, 28]
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint("serve", outputs, input_signature=[tf.TensorSpec(None, tf.float32, name="pixels")])
+    archive.add_endpoint("serve", outputs, input_signature=[tf.TensorSpec(shape, tf.float32, name="pixels")])
     archive.add_endpoint(
-        "serve_uint8", outputs, input_signature=[tf.TensorSpec(None, tf.uint8, name="pixels")]
+        "serve_uint8", outputs, input_signature=[tf.TensorSpec(shape, tf.uint8, name="pixels")]
     )
     archive.write_out(str(tmp), verbose=False)
     if path.exists():

@@ -52,12 +52,13 @@ def save(fig: Figure, path, dpi: int = 100) -> Path:
     return path
 
 
-def learning_curves(histories, title: str = "Learning curves") -> Figure:
+def learning_curves(histories, title: str = "Learning curves", colors=None) -> Figure:
     """Loss and accuracy per epoch, train (solid) and validation (dashed).
 
     Args:
         histories: a `history.csv` path, or `{label: path}` for several runs.
         title: figure title.
+        colors: optional `{label: colour}` (keeps a run's colour across figures).
     """
     if not isinstance(histories, dict):
         histories = {"": histories}
@@ -67,12 +68,14 @@ def learning_curves(histories, title: str = "Learning curves") -> Figure:
         h = read_csv(path)
         if not h:
             continue
-        color, prefix = color_for(i), (f"{label} " if label else "")
+        color, prefix = (colors or {}).get(label, color_for(i)), (f"{label} " if label else "")
+        marker = "o" if len(h["epoch"]) < 3 else None  # a one-epoch line would be invisible
         for ax, key in ((ax_loss, "loss"), (ax_acc, "accuracy")):
             if key in h:
-                ax.plot(h["epoch"], h[key], color=color, label=f"{prefix}train")
+                ax.plot(h["epoch"], h[key], color=color, marker=marker, label=f"{prefix}train")
             if f"val_{key}" in h:
-                ax.plot(h["epoch"], h[f"val_{key}"], color=color, ls="--", label=f"{prefix}val")
+                ax.plot(h["epoch"], h[f"val_{key}"], color=color, ls="--", marker=marker,
+                        label=f"{prefix}val")  # fmt: skip
     for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
@@ -85,8 +88,13 @@ def learning_curves(histories, title: str = "Learning curves") -> Figure:
     return fig
 
 
-def batch_losses(runs: dict, title: str = "Training loss per iteration", log_y: bool = True) -> Figure:
-    """Loss vs iteration (the reports' main figure) for `{label: batches.csv path}`."""
+def batch_losses(
+    runs: dict, title: str = "Training loss per iteration", log_y: bool = True, colors=None
+) -> Figure:
+    """Loss vs iteration (the reports' main figure) for `{label: batches.csv path}`.
+
+    `colors`: optional `{label: colour}` (keeps a run's colour across figures).
+    """
     fig = Figure(figsize=(8, 4.5))
     ax = fig.subplots()
     for i, (label, path) in enumerate(runs.items()):
@@ -94,7 +102,8 @@ def batch_losses(runs: dict, title: str = "Training loss per iteration", log_y: 
         if not b:
             continue
         iteration = np.cumsum(b["steps"]) if "steps" in b else np.arange(1, len(b["loss"]) + 1)
-        ax.plot(iteration, b["loss"], color=color_for(i), lw=0.8, label=label)
+        color = (colors or {}).get(label, color_for(i))
+        ax.plot(iteration, b["loss"], color=color, lw=0.8, label=label)
     ax.set_xlabel("iteration")
     ax.set_ylabel("training loss")
     if log_y and ax.lines and all(np.nanmin(line.get_ydata()) > 0 for line in ax.lines):
@@ -162,4 +171,88 @@ def image_grid(images, titles, ncols: int = 8, title: str = "") -> Figure:
         ax.set_title(caption, fontsize=7)
     if title:
         fig.suptitle(title)
+    return fig
+
+
+def palette(n: int) -> list[str]:
+    """`n` distinct colours: `COLORS`, else tab20 (hues first, then their light shades)."""
+    if n <= len(COLORS):
+        return COLORS[:n]
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    tab20 = [to_hex(c) for c in colormaps["tab20"].colors]
+    ordered = tab20[0::2] + tab20[1::2]
+    if n <= len(ordered):
+        return ordered[:n]
+    return [to_hex(colormaps["turbo"](i / max(n - 1, 1))) for i in range(n)]
+
+
+def heatmap(values, row_labels, col_labels, title: str, xlabel: str, ylabel: str,
+            fmt: str = "{:.1%}", cbar_label: str = "") -> Figure:  # fmt: skip
+    """Annotated heatmap of a 2-D array (NaN cells left blank), e.g. accuracy per depth x width."""
+    values = np.asarray(values, dtype=float)
+    fig = Figure(figsize=(1.6 + 0.95 * len(col_labels), 1.2 + 0.6 * len(row_labels)))
+    ax = fig.subplots()
+    im = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", aspect="auto")
+    cbar = fig.colorbar(im, ax=ax, fraction=0.046)
+    if cbar_label:
+        cbar.set_label(cbar_label)
+    ax.set_xticks(range(len(col_labels)), [str(c) for c in col_labels])
+    ax.set_yticks(range(len(row_labels)), [str(r) for r in row_labels])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    finite = values[np.isfinite(values)]
+    mid = (finite.min() + finite.max()) / 2 if finite.size else 0
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            if np.isfinite(values[i, j]):
+                ax.text(j, i, fmt.format(values[i, j]), ha="center", va="center", fontsize=8,
+                        color="black" if values[i, j] > mid else "white")  # fmt: skip
+    ax.set_title(title)
+    return fig
+
+
+def grouped_bars(values: dict, labels, title: str, xlabel: str = "", ylabel: str = "",
+                 colors=None, ylim=None) -> Figure:  # fmt: skip
+    """Grouped bars, `{series: [value per label]}` (NaN: no bar), e.g. ours vs the report."""
+    fig = Figure(figsize=(max(6.0, 0.9 * len(labels) + 2), 4))
+    ax = fig.subplots()
+    k = max(len(values), 1)
+    width = 0.8 / k
+    for i, (series, vals) in enumerate(values.items()):
+        color = (colors or {}).get(series, color_for(i))
+        x = np.arange(len(labels)) + (i - (k - 1) / 2) * width
+        ax.bar(x, np.asarray(vals, dtype=float), width, color=color, label=series)
+    ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 5 else 0, ha="right"
+                  if len(labels) > 5 else "center")  # fmt: skip
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def regression_fit(fit_csv, title: str = "Fit vs truth") -> Figure:
+    """A 1-D regression from `fit.csv`: truth and prediction (left), their error (right)."""
+    d = read_csv(fit_csv)
+    fig = Figure(figsize=(9, 4))
+    ax_fit, ax_err = fig.subplots(1, 2)
+    ax_fit.plot(d["x"], d["y_true"], color=COLORS[0], lw=2.5, alpha=0.6, label="truth sin(x)")
+    ax_fit.plot(d["x"], d["y_pred"], color=COLORS[1], lw=1.2, ls="--", label="network")
+    ax_fit.set_xlabel("x")
+    ax_fit.set_ylabel("y")
+    ax_fit.set_title("fit")
+    ax_fit.legend(fontsize=8)
+    ax_err.plot(d["x"], d["y_pred"] - d["y_true"], color=COLORS[1], lw=1)
+    ax_err.axhline(0, color="gray", lw=0.8)
+    ax_err.set_xlabel("x")
+    ax_err.set_ylabel("prediction - truth")
+    ax_err.set_title("error")
+    for ax in (ax_fit, ax_err):
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
     return fig

@@ -588,7 +588,10 @@ def run_study(
     statuses, trained = {}, []
     for i, run in enumerate(study.runs, start=1):
         run_dir = study_dir / run.name
-        status = runs.run_status(run_dir)
+        # metrics.json is the only completion marker; a diverged run is finished too.
+        status = "complete" if runs.is_complete(run_dir) else runs.run_status(run_dir)
+        if status == "complete" and not runs.is_complete(run_dir):
+            status = "incomplete"
         if status in ("complete", "diverged"):
             log.info("[%d/%d] %s: %s, skipped", i, len(study.runs), run.name, status)
             statuses[run.name] = status

@@ -1,0 +1,40 @@
+#!/usr/bin/env python3
+"""Write report.md and a self-contained report.html for a run, a study or a search folder.
+
+Examples:
+  python scripts/report.py studies/mnist_5k/a_models        # a study: table vs the report, figures
+  python scripts/report.py saved_models/bn_mlp_auto_ce_s0    # one run
+  python scripts/report.py searches/bn_mlp                   # a search folder (trials.csv)
+
+Figures are drawn from the folders' CSV/JSON files only, so a report is rebuilt
+without retraining. Exit codes: 0 ok, 2 bad input (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import _cli
+
+
+def build_parser():
+    p = _cli.Parser(prog="report.py", description=__doc__)
+    p.add_argument("path", help="a run, study or search folder")
+    p.add_argument("--output-dir", help="where to write report.md/report.html (default: PATH)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    _cli.setup_logging(False)
+    from kmnist_lab.report import write_report
+
+    md, page = write_report(args.path, args.output_dir)
+    if not args.quiet:
+        print(f"wrote {md} and {page}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_cli.run(main))

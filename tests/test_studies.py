@@ -1,0 +1,144 @@
+"""Studies: every study is valid data, runs end to end in --quick mode, resumes, and reports."""
+
+import json
+
+import _cli
+import pytest
+import study as study_script
+
+from kmnist_lab import runs
+from kmnist_lab.config import TrainConfig
+from kmnist_lab.errors import ConfigError
+from kmnist_lab.report import write_report
+from kmnist_lab.studies import STUDIES, effective_config, get_study, list_studies, run_study
+
+SEEDS_NAMES = [
+    "a_models", "a_losses", "a_optimizers", "b_resnet", "c_optimizers", "d_losses_activations",
+    "e_regression", "e_depth_width", "e_sweeps", "e_batchnorm", "e_augmentation",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def mnist_5k():
+    from kmnist_lab.data import load_dataset
+
+    return load_dataset("mnist_5k")
+
+
+def test_the_studies_have_their_fixed_names():
+    assert list_studies() == SEEDS_NAMES
+
+
+@pytest.mark.parametrize("name", SEEDS_NAMES)
+def test_every_run_is_a_valid_explicit_config(name):
+    study = get_study(name)
+    names = [r.name for r in study.runs]
+    assert len(names) == len(set(names)), "run names must be unique"
+    for run in study.runs:
+        if study.kind == "regression":
+            assert {"hidden", "epochs", "batch_size", "lr"} <= set(run.config)
+            continue
+        # Every setting explicit: per-arch defaults (adam, cosine, augment) never leak in.
+        for key in ("epochs", "batch_size", "optimizer", "lr", "lr_schedule", "augment"):
+            assert run.config[key] is not None, (run.name, key)
+        cfg = TrainConfig(**run.config, run_name=run.name).resolved()
+        assert cfg.to_dict()["lr_schedule"] == "constant"
+
+
+def test_report_settings_are_reproduced():
+    a = {r.name: r for r in get_study("a_models").runs}["relu_mlp"].config
+    assert (a["optimizer"], a["lr"], a["batch_size"], a["epochs"], a["augment"]) == (
+        "sgd",
+        0.03,
+        128,
+        15,
+        False,
+    )
+    d = get_study("d_losses_activations").runs[0].config
+    assert (d["optimizer"], d["lr"], d["momentum"], d["weight_decay"], d["batch_size"]) == (
+        "sgdm", 1e-4, 0.9, 1e-5, 100,
+    )  # fmt: skip
+    assert d["model_params"] == {"hidden": [128], "activation": "tanh", "init_std": 0.01}
+    assert len(get_study("e_depth_width").runs) == 20
+    c = {r.name: r.config for r in get_study("c_optimizers").runs}
+    assert c["sgd_momentum"]["momentum"] == 0.5 and all(v["lr"] == 0.01 for v in c.values())
+
+
+def test_effective_config_scales_and_shrinks():
+    run = get_study("a_models").runs[0]
+    assert effective_config(run, epochs_scale=0.5)["epochs"] == 8
+    assert effective_config(run, epochs_scale=0.01)["epochs"] == 1
+    quick = effective_config(run, quick=True)
+    assert quick["epochs"] == 1 and quick["batch_size"] <= 32
+    with pytest.raises(ConfigError, match="epochs_scale"):
+        effective_config(run, epochs_scale=0)
+
+
+@pytest.mark.parametrize("name", SEEDS_NAMES)
+def test_every_study_runs_quick_and_its_report_lists_every_run(name, mnist_5k, tmp_path):
+    result = run_study(name, dataset="mnist_5k", quick=True, output_dir=tmp_path, loaded=mnist_5k)
+    study = STUDIES[name]
+    assert set(result.statuses) == {r.name for r in study.runs}
+    assert all(s in ("complete", "diverged") for s in result.statuses.values()), result.statuses
+    md, page = write_report(result.study_dir)
+    text = md.read_text()
+    for run in study.runs:
+        assert f"`{run.name}`" in text, run.name
+    html = page.read_text()
+    assert html.count("data:image/png;base64,") >= 2 and 'src="report_files' not in html
+    if "confusion" in study.extras:
+        assert "macro avg" in text and "confusion" in text
+    if "per_class_train" in study.extras:
+        assert (result.study_dir / study.runs[0].name / "evaluation_train.json").is_file()
+    if study.heatmap:
+        assert (result.study_dir / "report_files" / f"{name}_heatmap.png").is_file()
+    if study.kind == "regression":
+        metrics = json.loads((result.study_dir / "sin_3x50" / "metrics.json").read_text())
+        assert {"mean_error", "max_abs_error"} <= set(metrics)
+        assert "mean error" in text
+
+
+def test_rerun_skips_complete_runs_and_redoes_only_the_missing_one(mnist_5k, tmp_path):
+    first = run_study("e_batchnorm", quick=True, output_dir=tmp_path, loaded=mnist_5k)
+    assert first.trained == ["without_bn", "with_bn"]
+    (first.study_dir / "with_bn" / runs.COMPLETE_MARKER).unlink()  # as if killed before the end
+    second = run_study("e_batchnorm", quick=True, output_dir=tmp_path, loaded=mnist_5k)
+    assert second.trained == ["with_bn"]
+    assert runs.is_complete(first.study_dir / "with_bn")
+    third = run_study("e_batchnorm", quick=True, output_dir=tmp_path, loaded=mnist_5k)
+    assert third.trained == []
+
+
+def test_a_study_folder_refuses_other_settings(mnist_5k, tmp_path):
+    run_study("e_regression", quick=True, output_dir=tmp_path)
+    with pytest.raises(ConfigError, match="epochs_scale"):
+        run_study("e_regression", quick=True, output_dir=tmp_path, epochs_scale=2.0)
+
+
+def test_script_lists_and_runs(tmp_path, capsys):
+    assert _cli.run(study_script.main, ["--list"]) == 0
+    out = capsys.readouterr().out
+    for name in SEEDS_NAMES:
+        assert name in out
+    assert "20 runs" in out
+    argv = ["e_regression", "--quick", "--output-dir", str(tmp_path), "--report", "-q"]
+    assert _cli.run(study_script.main, argv) == 0
+    out = capsys.readouterr().out
+    assert "1 complete" in out and (tmp_path / "e_regression" / "report.html").is_file()
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["no_such_study"], "invalid choice"),
+        ([], "NAME or --list"),
+        (["a_models", "--epochs-scale", "0"], "positive"),
+        (["a_models", "--epochs-scale", "nan"], "finite"),
+        (["a_models", "--dataset", "cifar"], "invalid choice"),
+    ],
+)
+def test_script_bad_input_is_one_line_exit_2(argv, match, capsys):
+    code = _cli.run(study_script.main, argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and match in err, err

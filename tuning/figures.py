@@ -1,0 +1,181 @@
+"""Search figures from `trials.csv` rows; each function returns a matplotlib `Figure`.
+
+Same style as `kmnist_lab.plots` (no pyplot). `write_figures` saves every figure
+that applies to a search into `<search folder>/figures/`:
+
+- `val_accuracy_heatmap.png`: val accuracy over batch size x lr; one panel per
+  epoch count when epochs are a hyperparameter (report A's table as a figure),
+  else the best trial of each cell, annotated with the epochs it reached.
+- `hyperband_brackets.png`: each Hyperband bracket, a line per configuration
+  through its rounds (val accuracy against the epochs the model reached).
+- `epochs_spent.png`: epochs trained per trial with the running total, and the
+  best val accuracy so far against epochs spent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from kmnist_lab.plots import color_for, save
+from tuning.results import completed
+
+
+def _num(value):
+    return float(value) if value not in ("", None) else np.nan
+
+
+def has_heatmap(rows) -> bool:
+    rows = completed(rows)
+    return bool(rows) and "hp_batch_size" in rows[0] and "hp_lr" in rows[0]
+
+
+def accuracy_heatmap(rows, title: str = "Validation accuracy (%)") -> Figure:
+    """Val accuracy (%) over batch size (rows) x learning rate (columns).
+
+    With an `hp_epochs` column of several values: one panel per epoch count. Else
+    one panel holding each cell's best trial, annotated with its epochs.
+    """
+    rows = completed(rows)
+    sizes = sorted({int(r["hp_batch_size"]) for r in rows})
+    lrs = sorted({float(r["hp_lr"]) for r in rows})
+    per_epoch = "hp_epochs" in rows[0] and len({r["hp_epochs"] for r in rows}) > 1
+    panels = sorted({int(r["hp_epochs"]) for r in rows}) if per_epoch else [None]
+    grids, notes = [], []
+    for epochs in panels:
+        grid = np.full((len(sizes), len(lrs)), np.nan)
+        note = np.full(grid.shape, "", dtype=object)
+        for r in rows:
+            if epochs is not None and int(r["hp_epochs"]) != epochs:
+                continue
+            i, j = sizes.index(int(r["hp_batch_size"])), lrs.index(float(r["hp_lr"]))
+            acc = 100 * float(r["val_accuracy"])
+            if np.isnan(grid[i, j]) or acc > grid[i, j]:
+                grid[i, j] = acc
+                note[i, j] = "" if epochs is not None else f"\n{r['epochs']} ep"
+        grids.append(grid)
+        notes.append(note)
+    finite = np.concatenate([g[np.isfinite(g)] for g in grids])
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0, 100)
+    best = vmax
+    fig = Figure(figsize=(2.6 * len(panels) + 1.2, 3.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
+    image = None
+    for ax, epochs, grid, note in zip(axes, panels, grids, notes):
+        image = ax.imshow(grid, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
+        for i in range(len(sizes)):
+            for j in range(len(lrs)):
+                if np.isfinite(grid[i, j]):
+                    dark = grid[i, j] < vmin + 0.6 * (vmax - vmin)
+                    weight = "bold" if grid[i, j] == best else "normal"
+                    ax.text(j, i, f"{grid[i, j]:.1f}{note[i, j]}", ha="center", va="center",
+                            fontsize=8, color="white" if dark else "black", fontweight=weight)  # fmt: skip
+        ax.set_xticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
+        ax.set_yticks(range(len(sizes)), [str(s) for s in sizes])
+        ax.set_xlabel("learning rate")
+        ax.set_title(f"{epochs} epochs" if epochs is not None else "best trial per cell")
+    axes[0].set_ylabel("batch size")
+    fig.colorbar(image, ax=list(axes), shrink=0.85, label="val accuracy (%)")
+    fig.suptitle(title)
+    return fig
+
+
+def hyperband_brackets(rows, title: str = "Hyperband brackets") -> Figure:
+    """One panel per bracket: val accuracy against epochs reached, a line per configuration."""
+    rows = [r for r in completed(rows) if r["bracket"] != ""]
+    by_id = {r["trial_id"]: r for r in rows}
+    brackets = sorted({int(r["bracket"]) for r in rows}, reverse=True)
+    fig = Figure(figsize=(4.2 * max(1, len(brackets)), 3.8), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, max(1, len(brackets)), sharey=True))
+    for ax, bracket in zip(axes, brackets):
+        members = [r for r in rows if int(r["bracket"]) == bracket]
+        starts = [r for r in members if r["from_trial"] == ""]
+        for k, start in enumerate(starts):
+            chain, current = [start], start
+            while True:
+                nxt = [r for r in members if r["from_trial"] == current["trial_id"]]
+                if not nxt:
+                    break
+                current = nxt[0]
+                chain.append(current)
+            xs = [0] + [int(r["epochs"]) for r in chain]
+            ys = [np.nan] + [100 * r["val_accuracy"] for r in chain]
+            ax.plot(xs[1:], ys[1:], marker="o", ms=3, color=color_for(k), alpha=0.8)
+        spent = sum(int(r["epochs_trained"]) for r in members)
+        rounds = sorted({int(r["round"]) for r in members})
+        sizes = [sum(1 for r in members if int(r["round"]) == n) for n in rounds]
+        ax.set_title(f"bracket {bracket}: {' -> '.join(map(str, sizes))} models, {spent} epochs")
+        ax.set_xlabel("epochs reached")
+        ax.grid(alpha=0.3)
+        best = max(members, key=lambda r: r["val_accuracy"]) if members else None
+        if best is not None:
+            ax.annotate(f"{100 * best['val_accuracy']:.2f}", (int(best["epochs"]), 100 * best["val_accuracy"]),
+                        textcoords="offset points", xytext=(4, 4), fontsize=8)  # fmt: skip
+    axes[0].set_ylabel("val accuracy (%)")
+    fig.suptitle(title)
+    return fig
+
+
+def epochs_spent(rows, title: str = "Epochs spent") -> Figure:
+    """Epochs per trial with the running total, and best val accuracy vs epochs spent."""
+    rows = [r for r in rows if r["epochs_trained"] != ""]
+    trained = np.array([int(r["epochs_trained"]) for r in rows])
+    acc = np.array([100 * _num(r["val_accuracy"]) for r in rows])
+    cumulative = np.cumsum(trained)
+    best = np.fmax.accumulate(np.where(np.isnan(acc), -np.inf, acc))
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    ax_bar, ax_best = fig.subplots(1, 2)
+    colors = [color_for(int(r["bracket"])) if r["bracket"] != "" else color_for(0) for r in rows]
+    ax_bar.bar(range(len(rows)), trained, color=colors)
+    ax_bar.set_xlabel("trial (in id order)")
+    ax_bar.set_ylabel("epochs trained")
+    twin = ax_bar.twinx()
+    twin.plot(range(len(rows)), cumulative, color="black", lw=1.2)
+    twin.set_ylabel("cumulative epochs")
+    ax_bar.set_title(f"{int(cumulative[-1]) if len(rows) else 0} epochs in {len(rows)} trials")
+    ax_best.step(cumulative, best, where="post", color=color_for(1))
+    ax_best.set_xlabel("cumulative epochs trained")
+    ax_best.set_ylabel("best val accuracy so far (%)")
+    ax_best.set_title("best so far vs budget")
+    ax_best.grid(alpha=0.3)
+    fig.suptitle(title)
+    return fig
+
+
+def budget_curves(searches: dict, title: str = "Best val accuracy vs epochs spent") -> Figure:
+    """Several searches on one axis: `{label: rows}` (e.g. grid vs Hyperband)."""
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.subplots()
+    for k, (label, rows) in enumerate(searches.items()):
+        rows = [r for r in rows if r["epochs_trained"] != ""]
+        cumulative = np.cumsum([int(r["epochs_trained"]) for r in rows])
+        acc = np.array([100 * _num(r["val_accuracy"]) for r in rows])
+        best = np.fmax.accumulate(np.where(np.isnan(acc), -np.inf, acc))
+        ax.step(cumulative, best, where="post", color=color_for(k), label=label)
+    ax.set_xlabel("cumulative epochs trained")
+    ax.set_ylabel("best val accuracy so far (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title)
+    return fig
+
+
+def write_figures(rows, out_dir: Path, label: str = "") -> list[str]:
+    """Saves every figure that applies; returns their paths relative to the search folder."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    prefix = f"{label}: " if label else ""
+    if has_heatmap(rows):
+        save(accuracy_heatmap(rows, f"{prefix}validation accuracy (%) over batch size x lr"),
+             out_dir / "val_accuracy_heatmap.png")  # fmt: skip
+        written.append("val_accuracy_heatmap.png")
+    if any(r["bracket"] != "" for r in completed(rows)):
+        save(hyperband_brackets(rows, f"{prefix}Hyperband brackets"), out_dir / "hyperband_brackets.png")
+        written.append("hyperband_brackets.png")
+    if any(r["epochs_trained"] != "" for r in rows):
+        save(epochs_spent(rows, f"{prefix}epochs spent"), out_dir / "epochs_spent.png")
+        written.append("epochs_spent.png")
+    return [f"{out_dir.name}/{name}" for name in written]

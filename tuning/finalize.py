@@ -1,0 +1,161 @@
+"""After a search: tables, the best model (test split used once), figures, summary."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import keras
+
+from kmnist_lab import runs
+from tuning import results
+from tuning.figures import write_figures
+
+log = logging.getLogger(__name__)
+
+
+def _tuner_settings(cfg) -> str:
+    if cfg.tuner == "hyperband":
+        text = f"max_epochs={cfg.max_epochs}, factor={cfg.factor}"
+        if cfg.hyperband_iterations != 1:
+            text += f", iterations={cfg.hyperband_iterations}"
+        return text + (f", max_trials={cfg.max_trials}" if cfg.max_trials else "")
+    text = f"epochs <= {cfg.max_epochs}"
+    if cfg.max_trials or cfg.tuner != "grid":
+        text += f", max_trials={cfg.max_trials or 10}"
+    return text
+
+
+def finalize(tuner, cfg, dataset, elapsed_s: float = 0.0) -> dict:
+    """Writes trials.csv, best_hyperparameters.json, best_model/, figures/, summary.*.
+
+    Returns:
+        The contents of `summary.json`.
+    """
+    project = Path(cfg.project_dir)
+    oracle = tuner.oracle
+    rows = results.trial_rows(oracle)
+    results.write_trials_csv(rows, results.columns(oracle), project / "trials.csv")
+    done = results.completed(rows)
+    best = best_model = None
+    best_trials = [t for t in oracle.get_best_trials(1) if t.status == "COMPLETED"]
+    if best_trials:
+        trial = best_trials[0]
+        row = next(r for r in rows if r["trial_id"] == trial.trial_id)
+        values = trial.hyperparameters.values
+        best = {
+            "trial_id": trial.trial_id,
+            "hyperparameters": {k: v for k, v in values.items() if not k.startswith("tuner/")},
+            "val_accuracy": row["val_accuracy"],
+            "val_loss": row["val_loss"],
+            "epochs": int(row["epochs"]),
+        }
+        if "tuner/bracket" in values:
+            best["hyperband"] = {
+                k.split("/", 1)[1]: values[k]
+                for k in ("tuner/bracket", "tuner/round", "tuner/trial_id")
+                if k in values
+            }
+        runs.atomic_write_json(project / "best_hyperparameters.json", best)
+        best_model = export_best(tuner, trial, cfg, dataset, best["epochs"], project / "best_model")
+    figures = write_figures(rows, project / "figures", label=f"{cfg.space}/{cfg.tuner}")
+    statuses = [r["status"] for r in rows]
+    summary = {
+        "config": cfg.to_dict(),
+        "dataset": dataset.name,
+        "space_summary": tuner.hypermodel.summary,
+        "tuner_settings": _tuner_settings(cfg),
+        "trials": len(rows),
+        "trials_completed": len(done),
+        "trials_failed": sum(s in ("FAILED", "INVALID") for s in statuses),
+        "trials_other": len(rows) - len(done) - sum(s in ("FAILED", "INVALID") for s in statuses),
+        "total_epochs": results.total_epochs(rows),
+        "trial_wall_time_s": float(sum(r["wall_time_s"] for r in rows if r["wall_time_s"] != "")),
+        "session_elapsed_s": elapsed_s,
+        "workers": sorted({r["worker"] for r in rows if r["worker"]}),
+        "best": best,
+        "best_model": best_model,
+        "figures": figures,
+    }
+    runs.atomic_write_json(project / "summary.json", summary)
+    runs.atomic_write_text(project / "summary.md", results.summary_markdown(summary, rows, figures))
+    log.info(
+        "search %s: %d trials, %d epochs trained in total%s -> %s",
+        cfg.project_name, len(rows), summary["total_epochs"],
+        f", best val accuracy {100 * best['val_accuracy']:.2f}% (trial {best['trial_id']})" if best else "",
+        project,
+    )  # fmt: skip
+    return summary
+
+
+def export_best(tuner, trial, cfg, dataset, epochs: int, out: Path) -> dict:
+    """Restores (or retrains) the best trial's model, scores it on val and test, exports it.
+
+    The test split is evaluated here only, once per best model: an existing
+    `metrics.json` of the same trial and search is returned as it is.
+    """
+    metrics_path = out / "metrics.json"
+    if metrics_path.is_file():
+        try:
+            old = json.loads(metrics_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            old = {}
+        same = old.get("trial_id") == trial.trial_id and old.get("identity") == cfg.identity()
+        if same and (old.get("retrained") or not cfg.retrain):
+            return old
+        metrics_path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    hp = trial.hyperparameters
+    checkpoint = Path(tuner._get_checkpoint_fname(trial.trial_id))
+    (x_train, y_train), (x_val, y_val) = dataset.train, dataset.val
+    retrained = cfg.retrain or not checkpoint.is_file()
+    if retrained:
+        log.info("retraining trial %s's configuration for %d epochs", trial.trial_id, epochs)
+        keras.backend.clear_session()
+        model = tuner.hypermodel.build(hp)
+        tuner.hypermodel.fit(hp, model, x_train, y_train, validation_data=(x_val, y_val), epochs=epochs)
+        origin = f"retrained from scratch ({epochs} epochs)"
+    else:
+        model = tuner.load_model(trial)
+        origin = f"restored from trial {trial.trial_id}'s checkpoint"
+    batch = max(256, int(hp.values.get("batch_size", 256)))
+    val = model.evaluate(x_val, y_val, batch_size=batch, verbose=0, return_dict=True)
+    x_test, y_test = dataset.test
+    test = model.evaluate(x_test, y_test, batch_size=batch, verbose=0, return_dict=True)
+    artifacts = _export(model, tuner.hypermodel.loss_for(hp), out) if cfg.export else []
+    metrics = {
+        "trial_id": trial.trial_id,
+        "origin": origin,
+        "retrained": retrained,
+        "epochs": epochs,
+        "val_accuracy": float(val["accuracy"]),
+        "val_loss": float(val["loss"]),
+        "test_accuracy": float(test["accuracy"]),
+        "test_loss": float(test["loss"]),
+        "dataset": dataset.name,
+        "test_size": int(len(y_test)),
+        "hyperparameters": {k: v for k, v in hp.values.items() if not k.startswith("tuner/")},
+        "identity": cfg.identity(),
+        "artifacts": artifacts,
+    }
+    runs.atomic_write_json(metrics_path, metrics)
+    log.info(
+        "best model (%s): val accuracy %.4f, test accuracy %.4f -> %s",
+        origin, metrics["val_accuracy"], metrics["test_accuracy"], out,
+    )  # fmt: skip
+    return metrics
+
+
+def _export(model, loss, out: Path) -> list[str]:
+    from kmnist_lab.export import can_export_saved_model, export_saved_model
+    from kmnist_lab.losses import serving_scale
+
+    tmp = out / ".model.tmp.keras"
+    model.save(tmp)
+    tmp.replace(out / "model.keras")
+    written = ["best_model/model.keras"]
+    if can_export_saved_model():
+        export_saved_model(model, out / "saved_model", score_scale=serving_scale(loss))
+        written.append("best_model/saved_model")
+    return written

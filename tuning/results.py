@@ -1,0 +1,191 @@
+"""What a search leaves behind: `trials.csv`, the best hyperparameters, a summary.
+
+Everything here reads the oracle (the chief's, in a distributed search), so it
+needs no access to the workers' disks.
+
+`trials.csv` columns (stable; empty where not applicable):
+
+```
+trial_id, status, hp_<name>..., val_accuracy, val_loss, epochs_trained, wall_time_s,
+worker, bracket, round, initial_epoch, epochs, from_trial, accuracy, loss, rss_mb
+```
+
+`epochs_trained` is what the trial itself trained; `epochs` is the model's total
+(for a Hyperband continuation: `initial_epoch + epochs_trained`, from the trial it
+continues, `from_trial`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+from kmnist_lab import runs
+
+METRIC_COLUMNS = ("val_accuracy", "val_loss", "epochs_trained", "wall_time_s")
+TAIL_COLUMNS = (
+    "worker", "bracket", "round", "initial_epoch", "epochs", "from_trial", "accuracy", "loss",
+    "rss_mb",
+)  # fmt: skip
+
+
+def hp_names(oracle) -> list[str]:
+    """Names of the tuned hyperparameters, in declaration order (no `tuner/...`)."""
+    return [hp.name for hp in oracle.get_space().space if not hp.name.startswith("tuner/")]
+
+
+def _metric(trial, name):
+    if not trial.metrics.exists(name):
+        return ""
+    value = trial.metrics.get_last_value(name)
+    return "" if value is None else float(value)
+
+
+def trial_rows(oracle) -> list[dict]:
+    """One dict per trial (all statuses), ordered by trial id; keys are the CSV columns."""
+    names = hp_names(oracle)
+    worker_of = getattr(oracle, "worker_of", lambda _: None)
+    rows = []
+    for trial_id in sorted(oracle.trials):
+        trial = oracle.trials[trial_id]
+        values = trial.hyperparameters.values
+        row = {"trial_id": trial_id, "status": trial.status}
+        row.update({f"hp_{n}": values.get(n, "") for n in names})
+        row.update({m: _metric(trial, m) for m in METRIC_COLUMNS})
+        trained = row["epochs_trained"]
+        initial = int(values.get("tuner/initial_epoch", 0))
+        row.update(
+            worker=worker_of(trial_id) or "",
+            bracket=values.get("tuner/bracket", ""),
+            round=values.get("tuner/round", ""),
+            initial_epoch=initial if "tuner/epochs" in values else "",
+            epochs=(initial + int(trained)) if trained != "" else "",
+            from_trial=values.get("tuner/trial_id", ""),
+            accuracy=_metric(trial, "accuracy"),
+            loss=_metric(trial, "loss"),
+            rss_mb=_metric(trial, "rss_mb"),
+        )
+        rows.append(row)
+    return rows
+
+
+def columns(oracle) -> list[str]:
+    return [
+        "trial_id", "status", *(f"hp_{n}" for n in hp_names(oracle)), *METRIC_COLUMNS,
+        *TAIL_COLUMNS,
+    ]  # fmt: skip
+
+
+def write_trials_csv(rows: list[dict], fields: list[str], path: Path) -> Path:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _cell(v) for k, v in row.items()})
+    runs.atomic_write_text(path, buffer.getvalue())
+    return path
+
+
+def _cell(value):
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.6g}"
+    return value
+
+
+def completed(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r["status"] == "COMPLETED" and r["val_accuracy"] != ""]
+
+
+def total_epochs(rows: list[dict]) -> int:
+    """Epochs trained by all trials that reported (the search's training budget)."""
+    return int(sum(r["epochs_trained"] for r in rows if r["epochs_trained"] != ""))
+
+
+# ------------------------------------------------------------------------ summary
+
+
+def _pct(value) -> str:
+    return "" if value in ("", None) else f"{100 * float(value):.2f}"
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def grid_table(rows: list[dict]) -> str | None:
+    """Report A's table: val accuracy (%) per batch size x lr (rows) and epochs (columns)."""
+    rows = completed(rows)
+    if not rows or not all(k in rows[0] for k in ("hp_batch_size", "hp_lr", "hp_epochs")):
+        return None
+    epochs = sorted({int(r["hp_epochs"]) for r in rows})
+    cells = {}
+    for r in rows:
+        cells[(int(r["hp_batch_size"]), float(r["hp_lr"]), int(r["hp_epochs"]))] = r["val_accuracy"]
+    keys = sorted({(b, lr) for b, lr, _ in cells})
+    best = max(cells.values())
+    lines = [
+        "| batch size | lr | " + " | ".join(f"{e} ep" for e in epochs) + " |",
+        "|---|---|" + "---|" * len(epochs),
+    ]
+    for b, lr in keys:
+        out = []
+        for e in epochs:
+            v = cells.get((b, lr, e), "")
+            text = _pct(v)
+            out.append(f"**{text}**" if v == best else text)
+        lines.append(f"| {b} | {lr:g} | " + " | ".join(out) + " |")
+    return "\n".join(lines)
+
+
+def summary_markdown(summary: dict, rows: list[dict], figures: list[str]) -> str:
+    """`summary.md` of a search folder."""
+    cfg = summary["config"]
+    best = summary.get("best")
+    lines = [
+        f"# Search `{cfg['space']}` / {cfg['tuner']} on {summary['dataset']}",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| space | `{cfg['space']}`: {summary['space_summary']} |",
+        f"| tuner | {cfg['tuner']} ({summary['tuner_settings']}) |",
+        f"| trials | {summary['trials_completed']} completed, {summary['trials_failed']} failed,"
+        f" {summary['trials_other']} other |",
+        f"| epochs trained | **{summary['total_epochs']}** (sum over trials) |",
+        f"| trial wall time | {summary['trial_wall_time_s']:.0f} s (sum over trials) |",
+        f"| workers | {', '.join(summary['workers']) or '-'} |",
+    ]
+    if best:
+        hps = ", ".join(f"{k}={_fmt(v)}" for k, v in best["hyperparameters"].items())
+        lines.append(
+            f"| best trial | {best['trial_id']}: {hps}; {best['epochs']} epochs;"
+            f" val accuracy **{_pct(best['val_accuracy'])}%** |"
+        )
+        model = summary.get("best_model") or {}
+        if model:
+            test = model.get("test_accuracy")
+            lines.append(
+                f"| best model | {model['origin']}; val accuracy {_pct(model.get('val_accuracy'))}%,"
+                f" test accuracy {_pct(test)}% (test split used once);"
+                f" {', '.join(model.get('artifacts', [])) or 'not exported'} |"
+            )
+    table = grid_table(rows)
+    if table:
+        lines += ["", "## Validation accuracy (%) per cell (report A's table)", "", table]
+    done = sorted(completed(rows), key=lambda r: -r["val_accuracy"])[:10]
+    if done:
+        hp_cols = [k for k in done[0] if k.startswith("hp_")]
+        header = ["trial", *(c[3:] for c in hp_cols), "val acc %", "epochs", "trained", "worker"]
+        lines += ["", "## Best trials", "", "| " + " | ".join(header) + " |"]
+        lines.append("|" + "---|" * len(header))
+        for r in done:
+            cells = [r["trial_id"], *(_fmt(r[c]) for c in hp_cols), _pct(r["val_accuracy"])]
+            cells += [str(r["epochs"]), str(int(r["epochs_trained"])), r["worker"]]
+            lines.append("| " + " | ".join(cells) + " |")
+    if figures:
+        lines += ["", "## Figures", ""]
+        lines += [f"![{Path(f).stem}]({f})" for f in figures]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,426 @@
+"""Run a keras-tuner search: local, resumable, or distributed (chief + workers).
+
+`run_search(SearchConfig(...))` searches `space` with `tuner` on the train split,
+scores trials on the validation split, and writes into the search folder
+`<directory>/<project_name>/` (keras-tuner's own files live there too):
+
+```
+search.json                the search's settings (a re-run with other settings is refused)
+trials.csv                 one row per trial: hyperparameters, val metrics, epochs, time, worker
+best_hyperparameters.json  the best trial's hyperparameters and score
+best_model/                the best trial's model restored from its checkpoint (or retrained):
+                           saved_model/, model.keras, metrics.json (val + test accuracy)
+figures/                   heatmap over batch size x lr, Hyperband brackets, epochs spent
+summary.md, summary.json   totals (epochs trained, trials, time) and the best trial
+logs/                      per-process logs of a distributed search
+```
+
+Re-running the same search without `overwrite` resumes it: finished trials are
+kept, the interrupted one is run again, and the outputs are rewritten. The test
+split is used once, by the best model, after the search.
+
+Distributed: keras-tuner's chief/worker mode (`KERASTUNER_TUNER_ID`,
+`KERASTUNER_ORACLE_IP`, `KERASTUNER_ORACLE_PORT`). A process whose tuner id
+contains `chief` serves the oracle over gRPC and writes the outputs when every
+worker is done; the others run trials. `workers=N` starts a chief and N workers on
+127.0.0.1 and waits for them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from kmnist_lab import runs
+from kmnist_lab.errors import ConfigError, KmnistLabError, RunFolderError
+
+log = logging.getLogger(__name__)
+
+TUNER_NAMES = ("hyperband", "grid", "random", "bayesian")
+# Settings that define a search: a resumed search must match them.
+IDENTITY = (
+    "space", "tuner", "dataset", "data_dir", "val_fraction", "seed", "max_epochs", "factor",
+    "hyperband_iterations",
+)  # fmt: skip
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class SearchError(KmnistLabError):
+    """A search process failed (exit code 1; re-running the command resumes)."""
+
+    exit_code = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """Everything one search needs (validated on construction).
+
+    Attributes:
+        space: search space (`tuning.list_spaces()`).
+        tuner: `hyperband`, `grid`, `random` or `bayesian`.
+        dataset, data_dir, val_fraction, seed: as for training (`seed` also seeds
+            the oracle and every trial's initialisation).
+        max_epochs: most epochs one model trains. Hyperband's `max_epochs`; for the
+            other tuners it drops the space's epoch choices above it. None: the
+            space's largest epoch choice.
+        factor, hyperband_iterations: Hyperband's reduction factor and sweeps.
+        max_trials: most trials (None: grid = whole grid, random/bayesian = 10,
+            Hyperband = as its brackets need).
+        directory, project_name: the search folder is `directory/project_name`
+            (default name `SPACE_TUNER_DATASET`).
+        overwrite: start over instead of resuming.
+        workers: start a chief and this many workers on this machine (0: one process).
+        expect_workers: a chief hands out no trial until this many workers asked
+            (at most `WAIT_FOR_WORKERS_S`), so every worker gets work.
+        jit: XLA policy.
+        export: write the best model's SavedModel and model.keras.
+        retrain: retrain the best configuration from scratch instead of restoring
+            its checkpoint (needed when checkpoints live on other machines).
+        verbose: 0 quiet, 1 keras-tuner's per-trial tables.
+    """
+
+    space: str
+    tuner: str = "hyperband"
+    dataset: str = "auto"
+    data_dir: str | None = None
+    val_fraction: float | None = None
+    seed: int = 0
+    max_epochs: int | None = None
+    factor: int = 3
+    hyperband_iterations: int = 1
+    max_trials: int | None = None
+    directory: str = "searches"
+    project_name: str | None = None
+    overwrite: bool = False
+    workers: int = 0
+    expect_workers: int = 0
+    jit: str = "auto"
+    export: bool = True
+    retrain: bool = False
+    verbose: int = 1
+
+    def __post_init__(self):
+        from kmnist_lab.config import JIT_POLICIES
+        from kmnist_lab.data import list_datasets
+        from tuning.hypermodels import SPACES
+
+        if self.space not in SPACES:
+            raise ConfigError(f"unknown search space {self.space!r}. Valid spaces: {', '.join(SPACES)}")
+        if self.tuner not in TUNER_NAMES:
+            raise ConfigError(f"`tuner` must be one of {', '.join(TUNER_NAMES)}. Received: {self.tuner!r}")
+        if self.dataset not in list_datasets():
+            raise ConfigError(
+                f"`dataset` must be one of {', '.join(list_datasets())}. Received: {self.dataset!r}"
+            )
+        if self.jit not in JIT_POLICIES:
+            raise ConfigError(f"`jit` must be one of {', '.join(JIT_POLICIES)}. Received: {self.jit!r}")
+        for name, low in (
+            ("max_epochs", 1), ("max_trials", 1), ("factor", 2), ("hyperband_iterations", 1),
+            ("workers", 0), ("expect_workers", 0),
+        ):  # fmt: skip
+            value = getattr(self, name)
+            if value is None and name in ("max_epochs", "max_trials"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"`{name}` must be an integer >= {low}. Received: {name}={value!r}")
+        if self.project_name is not None and not re.fullmatch(r"[A-Za-z0-9._=+-]+", self.project_name):
+            raise ConfigError(
+                "`project_name` may contain only letters, digits and . _ = + -. "
+                f"Received: {self.project_name!r}"
+            )
+        if self.val_fraction is not None and not (0 < self.val_fraction < 1):
+            raise ConfigError(f"`val_fraction` must be in (0, 1). Received: {self.val_fraction!r}")
+
+    def resolved(self) -> SearchConfig:
+        """A copy with `max_epochs` and `project_name` filled in."""
+        from tuning.hypermodels import SPACES
+
+        changes = {}
+        if self.max_epochs is None:
+            changes["max_epochs"] = max(SPACES[self.space].epoch_choices)
+        if self.project_name is None:
+            changes["project_name"] = f"{self.space}_{self.tuner}_{self.dataset}"
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def project_dir(self) -> Path:
+        cfg = self.resolved()
+        return Path(cfg.directory) / cfg.project_name
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def identity(self) -> dict:
+        cfg = self.resolved().to_dict()
+        return {k: cfg[k] for k in IDENTITY}
+
+    @classmethod
+    def from_json(cls, path) -> SearchConfig:
+        data = json.loads(Path(path).read_text())
+        data = data.get("config", data)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in fields})
+
+
+@dataclasses.dataclass
+class SearchResult:
+    """What `run_search` returns: the search folder and `summary.json`'s contents."""
+
+    project_dir: Path
+    summary: dict
+
+
+def distributed_role() -> str | None:
+    """`chief`, `worker` or None (not distributed), from keras-tuner's variables."""
+    if "KERASTUNER_ORACLE_IP" not in os.environ:
+        return None
+    for name in ("KERASTUNER_ORACLE_PORT", "KERASTUNER_TUNER_ID"):
+        if name not in os.environ:
+            raise ConfigError(f"KERASTUNER_ORACLE_IP is set but {name} is not; set both or neither")
+    return "chief" if "chief" in os.environ["KERASTUNER_TUNER_ID"] else "worker"
+
+
+# -------------------------------------------------------------------- the folder
+
+
+def prepare_project_dir(cfg: SearchConfig) -> Path:
+    """Creates, resumes or (with `overwrite`) clears the search folder; writes search.json.
+
+    Raises:
+        RunFolderError: the folder holds a different search or something else.
+    """
+    project = cfg.project_dir
+    if cfg.overwrite and project.exists():
+        shutil.rmtree(project)
+    try:
+        project.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunFolderError(f"cannot create search folder {project}: {e.strerror}") from None
+    marker = project / "search.json"
+    if marker.is_file():
+        try:
+            old = json.loads(marker.read_text()).get("identity")
+        except (OSError, json.JSONDecodeError):
+            old = None
+        if old != cfg.identity():
+            diff = sorted(k for k in cfg.identity() if (old or {}).get(k) != cfg.identity()[k])
+            raise RunFolderError(
+                f"{project} holds a search with other settings ({', '.join(diff)}); pass "
+                "--overwrite to start over or choose another --project-name"
+            )
+    elif any(project.iterdir()):
+        raise RunFolderError(
+            f"{project} exists and is not a kmnist_lab search folder; choose another "
+            "--project-name or pass --overwrite"
+        )
+    runs.atomic_write_json(marker, {"identity": cfg.identity(), "config": cfg.to_dict()})
+    return project
+
+
+# ------------------------------------------------------------------- the search
+
+
+def make_tuner(cfg: SearchConfig, num_classes: int, train_size: int | None):
+    """The keras-tuner `Tuner` for `cfg` (reloads an existing search folder)."""
+    import keras_tuner as kt
+
+    from tuning.hypermodels import get_hypermodel
+    from tuning.tuners import TUNERS
+
+    cfg = cfg.resolved()
+    hypermodel = get_hypermodel(
+        cfg.space,
+        num_classes=num_classes,
+        train_size=train_size,
+        tune_epochs=cfg.tuner != "hyperband",
+        max_epochs=cfg.max_epochs,
+        jit=cfg.jit,
+        seed=cfg.seed,
+    )
+    kwargs = {"seed": cfg.seed, "directory": cfg.directory, "project_name": cfg.project_name}
+    if cfg.tuner == "hyperband":
+        kwargs.update(max_epochs=cfg.max_epochs, factor=cfg.factor,
+                      hyperband_iterations=cfg.hyperband_iterations)  # fmt: skip
+    if cfg.max_trials is not None or cfg.tuner != "grid":
+        kwargs["max_trials"] = cfg.max_trials or (None if cfg.tuner == "hyperband" else 10)
+    tuner = TUNERS[cfg.tuner](hypermodel, overwrite=False, **kwargs)
+    if isinstance(tuner.oracle, kt.Oracle):  # not a worker's client of the chief
+        tuner.oracle.verbose = cfg.verbose
+    return tuner
+
+
+def run_search(config: SearchConfig) -> SearchResult | None:
+    """Runs (or resumes) the search `config` describes; see the module docstring.
+
+    Returns:
+        The search folder and its summary; None in a worker process.
+
+    Raises:
+        ConfigError, DataError, RunFolderError: bad input (nothing is overwritten).
+        SearchError: a process of a distributed search failed.
+    """
+    cfg = config.resolved()
+    role = distributed_role()
+    if cfg.workers:
+        if role is not None:
+            raise ConfigError("--workers starts its own chief and workers; unset KERASTUNER_* first")
+        return launch_local_cluster(cfg)
+    if role != "worker":
+        prepare_project_dir(cfg)
+    from kmnist_lab.data import load_dataset
+
+    start = time.perf_counter()
+    dataset = load_dataset(cfg.dataset, cfg.data_dir, cfg.val_fraction, cfg.seed)
+    log.info("%s", dataset.summary())
+    (x_train, y_train), (x_val, y_val) = dataset.train, dataset.val
+    if len(y_val) == 0:
+        raise ConfigError("the search needs a validation split; the dataset's is empty")
+    tuner = make_tuner(cfg, dataset.num_classes, len(y_train))
+    if role == "chief":
+        serve_oracle(tuner, expect_workers=cfg.expect_workers)
+    else:
+        tuner.search(x_train, y_train, validation_data=(x_val, y_val))
+    if role == "worker":
+        log.info("worker %s: no trial left", tuner.tuner_id)
+        return None
+    from tuning.finalize import finalize
+
+    summary = finalize(tuner, cfg, dataset, elapsed_s=time.perf_counter() - start)
+    return SearchResult(cfg.project_dir, summary)
+
+
+# ------------------------------------------------------------------ distributed
+
+POLL_S = 0.2
+WAIT_FOR_WORKERS_S = 120.0
+
+
+def serve_oracle(tuner, expect_workers: int = 0, poll_s: float = POLL_S) -> None:
+    """Serves `tuner.oracle` to workers over gRPC until the search is over.
+
+    keras-tuner's own chief loop (`oracle_chief.start_server`) with its servicer;
+    it polls every `poll_s` (keras-tuner sleeps 20 s between checks) and, with
+    `expect_workers`, answers IDLE until that many workers have asked for a trial.
+    """
+    from concurrent import futures
+
+    import grpc
+    from keras_tuner.src import protos
+    from keras_tuner.src.distribute import oracle_chief
+    from keras_tuner.src.engine import trial as trial_module
+
+    class Servicer(oracle_chief.OracleServicer):
+        def __init__(self, oracle):
+            super().__init__(oracle)
+            self.seen = set()
+            self.deadline = time.monotonic() + WAIT_FOR_WORKERS_S
+
+        def CreateTrial(self, request, context):  # noqa: N802 (gRPC method name)
+            self.seen.add(request.tuner_id)
+            if len(self.seen) < expect_workers and time.monotonic() < self.deadline:
+                idle = trial_module.Trial(self.oracle.get_space(), status="IDLE")
+                return protos.get_service().CreateTrialResponse(trial=idle.to_proto())
+            return super().CreateTrial(request, context)
+
+    tuner.save()
+    address = f"{os.environ['KERASTUNER_ORACLE_IP']}:{os.environ['KERASTUNER_ORACLE_PORT']}"
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    servicer = Servicer(tuner.oracle)
+    protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
+    if not server.add_insecure_port(address):
+        raise SearchError(f"chief cannot listen on {address} (port in use?)")
+    server.start()
+    log.info("chief: oracle serving on %s", address)
+    try:
+        while not (servicer.stop_triggered and oracle_chief.exit_chief(tuner.oracle)):
+            time.sleep(poll_s)
+    finally:
+        server.stop(grace=2)
+    log.info("chief: every worker is done")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_local_cluster(cfg: SearchConfig) -> SearchResult:
+    """Starts a chief and `cfg.workers` workers on 127.0.0.1, waits, returns the summary.
+
+    Each process runs `python -m tuning CONFIG` with keras-tuner's
+    variables set and logs to `<search folder>/logs/<tuner id>.log`. If a worker
+    fails, the others are stopped; re-running resumes.
+    """
+    project = prepare_project_dir(cfg)
+    logs = project / "logs"
+    logs.mkdir(exist_ok=True)
+    child = dataclasses.replace(cfg, workers=0, overwrite=False, expect_workers=cfg.workers)
+    config_path = logs / "launch.json"
+    runs.atomic_write_json(config_path, {"config": child.to_dict()})
+    env = dict(os.environ)
+    env.update(
+        KERASTUNER_ORACLE_IP="127.0.0.1",
+        KERASTUNER_ORACLE_PORT=str(_free_port()),
+        PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p),
+    )
+    # N processes share the machine's cores.
+    threads = str(max(1, (os.cpu_count() or 1) // (cfg.workers + 1)))
+    env.setdefault("OMP_NUM_THREADS", threads)
+    names = ["chief"] + [f"tuner{i}" for i in range(cfg.workers)]
+    procs = {}
+    try:
+        for name in names:
+            with open(logs / f"{name}.log", "w") as out:
+                procs[name] = subprocess.Popen(
+                    [sys.executable, "-m", "tuning", str(config_path)],
+                    env={**env, "KERASTUNER_TUNER_ID": name},
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    cwd=str(ROOT),
+                )
+        log.info("started chief and %d workers (logs in %s)", cfg.workers, logs)
+        while True:
+            codes = {name: p.poll() for name, p in procs.items()}
+            failed = [n for n, c in codes.items() if c not in (None, 0)]
+            if failed:
+                name = failed[0]
+                tail = (logs / f"{name}.log").read_text(errors="replace").strip().splitlines()[-1:]
+                raise SearchError(
+                    f"{name} exited with code {codes[name]} ({tail[0] if tail else 'no output'}); "
+                    f"see {logs / (name + '.log')}; re-run the same command to resume"
+                )
+            if all(c == 0 for c in codes.values()):
+                break
+            time.sleep(0.5)
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.terminate()
+        for p in procs.values():
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    summary = json.loads((project / "summary.json").read_text())
+    return SearchResult(project, summary)
+
+
+def child_main(argv) -> int:
+    """Entry point of a chief/worker process (`python -m tuning CONFIG_JSON`)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        run_search(SearchConfig.from_json(argv[0]))
+    except KmnistLabError as e:
+        print(f"{os.environ.get('KERASTUNER_TUNER_ID', 'search')}: error: {e}", file=sys.stderr)
+        return getattr(e, "exit_code", 2)
+    return 0

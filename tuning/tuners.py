@@ -1,0 +1,296 @@
+"""keras-tuner tuners and oracles with the fixes and bookkeeping our searches need.
+
+- Every trial reports its final-epoch validation metrics (a trial "of E epochs" is
+  scored like report A's cell after E epochs), the epochs it trained, its wall time
+  and the process's resident memory; its checkpoint holds the final-epoch weights,
+  which Hyperband continues from and which the best model is restored from.
+- The oracle records which tuner (worker) ran each trial, in `oracle.json`, so the
+  chief knows it without access to the workers' disks.
+- `GridSearchOracle` forgets its position when reloaded (keras-tuner issue #1055:
+  a resumed grid dies with `KeyError` in `LinkedList.next`) and hands out one new
+  cell only after the previous one ended, so a second worker sits idle. Ours
+  persists its state and chains new cells from running ones.
+- On a finite space (only choices, booleans, fixed and stepped numbers), random
+  search and Hyperband draw configurations without replacement: keras-tuner
+  draws with replacement and stops the whole search after 20 collisions, which on
+  report A's 12-cell (batch x lr) space happens before a bracket is even filled.
+- A worker polling an oracle that has nothing to hand out backs off instead of
+  spinning on gRPC.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import random
+import resource
+import time
+
+import keras
+import keras_tuner as kt
+from keras_tuner.engine.hyperparameters import Boolean, Choice, Fixed, Float, Int
+from keras_tuner.src import utils as kt_utils
+
+OBJECTIVE = kt.Objective("val_accuracy", direction="max")
+# Above this many configurations a space is sampled like a continuous one.
+MAX_ENUMERATED = 200_000
+
+
+def resident_memory_mb() -> float:
+    """Current resident set size of this process in MB (peak RSS where /proc is missing)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ----------------------------------------------------------------------- oracles
+
+
+def _hp_values(hp) -> list | None:
+    """The finite list of values of one hyperparameter, or None if continuous."""
+    if isinstance(hp, Choice):
+        return list(hp.values)
+    if isinstance(hp, Boolean):
+        return [False, True]
+    if isinstance(hp, Fixed):
+        return [hp.value]
+    if isinstance(hp, (Int, Float)) and hp.step is not None:
+        return list(hp.values)
+    if isinstance(hp, Int):
+        return list(range(hp.min_value, hp.max_value + 1))
+    return None
+
+
+def enumerate_space(hyperparameters: kt.HyperParameters, limit: int = MAX_ENUMERATED):
+    """Every configuration (active values only) of a finite space, or None.
+
+    None when a hyperparameter is continuous or there are more than `limit`.
+    """
+    space = list(hyperparameters.space)
+    choices = [_hp_values(hp) for hp in space]
+    if any(c is None for c in choices):
+        return None
+    out: list[dict] = []
+
+    def walk(i: int, values: dict) -> bool:
+        if len(out) > limit:
+            return False
+        if i == len(space):
+            out.append(dict(values))
+            return True
+        hp = space[i]
+        if not all(cond.is_active(values) for cond in hp.conditions):
+            return walk(i + 1, values)
+        for value in choices[i]:
+            values[hp.name] = value
+            if not walk(i + 1, values):
+                return False
+            del values[hp.name]
+        return True
+
+    return out if walk(0, {}) else None
+
+
+class _OracleMixin:
+    """Records the tuner id that ran each trial; samples finite spaces without replacement."""
+
+    def _workers(self) -> dict:
+        if not hasattr(self, "_kmnist_workers"):
+            self._kmnist_workers = {}
+        return self._kmnist_workers
+
+    @kt.synchronized
+    def create_trial(self, tuner_id):
+        trial = super().create_trial(tuner_id)
+        if trial.status == kt.engine.trial.TrialStatus.RUNNING:
+            self._workers()[trial.trial_id] = tuner_id
+            self.save()
+        return trial
+
+    def worker_of(self, trial_id: str) -> str | None:
+        return self._workers().get(trial_id)
+
+    def get_state(self):
+        state = super().get_state()
+        state["kmnist_workers"] = dict(self._workers())
+        return state
+
+    def set_state(self, state):
+        super().set_state(state)
+        self._kmnist_workers = dict(state.get("kmnist_workers", {}))
+
+    def _random_values(self):
+        combos = enumerate_space(self.hyperparameters)
+        if combos is None:
+            return super()._random_values()
+        untried = [c for c in combos if not self._duplicate(c)]
+        if not untried:
+            return None
+        rng = random.Random(self._seed_state)
+        self._seed_state += 1
+        return dict(rng.choice(untried))
+
+
+class GridOracle(_OracleMixin, kt.oracles.GridSearchOracle):
+    """`GridSearchOracle` that survives a reload and feeds several workers at once."""
+
+    def populate_space(self, trial_id):
+        response = super().populate_space(trial_id)
+        if response["status"] == kt.engine.trial.TrialStatus.RUNNING and (
+            trial_id not in self._populate_next
+        ):
+            # The whole space is declared before trial 0 (no hyperparameter can
+            # appear during a trial), so the next cell can follow a running one.
+            self._populate_next.append(trial_id)
+        return response
+
+    def get_state(self):
+        state = super().get_state()
+        order, index = [], self._ordered_ids._next_index[None]
+        while index is not None:
+            order.append(self._ordered_ids._memory[index])
+            index = self._ordered_ids._next_index[index]
+        state["grid_order"] = order
+        state["grid_populate_next"] = list(self._populate_next)
+        return state
+
+    def set_state(self, state):
+        super().set_state(state)
+        # Older states (or keras-tuner's own) lack the order: trial start order is it.
+        order = state.get("grid_order") or list(self.start_order)
+        self._ordered_ids = type(self._ordered_ids)()
+        for trial_id in order:
+            self._ordered_ids.insert(trial_id)
+        pending = state.get("grid_populate_next")
+        if pending is None:
+            pending = order[-1:]
+        self._populate_next = [t for t in pending if t in self.trials]
+        # Trials that ended since are chained from as well (duplicates are skipped).
+        for trial_id in order:
+            if trial_id not in self._populate_next:
+                self._populate_next.append(trial_id)
+
+
+class RandomOracle(_OracleMixin, kt.oracles.RandomSearchOracle):
+    """Random search; finite spaces are sampled without replacement."""
+
+
+class BayesianOracle(_OracleMixin, kt.oracles.BayesianOptimizationOracle):
+    """Gaussian-process Bayesian optimisation (keras-tuner's), with worker records."""
+
+
+class HyperbandOracle(_OracleMixin, kt.oracles.HyperbandOracle):
+    """Hyperband; finite spaces are sampled without replacement; optional trial cap."""
+
+    def __init__(self, *args, max_trials=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.max_trials = max_trials
+
+
+# ------------------------------------------------------------------------ tuners
+
+
+class SearchTuner(kt.Tuner):
+    """`kt.Tuner` whose trials report final-epoch metrics, epochs, time and memory."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._idle_polls = 0
+
+    def run_trial(self, trial, *args, **kwargs):
+        start = time.perf_counter()
+        hp = trial.hyperparameters
+        kwargs["callbacks"] = self._deepcopy_callbacks(kwargs.get("callbacks", []))
+        model = self._try_build(hp)  # clears the Keras session first
+        history = self.hypermodel.fit(hp, model, *args, **kwargs)
+        # Hyperband rebuilds a continued model from this before loading its weights.
+        kt_utils.save_json(self._get_build_config_fname(trial.trial_id), model.get_build_config())
+        # Final-epoch weights: what was scored, and what Hyperband continues from.
+        model.save_weights(self._get_checkpoint_fname(trial.trial_id))
+        metrics = final_metrics(history.history)
+        if "val_accuracy" not in metrics:  # stopped at a non-finite loss before validating
+            x_val, y_val = kwargs["validation_data"][:2]
+            scores = model.evaluate(x_val, y_val, verbose=0, return_dict=True)
+            metrics.update({f"val_{k}": _finite(v) for k, v in scores.items()})
+        metrics["epochs_trained"] = float(len(history.history.get("loss", [])))
+        del model, history
+        keras.backend.clear_session()
+        gc.collect()
+        metrics["wall_time_s"] = time.perf_counter() - start
+        metrics["rss_mb"] = resident_memory_mb()
+        return metrics
+
+    def pre_create_trial(self):
+        # An IDLE answer (nothing to hand out yet) is retried right away by
+        # keras-tuner; back off so a waiting worker does not spin.
+        if self._idle_polls:
+            time.sleep(min(1.0, 0.05 * 2**self._idle_polls))
+        self._idle_polls += 1
+
+    def on_trial_begin(self, trial):
+        self._idle_polls = 0
+        super().on_trial_begin(trial)
+
+    @property
+    def is_worker(self) -> bool:
+        return self._is_worker()
+
+
+def _finite(value) -> float:
+    value = float(value)
+    return value if math.isfinite(value) else float("nan")
+
+
+def final_metrics(logs: dict) -> dict:
+    """Last-epoch value of every metric in a Keras `History.history` dict."""
+    return {key: _finite(values[-1]) for key, values in logs.items() if values}
+
+
+class GridTuner(SearchTuner):
+    def __init__(self, hypermodel, max_trials=None, seed=None, **kwargs):
+        oracle = GridOracle(objective=OBJECTIVE, max_trials=max_trials, seed=seed)
+        super().__init__(oracle, hypermodel, **kwargs)
+
+
+class RandomTuner(SearchTuner):
+    def __init__(self, hypermodel, max_trials=10, seed=None, **kwargs):
+        oracle = RandomOracle(objective=OBJECTIVE, max_trials=max_trials, seed=seed)
+        super().__init__(oracle, hypermodel, **kwargs)
+
+
+class BayesianTuner(SearchTuner):
+    def __init__(self, hypermodel, max_trials=10, seed=None, **kwargs):
+        oracle = BayesianOracle(objective=OBJECTIVE, max_trials=max_trials, seed=seed)
+        super().__init__(oracle, hypermodel, **kwargs)
+
+
+class HyperbandTuner(kt.Hyperband, SearchTuner):
+    """keras-tuner's Hyperband (epochs per round, continuation from checkpoints)."""
+
+    def __init__(
+        self, hypermodel, max_epochs=15, factor=3, hyperband_iterations=1, max_trials=None,
+        seed=None, **kwargs,
+    ):  # fmt: skip
+        oracle = HyperbandOracle(
+            objective=OBJECTIVE,
+            max_epochs=max_epochs,
+            factor=factor,
+            hyperband_iterations=hyperband_iterations,
+            seed=seed,
+            max_trials=max_trials,
+        )
+        SearchTuner.__init__(self, oracle, hypermodel, **kwargs)
+
+
+TUNERS = {
+    "hyperband": HyperbandTuner,
+    "grid": GridTuner,
+    "random": RandomTuner,
+    "bayesian": BayesianTuner,
+}
