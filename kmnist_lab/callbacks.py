@@ -4,21 +4,29 @@ All are backend-agnostic `keras.callbacks.Callback`s. The CSV loggers are
 resume-aware: at the first epoch of a (possibly resumed) run they drop rows of
 epochs that will be trained again, so a killed and resumed run has neither
 duplicated nor missing epochs. Callback order matters (see `training.py`):
-history/batches are written before `BackupAndRestore` saves the epoch.
+history/batches are written before `RunBackup` saves the epoch.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
+import logging
 import math
+import os
+import re
+import shutil
 import time
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from kmnist_lab.runs import atomic_write_text
+from kmnist_lab.errors import RunFolderError
+from kmnist_lab.runs import atomic_write_json, atomic_write_text, fsync_dir
+
+log = logging.getLogger(__name__)
 
 
 def current_learning_rate(optimizer) -> float:
@@ -41,11 +49,21 @@ class EpochStats(keras.callbacks.Callback):
 
 
 def _read_rows(path: Path) -> tuple[list[str], list[dict]]:
+    """Rows of a CSV log kept from an earlier (interrupted) run of this folder."""
     if not path.is_file():
         return [], []
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        return list(reader.fieldnames or []), list(reader)
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            fields, rows = list(reader.fieldnames or []), list(reader)
+        for row in rows:
+            int(row["epoch"])
+    except (OSError, UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError):
+        raise RunFolderError(
+            f"{path} is unreadable, so the interrupted run cannot resume; pass --overwrite "
+            "to start it over"
+        ) from None
+    return fields, rows
 
 
 def _write_rows(path: Path, fields: list[str], rows: list[dict]) -> None:
@@ -133,22 +151,141 @@ class BatchLogger(keras.callbacks.Callback):
 class DivergenceGuard(keras.callbacks.Callback):
     """Stops training at the first non-finite training loss and remembers where.
 
+    The loss Keras reports is the epoch's running mean, so it turns non-finite at
+    the first non-finite batch loss and stays so. With `steps_per_execution = K`
+    callbacks see every K-th step only: the first bad step is then one of
+    `first_step .. step` (`steps_window`).
+
     Attributes:
         diverged_at: `(epoch, step)`, 1-based, or None.
+        steps_window: `(first_step, step)`: the steps since the previous check.
     """
 
     def __init__(self):
         super().__init__()
         self.diverged_at: tuple[int, int] | None = None
+        self.steps_window: tuple[int, int] | None = None
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch + 1
+        self._last_step = 0
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)) and self.diverged_at is None:
             self.diverged_at = (self._epoch, batch + 1)
+            self.steps_window = (min(self._last_step + 1, batch + 1), batch + 1)
             self.model.stop_training = True
+        self._last_step = batch + 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)) and self.diverged_at is None:
+            self.diverged_at = (epoch + 1, self._last_step or 1)  # no batch logs were seen
+            self.steps_window = (1, self._last_step or 1)
+            self.model.stop_training = True
+
+
+class RunBackup(keras.callbacks.Callback):
+    """Backs up the whole training state after every epoch and restores it on restart.
+
+    Equivalent to `keras.callbacks.BackupAndRestore`, but crash-safe at every
+    instant: each epoch's state (`model.save_weights`, which holds the layer
+    weights *and* the optimizer's variables: iteration count, hence the
+    learning-rate schedule's position, Adam moments, Rprop step sizes, ASGD
+    averages, ...) is written with its epoch number into a temporary folder that
+    is renamed to `epoch-NNNNN` only when complete; the newest `keep` folders are
+    kept. A restart loads the newest readable one (falling back to the previous
+    if it is damaged) and continues from the next epoch. A state whose training
+    loss is not finite is never saved, so a backup never holds a diverged model.
+
+    Unlike `BackupAndRestore`, the backup is kept when `fit` ends: the caller
+    deletes it once the run's outputs are written (`training.train` does so
+    after `metrics.json`), so a kill during the final evaluation or export does
+    not cost the training.
+
+    Args:
+        backup_dir: folder of the backups (used by this callback alone).
+        keep: how many epoch states to keep (>= 1; 2 gives a fallback).
+
+    Attributes:
+        restored_epoch: number of completed epochs restored, or None.
+    """
+
+    _PATTERN = re.compile(r"epoch-(\d+)")
+
+    def __init__(self, backup_dir, keep: int = 2):
+        super().__init__()
+        if keep < 1:
+            raise ValueError(f"`keep` must be >= 1. Received: keep={keep}")
+        self.backup_dir = Path(backup_dir)
+        self.keep = keep
+        self.restored_epoch: int | None = None
+
+    def checkpoints(self) -> list[tuple[int, Path]]:
+        """`(epoch, folder)` of the complete backups, newest first."""
+        if not self.backup_dir.is_dir():
+            return []
+        found = []
+        for path in self.backup_dir.iterdir():
+            match = self._PATTERN.fullmatch(path.name)
+            if match and path.is_dir():
+                found.append((int(match.group(1)), path))
+        return sorted(found, reverse=True)
+
+    def on_train_begin(self, logs=None):
+        self.restored_epoch = None
+        if self.backup_dir.is_dir():
+            for leftover in self.backup_dir.glob(".tmp-*"):
+                shutil.rmtree(leftover, ignore_errors=True)
+        for epoch, path in self.checkpoints():
+            try:
+                self._load(path)
+            except Exception as e:  # h5py/Keras raise many types on damaged files
+                log.warning("backup %s is unreadable (%s: %s); trying an older one",
+                            path, type(e).__name__, e)  # fmt: skip
+                continue
+            self.model._initial_epoch = epoch  # the hook `BackupAndRestore` uses
+            self.restored_epoch = epoch
+            log.info("restored the training state after epoch %d from %s", epoch, path)
+            return
+
+    def _load(self, path: Path) -> None:
+        meta = json.loads((path / "meta.json").read_text())
+        epoch = int(meta["epoch"])
+        if f"epoch-{epoch:05d}" != path.name:
+            raise ValueError(f"meta.json says epoch {epoch}")
+        optimizer = self.model.optimizer
+        if optimizer is not None and not optimizer.built:
+            optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(path / "state.weights.h5")
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            return
+        self.save(epoch + 1)
+
+    def save(self, epoch: int) -> Path:
+        """Writes the state after `epoch` completed epochs; returns its folder."""
+        self.backup_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.backup_dir / f".tmp-{os.getpid()}-{epoch}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        weights = tmp / "state.weights.h5"
+        self.model.save_weights(weights)
+        with open(weights, "rb+") as f:
+            os.fsync(f.fileno())
+        atomic_write_json(tmp / "meta.json", {"epoch": epoch})
+        fsync_dir(tmp)
+        final = self.backup_dir / f"epoch-{epoch:05d}"
+        if final.exists():  # this epoch re-ran after a kill; older backups remain meanwhile
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        fsync_dir(self.backup_dir)
+        for _, old in self.checkpoints()[self.keep :]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
 
 
 def _scalar(value):

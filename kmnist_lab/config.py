@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import re
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from kmnist_lab.errors import ConfigError
 BACKENDS = ("tensorflow", "jax", "torch")
 JIT_POLICIES = ("auto", "on", "off")
 LR_SCHEDULES = ("constant", "step", "cosine")
+DISTRIBUTE_MODES = ("none", "data-parallel")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +47,8 @@ ARCH_DEFAULTS = {
     "resnet18": _CNN,
 }
 FALLBACK_DEFAULTS = _MLP
+_RESERVED_MODEL = frozenset({"num_classes", "head", "name"})
+_RESERVED_LOSS = frozenset({"name", "reduction", "dtype"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +74,7 @@ class TrainConfig:
         backend: Keras backend recorded in config.json (set before Keras is imported).
         jit: XLA policy: `auto` (measured per model and device), `on`, `off`.
         steps_per_execution: training steps per compiled call (None: auto).
+        distribute: `none` or `data-parallel` (JAX DataParallel / TF MirroredStrategy).
         tensorboard: also write TensorBoard logs to `<run>/tensorboard`.
         export: write the SavedModel (and model.keras).
         overwrite: replace an existing complete run folder.
@@ -99,6 +104,7 @@ class TrainConfig:
     backend: str | None = None
     jit: str = "auto"
     steps_per_execution: int | None = None
+    distribute: str = "none"
     tensorboard: bool = False
     export: bool = True
     overwrite: bool = False
@@ -120,6 +126,12 @@ class TrainConfig:
             OPTIMIZERS.get(self.optimizer)
         _choice("dataset", self.dataset, list_datasets())
         _choice("jit", self.jit, JIT_POLICIES)
+        _choice("distribute", self.distribute, DISTRIBUTE_MODES)
+        if self.distribute != "none" and self.backend == "torch":
+            raise ConfigError(
+                "`distribute` data-parallel needs the jax or tensorflow backend; Keras' torch "
+                "backend has no built-in data-parallel trainer. Received: backend='torch'"
+            )
         if self.lr_schedule is not None:
             _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         if self.backend is not None:
@@ -135,8 +147,36 @@ class TrainConfig:
                 raise ConfigError(f"`{name}` must be a finite number >= 0. Received: {name}={value!r}")
         if self.momentum is not None and self.momentum >= 1:
             raise ConfigError(f"`momentum` must be in [0, 1). Received: momentum={self.momentum}")
-        if not isinstance(self.warmup_epochs, int) or self.warmup_epochs < 0:
+        if not _is_int(self.warmup_epochs) or self.warmup_epochs < 0:
             raise ConfigError(f"`warmup_epochs` must be an integer >= 0. Received: {self.warmup_epochs!r}")
+        if not _is_int(self.seed) or not 0 <= self.seed < 2**32:
+            raise ConfigError(
+                f"`seed` must be an integer in [0, 2**32 - 1]. Received: seed={self.seed!r}"
+            )
+        for name in ("loss_params", "model_params"):
+            if not isinstance(getattr(self, name), dict):
+                raise ConfigError(
+                    f"`{name}` must be an object of KEY: VALUE pairs. "
+                    f"Received: {name}={getattr(self, name)!r}"
+                )
+        for name, reserved in (("model_params", _RESERVED_MODEL), ("loss_params", _RESERVED_LOSS)):
+            clash = sorted(set(getattr(self, name)) & reserved)
+            if clash:
+                given = ", ".join(f"{k}={getattr(self, name)[k]!r}" for k in clash)
+                raise ConfigError(
+                    f"`{name}` cannot set {', '.join(clash)}: kmnist_lab sets it from the dataset "
+                    f"and the loss. Received: {given}"
+                )
+        for name in ("augment", "tensorboard", "export", "overwrite"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bool):
+                raise ConfigError(f"`{name}` must be true or false. Received: {name}={value!r}")
+        for name in ("data_dir", "output_dir", "run_name"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, str) and value):
+                raise ConfigError(
+                    f"`{name}` must be a non-empty string. Received: {name}={value!r}"
+                )
         if self.val_fraction is not None and (
             not _is_number(self.val_fraction) or not (0.0 < self.val_fraction < 1.0)
         ):
@@ -194,6 +234,10 @@ class TrainConfig:
         if isinstance(data, dict) and "config" in data and isinstance(data["config"], dict):
             data = data["config"]
         return cls.from_dict(data)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _is_number(value) -> bool:

@@ -19,8 +19,10 @@ import dataclasses
 import gzip
 import hashlib
 import logging
+import math
 import os
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -130,7 +132,7 @@ def _read_bytes(path: Path) -> bytes:
             with gzip.open(path, "rb") as f:
                 return f.read()
         return path.read_bytes()
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         raise DataError(f"Cannot read {path}: {e}. Re-download or replace the file.") from None
 
 
@@ -153,7 +155,7 @@ def parse_idx(raw: bytes, path: str = "<bytes>") -> np.ndarray:
     if ndim == 0 or len(raw) < header:
         raise DataError(f"{path}: truncated IDX header")
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = int(np.prod(shape, dtype=np.int64))
+    expected = math.prod(shape)  # Python ints: a forged header cannot overflow
     if len(raw) - header != expected:
         raise DataError(
             f"{path}: IDX header says shape {shape} ({expected} bytes) but the file holds "
@@ -202,9 +204,15 @@ def _check_images(x: np.ndarray, y: np.ndarray, where: str) -> tuple[np.ndarray,
     if len(x) != len(y):
         raise DataError(f"{where}: {len(x)} images but {len(y)} labels")
     if x.dtype != np.uint8:
-        if x.size and (x.min() < 0 or x.max() > 255):
-            raise DataError(f"{where}: pixel values must lie in [0, 255]")
+        if x.dtype.kind not in "biuf":
+            raise DataError(f"{where}: images must hold numbers; got dtype {x.dtype}")
+        if x.size and not (np.isfinite(x).all() and x.min() >= 0 and x.max() <= 255):
+            raise DataError(f"{where}: pixel values must be finite and lie in [0, 255]")
         x = x.astype(np.uint8)
+    if y.dtype.kind not in "iu" and not (
+        y.dtype.kind in "bf" and np.isfinite(y).all() and (y == np.round(y)).all()
+    ):
+        raise DataError(f"{where}: labels must be integers; got dtype {y.dtype}")
     return x, y.astype(np.int64)
 
 
@@ -372,6 +380,8 @@ def load_dataset(
         raise ConfigError(f"Unknown dataset {name!r}. Valid datasets: {', '.join(DATASETS)}")
     if val_fraction is not None and not (0.0 <= val_fraction < 1.0):
         raise ConfigError(f"`val_fraction` must be in [0, 1). Received: val_fraction={val_fraction}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+        raise ConfigError(f"`seed` must be an integer in [0, 2**32 - 1]. Received: seed={seed!r}")
     resolved = name
     if name == "auto":
         try:

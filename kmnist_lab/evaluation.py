@@ -34,6 +34,16 @@ def resolve_saved_model(path) -> tuple[Path, Path | None]:
         return path, parent if (parent / "config.json").is_file() else None
     if not path.exists():
         raise ModelLoadError(f"{path} does not exist")
+    if (path / "config.json").is_file():
+        from kmnist_lab.runs import run_status
+
+        status = run_status(path)
+        if status != "complete":
+            raise ModelLoadError(
+                f"{path} is a {status} run without saved_model/; finish it by re-running its "
+                "training command (an interrupted run resumes)"
+            )
+        raise ModelLoadError(f"{path} has no saved_model/ (trained with --no-export?)")
     raise ModelLoadError(
         f"{path} is not a SavedModel (no saved_model.pb) nor a run folder with saved_model/"
     )
@@ -118,7 +128,14 @@ def write_report(result: dict, x: np.ndarray, class_names, out_dir, title: str =
     from kmnist_lab.runs import atomic_write_json
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        from kmnist_lab.errors import RunFolderError
+
+        raise RunFolderError(
+            f"cannot create {out_dir}: {e.strerror}; choose another --output-dir"
+        ) from None
     atomic_write_json(out_dir / "evaluation.json", result)
     plots.save(plots.confusion_matrix(result["confusion_matrix"], class_names, f"Confusion matrix {title}"),
                out_dir / "confusion.png")  # fmt: skip

@@ -422,7 +422,7 @@ def _evaluations(doc: Document, done: list[dict], extras: list[str], colors: dic
             for i, label in enumerate(values):  # recolour bars to the runs' colours
                 for patch in fig.axes[0].containers[i]:
                     patch.set_color(colors.get(label))
-            fig.axes[0].legend(fontsize=8)
+            fig.axes[0].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
             doc.figure(
                 fig, f"per_class_{split}", f"Per-class accuracy on the {split} split, per run."
             )

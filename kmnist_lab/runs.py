@@ -2,7 +2,10 @@
 
 A run folder counts as complete only when `metrics.json` exists; it is written
 last. Every JSON/CSV file is written to a temporary name and renamed, so a killed
-process never leaves a half-written file behind.
+process never leaves a half-written file behind. `run_status` tells a finished,
+diverged, interrupted or running run apart from the folder alone, and
+`find_runs` lists every run under a folder with its status (reports and studies
+show incomplete runs as such instead of reading half a run).
 """
 
 from __future__ import annotations
@@ -11,12 +14,20 @@ import contextlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 from kmnist_lab.errors import RunFolderError
 
+try:  # POSIX: the kernel drops the lock when its process dies, even on SIGKILL
+    import fcntl
+except ImportError:  # pragma: no cover - Windows falls back to the PID file alone
+    fcntl = None
+
 COMPLETE_MARKER = "metrics.json"
 LOCK_NAME = ".lock"
+STATUS_FILE = "status.json"
+BACKUP_DIR = "backup"
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -47,60 +58,191 @@ def _jsonable(value):
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Flushes a folder's entries (renames into it) to disk; a no-op where unsupported."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def read_json(path: str | os.PathLike) -> dict | None:
+    """The JSON object in `path`, or None when it is missing, unreadable or not an object."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def is_complete(run_dir: str | os.PathLike) -> bool:
     return (Path(run_dir) / COMPLETE_MARKER).is_file()
 
 
 def run_status(run_dir: str | os.PathLike) -> str:
-    """`complete`, `diverged`, `incomplete` or `missing`, read from the folder."""
+    """The state of a run folder, read from the folder alone.
+
+    - `complete`: `metrics.json` exists (written last).
+    - `diverged`: training stopped at a non-finite loss (`status.json`).
+    - `running`: another live process holds the folder's lock.
+    - `incomplete`: anything else in an existing folder (an interrupted run:
+      re-running its command resumes it).
+    - `missing`: no such folder.
+    """
     run_dir = Path(run_dir)
     if is_complete(run_dir):
         return "complete"
-    status_file = run_dir / "status.json"
-    if status_file.is_file():
-        with contextlib.suppress(OSError, json.JSONDecodeError):
-            return json.loads(status_file.read_text()).get("status", "incomplete")
-    return "incomplete" if run_dir.is_dir() else "missing"
+    if not run_dir.is_dir():
+        return "missing"
+    status = (read_json(run_dir / STATUS_FILE) or {}).get("status")
+    if status == "diverged":
+        return "diverged"
+    if lock_owner(run_dir) is not None:
+        return "running"
+    return "incomplete"
+
+
+def find_runs(root: str | os.PathLike) -> list[dict]:
+    """Every run folder under `root` (itself included), with its status.
+
+    A run folder is one holding `config.json`, `status.json` or `metrics.json`.
+
+    Returns:
+        `[{"dir": Path, "name": str, "status": str, "metrics": dict | None}]`,
+        sorted by path; `metrics` is None unless the run is complete.
+    """
+    root = Path(root)
+    found = []
+    candidates = [root, *sorted(p for p in root.rglob("*") if p.is_dir())] if root.is_dir() else []
+    for d in candidates:
+        if not any((d / f).is_file() for f in ("config.json", STATUS_FILE, COMPLETE_MARKER)):
+            continue
+        status = run_status(d)
+        metrics = read_json(d / COMPLETE_MARKER) if status == "complete" else None
+        found.append({"dir": d, "name": d.name, "status": status, "metrics": metrics})
+    return found
+
+
+# ----------------------------------------------------------------------------- lock
 
 
 class RunLock:
-    """Exclusive lock file `<run_dir>/.lock` holding the owner's PID.
+    """Exclusive lock on a run folder: `<run_dir>/.lock` holding the owner's PID.
 
-    A lock whose PID no longer runs is stale and taken over (a killed run must
-    not block its own resumption).
+    On POSIX the file is also `flock`ed, so the kernel releases the lock when its
+    process dies, even on SIGKILL: a killed run never blocks its own resumption,
+    and two processes taking over a stale lock at once cannot both win. A lock
+    file whose PID still runs (and started when the lock was written) is honoured
+    even without `flock` (file systems without it, locks written by other tools).
+    Acquiring creates the folder; releasing removes the folders it created when
+    they are still empty (a refused or failed run leaves nothing behind).
+
+    Raises:
+        RunFolderError: another live process holds the lock, or the folder
+            cannot be created or written.
     """
 
     def __init__(self, run_dir: str | os.PathLike):
-        self.path = Path(run_dir) / LOCK_NAME
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK_NAME
         self.held = False
+        self._fd: int | None = None
+        self._created: Path | None = None
 
     def acquire(self) -> RunLock:
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                pid = _read_pid(self.path)
-                if pid is not None and _pid_alive(pid) and pid != os.getpid():
-                    raise RunFolderError(
-                        f"{self.path.parent} is in use by process {pid}; wait for it to finish "
-                        "or choose another --run-name"
-                    ) from None
-                with contextlib.suppress(FileNotFoundError):
-                    self.path.unlink()
-                continue
-            except OSError as e:
-                raise RunFolderError(f"cannot write to {self.path.parent}: {e.strerror}") from None
-            with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
-            self.held = True
-            return self
-        raise RunFolderError(f"could not lock {self.path.parent}; remove {self.path} if no run uses it")
+        self._create_folder()
+        try:
+            for _ in range(5):
+                if self._try_acquire():
+                    self.held = True
+                    return self
+            raise RunFolderError(
+                f"could not lock {self.run_dir}; remove {self.path} if no run uses it"
+            )
+        except BaseException:
+            self._remove_created()
+            raise
+
+    def _create_folder(self) -> None:
+        missing = None
+        for parent in (self.run_dir, *self.run_dir.parents):
+            if parent.exists():
+                break
+            missing = parent
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunFolderError(
+                f"cannot create run folder {self.run_dir}: {e.strerror}; "
+                "choose another --output-dir"
+            ) from None
+        if not self.run_dir.is_dir():
+            raise RunFolderError(f"{self.run_dir} is not a folder; choose another --run-name")
+        self._created = missing
+
+    def _try_acquire(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise RunFolderError(
+                f"cannot write to {self.run_dir}: {e.strerror}; choose another --output-dir"
+            ) from None
+        try:
+            if fcntl is not None:
+                if not _flock_with_retries(fd):
+                    self._refuse(_read_owner(self.path)[0])
+                # The file may have been unlinked (released) between open and flock.
+                try:
+                    same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+                except FileNotFoundError:
+                    same = False
+                if not same:
+                    os.close(fd)
+                    return False
+            pid, started = _read_owner(self.path)
+            if pid is not None and pid != os.getpid() and _process_alive(pid, started):
+                self._refuse(pid)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {_start_time(os.getpid()) or 0}\n".encode(), 0)
+            self._fd = fd
+            return True
+        except BaseException:
+            if self._fd != fd:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            raise
+
+    def _refuse(self, pid: int | None):
+        who = f"process {pid}" if pid is not None else "another process"
+        raise RunFolderError(
+            f"{self.run_dir} is in use by {who}; wait for it to finish or choose another --run-name"
+        )
 
     def release(self) -> None:
         if self.held:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
+            if self._fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(self._fd)
+                self._fd = None
             self.held = False
+            self._remove_created()
+
+    def _remove_created(self) -> None:
+        """Removes the folders `acquire` created, innermost first, while they are empty."""
+        if self._created is None:
+            return
+        for folder in (self.run_dir, *self.run_dir.parents):
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+            if folder == self._created:
+                break
+        self._created = None
 
     def __enter__(self) -> RunLock:
         return self.acquire()
@@ -109,31 +251,103 @@ class RunLock:
         self.release()
 
 
-def _read_pid(path: Path) -> int | None:
+def _flock_with_retries(fd: int, tries: int = 4) -> bool:
+    """Takes the exclusive `flock`, retrying briefly (`lock_owner` probes hold it an instant)."""
+    for i in range(tries):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError:
+            if i + 1 < tries:
+                time.sleep(0.05)
+    return False
+
+
+def lock_owner(run_dir: str | os.PathLike) -> int | None:
+    """PID of the live process holding `run_dir`'s lock, or None."""
+    path = Path(run_dir) / LOCK_NAME
+    if not path.is_file():
+        return None
+    pid, started = _read_owner(path)
+    if fcntl is not None:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return pid if pid is not None else -1  # held, owner unknown
+        finally:
+            os.close(fd)
+    if pid is not None and pid != os.getpid() and _process_alive(pid, started):
+        return pid
+    return None
+
+
+def _read_owner(path: Path) -> tuple[int | None, int | None]:
+    """`(pid, start_time)` from a lock file (`"PID [START]"`); None where unreadable."""
     try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
+        parts = path.read_text().split()
+        pid = int(parts[0])
+        started = int(parts[1]) if len(parts) > 1 and int(parts[1]) else None
+        return pid, started
+    except (OSError, ValueError, IndexError):
+        return None, None
+
+
+def _start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (Linux), to detect PID reuse."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
         return None
 
 
-def _pid_alive(pid: int) -> bool:
+def _process_alive(pid: int, started: int | None = None) -> bool:
+    """True when `pid` runs and (when known) is the process that started at `started`."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    except OSError:
+        return False
+    if started is not None:
+        now = _start_time(pid)
+        if now is not None and now != started:
+            return False  # the PID was reused by another process
+    stat = _proc_state(pid)
+    return stat != "Z"  # a zombie has exited
+
+
+def _proc_state(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+# ----------------------------------------------------------------------------- folder
 
 
 def prepare_run_dir(run_dir: str | os.PathLike, overwrite: bool, config: dict) -> bool:
-    """Creates or reuses a run folder; returns True when an interrupted run resumes.
+    """Checks a run folder before a run writes to it; returns True when it resumes.
 
-    - missing or empty: created, fresh run.
-    - complete (`metrics.json`): refused unless `overwrite` (then its artifacts are
-      replaced as the new run writes them).
-    - interrupted run of the same config: resumed (returns True).
-    - anything else: refused unless `overwrite`.
+    Call it while holding the folder's `RunLock`. Nothing is deleted here.
+
+    - missing or empty: fresh run.
+    - interrupted run of the same config with a backup: resumed (returns True),
+      with or without `overwrite` (re-running the same command must never lose
+      finished epochs; delete the folder to start over).
+    - complete (`metrics.json`) or diverged: refused unless `overwrite` (then its
+      artifacts are replaced as the new run writes them).
+    - interrupted run of another config, or a folder that is not a run: refused
+      unless `overwrite`.
 
     Raises:
         RunFolderError: the folder is taken or cannot be written.
@@ -142,31 +356,47 @@ def prepare_run_dir(run_dir: str | os.PathLike, overwrite: bool, config: dict) -
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise RunFolderError(f"cannot create run folder {run_dir}: {e.strerror}") from None
+        raise RunFolderError(
+            f"cannot create run folder {run_dir}: {e.strerror}; choose another --output-dir"
+        ) from None
     if not os.access(run_dir, os.W_OK):
         raise RunFolderError(f"run folder {run_dir} is not writable; choose another --output-dir")
     entries = [p for p in run_dir.iterdir() if p.name != LOCK_NAME]
-    if not entries or overwrite:
+    if not entries:
         return False
     if is_complete(run_dir):
+        if overwrite:
+            return False
         raise RunFolderError(
             f"run folder {run_dir} already holds a finished run; pass --overwrite to replace it "
             "or choose another --run-name"
         )
+    status = read_json(run_dir / STATUS_FILE) or {}
+    if status.get("status") == "diverged":
+        if overwrite:
+            return False
+        where = (
+            f" at epoch {status.get('epoch')}, step {status.get('step')}"
+            if "epoch" in status
+            else ""
+        )
+        raise RunFolderError(
+            f"run folder {run_dir} holds a run that diverged{where}; pass --overwrite to "
+            "retrain it (with a lower --lr) or choose another --run-name"
+        )
     previous = run_dir / "config.json"
     if previous.is_file():
-        try:
-            old = json.loads(previous.read_text()).get("config", {})
-        except (OSError, json.JSONDecodeError):
-            old = None
-        same = old is not None and _comparable(old) == _comparable(config)
-        if same and (run_dir / "backup").is_dir():
-            return True
-        if not same:
-            raise RunFolderError(
-                f"run folder {run_dir} holds an interrupted run with a different config; "
-                "pass --overwrite to start over or choose another --run-name"
-            )
+        old = (read_json(previous) or {}).get("config")
+        same = isinstance(old, dict) and _comparable(old) == _comparable(config)
+        if same:
+            return (run_dir / BACKUP_DIR).is_dir()
+        if overwrite:
+            return False
+        raise RunFolderError(
+            f"run folder {run_dir} holds an interrupted run with a different config; "
+            "pass --overwrite to start over or choose another --run-name"
+        )
+    if overwrite:
         return False
     raise RunFolderError(
         f"{run_dir} exists and is not a kmnist_lab run folder; choose another --run-name "

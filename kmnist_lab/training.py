@@ -10,7 +10,7 @@ metrics.json  test metrics, wall time, samples/s (written last: the completion m
 saved_model/  TF SavedModel, `serve` signature on raw pixels
 model.keras   full Keras model (custom objects registered) for further training
 plots/        learning curves
-backup/       BackupAndRestore state while the run is in progress (removed at the end)
+backup/       RunBackup state (weights + optimizer) while in progress (removed at the end)
 ```
 
 A killed run re-run with the same config resumes from its last completed epoch.
@@ -30,10 +30,11 @@ import keras
 import numpy as np
 
 from kmnist_lab import runs
-from kmnist_lab.callbacks import BatchLogger, DivergenceGuard, EpochStats, HistoryLogger
+from kmnist_lab.callbacks import BatchLogger, DivergenceGuard, EpochStats, HistoryLogger, RunBackup
 from kmnist_lab.config import TrainConfig
 from kmnist_lab.data import Dataset, load_dataset
-from kmnist_lab.errors import KmnistLabError
+from kmnist_lab.distribute import distribution_scope
+from kmnist_lab.errors import ConfigError, KmnistLabError
 from kmnist_lab.losses import get_loss, loss_head, serving_scale
 from kmnist_lab.models import build_model, model_family
 from kmnist_lab.optimizers import get_optimizer
@@ -100,6 +101,10 @@ def compile_for_config(model, loss, cfg: TrainConfig, steps_per_epoch: int) -> d
     optimizer = get_optimizer(cfg.optimizer, learning_rate=schedule, **params)
     jit = resolve_jit(cfg.jit, cfg.arch)
     spe = cfg.steps_per_execution or resolve_steps_per_execution(cfg.arch, steps_per_epoch)
+    if cfg.distribute == "data-parallel" and keras.backend.backend() == "tensorflow":
+        # Keras 3.15 + MirroredStrategy: XLA steps fail to compile on CPU and
+        # steps_per_execution > 1 fails ("must feed a value for placeholder").
+        jit, spe = False, 1
     model.compile(
         optimizer=optimizer,
         loss=loss,
@@ -110,7 +115,9 @@ def compile_for_config(model, loss, cfg: TrainConfig, steps_per_epoch: int) -> d
     return {"jit_compile": jit, "steps_per_execution": spe, "family": model_family(cfg.arch)}
 
 
-def train(config: TrainConfig, dataset: Dataset | None = None, after_fit=None) -> RunResult:
+def train(
+    config: TrainConfig, dataset: Dataset | None = None, after_fit=None, plots: bool = True
+) -> RunResult:
     """Trains, evaluates on the test split once, exports; see the module docstring.
 
     Args:
@@ -121,6 +128,7 @@ def train(config: TrainConfig, dataset: Dataset | None = None, after_fit=None) -
             the test evaluation and before `metrics.json` is written (so a complete
             run has its extra files, e.g. per-class scores); a returned dict is
             merged into the metrics.
+        plots: draw `plots/` (skipped by quick studies: reports redraw from the CSVs).
 
     Raises:
         ConfigError, DataError, RunFolderError: bad input (nothing is overwritten).
@@ -128,23 +136,40 @@ def train(config: TrainConfig, dataset: Dataset | None = None, after_fit=None) -
     """
     cfg = config.resolved()
     run_dir = Path(cfg.output_dir) / cfg.run_name
-    resume = runs.prepare_run_dir(run_dir, cfg.overwrite, cfg.to_dict())
+    if cfg.tensorboard:
+        _require_tensorboard()
+    # Lock first: the folder's state cannot change between the check and the run.
     with runs.RunLock(run_dir):
-        return _train_locked(cfg, run_dir, resume, dataset, after_fit)
+        resume = runs.prepare_run_dir(run_dir, cfg.overwrite, cfg.to_dict())
+        return _train_locked(cfg, run_dir, resume, dataset, after_fit, plots)
 
 
 def _train_locked(
-    cfg: TrainConfig, run_dir: Path, resume: bool, dataset: Dataset | None, after_fit=None
+    cfg: TrainConfig,
+    run_dir: Path,
+    resume: bool,
+    dataset: Dataset | None,
+    after_fit=None,
+    plots: bool = True,
 ) -> RunResult:
     start = time.perf_counter()
     keras.utils.set_random_seed(cfg.seed)
     if dataset is None:
         dataset = load_dataset(cfg.dataset, cfg.data_dir, cfg.val_fraction, cfg.seed)
     log.info("%s", dataset.summary())
+    steps_per_epoch = math.ceil(len(dataset.train[1]) / cfg.batch_size)
+    # Data-parallel runs build, compile, fit and evaluate inside the distribution.
+    with distribution_scope(cfg.distribute) as devices:
+        return _fit_and_export(cfg, run_dir, resume, dataset, steps_per_epoch, devices, start, after_fit, plots)
+
+
+def _fit_and_export(
+    cfg, run_dir, resume, dataset, steps_per_epoch, devices, start, after_fit, plots
+) -> RunResult:
     (x_train, y_train), val = dataset.train, dataset.val
-    steps_per_epoch = math.ceil(len(y_train) / cfg.batch_size)
     model, loss = build_for_config(cfg, dataset.num_classes)
     speed = compile_for_config(model, loss, cfg, steps_per_epoch)
+    speed["devices"] = len(devices) if devices else 1
     if not resume:
         for stale in ("history.csv", "batches.csv", "status.json", runs.COMPLETE_MARKER):
             (run_dir / stale).unlink(missing_ok=True)
@@ -175,7 +200,7 @@ def _train_locked(
         guard,
         # Last, so an epoch's CSV rows exist before its backup: a kill in between
         # re-runs that epoch and the loggers drop its rows (no duplicates, no gaps).
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True),
+        RunBackup(run_dir / runs.BACKUP_DIR),
     ]
     if cfg.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard")))
@@ -197,17 +222,20 @@ def _train_locked(
     history = _read_history(run_dir / "history.csv")
     if guard.diverged_at is not None:
         epoch, step = guard.diverged_at
+        first = guard.steps_window[0] if guard.steps_window else step
+        step_text = f"step {step}" if first == step else f"steps {first}-{step}"
         runs.atomic_write_json(
             run_dir / "status.json", {"status": "diverged", "epoch": epoch, "step": step}
         )
         raise DivergedError(
-            f"training diverged: non-finite loss at epoch {epoch}, step {step} "
+            f"training diverged: non-finite loss at epoch {epoch}, {step_text} "
             f"(lr={cfg.lr}); try a lower --lr"
         )
     x_test, y_test = dataset.test
     test = model.evaluate(x_test, y_test, batch_size=max(cfg.batch_size, 256), verbose=0, return_dict=True)
     artifacts = _export(model, loss, run_dir, cfg)
-    _plot(run_dir)
+    if plots:
+        _plot(run_dir)
     epoch_times = [float(r["epoch_time"]) for r in history if r.get("epoch_time")]
     steady = epoch_times[1:] or epoch_times
     metrics = {
@@ -227,8 +255,19 @@ def _train_locked(
         metrics.update(after_fit(model, dataset, run_dir) or {})
     runs.atomic_write_json(run_dir / "status.json", {"status": "complete"})
     runs.atomic_write_json(run_dir / runs.COMPLETE_MARKER, metrics)
+    shutil.rmtree(run_dir / runs.BACKUP_DIR, ignore_errors=True)
     log.info("test accuracy %.4f, loss %.4f -> %s", metrics["test_accuracy"], metrics["test_loss"], run_dir)
     return RunResult(run_dir, cfg, metrics, history, model, dataset)
+
+
+def _require_tensorboard() -> None:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "--tensorboard needs the tensorboard package: pip install tensorboard "
+            "(or train without --tensorboard)"
+        ) from None
 
 
 def _export(model, loss, run_dir: Path, cfg: TrainConfig) -> list[str]:

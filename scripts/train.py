@@ -73,6 +73,10 @@ def build_parser():
     r.add_argument("--backend", choices=_cli.BACKENDS, help="Keras backend (or set KERAS_BACKEND)")
     r.add_argument("--jit", choices=JIT_POLICIES, default=None, help="XLA policy (default auto: measured per model)")
     r.add_argument("--steps-per-execution", type=_cli.positive_int, help="steps per compiled call (default: auto)")
+    r.add_argument("--distribute", choices=("none", "data-parallel"), default=None,
+                   help="data-parallel: JAX DataParallel / TF MirroredStrategy over all devices")  # fmt: skip
+    r.add_argument("--cpu-devices", type=_cli.positive_int, metavar="N",
+                   help="split the CPU into N logical devices (to try --distribute without GPUs)")  # fmt: skip
     r.add_argument("--tensorboard", action="store_true", default=None, help="also write TensorBoard logs")
     r.add_argument("--no-export", dest="export", action="store_false", default=None, help="skip SavedModel/model.keras")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -88,7 +92,7 @@ def config_from_args(args):
         "arch", "dataset", "data_dir", "val_fraction", "loss", "l2", "augment", "epochs",
         "batch_size", "lr", "optimizer", "momentum", "weight_decay", "lr_schedule",
         "warmup_epochs", "seed", "run_name", "output_dir", "overwrite", "jit",
-        "steps_per_execution", "tensorboard", "export",
+        "steps_per_execution", "tensorboard", "export", "distribute",
     )  # fmt: skip
     for name in fields:
         value = getattr(args, name)
@@ -111,9 +115,19 @@ def main(argv=None) -> int:
     _cli.select_backend(argv)
     args = build_parser().parse_args(argv)
     _cli.setup_logging(not args.quiet)
+    if args.cpu_devices:
+        from kmnist_lab.distribute import split_cpu
+
+        split_cpu(args.cpu_devices)
+    from kmnist_lab.losses import list_losses, loss_head
     from kmnist_lab.training import train
 
-    result = train(config_from_args(args))
+    config = config_from_args(args)
+    if loss_head(config.loss) == "regression":
+        classifiers = [name for name in list_losses() if loss_head(name) != "regression"]
+        _cli.fail(f"--loss {config.loss} is a regression loss (float targets); train.py trains "
+                  f"classifiers: use one of {', '.join(classifiers)}")  # fmt: skip
+    result = train(config)
     m = result.metrics
     print(
         f"{result.config.arch} on {m['dataset']}: test accuracy {100 * m['test_accuracy']:.2f}% "

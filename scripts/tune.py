@@ -3,7 +3,7 @@
 
 Examples:
   python scripts/tune.py --space a_grid --tuner grid --dataset mnist_5k
-  python scripts/tune.py --space a_grid --tuner hyperband --dataset mnist_5k --max-epochs 15 --factor 3
+  python scripts/tune.py --space a_grid --tuner hyperband --dataset mnist_5k --max-epochs 15
   python scripts/tune.py --space mlp --tuner random --max-trials 30 --max-epochs 5
   python scripts/tune.py --space losses --tuner bayesian --max-trials 20 --workers 2
 
@@ -33,31 +33,51 @@ def build_parser():
     p = _cli.Parser(prog="tune.py", description=__doc__, epilog=f"search spaces:\n{spaces}")
     g = p.add_argument_group("what to search")
     g.add_argument("--space", required=True, choices=list(SPACES), help="search space")
-    g.add_argument("--tuner", choices=TUNER_NAMES, default="hyperband", help="search algorithm (default hyperband)")
-    g.add_argument("--dataset", choices=list(DATASETS), default="auto", help="dataset (default auto)")
+    g.add_argument(
+        "--tuner",
+        choices=TUNER_NAMES,
+        default="hyperband",
+        help="search algorithm (default hyperband)",
+    )
+    g.add_argument(
+        "--dataset", choices=list(DATASETS), default="auto", help="dataset (default auto)"
+    )
     g.add_argument("--data-dir", help="folder with IDX (.gz or raw) or .npz files, searched first")
-    g.add_argument("--val-fraction", type=_cli.fraction, help="share of training data held out for validation")
+    g.add_argument(
+        "--val-fraction", type=_cli.fraction, help="share of training data held out for validation"
+    )
     g.add_argument("--seed", type=int, default=0, help="data split, initialisation and oracle seed")
     b = p.add_argument_group("budget")
     b.add_argument("--max-epochs", type=_cli.positive_int,
                    help="most epochs one model trains (Hyperband's max_epochs; caps the epoch "
                    "choices of the other tuners; default: the space's largest)")  # fmt: skip
-    b.add_argument("--factor", type=_cli.positive_int, default=3, help="Hyperband reduction factor (default 3)")
-    b.add_argument("--hyperband-iterations", type=_cli.positive_int, default=1, help="Hyperband sweeps (default 1)")
+    b.add_argument(
+        "--factor", type=_cli.positive_int, default=3, help="Hyperband reduction factor (default 3)"
+    )
+    b.add_argument(
+        "--hyperband-iterations",
+        type=_cli.positive_int,
+        default=1,
+        help="Hyperband sweeps (default 1)",
+    )
     b.add_argument("--max-trials", type=_cli.positive_int,
                    help="most trials (default: grid all cells, random/bayesian 10)")  # fmt: skip
     o = p.add_argument_group("output")
-    o.add_argument("--directory", default="searches", help="parent of search folders (default searches)")
+    o.add_argument(
+        "--directory", default="searches", help="parent of search folders (default searches)"
+    )
     o.add_argument("--project-name", help="search folder name (default SPACE_TUNER_DATASET)")
     o.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
     o.add_argument("--retrain", action="store_true",
-                   help="retrain the best configuration instead of restoring its checkpoint")  # fmt: skip
-    o.add_argument("--no-export", dest="export", action="store_false", help="skip the best model's SavedModel")
+                   help="retrain the best configuration, not restore it")  # fmt: skip
+    o.add_argument(
+        "--no-export", dest="export", action="store_false", help="skip the best model's SavedModel"
+    )
     r = p.add_argument_group("run")
     r.add_argument("--workers", type=_cli.nonneg_int, default=0,
-                   help="start a chief and N workers on this machine (keras-tuner distributed mode)")  # fmt: skip
+                   help="start a chief and N workers here (distributed)")  # fmt: skip
     r.add_argument("--expect-workers", type=_cli.nonneg_int, default=0,
-                   help="as chief: hand out no trial until N workers asked (at most 120 s)")  # fmt: skip
+                   help="as chief: no trial until N workers asked (at most 120 s)")  # fmt: skip
     r.add_argument("--backend", choices=_cli.BACKENDS, help="Keras backend (or set KERAS_BACKEND)")
     r.add_argument("--jit", choices=JIT_POLICIES, default="auto", help="XLA policy (default auto)")
     r.add_argument("-q", "--quiet", action="store_true", help="no per-trial tables")
@@ -108,8 +128,14 @@ def main(argv=None) -> int:
     )
     best, model = s.get("best"), s.get("best_model") or {}
     if best:
-        hps = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["hyperparameters"].items())
-        line += f"; best val accuracy {100 * best['val_accuracy']:.2f}% (trial {best['trial_id']}: {hps}, {best['epochs']} epochs)"
+        hps = " ".join(
+            f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in best["hyperparameters"].items()
+        )
+        line += (
+            f"; best val accuracy {100 * best['val_accuracy']:.2f}% "
+            f"(trial {best['trial_id']}: {hps}, {best['epochs']} epochs)"
+        )
     if model.get("test_accuracy") is not None:
         line += f"; best model test accuracy {100 * model['test_accuracy']:.2f}%"
     print(f"{line} -> {result.project_dir}")

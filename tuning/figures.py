@@ -63,15 +63,16 @@ def accuracy_heatmap(rows, title: str = "Validation accuracy (%)") -> Figure:
     fig = Figure(figsize=(2.6 * len(panels) + 1.2, 3.6), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
     image = None
-    for ax, epochs, grid, note in zip(axes, panels, grids, notes):
+    for ax, epochs, grid, note in zip(axes, panels, grids, notes, strict=True):
         image = ax.imshow(grid, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
         for i in range(len(sizes)):
             for j in range(len(lrs)):
                 if np.isfinite(grid[i, j]):
                     dark = grid[i, j] < vmin + 0.6 * (vmax - vmin)
                     weight = "bold" if grid[i, j] == best else "normal"
+                    color = "white" if dark else "black"
                     ax.text(j, i, f"{grid[i, j]:.1f}{note[i, j]}", ha="center", va="center",
-                            fontsize=8, color="white" if dark else "black", fontweight=weight)  # fmt: skip
+                            fontsize=8, color=color, fontweight=weight)  # fmt: skip
         ax.set_xticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
         ax.set_yticks(range(len(sizes)), [str(s) for s in sizes])
         ax.set_xlabel("learning rate")
@@ -85,11 +86,10 @@ def accuracy_heatmap(rows, title: str = "Validation accuracy (%)") -> Figure:
 def hyperband_brackets(rows, title: str = "Hyperband brackets") -> Figure:
     """One panel per bracket: val accuracy against epochs reached, a line per configuration."""
     rows = [r for r in completed(rows) if r["bracket"] != ""]
-    by_id = {r["trial_id"]: r for r in rows}
     brackets = sorted({int(r["bracket"]) for r in rows}, reverse=True)
     fig = Figure(figsize=(4.2 * max(1, len(brackets)), 3.8), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, max(1, len(brackets)), sharey=True))
-    for ax, bracket in zip(axes, brackets):
+    for ax, bracket in zip(axes, brackets, strict=False):
         members = [r for r in rows if int(r["bracket"]) == bracket]
         starts = [r for r in members if r["from_trial"] == ""]
         for k, start in enumerate(starts):
@@ -111,8 +111,9 @@ def hyperband_brackets(rows, title: str = "Hyperband brackets") -> Figure:
         ax.grid(alpha=0.3)
         best = max(members, key=lambda r: r["val_accuracy"]) if members else None
         if best is not None:
-            ax.annotate(f"{100 * best['val_accuracy']:.2f}", (int(best["epochs"]), 100 * best["val_accuracy"]),
-                        textcoords="offset points", xytext=(4, 4), fontsize=8)  # fmt: skip
+            point = (int(best["epochs"]), 100 * best["val_accuracy"])
+            ax.annotate(f"{point[1]:.2f}", point, textcoords="offset points", xytext=(4, 4),
+                        fontsize=8)  # fmt: skip
     axes[0].set_ylabel("val accuracy (%)")
     fig.suptitle(title)
     return fig
@@ -173,7 +174,10 @@ def write_figures(rows, out_dir: Path, label: str = "") -> list[str]:
              out_dir / "val_accuracy_heatmap.png")  # fmt: skip
         written.append("val_accuracy_heatmap.png")
     if any(r["bracket"] != "" for r in completed(rows)):
-        save(hyperband_brackets(rows, f"{prefix}Hyperband brackets"), out_dir / "hyperband_brackets.png")
+        save(
+            hyperband_brackets(rows, f"{prefix}Hyperband brackets"),
+            out_dir / "hyperband_brackets.png",
+        )
         written.append("hyperband_brackets.png")
     if any(r["epochs_trained"] != "" for r in rows):
         save(epochs_spent(rows, f"{prefix}epochs spent"), out_dir / "epochs_spent.png")

@@ -27,7 +27,7 @@ def _tuner_settings(cfg) -> str:
     return text
 
 
-def finalize(tuner, cfg, dataset, elapsed_s: float = 0.0) -> dict:
+def finalize(tuner, cfg, dataset, elapsed_s: float = 0.0, memory: dict | None = None) -> dict:
     """Writes trials.csv, best_hyperparameters.json, best_model/, figures/, summary.*.
 
     Returns:
@@ -46,7 +46,7 @@ def finalize(tuner, cfg, dataset, elapsed_s: float = 0.0) -> dict:
         values = trial.hyperparameters.values
         best = {
             "trial_id": trial.trial_id,
-            "hyperparameters": {k: v for k, v in values.items() if not k.startswith("tuner/")},
+            "hyperparameters": {n: values[n] for n in results.hp_names(oracle) if n in values},
             "val_accuracy": row["val_accuracy"],
             "val_loss": row["val_loss"],
             "epochs": int(row["epochs"]),
@@ -73,6 +73,7 @@ def finalize(tuner, cfg, dataset, elapsed_s: float = 0.0) -> dict:
         "total_epochs": results.total_epochs(rows),
         "trial_wall_time_s": float(sum(r["wall_time_s"] for r in rows if r["wall_time_s"] != "")),
         "session_elapsed_s": elapsed_s,
+        "session_memory_mb": memory or {},
         "workers": sorted({r["worker"] for r in rows if r["worker"]}),
         "best": best,
         "best_model": best_model,
@@ -80,11 +81,14 @@ def finalize(tuner, cfg, dataset, elapsed_s: float = 0.0) -> dict:
     }
     runs.atomic_write_json(project / "summary.json", summary)
     runs.atomic_write_text(project / "summary.md", results.summary_markdown(summary, rows, figures))
+    best_text = (
+        f", best val accuracy {100 * best['val_accuracy']:.2f}% (trial {best['trial_id']})"
+        if best
+        else ""
+    )
     log.info(
         "search %s: %d trials, %d epochs trained in total%s -> %s",
-        cfg.project_name, len(rows), summary["total_epochs"],
-        f", best val accuracy {100 * best['val_accuracy']:.2f}% (trial {best['trial_id']})" if best else "",
-        project,
+        cfg.project_name, len(rows), summary["total_epochs"], best_text, project,
     )  # fmt: skip
     return summary
 
@@ -114,7 +118,9 @@ def export_best(tuner, trial, cfg, dataset, epochs: int, out: Path) -> dict:
         log.info("retraining trial %s's configuration for %d epochs", trial.trial_id, epochs)
         keras.backend.clear_session()
         model = tuner.hypermodel.build(hp)
-        tuner.hypermodel.fit(hp, model, x_train, y_train, validation_data=(x_val, y_val), epochs=epochs)
+        tuner.hypermodel.fit(
+            hp, model, x_train, y_train, validation_data=(x_val, y_val), epochs=epochs
+        )
         origin = f"retrained from scratch ({epochs} epochs)"
     else:
         model = tuner.load_model(trial)
@@ -135,7 +141,9 @@ def export_best(tuner, trial, cfg, dataset, epochs: int, out: Path) -> dict:
         "test_loss": float(test["loss"]),
         "dataset": dataset.name,
         "test_size": int(len(y_test)),
-        "hyperparameters": {k: v for k, v in hp.values.items() if not k.startswith("tuner/")},
+        "hyperparameters": {
+            n: hp.values[n] for n in results.hp_names(tuner.oracle) if n in hp.values
+        },
         "identity": cfg.identity(),
         "artifacts": artifacts,
     }

@@ -166,9 +166,9 @@ def summary_markdown(summary: dict, rows: list[dict], figures: list[str]) -> str
         )
         model = summary.get("best_model") or {}
         if model:
-            test = model.get("test_accuracy")
+            val, test = model.get("val_accuracy"), model.get("test_accuracy")
             lines.append(
-                f"| best model | {model['origin']}; val accuracy {_pct(model.get('val_accuracy'))}%,"
+                f"| best model | {model['origin']}; val accuracy {_pct(val)}%,"
                 f" test accuracy {_pct(test)}% (test split used once);"
                 f" {', '.join(model.get('artifacts', [])) or 'not exported'} |"
             )

@@ -114,15 +114,21 @@ class SearchConfig:
         from tuning.hypermodels import SPACES
 
         if self.space not in SPACES:
-            raise ConfigError(f"unknown search space {self.space!r}. Valid spaces: {', '.join(SPACES)}")
+            raise ConfigError(
+                f"unknown search space {self.space!r}. Valid spaces: {', '.join(SPACES)}"
+            )
         if self.tuner not in TUNER_NAMES:
-            raise ConfigError(f"`tuner` must be one of {', '.join(TUNER_NAMES)}. Received: {self.tuner!r}")
+            raise ConfigError(
+                f"`tuner` must be one of {', '.join(TUNER_NAMES)}. Received: {self.tuner!r}"
+            )
         if self.dataset not in list_datasets():
             raise ConfigError(
                 f"`dataset` must be one of {', '.join(list_datasets())}. Received: {self.dataset!r}"
             )
         if self.jit not in JIT_POLICIES:
-            raise ConfigError(f"`jit` must be one of {', '.join(JIT_POLICIES)}. Received: {self.jit!r}")
+            raise ConfigError(
+                f"`jit` must be one of {', '.join(JIT_POLICIES)}. Received: {self.jit!r}"
+            )
         for name, low in (
             ("max_epochs", 1), ("max_trials", 1), ("factor", 2), ("hyperband_iterations", 1),
             ("workers", 0), ("expect_workers", 0),
@@ -131,8 +137,12 @@ class SearchConfig:
             if value is None and name in ("max_epochs", "max_trials"):
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"`{name}` must be an integer >= {low}. Received: {name}={value!r}")
-        if self.project_name is not None and not re.fullmatch(r"[A-Za-z0-9._=+-]+", self.project_name):
+                raise ConfigError(
+                    f"`{name}` must be an integer >= {low}. Received: {name}={value!r}"
+                )
+        if self.project_name is not None and not re.fullmatch(
+            r"[A-Za-z0-9._=+-]+", self.project_name
+        ):
             raise ConfigError(
                 "`project_name` may contain only letters, digits and . _ = + -. "
                 f"Received: {self.project_name!r}"
@@ -272,11 +282,14 @@ def run_search(config: SearchConfig) -> SearchResult | None:
     role = distributed_role()
     if cfg.workers:
         if role is not None:
-            raise ConfigError("--workers starts its own chief and workers; unset KERASTUNER_* first")
+            raise ConfigError(
+                "--workers starts its own chief and workers; unset KERASTUNER_* first"
+            )
         return launch_local_cluster(cfg)
     if role != "worker":
         prepare_project_dir(cfg)
     from kmnist_lab.data import load_dataset
+    from tuning.tuners import peak_memory_mb, resident_memory_mb
 
     start = time.perf_counter()
     dataset = load_dataset(cfg.dataset, cfg.data_dir, cfg.val_fraction, cfg.seed)
@@ -285,16 +298,19 @@ def run_search(config: SearchConfig) -> SearchResult | None:
     if len(y_val) == 0:
         raise ConfigError("the search needs a validation split; the dataset's is empty")
     tuner = make_tuner(cfg, dataset.num_classes, len(y_train))
+    memory = {"before_search_mb": resident_memory_mb()}
     if role == "chief":
         serve_oracle(tuner, expect_workers=cfg.expect_workers)
     else:
         tuner.search(x_train, y_train, validation_data=(x_val, y_val))
+    memory["after_search_mb"] = resident_memory_mb()
+    memory["peak_mb"] = peak_memory_mb()
     if role == "worker":
-        log.info("worker %s: no trial left", tuner.tuner_id)
+        log.info("worker %s: no trial left (memory %s)", tuner.tuner_id, memory)
         return None
     from tuning.finalize import finalize
 
-    summary = finalize(tuner, cfg, dataset, elapsed_s=time.perf_counter() - start)
+    summary = finalize(tuner, cfg, dataset, elapsed_s=time.perf_counter() - start, memory=memory)
     return SearchResult(cfg.project_dir, summary)
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import gc
 import math
-import os
 import random
 import resource
 import time
@@ -46,6 +45,11 @@ def resident_memory_mb() -> float:
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def peak_memory_mb() -> float:
+    """Peak resident set size of this process so far, in MB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -112,6 +116,18 @@ class _OracleMixin:
             self._workers()[trial.trial_id] = tuner_id
             self.save()
         return trial
+
+    @kt.synchronized
+    def end_trial(self, trial):
+        super().end_trial(trial)
+        # keras-tuner saves before it drops the trial from `ongoing_trials`, so a
+        # kill right after would run the finished trial again on resume.
+        self.save()
+
+    def reload(self):
+        super().reload()
+        done = ("COMPLETED", "FAILED")
+        self._retry_queue = [t for t in self._retry_queue if self.trials[t].status not in done]
 
     def worker_of(self, trial_id: str) -> str | None:
         return self._workers().get(trial_id)

@@ -37,6 +37,8 @@ def image_input(channels_axis: bool, augment: bool = False, name: str = "pixels"
         `(inputs, x)`: the `keras.Input` and the preprocessed tensor, (28, 28, 1)
         when `channels_axis` else flattened to (784,).
     """
+    if not isinstance(augment, bool):
+        raise ConfigError(f"`augment` must be true or false. Received: augment={augment!r}")
     inputs = keras.Input(shape=(28, 28, 1), name=name)
     x = layers.Rescaling(PIXEL_SCALE, offset=PIXEL_OFFSET, name="rescale")(inputs)
     if augment:
@@ -77,17 +79,19 @@ def basic_block(x, filters: int, stride: int, act: str, name: str):
     shortcut = x
     if stride != 1 or x.shape[-1] != filters:
         shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False, name=f"{name}_down_conv")(x)
-        shortcut = layers.BatchNormalization(epsilon=1e-5, name=f"{name}_down_bn")(shortcut)
+        # momentum 0.9 == PyTorch's BatchNorm2d(momentum=0.1), as report B's model.
+        bn = layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"{name}_down_bn")
+        shortcut = bn(shortcut)
     if stride != 1:
         x = layers.ZeroPadding2D(1, name=f"{name}_pad1")(x)
     y = layers.Conv2D(
         filters, 3, strides=stride, padding="valid" if stride != 1 else "same", use_bias=False,
         name=f"{name}_conv1",
     )(x)  # fmt: skip
-    y = layers.BatchNormalization(epsilon=1e-5, name=f"{name}_bn1")(y)
+    y = layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"{name}_bn1")(y)
     y = activation(y, f"{name}_act1", act)
     y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
-    y = layers.BatchNormalization(epsilon=1e-5, name=f"{name}_bn2")(y)
+    y = layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"{name}_bn2")(y)
     y = layers.Add(name=f"{name}_add")([y, shortcut])
     return activation(y, f"{name}_out", act)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 
 import keras
 from keras import layers
@@ -42,15 +43,20 @@ def mlp(
         augment: random translation + rotation at training time.
         name: model name.
     """
-    hidden = tuple(int(h) for h in hidden)
-    if not hidden or any(h <= 0 for h in hidden):
-        raise ConfigError(f"`hidden` must be a non-empty list of positive widths. Received: hidden={hidden}")
+    widths = tuple(hidden) if isinstance(hidden, (list, tuple)) else (hidden,)
+    if not widths or not all(_is_width(h) for h in widths):
+        raise ConfigError(f"`hidden` must be a non-empty list of positive widths. Received: hidden={hidden!r}")
+    hidden = tuple(int(h) for h in widths)
     if activation is not None:
         check_choice("activation", activation, ACTIVATIONS)
-    if not (0.0 <= dropout < 1.0) or math.isnan(dropout):
-        raise ConfigError(f"`dropout` must be in [0, 1). Received: dropout={dropout}")
-    if l2 < 0 or math.isnan(l2):
-        raise ConfigError(f"`l2` must be >= 0. Received: l2={l2}")
+    if not _is_real(dropout) or not (0.0 <= dropout < 1.0) or math.isnan(dropout):
+        raise ConfigError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
+    if not _is_real(l2) or l2 < 0 or not math.isfinite(l2):
+        raise ConfigError(f"`l2` must be a finite number >= 0. Received: l2={l2!r}")
+    if init_std is not None and not (_is_real(init_std) and 0 < init_std < math.inf):
+        raise ConfigError(f"`init_std` must be a positive number. Received: init_std={init_std!r}")
+    if not isinstance(batchnorm, bool):
+        raise ConfigError(f"`batchnorm` must be true or false. Received: batchnorm={batchnorm!r}")
     init = keras.initializers.RandomNormal(stddev=init_std) if init_std else "glorot_uniform"
     inputs, x = image_input(channels_axis=False, augment=augment)
     for i, width in enumerate(hidden, start=1):
@@ -96,3 +102,11 @@ bn_mlp = variant(
     mlp, "bn_mlp", "Report A's 784-512-128-10 with BatchNorm + ReLU.",
     hidden=(512, 128), activation="relu", batchnorm=True,
 )  # fmt: skip
+
+
+def _is_width(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)

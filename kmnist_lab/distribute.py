@@ -1,0 +1,109 @@
+"""Data-parallel training on the engines the Keras backends already have.
+
+`distribution_scope("data-parallel")` wraps model building and compilation:
+
+- JAX: `keras.distribution.DataParallel` over every device of the process; each
+  global batch is sharded across devices and gradients are all-reduced inside the
+  compiled step (BatchNorm statistics are those of the global batch).
+- TensorFlow: `tf.distribute.MirroredStrategy` over the GPUs, or over the logical
+  CPU devices when the CPU has been split (`split_cpu`); gradients are all-reduced
+  across replicas. BatchNorm statistics are per replica (as in PyTorch DDP without
+  SyncBatchNorm).
+- PyTorch: not supported. Keras' torch backend has no built-in data-parallel
+  trainer; use `torchrun` with your own DDP loop, or the JAX/TensorFlow backends.
+
+On one machine, the same flag uses every GPU; across machines, combine it with
+keras-tuner's chief/worker mode (one search, one trial per machine) or JAX's
+multi-process runtime (`jax.distributed.initialize`, then the same DataParallel).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+
+import keras
+
+from kmnist_lab.config import DISTRIBUTE_MODES
+from kmnist_lab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+CPU_DEVICES_ENV = "KMNIST_LAB_CPU_DEVICES"
+
+
+def split_cpu(n: int) -> None:
+    """Splits the host CPU into `n` logical devices (tests, or trying the flag on a laptop).
+
+    Must run before the backend initialises its devices: for JAX it sets
+    `XLA_FLAGS=--xla_force_host_platform_device_count=n` (before JAX is imported);
+    for TensorFlow it calls `tf.config.set_logical_device_configuration`.
+    """
+    if n < 2:
+        return
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if backend == "jax":
+        flag = f"--xla_force_host_platform_device_count={n}"
+        if flag not in os.environ.get("XLA_FLAGS", ""):
+            os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        try:
+            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
+        except RuntimeError:
+            log.warning("TensorFlow devices were already initialised; CPU not split")
+
+
+def device_count() -> int:
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return jax.device_count()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return len(tf.config.list_logical_devices("GPU")) or len(tf.config.list_logical_devices("CPU"))
+    return 1
+
+
+@contextlib.contextmanager
+def distribution_scope(mode: str | None):
+    """Context in which to build and compile a model for `mode` (`none`/`data-parallel`).
+
+    Raises:
+        ConfigError: unknown mode, or data-parallel on the torch backend.
+    """
+    mode = mode or "none"
+    if mode not in DISTRIBUTE_MODES:
+        raise ConfigError(f"`distribute` must be one of {', '.join(DISTRIBUTE_MODES)}. Received: {mode!r}")
+    if mode == "none":
+        yield None
+        return
+    backend = keras.backend.backend()
+    if backend == "torch":
+        raise ConfigError(
+            "--distribute data-parallel needs the jax or tensorflow backend: Keras' torch backend "
+            "has no built-in data-parallel trainer (use --backend jax or tensorflow)"
+        )
+    if backend == "jax":
+        devices = keras.distribution.list_devices()
+        log.info("data-parallel over %d JAX devices", len(devices))
+        previous = keras.distribution.distribution()
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+        try:
+            yield devices
+        finally:
+            keras.distribution.set_distribution(previous)
+        return
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+    strategy = tf.distribute.MirroredStrategy(devices=devices)
+    log.info("data-parallel over %d TensorFlow devices (MirroredStrategy)", strategy.num_replicas_in_sync)
+    with strategy.scope():
+        yield devices

@@ -1,0 +1,199 @@
+"""Reports from files alone: study, run and search folders; Markdown + self-contained HTML.
+
+Study folders are fabricated here from CSV/JSON files (no training), which is also
+what guarantees that a report can be rebuilt without retraining.
+"""
+
+import base64
+import csv
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import _cli
+import numpy as np
+import pytest
+import report as report_script
+
+from kmnist_lab import runs
+from kmnist_lab.evaluation import score
+from kmnist_lab.report import ReportError, detect, write_report
+from kmnist_lab.studies import STUDIES, _study_record
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def _write_csv(path, rows):
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def fake_run(run_dir: Path, seed: int, epochs=3, steps=4, extras=True, complete=True):
+    """A run folder as `train` writes it, with made-up but plausible numbers."""
+    rng = np.random.default_rng(seed)
+    run_dir.mkdir(parents=True)
+    runs.atomic_write_json(
+        run_dir / "config.json", {"config": {"arch": "mlp"}, "dataset": {"name": "fake"}}
+    )
+    final = 0.8 + 0.15 * rng.random()
+    _write_csv(run_dir / "history.csv", [
+        {"epoch": e, "loss": 1.0 / e, "accuracy": final - 0.1 / e, "val_loss": 1.1 / e,
+         "val_accuracy": final - 0.12 / e, "learning_rate": 0.01, "epoch_time": 1.5}
+        for e in range(1, epochs + 1)
+    ])  # fmt: skip
+    _write_csv(run_dir / "batches.csv", [
+        {"epoch": e, "step": s, "steps": 1, "loss": 2.0 / (e * s) + 0.01 * rng.random()}
+        for e in range(1, epochs + 1) for s in range(1, steps + 1)
+    ])  # fmt: skip
+    if extras:
+        y = np.repeat(np.arange(10), 5)
+        scores = rng.normal(size=(50, 10)) + 3 * np.eye(10)[y]
+        for split in ("test", "train"):
+            runs.atomic_write_json(
+                run_dir / f"evaluation_{split}.json", score(y, scores, [str(i) for i in range(10)])
+            )
+    if complete:
+        runs.atomic_write_json(run_dir / "metrics.json", {
+            "status": "complete", "test_accuracy": final, "test_loss": 0.3, "epochs": epochs,
+            "wall_time_s": 12.0, "samples_per_s": 900.0, "dataset": "fake"})  # fmt: skip
+
+
+def fake_study(root: Path, name: str, incomplete=()) -> Path:
+    study = STUDIES[name]
+    study_dir = root / name
+    study_dir.mkdir(parents=True)
+    runs.atomic_write_json(study_dir / "study.json", _study_record(study, "fake", False, 1.0))
+    for i, run in enumerate(study.runs):
+        fake_run(study_dir / run.name, i, complete=run.name not in incomplete)
+        if study.kind == "regression" and run.name not in incomplete:
+            x = np.arange(-1.57, 1.57, 0.01)
+            fit = [{"x": v, "y_true": np.sin(v), "y_pred": np.sin(v) + 1e-3} for v in x]
+            _write_csv(study_dir / run.name / "fit.csv", fit)
+            runs.atomic_write_json(study_dir / run.name / "metrics.json", {
+                "status": "complete", "test_accuracy": None, "test_loss": 1e-6,
+                "mean_error": 1e-3, "max_abs_error": 1e-3, "epochs": 3, "wall_time_s": 5.0,
+                "samples_per_s": 1e4})  # fmt: skip
+    return study_dir
+
+
+@pytest.mark.parametrize("name", ["a_models", "b_resnet", "d_losses_activations", "e_regression"])
+def test_study_report_lists_every_run_beside_the_report(name, tmp_path):
+    several = len(STUDIES[name].runs) > 1
+    study_dir = fake_study(
+        tmp_path, name, incomplete=(STUDIES[name].runs[0].name,) if several else ()
+    )
+    md, page = write_report(study_dir)
+    text = md.read_text()
+    for run in STUDIES[name].runs:
+        assert f"`{run.name}`" in text
+    assert "incomplete" in text or not several  # an unfinished run is listed, not dropped
+    figures = sorted((study_dir / "report_files").glob("*.png"))
+    assert figures and all(f.stat().st_size > 5000 for f in figures)
+    html = page.read_text()
+    assert html.count("<img") == html.count('src="data:image/png;base64,') == text.count("![")
+    if name == "a_models":
+        assert "report %" in text and "98.18" in text and "Δ points" in text
+    if name == "b_resnet":
+        assert (study_dir / "report_files" / "per_class_train.png").is_file()
+        assert "macro avg" in text
+    if name == "d_losses_activations":
+        assert (study_dir / "report_files" / "d_losses_activations_heatmap.png").is_file()
+        assert "97.28–97.43" in text
+    if name == "e_regression":
+        assert "mean error" in text and (study_dir / "report_files" / "sin_3x50_fit.png").is_file()
+
+
+def test_html_embeds_decodable_pngs(tmp_path):
+    study_dir = fake_study(tmp_path, "c_optimizers")
+    _, page = write_report(study_dir, tmp_path / "elsewhere")
+    html = page.read_text()
+    chunks = html.split('src="data:image/png;base64,')[1:]
+    assert len(chunks) >= 6  # vs-report bars, curves, per-class, 4 confusion matrices
+    for chunk in chunks:
+        assert base64.b64decode(chunk.split('"', 1)[0]).startswith(b"\x89PNG")
+    assert "report_files" not in html
+
+
+def test_run_report(tmp_path):
+    fake_run(tmp_path / "r", 0)
+    md, page = write_report(tmp_path / "r")
+    text = md.read_text()
+    assert "`r`" in text and "Training loss vs iteration" in text and page.is_file()
+
+
+def test_search_report_sorts_trials_and_embeds_figures(tmp_path):
+    search = tmp_path / "search"
+    (search / "figures").mkdir(parents=True)
+    _write_csv(search / "trials.csv", [
+        {"trial": "t1", "lr": 0.1, "val_accuracy": 0.91},
+        {"trial": "t2", "lr": 0.01, "val_accuracy": 0.97},
+        {"trial": "t3", "lr": 1.0, "val_accuracy": ""},
+    ])  # fmt: skip
+    (search / "summary.md").write_text("best: t2\n")
+    from kmnist_lab import plots
+
+    plots.save(
+        plots.heatmap([[0.1, 0.2]], ["a"], ["x", "y"], "t", "x", "y"), search / "figures" / "h.png"
+    )
+    md, page = write_report(search)
+    text = md.read_text()
+    assert detect(search) == "search"
+    assert text.index("| t2 |") < text.index("| t1 |") < text.index("| t3 |")
+    assert "best: t2" in text and page.read_text().count("data:image/png;base64,") == 1
+
+
+def test_not_a_report_folder(tmp_path):
+    with pytest.raises(ReportError, match="not a run"):
+        write_report(tmp_path)
+
+
+@pytest.mark.parametrize("argv, match", [(["/no/such/dir"], "not a folder"), ([], "required")])
+def test_script_bad_input_is_one_line_exit_2(argv, match, capsys):
+    code = _cli.run(report_script.main, argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and match in err, err
+
+
+def test_script_writes_both_files(tmp_path, capsys):
+    study_dir = fake_study(tmp_path, "e_batchnorm")
+    assert _cli.run(report_script.main, [str(study_dir)]) == 0
+    assert "report.html" in capsys.readouterr().out
+
+
+def screenshot(page: Path, out: Path) -> None:
+    """The documented command (docs/results.md): headless Chromium, no network, no GPU."""
+    profile = tempfile.mkdtemp()
+    try:
+        subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+             "--no-first-run", "--disable-background-networking", "--disable-component-update",
+             "--disable-sync",
+             f"--user-data-dir={profile}", f"--screenshot={out}", "--window-size=1200,2400",
+             page.resolve().as_uri()],
+            check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.mark.skipif(
+    not Path(CHROMIUM).is_file(), reason="chromium not installed (apt-get install chromium)"
+)
+def test_html_renders_every_figure_in_headless_chromium(tmp_path):
+    from matplotlib.image import imread
+
+    study_dir = fake_study(tmp_path, "e_batchnorm")
+    _, page = write_report(study_dir)
+    shot = tmp_path / "shot.png"
+    screenshot(page, shot)
+    pixels = imread(shot)[..., :3]
+    # Coloured pixels come only from the figures (text is black/grey, the page white):
+    # a missing image would leave at most a small broken-image icon.
+    saturation = pixels.max(axis=-1) - pixels.min(axis=-1)
+    assert (saturation > 0.3).sum() > 3000
+    # Both figures of the report are on the page: coloured rows in two separate bands.
+    rows = np.flatnonzero((saturation > 0.3).sum(axis=1) > 0)
+    assert rows.size and (np.diff(rows) > 40).sum() >= 1

@@ -1,0 +1,348 @@
+"""keras-tuner searches: spaces, oracles, outputs, resume after a kill, distributed workers.
+
+Searches run on tiny synthetic data (1 epoch per trial, XLA off to skip compile
+time); the two multi-process tests start real `scripts/tune.py` processes.
+"""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import _cli
+import keras
+import keras_tuner as kt
+import numpy as np
+import pytest
+import tune as tune_script
+from helpers import write_idx_dataset
+
+from tuning import SearchConfig, get_hypermodel, list_spaces
+from tuning.hypermodels import TrialSpec
+from tuning.tuners import GridOracle, HyperbandOracle, enumerate_space
+
+TUNE = str(Path(__file__).resolve().parents[1] / "scripts" / "tune.py")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_idx_dataset(tmp_path_factory.mktemp("data"), n_train=240, n_test=40)
+
+
+def _argv(data_dir, directory, *extra):
+    return [
+        "--dataset", "kmnist", "--data-dir", str(data_dir), "--directory", str(directory),
+        "--jit", "off", "-q", *extra,
+    ]  # fmt: skip
+
+
+def _rows(project):
+    with open(project / "trials.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _trial_files(project):
+    out = {}
+    for path in sorted(project.glob("trial_*/trial.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):  # being written
+            continue
+        out[data["trial_id"]] = data
+    return out
+
+
+# ----------------------------------------------------------------------- spaces
+
+
+@pytest.mark.parametrize("name", list_spaces())
+def test_every_space_builds_its_default_model_through_the_registry(name):
+    hypermodel = get_hypermodel(name, train_size=100)
+    hp = kt.HyperParameters()
+    hypermodel.declare_hyperparameters(hp)
+    assert hp.space, "a space declares hyperparameters"
+    assert all(p.default is not None for p in hp.space), "every hyperparameter has a default"
+    spec = hypermodel.space(hp)
+    assert isinstance(spec, TrialSpec)
+    if name in ("resnet18", "residual_cnn"):
+        return  # building the CNNs is covered by tests/test_models.py
+    model = hypermodel.build(hp)
+    assert model.compiled and model.output_shape == (None, 10)
+
+
+def test_a_grid_is_report_a_grid():
+    hp = kt.HyperParameters()
+    get_hypermodel("a_grid").declare_hyperparameters(hp)
+    combos = enumerate_space(hp)
+    assert len(combos) == 60
+    assert {c["batch_size"] for c in combos} == {32, 64, 128, 256}
+    assert {c["lr"] for c in combos} == {0.01, 0.02, 0.03}
+    assert {c["epochs"] for c in combos} == {3, 5, 7, 10, 15}
+    # Under Hyperband the tuner sets the epochs: 12 configurations remain.
+    hp = kt.HyperParameters()
+    get_hypermodel("a_grid", tune_epochs=False).declare_hyperparameters(hp)
+    assert len(enumerate_space(hp)) == 12 and "epochs" not in hp.values
+    # A cap below every choice fixes the epochs.
+    hp = kt.HyperParameters()
+    get_hypermodel("a_grid", max_epochs=2).declare_hyperparameters(hp)
+    assert hp.values["epochs"] == 2 and len(enumerate_space(hp)) == 12
+
+
+def test_losses_space_is_conditional():
+    hp = kt.HyperParameters()
+    hypermodel = get_hypermodel("losses")
+    hypermodel.declare_hyperparameters(hp)
+    hp.values["loss"] = "am_softmax"
+    hp.ensure_active_values()
+    spec = hypermodel.space(hp)
+    assert spec.loss == "am_softmax" and set(spec.loss_params) == {"margin", "scale"}
+    hp.values["loss"] = "focal"
+    hp.ensure_active_values()
+    assert set(hypermodel.space(hp).loss_params) == {"gamma"} and "margin" not in hp.values
+    combos = enumerate_space(hp)
+    assert all(("margin" in c) == (c["loss"] in ("am_softmax", "arm_softmax")) for c in combos)
+
+
+class _FakeModel:
+    optimizer = keras.optimizers.SGD()
+
+    def fit(self, *args, **kwargs):
+        self.kwargs = kwargs
+        return kwargs
+
+
+def test_fit_takes_batch_size_from_hp_and_epochs_from_the_tuner():
+    hypermodel = get_hypermodel("a_grid")
+    hp = kt.HyperParameters()
+    hypermodel.declare_hyperparameters(hp)
+    hp.values.update(batch_size=64, epochs=7)
+    model = _FakeModel()
+    hypermodel.fit(hp, model, "x", "y", validation_data="v")
+    assert model.kwargs["batch_size"] == 64 and model.kwargs["epochs"] == 7
+    assert model.kwargs["validation_data"] == "v"
+    # Hyperband passes epochs/initial_epoch; they win over the hyperparameter.
+    hypermodel.fit(hp, model, "x", "y", epochs=5, initial_epoch=2)
+    assert model.kwargs["epochs"] == 5 and model.kwargs["initial_epoch"] == 2
+
+
+# ---------------------------------------------------------------------- oracles
+
+
+def _fake_search(oracle, n, tuner_id="tuner0"):
+    """Runs `n` trials through the oracle API, scoring each by its batch size."""
+    ran = []
+    for _ in range(n):
+        trial = oracle.create_trial(tuner_id)
+        if trial.status != "RUNNING":
+            break
+        oracle.update_trial(trial.trial_id, {"val_accuracy": trial.hyperparameters.values["lr"]})
+        trial.status = "COMPLETED"
+        oracle.end_trial(trial)
+        ran.append(dict(trial.hyperparameters.values))
+    return ran
+
+
+def _grid_oracle(tmp_path):
+    hp = kt.HyperParameters()
+    get_hypermodel("a_grid", max_epochs=1).declare_hyperparameters(hp)
+    oracle = GridOracle(objective=kt.Objective("val_accuracy", "max"), hyperparameters=hp)
+    oracle._set_project_dir(str(tmp_path), "p")
+    return oracle
+
+
+def test_grid_oracle_resumes_after_reload(tmp_path):
+    """keras-tuner #1055: a reloaded GridSearchOracle raised KeyError; ours continues."""
+    first = _fake_search(_grid_oracle(tmp_path), 5)
+    oracle = _grid_oracle(tmp_path)
+    oracle.reload()
+    rest = _fake_search(oracle, 100)
+    cells = [(v["batch_size"], v["lr"]) for v in first + rest]
+    assert len(cells) == 12 and len(set(cells)) == 12
+
+
+def test_grid_oracle_feeds_two_workers_at_once(tmp_path):
+    oracle = _grid_oracle(tmp_path)
+    a, b = oracle.create_trial("tuner0"), oracle.create_trial("tuner1")
+    assert a.status == b.status == "RUNNING"
+    assert a.hyperparameters.values != b.hyperparameters.values
+    assert oracle.worker_of(a.trial_id) == "tuner0" and oracle.worker_of(b.trial_id) == "tuner1"
+
+
+def test_hyperband_samples_a_small_space_without_replacement(tmp_path):
+    hp = kt.HyperParameters()
+    get_hypermodel("a_grid", tune_epochs=False).declare_hyperparameters(hp)
+    oracle = HyperbandOracle(
+        objective=kt.Objective("val_accuracy", "max"), hyperparameters=hp, max_epochs=15, factor=3,
+        seed=1,
+    )  # fmt: skip
+    oracle._set_project_dir(str(tmp_path), "p")
+    ran = _fake_search(oracle, 100)
+    starts = [v for v in ran if v["tuner/round"] == 0]
+    # Bracket 2 takes all 12 configurations (keras-tuner's sampling with
+    # replacement gives up after 20 collisions, usually before the 12th).
+    assert len(starts) == 12 and len({(v["batch_size"], v["lr"]) for v in starts}) == 12
+    assert sum(v["tuner/epochs"] - v["tuner/initial_epoch"] for v in ran) == 12 * 2 + 4 * 3 + 2 * 10
+
+
+# --------------------------------------------------------------------- searches
+
+
+def test_grid_search_writes_every_output_and_reruns_nothing(data_dir, tmp_path):
+    argv = _argv(data_dir, tmp_path, "--space", "a_grid", "--tuner", "grid", "--max-epochs", "1",
+                 "--max-trials", "2")  # fmt: skip
+    assert _cli.run(tune_script.main, argv) == 0
+    project = tmp_path / "a_grid_grid_kmnist"
+    rows = _rows(project)
+    assert list(rows[0])[:5] == ["trial_id", "status", "hp_batch_size", "hp_lr", "hp_epochs"]
+    assert {"val_accuracy", "val_loss", "epochs_trained", "wall_time_s", "worker"} <= set(rows[0])
+    assert [r["status"] for r in rows] == ["COMPLETED"] * 2
+    summary = json.loads((project / "summary.json").read_text())
+    assert summary["total_epochs"] == 2
+    best = json.loads((project / "best_hyperparameters.json").read_text())
+    assert best["val_accuracy"] == pytest.approx(
+        max(float(r["val_accuracy"]) for r in rows), abs=1e-5
+    )
+    metrics = json.loads((project / "best_model" / "metrics.json").read_text())
+    # The restored best model is the scored one, and the test split was used.
+    assert metrics["val_accuracy"] == pytest.approx(best["val_accuracy"], abs=1e-6)
+    assert metrics["test_size"] == 40 and 0 <= metrics["test_accuracy"] <= 1
+    import tensorflow as tf
+
+    served = tf.saved_model.load(str(project / "best_model" / "saved_model"))
+    out = served.signatures["serve"](pixels=tf.zeros((2, 28, 28), tf.float32))
+    assert out["probabilities"].shape == (2, 10)
+    for fig in ("val_accuracy_heatmap.png", "epochs_spent.png"):
+        assert (project / "figures" / fig).stat().st_size > 1000
+    assert "epochs trained | **2**" in (project / "summary.md").read_text()
+    # Same command again: nothing is trained, the test split is not used again.
+    stamps = {p: p.stat().st_mtime_ns for p in project.glob("trial_*/trial.json")}
+    stamps[project / "best_model" / "metrics.json"] = (
+        (project / "best_model" / "metrics.json").stat().st_mtime_ns
+    )
+    assert _cli.run(tune_script.main, argv) == 0
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_hyperband_accounts_for_every_epoch(data_dir, tmp_path):
+    argv = _argv(data_dir, tmp_path, "--space", "a_grid", "--tuner", "hyperband",
+                 "--max-epochs", "2", "--factor", "2", "--no-export")  # fmt: skip
+    assert _cli.run(tune_script.main, argv) == 0
+    project = tmp_path / "a_grid_hyperband_kmnist"
+    rows = _rows(project)
+    # max_epochs 2, factor 2: bracket 1 = 2 models x 1 epoch, best one +1 epoch; bracket 0 = 2 x 2.
+    assert [int(r["epochs_trained"]) for r in rows] == [1, 1, 1, 2, 2]
+    assert [r["bracket"] for r in rows] == ["1", "1", "1", "0", "0"]
+    continued = rows[2]
+    assert continued["from_trial"] in (rows[0]["trial_id"], rows[1]["trial_id"])
+    assert int(continued["initial_epoch"]) == 1 and int(continued["epochs"]) == 2
+    assert "epochs" not in {k[3:] for k in rows[0] if k.startswith("hp_")}
+    assert json.loads((project / "summary.json").read_text())["total_epochs"] == 7
+    assert (project / "figures" / "hyperband_brackets.png").is_file()
+
+
+def test_killed_search_resumes_without_repeating_finished_trials(data_dir, tmp_path):
+    argv = _argv(data_dir, tmp_path, "--space", "a_grid", "--tuner", "grid", "--max-epochs", "1",
+                 "--max-trials", "4", "--no-export")  # fmt: skip
+    project = tmp_path / "a_grid_grid_kmnist"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.Popen([sys.executable, TUNE, *argv], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 240
+    try:
+        while True:
+            trials = _trial_files(project)
+            statuses = [t["status"] for t in trials.values()]
+            if "COMPLETED" in statuses and "RUNNING" in statuses:
+                break
+            assert proc.poll() is None, "the search ended before it could be killed"
+            assert time.monotonic() < deadline, "no trial finished in time"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)  # midway through a trial, no clean-up
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    before = {k: v for k, v in _trial_files(project).items() if v["status"] == "COMPLETED"}
+    killed = [k for k, v in _trial_files(project).items() if v["status"] == "RUNNING"]
+    assert before and len(killed) == 1 and not (project / "trials.csv").exists()
+    assert _cli.run(tune_script.main, argv) == 0
+    after = _trial_files(project)
+    assert sorted(after) == ["0", "1", "2", "3"]
+    assert all(t["status"] == "COMPLETED" for t in after.values())
+    for trial_id, trial in before.items():  # finished trials were not run again
+        assert after[trial_id]["metrics"] == trial["metrics"]
+    cells = {(t["hyperparameters"]["values"]["batch_size"], t["hyperparameters"]["values"]["lr"])
+             for t in after.values()}  # fmt: skip
+    assert len(cells) == 4
+    assert json.loads((project / "summary.json").read_text())["total_epochs"] == 4
+
+
+def test_distributed_search_chief_and_two_workers(data_dir, tmp_path):
+    argv = _argv(data_dir, tmp_path, "--space", "a_grid", "--tuner", "grid", "--max-epochs", "1",
+                 "--max-trials", "4", "--no-export", "--workers", "2")  # fmt: skip
+    assert _cli.run(tune_script.main, argv) == 0
+    project = tmp_path / "a_grid_grid_kmnist"
+    rows = _rows(project)
+    assert len(rows) == 4 and all(r["status"] == "COMPLETED" for r in rows)
+    assert {r["worker"] for r in rows} == {"tuner0", "tuner1"}
+    assert {(r["hp_batch_size"], r["hp_lr"]) for r in rows}.__len__() == 4
+    for name in ("chief", "tuner0", "tuner1"):
+        assert (project / "logs" / f"{name}.log").is_file()
+
+
+# ------------------------------------------------------------------- bad input
+
+
+def _one_line_error(capsys, code, match):
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert match in err, err
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--space", "nope"], "--space"),
+        (["--space", "a_grid", "--tuner", "annealing"], "--tuner"),
+        (["--space", "a_grid", "--max-epochs", "0"], "--max-epochs"),
+        (["--space", "a_grid", "--factor", "1"], "--factor"),
+        (["--space", "a_grid", "--project-name", "a/b"], "project_name"),
+        (["--space", "a_grid", "--dataset", "kmnist"], "kmnist"),
+    ],
+)
+def test_bad_tune_arguments_exit_2_with_one_line(argv, match, capsys, tmp_path):
+    code = _cli.run(tune_script.main, argv + ["--directory", str(tmp_path), "-q"])
+    _one_line_error(capsys, code, match)
+
+
+def test_other_settings_in_an_existing_search_folder_are_refused(tmp_path, capsys):
+    cfg = SearchConfig(space="a_grid", tuner="grid", directory=str(tmp_path), project_name="p")
+    project = tmp_path / "p"
+    project.mkdir()
+    (project / "search.json").write_text(json.dumps({"identity": cfg.identity()}))
+    argv = [
+        "--space",
+        "a_grid",
+        "--tuner",
+        "random",
+        "--directory",
+        str(tmp_path),
+        "--project-name",
+        "p",
+    ]
+    _one_line_error(capsys, _cli.run(tune_script.main, argv), "--overwrite")
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="factor"):
+        SearchConfig(space="a_grid", factor=1)
+    with pytest.raises(ValueError, match="unknown search space"):
+        SearchConfig(space="b_grid")
+    cfg = SearchConfig(space="a_grid", tuner="grid", dataset="mnist_5k").resolved()
+    assert cfg.max_epochs == 15 and cfg.project_name == "a_grid_grid_mnist_5k"
+    assert np.isfinite(cfg.factor)
