@@ -64,6 +64,7 @@ class TrainConfig:
         loss: loss name (`kmnist_lab.losses.list_losses()`); it picks the head.
         loss_params: keyword arguments of the loss (e.g. `{"margin": 0.3}`).
         model_params: keyword arguments of the builder (e.g. `{"hidden": [128]}`).
+        optimizer_params: other optimizer keywords (e.g. rprop's `{"eta_plus": 1.1}`).
         momentum, weight_decay: optimizer parameters, when the optimizer takes them.
         l2: L2 penalty on kernels (MLPs).
         augment: random translation + small rotation at training time.
@@ -93,6 +94,7 @@ class TrainConfig:
     loss: str = "ce"
     loss_params: dict = dataclasses.field(default_factory=dict)
     model_params: dict = dataclasses.field(default_factory=dict)
+    optimizer_params: dict = dataclasses.field(default_factory=dict)
     momentum: float | None = None
     weight_decay: float | None = None
     l2: float = 0.0

@@ -37,7 +37,7 @@ from kmnist_lab.distribute import distribution_scope
 from kmnist_lab.errors import ConfigError, KmnistLabError
 from kmnist_lab.losses import get_loss, loss_head, serving_scale
 from kmnist_lab.models import build_model, model_family
-from kmnist_lab.optimizers import get_optimizer
+from kmnist_lab.optimizers import averaging_callbacks, get_optimizer
 from kmnist_lab.schedules import make_schedule
 from kmnist_lab.speed import resolve_jit, resolve_steps_per_execution
 
@@ -98,6 +98,7 @@ def compile_for_config(model, loss, cfg: TrainConfig, steps_per_epoch: int) -> d
     """Compiles `model` with the config's optimizer, schedule and speed policy."""
     schedule = make_schedule(cfg.lr_schedule, cfg.lr, steps_per_epoch, cfg.epochs, cfg.warmup_epochs)
     params = {k: getattr(cfg, k) for k in ("momentum", "weight_decay") if getattr(cfg, k) is not None}
+    params.update(cfg.optimizer_params)
     optimizer = get_optimizer(cfg.optimizer, learning_rate=schedule, **params)
     jit = resolve_jit(cfg.jit, cfg.arch)
     spe = cfg.steps_per_execution or resolve_steps_per_execution(cfg.arch, steps_per_epoch)
@@ -202,6 +203,8 @@ def _fit_and_export(
         # re-runs that epoch and the loggers drop its rows (no duplicates, no gaps).
         RunBackup(run_dir / runs.BACKUP_DIR),
     ]
+    # ASGD: validate on the averaged weights (swapped in and out around validation).
+    callbacks[-1:-1] = averaging_callbacks(model.optimizer)
     if cfg.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard")))
     if resume:

@@ -63,6 +63,8 @@ def build_parser():
     o.add_argument("--optimizer", choices=list_optimizers(), default=None)
     o.add_argument("--momentum", type=_cli.nonneg_float, help="momentum (sgdm, nesterov, rmsprop)")
     o.add_argument("--weight-decay", type=_cli.nonneg_float)
+    o.add_argument("--optimizer-param", action="append", type=_cli.key_value, default=[], metavar="K=V",
+                   help="optimizer keyword, e.g. eta_plus=1.1 for rprop (repeatable)")  # fmt: skip
     o.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None)
     o.add_argument("--warmup-epochs", type=_cli.nonneg_int, default=None)
     o.add_argument("--seed", type=int, default=None)
@@ -104,6 +106,7 @@ def config_from_args(args):
         if getattr(args, name) is not None:
             model_params[name] = getattr(args, name)
     base["model_params"] = model_params
+    base["optimizer_params"] = {**base.get("optimizer_params", {}), **dict(args.optimizer_param)}
     base["verbose"] = 0 if args.quiet else (1 if sys.stdout.isatty() else 2)
     import keras
 
