@@ -106,8 +106,8 @@ def batch_losses(
         ax.plot(iteration, b["loss"], color=color, lw=0.8, label=label)
     ax.set_xlabel("iteration")
     ax.set_ylabel("training loss")
-    if log_y and ax.lines and all(np.nanmin(line.get_ydata()) > 0 for line in ax.lines):
-        ax.set_yscale("log")
+    if log_y and ax.lines and all(np.nanmax(line.get_ydata()) > 0 for line in ax.lines):
+        ax.set_yscale("log", nonpositive="mask")  # a loss of exactly 0 is left out, not -inf
     ax.grid(alpha=0.3)
     ax.set_title(title)
     if ax.lines:

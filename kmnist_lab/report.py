@@ -281,7 +281,8 @@ def _study(path: Path, doc: Document) -> str:
 def _table(doc: Document, entries: list[dict]) -> None:
     factor_keys = []
     for e in entries:
-        factor_keys += [k for k in e.get("factors", {}) if k not in factor_keys]
+        # `epochs` has its own column (the epochs actually run).
+        factor_keys += [k for k in e.get("factors", {}) if k not in factor_keys and k != "epochs"]
     has_wall = any("wall_time_s" in e.get("original", {}) for e in entries)
     has_loss = any("test_loss" in e.get("original", {}) for e in entries)
     headers = ["run", *factor_keys, "status", "epochs", "test acc %", "report %", "Δ points",
@@ -292,9 +293,10 @@ def _table(doc: Document, entries: list[dict]) -> None:
     for e in entries:
         m, orig = e["metrics"], e.get("original", {})
         acc = m.get("test_accuracy")
-        row = [f"`{e['name']}`", *[e.get("factors", {}).get(k, "") for k in factor_keys], e["status"],
-               m.get("epochs", e.get("effective", {}).get("epochs")), _pct(acc), _original_acc(orig),
-               _diff_points(acc, orig), _num(m.get("test_loss"))]  # fmt: skip
+        factors = [e.get("factors", {}).get(k, "") for k in factor_keys]
+        epochs = m.get("epochs", e.get("effective", {}).get("epochs"))
+        row = [f"`{e['name']}`", *factors, e["status"], epochs, _pct(acc), _original_acc(orig)]
+        row += [_diff_points(acc, orig), _num(m.get("test_loss"))]
         if has_loss:
             row.append(_num(orig.get("test_loss")))
         row.append(_num(m.get("wall_time_s"), "{:.0f}"))
@@ -317,7 +319,8 @@ def _regression_table(doc: Document, entries: list[dict]) -> None:
     rows = []
     for e in entries:
         m, orig = e["metrics"], e.get("original", {})
-        rows.append([f"`{e['name']}`", e["status"], m.get("epochs"), _num(m.get("mean_error"), "{:.2e}"),
+        rows.append([f"`{e['name']}`", e["status"], m.get("epochs"),
+                     _num(m.get("mean_error"), "{:.2e}"),
                      _num(orig.get("mean_error"), "{:.2e}"), _num(m.get("max_abs_error"), "{:.2e}"),
                      _num(m.get("test_loss"), "{:.2e}"), _num(m.get("wall_time_s"), "{:.0f}"),
                      _num(m.get("samples_per_s"), "{:.0f}")])  # fmt: skip
@@ -343,11 +346,18 @@ def _figures(doc: Document, entries: list[dict], colors: dict, study: dict) -> N
         labels = [e["name"] for e in compared]
         ours = [e["metrics"].get("test_accuracy", math.nan) for e in compared]
         theirs = [e["original"]["test_accuracy"] for e in compared]
-        fig = plots.grouped_bars({"ours": [100 * a if a is not None else math.nan for a in ours],
-                                  "report": [100 * a for a in theirs]}, labels,
-                                 f"{name}: test accuracy, ours vs the report", "run",
-                                 "test accuracy (%)", colors={"ours": "#1f77b4", "report": "#aaaaaa"},
-                                 ylim=(max(0, min(100 * a for a in ours + theirs if a == a) - 10), 100))  # fmt: skip
+        ours = [100 * a if a is not None else math.nan for a in ours]
+        theirs = [100 * a for a in theirs]
+        low = max(0, min(a for a in ours + theirs if a == a) - 10)
+        fig = plots.grouped_bars(
+            {"ours": ours, "report": theirs},
+            labels,
+            f"{name}: test accuracy, ours vs the report",
+            "run",
+            "test accuracy (%)",
+            colors={"ours": "#1f77b4", "report": "#aaaaaa"},
+            ylim=(low, 100),
+        )
         doc.figure(
             fig, f"{name}_vs_report", "Test accuracy: ours (blue) vs the original report (grey)."
         )
@@ -368,15 +378,17 @@ def _figures(doc: Document, entries: list[dict], colors: dict, study: dict) -> N
         fig = plots.learning_curves(
             histories, f"{name}: loss and accuracy per epoch{suffix}", colors=colors
         )
-        doc.figure(fig, f"{name}_{group}_epochs",
-                   f"Loss and accuracy per epoch, train (solid) and validation (dashed){suffix}.")  # fmt: skip
+        caption = f"Loss and accuracy per epoch, train (solid) and validation (dashed){suffix}."
+        doc.figure(fig, f"{name}_{group}_epochs", caption)
     if study.get("heatmap"):
         _heatmap(doc, entries, study)
     if study.get("kind") == "regression":
         for e in done:
             if (e["dir"] / "fit.csv").is_file():
-                doc.figure(plots.regression_fit(e["dir"] / "fit.csv", f"{e['name']}: network vs sin(x)"),
-                           f"{e['name']}_fit", "Fit vs truth on the 0.01 test grid, and the error.")  # fmt: skip
+                fig = plots.regression_fit(e["dir"] / "fit.csv", f"{e['name']}: network vs sin(x)")
+                doc.figure(
+                    fig, f"{e['name']}_fit", "Fit vs truth on the 0.01 test grid, and the error."
+                )
     extras = study.get("extras", [])
     if extras:
         _evaluations(doc, done, extras, colors)
@@ -450,8 +462,9 @@ def _run(path: Path, doc: Document) -> str:
     config = cfg.get("config", {})
     metrics = _json(path / runs.COMPLETE_MARKER)
     title = f"Run `{path.name}`"
+    dataset = cfg.get("dataset", {}).get("name", config.get("dataset"))
     doc.para(
-        f"Status **{runs.run_status(path)}**; dataset {cfg.get('dataset', {}).get('name', config.get('dataset'))}; "
+        f"Status **{runs.run_status(path)}**; dataset {dataset}; "
         f"config: `{json.dumps(config, sort_keys=True)}`"
     )
     original = {}
@@ -478,8 +491,9 @@ def _run(path: Path, doc: Document) -> str:
         names = list(ev.get("per_class_accuracy", {}))
         if names:
             doc.heading(f"Evaluation {ev_path.parent.name}")
-            doc.figure(plots.confusion_matrix(ev["confusion_matrix"], names, f"Confusion {ev_path.parent.name}"),
-                       f"confusion_{ev_path.parent.name}", "Confusion matrix.")  # fmt: skip
+            where = ev_path.parent.name
+            fig = plots.confusion_matrix(ev["confusion_matrix"], names, f"Confusion {where}")
+            doc.figure(fig, f"confusion_{where}", "Confusion matrix.")
             doc.pre(ev.get("classification_report_text", ""))
     return title
 

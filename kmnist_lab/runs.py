@@ -30,11 +30,26 @@ STATUS_FILE = "status.json"
 BACKUP_DIR = "backup"
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Read once, at import (os.umask can only be read by setting it).
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Writes `text` to `path` via a temporary file in the same folder and a rename."""
+    """Writes `text` to `path` via a temporary file in the same folder and a rename.
+
+    The file gets the usual permissions (0666 minus the umask), not `mkstemp`'s 0600.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        with contextlib.suppress(OSError, AttributeError):
+            os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()

@@ -47,6 +47,8 @@ def build_parser():
     p.add_argument("--compare-torch", action="store_true", help="interleave the PyTorch eager reference")
     p.add_argument("--torch-reference", default=str(DEFAULT_TORCH_REFERENCE), help="path of torch_reference.py")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--markdown", action="store_true", help="print the table as Markdown (for docs/)")
+    p.add_argument("--from-json", metavar="PATH", help="print the table of an earlier --json file, measure nothing")
     p.add_argument("--worker", help=_suppress())
     return p
 
@@ -91,6 +93,15 @@ def main(argv=None) -> int:
         return 0
     from kmnist_lab.bench import MLP_TRAIN_FLOPS, matmul_gflops
     from kmnist_lab.errors import ConfigError
+
+    if args.from_json:
+        try:
+            saved = json.loads(Path(args.from_json).read_text())
+            rows, batch_size = saved["results"], saved["batch_size"]
+        except (OSError, ValueError, KeyError) as e:
+            raise ConfigError(f"cannot read benchmark results {args.from_json}: {e}") from None
+        (_print_markdown if args.markdown else _print_table)(rows, batch_size)
+        return 0
     from kmnist_lab.models import list_models
 
     archs = args.arch or ["bn_mlp"]
@@ -128,7 +139,7 @@ def main(argv=None) -> int:
         row["ratio_vs_torch"] = med["train_samples_per_s"] / torch if torch else None
         row["matmul_share"] = (med["train_samples_per_s"] * MLP_TRAIN_FLOPS / 1e9 / gflops) if arch in MLPS else None
         rows.append(row)
-    _print_table(rows, args.batch_size)
+    (_print_markdown if args.markdown else _print_table)(rows, args.batch_size)
     if args.json:
         from kmnist_lab.runs import atomic_write_json
 
@@ -158,6 +169,23 @@ def _print_table(rows, batch_size):
               f"{fmt(r['torch_samples_per_s'], '.0f'):>9} {fmt(r['ratio_vs_torch'], '.2f'):>6} "
               f"{r['compile_s']:>9.1f} {r['epoch_s']:>8.1f} {r['infer_samples_per_s']:>9.0f} "
               f"{r['peak_rss_mb']:>7.0f} {share:>7}")  # fmt: skip
+
+
+def _print_markdown(rows, batch_size):
+    def fmt(value, spec):
+        return format(value, spec) if value is not None else "-"
+
+    print(f"batch size {batch_size}, medians of the repeats, samples/s\n")
+    print("| arch | backend | jit | XLA | spe | train/s | torch/s | ratio | compile s | epoch s "
+          "| infer/s | peak RSS MB | % matmul |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        share = fmt(100 * r["matmul_share"], ".0f") if r["matmul_share"] is not None else "-"
+        print(f"| {r['arch']} | {r['backend']} | {r['jit']} | {r['jit_compile']} | "
+              f"{r['steps_per_execution']} | {r['train_samples_per_s']:.0f} | "
+              f"{fmt(r['torch_samples_per_s'], '.0f')} | {fmt(r['ratio_vs_torch'], '.2f')} | "
+              f"{r['compile_s']:.1f} | {r['epoch_s']:.1f} | {r['infer_samples_per_s']:.0f} | "
+              f"{r['peak_rss_mb']:.0f} | {share} |")  # fmt: skip
 
 
 if __name__ == "__main__":

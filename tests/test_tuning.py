@@ -188,6 +188,36 @@ def test_hyperband_samples_a_small_space_without_replacement(tmp_path):
     assert sum(v["tuner/epochs"] - v["tuner/initial_epoch"] for v in ran) == 12 * 2 + 4 * 3 + 2 * 10
 
 
+def test_hyperband_with_two_workers_keeps_each_model_in_its_bracket(tmp_path):
+    hp = kt.HyperParameters()
+    get_hypermodel("a_grid", tune_epochs=False).declare_hyperparameters(hp)
+    oracle = HyperbandOracle(
+        objective=kt.Objective("val_accuracy", "max"), hyperparameters=hp, max_epochs=4, factor=2,
+        seed=1,
+    )  # fmt: skip
+    oracle._set_project_dir(str(tmp_path), "p")
+    running = {}
+    for _ in range(200):  # two workers: a new bracket starts while the last one promotes
+        for worker in ("tuner0", "tuner1"):
+            if worker not in running:
+                trial = oracle.create_trial(worker)
+                if trial.status == "RUNNING":
+                    running[worker] = trial
+        if not running:
+            break
+        worker, trial = next(iter(running.items()))
+        del running[worker]
+        oracle.update_trial(trial.trial_id, {"val_accuracy": trial.hyperparameters.values["lr"]})
+        trial.status = "COMPLETED"
+        oracle.end_trial(trial)
+    values = {t.trial_id: t.hyperparameters.values for t in oracle.trials.values()}
+    promoted = [v for v in values.values() if "tuner/trial_id" in v]
+    assert promoted and len({v["tuner/bracket"] for v in values.values()}) == 3
+    for v in promoted:
+        assert v["tuner/bracket"] == values[v["tuner/trial_id"]]["tuner/bracket"]
+    assert sum(v["tuner/epochs"] - v["tuner/initial_epoch"] for v in values.values()) == 30
+
+
 # --------------------------------------------------------------------- searches
 
 

@@ -208,6 +208,16 @@ class HyperbandOracle(_OracleMixin, kt.oracles.HyperbandOracle):
         super().__init__(*args, **kwargs)
         self.max_trials = max_trials
 
+    def populate_space(self, trial_id):
+        response = super().populate_space(trial_id)
+        values = response.get("values") or {}
+        past = values.get("tuner/trial_id")
+        if past in self.trials:
+            # keras-tuner labels a promoted model with the newest bracket; with
+            # several workers an older bracket may still be promoting.
+            values["tuner/bracket"] = self.trials[past].hyperparameters.values["tuner/bracket"]
+        return response
+
 
 # ------------------------------------------------------------------------ tuners
 
