@@ -239,7 +239,7 @@ def grouped_bars(values: dict, labels, title: str, xlabel: str = "", ylabel: str
 def regression_fit(fit_csv, title: str = "Fit vs truth") -> Figure:
     """A 1-D regression from `fit.csv`: truth and prediction (left), their error (right)."""
     d = read_csv(fit_csv)
-    fig = Figure(figsize=(9, 4))
+    fig = Figure(figsize=(9, 4), layout="constrained")
     ax_fit, ax_err = fig.subplots(1, 2)
     ax_fit.plot(d["x"], d["y_true"], color=COLORS[0], lw=2.5, alpha=0.6, label="truth sin(x)")
     ax_fit.plot(d["x"], d["y_pred"], color=COLORS[1], lw=1.2, ls="--", label="network")

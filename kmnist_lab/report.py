@@ -285,8 +285,11 @@ def _table(doc: Document, entries: list[dict]) -> None:
         factor_keys += [k for k in e.get("factors", {}) if k not in factor_keys and k != "epochs"]
     has_wall = any("wall_time_s" in e.get("original", {}) for e in entries)
     has_loss = any("test_loss" in e.get("original", {}) for e in entries)
-    headers = ["run", *factor_keys, "status", "epochs", "test acc %", "report %", "Δ points",
-               "test loss"]  # fmt: skip
+    # A study whose report gave no accuracies gets no empty "report"/"Δ" columns.
+    has_acc = any(_original_acc(e.get("original", {})) != "—" for e in entries)
+    headers = ["run", *factor_keys, "status", "epochs", "test acc %"]
+    headers += ["report %", "Δ points"] if has_acc else []
+    headers += ["test loss"]
     headers += ["report loss"] if has_loss else []
     headers += ["wall time s"] + (["report wall s"] if has_wall else []) + ["samples/s"]
     rows = []
@@ -295,8 +298,9 @@ def _table(doc: Document, entries: list[dict]) -> None:
         acc = m.get("test_accuracy")
         factors = [e.get("factors", {}).get(k, "") for k in factor_keys]
         epochs = m.get("epochs", e.get("effective", {}).get("epochs"))
-        row = [f"`{e['name']}`", *factors, e["status"], epochs, _pct(acc), _original_acc(orig)]
-        row += [_diff_points(acc, orig), _num(m.get("test_loss"))]
+        row = [f"`{e['name']}`", *factors, e["status"], epochs, _pct(acc)]
+        row += [_original_acc(orig), _diff_points(acc, orig)] if has_acc else []
+        row += [_num(m.get("test_loss"))]
         if has_loss:
             row.append(_num(orig.get("test_loss")))
         row.append(_num(m.get("wall_time_s"), "{:.0f}"))

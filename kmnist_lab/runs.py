@@ -220,7 +220,8 @@ class RunLock:
             if pid is not None and pid != os.getpid() and _process_alive(pid, started):
                 self._refuse(pid)
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()} {_start_time(os.getpid()) or 0}\n".encode(), 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, f"{os.getpid()} {_start_time(os.getpid()) or 0}\n".encode())
             self._fd = fd
             return True
         except BaseException:
