@@ -10,7 +10,9 @@ Examples:
 Trials are scored on the validation split (final-epoch val accuracy); the test
 split is used once, by the best model. The search folder DIRECTORY/PROJECT_NAME
 receives trials.csv, best_hyperparameters.json, best_model/ (SavedModel),
-figures/ and summary.md. --workers N runs keras-tuner's chief/worker mode on this
+figures/ and summary.md. Past --recycle-mb of memory growth (TensorFlow keeps
+every traced training function) the process restarts itself between two trials
+and resumes. --workers N runs keras-tuner's chief/worker mode on this
 machine; on several machines set KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP and
 KERASTUNER_ORACLE_PORT yourself (see docs/tuning.md).
 Exit codes: 0 ok, 1 a search process failed, 2 bad input (one line on stderr).
@@ -78,6 +80,8 @@ def build_parser():
                    help="start a chief and N workers here (distributed)")  # fmt: skip
     r.add_argument("--expect-workers", type=_cli.nonneg_int, default=0,
                    help="as chief: no trial until N workers asked (at most 120 s)")  # fmt: skip
+    r.add_argument("--recycle-mb", type=_cli.nonneg_int, default=300, metavar="MB",
+                   help="restart between trials once memory grew by MB (0: never)")  # fmt: skip
     r.add_argument("--backend", choices=_cli.BACKENDS, help="Keras backend (or set KERAS_BACKEND)")
     r.add_argument("--jit", choices=JIT_POLICIES, default="auto", help="XLA policy (default auto)")
     r.add_argument("-q", "--quiet", action="store_true", help="no per-trial tables")
@@ -106,6 +110,7 @@ def config_from_args(args):
         jit=args.jit,
         export=args.export,
         retrain=args.retrain,
+        recycle_mb=args.recycle_mb or None,
         verbose=0 if args.quiet else 1,
     )
 

@@ -184,8 +184,9 @@ def test_sigkilled_study_resumes_without_losing_finished_runs(tmp_path):
     if not (SCRIPTS / "study.py").is_file():
         pytest.skip("scripts/study.py is not there yet")
     data_dir = write_idx_dataset(tmp_path / "data", n_train=600, n_test=60)
-    argv = ["a_models", "--dataset", "kmnist", "--data-dir", str(data_dir), "--epochs-scale", "0.2",
-            "--no-export", "--output-dir", str(tmp_path / "studies"), "-q"]  # fmt: skip
+    argv = ["a_models", "--dataset", "kmnist", "--data-dir", str(data_dir),
+            "--epochs-scale", "0.14", "--no-export", "--output-dir", str(tmp_path / "studies"),
+            "-q"]  # fmt: skip
     study_dir = tmp_path / "studies" / "a_models"
     first = _start("study.py", argv, tmp_path / "first.log")
     try:
@@ -288,7 +289,7 @@ def _crash_at_epoch(monkeypatch, epoch_index: int):
 
 def _cfg(tmp_path, name, optimizer):
     return TrainConfig(arch="mlp", model_params={"hidden": [32]}, optimizer=optimizer, lr=0.01,
-                       epochs=4, batch_size=16, steps_per_execution=1, augment=False, export=False,
+                       epochs=3, batch_size=16, steps_per_execution=1, augment=False, export=False,
                        output_dir=str(tmp_path), run_name=name, verbose=0)  # fmt: skip
 
 
@@ -338,10 +339,10 @@ def test_run_killed_after_training_keeps_its_epochs(tmp_path, small_dataset, mon
         train(_cfg(tmp_path, "r", "adam"), dataset=small_dataset, plots=False)
     monkeypatch.undo()
     rows = _rows(tmp_path / "r" / "history.csv")
-    assert len(rows) == 4 and _backup_epoch(tmp_path / "r") == 4
+    assert len(rows) == 3 and _backup_epoch(tmp_path / "r") == 3
     result = train(_cfg(tmp_path, "r", "adam"), dataset=small_dataset, plots=False)
     assert _rows(tmp_path / "r" / "history.csv") == rows  # no epoch retrained
-    assert result.metrics["epochs"] == 4 and runs.is_complete(tmp_path / "r")
+    assert result.metrics["epochs"] == 3 and runs.is_complete(tmp_path / "r")
     assert not (tmp_path / "r" / "backup").exists()
 
 

@@ -276,7 +276,7 @@ def test_hyperband_accounts_for_every_epoch(data_dir, tmp_path):
 
 def test_killed_search_resumes_without_repeating_finished_trials(data_dir, tmp_path):
     argv = _argv(data_dir, tmp_path, "--space", "a_grid", "--tuner", "grid", "--max-epochs", "1",
-                 "--max-trials", "4", "--no-export")  # fmt: skip
+                 "--max-trials", "3", "--no-export")  # fmt: skip
     project = tmp_path / "a_grid_grid_kmnist"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.Popen([sys.executable, TUNE, *argv], env=env, stdout=subprocess.DEVNULL,
@@ -299,16 +299,22 @@ def test_killed_search_resumes_without_repeating_finished_trials(data_dir, tmp_p
     before = {k: v for k, v in _trial_files(project).items() if v["status"] == "COMPLETED"}
     killed = [k for k, v in _trial_files(project).items() if v["status"] == "RUNNING"]
     assert before and len(killed) == 1 and not (project / "trials.csv").exists()
-    assert _cli.run(tune_script.main, argv) == 0
+    # Resume; `--recycle-mb 1` also makes the process restart itself after every
+    # trial (what bounds its memory), each restart resuming in turn.
+    resumed = subprocess.run([sys.executable, TUNE, *argv, "--recycle-mb", "1"], env=env,
+                             capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
     after = _trial_files(project)
-    assert sorted(after) == ["0", "1", "2", "3"]
+    assert sorted(after) == ["0", "1", "2"]
     assert all(t["status"] == "COMPLETED" for t in after.values())
     for trial_id, trial in before.items():  # finished trials were not run again
         assert after[trial_id]["metrics"] == trial["metrics"]
     cells = {(t["hyperparameters"]["values"]["batch_size"], t["hyperparameters"]["values"]["lr"])
              for t in after.values()}  # fmt: skip
-    assert len(cells) == 4
-    assert json.loads((project / "summary.json").read_text())["total_epochs"] == 4
+    assert len(cells) == 3
+    summary = json.loads((project / "summary.json").read_text())
+    assert summary["total_epochs"] == 3
+    assert summary["session_memory_mb"]["restarts"] == 3 - len(before)
 
 
 def test_distributed_search_chief_and_two_workers(data_dir, tmp_path):

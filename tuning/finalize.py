@@ -39,10 +39,11 @@ def finalize(tuner, cfg, dataset, elapsed_s: float = 0.0, memory: dict | None = 
     results.write_trials_csv(rows, results.columns(oracle), project / "trials.csv")
     done = results.completed(rows)
     best = best_model = None
-    best_trials = [t for t in oracle.get_best_trials(1) if t.status == "COMPLETED"]
-    if best_trials:
-        trial = best_trials[0]
-        row = next(r for r in rows if r["trial_id"] == trial.trial_id)
+    if done:
+        # Ties go to the earliest trial (rows are in id order and `max` keeps the
+        # first): keras-tuner's order of equal scores depends on file load order.
+        row = max(done, key=lambda r: r["val_accuracy"])
+        trial = oracle.trials[row["trial_id"]]
         values = trial.hyperparameters.values
         best = {
             "trial_id": trial.trial_id,

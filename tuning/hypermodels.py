@@ -166,14 +166,6 @@ class SpaceHyperModel(kt.HyperModel):
         spec = self.space(hp)
         return get_loss(spec.loss, **spec.loss_params)
 
-    def total_epochs(self, hp: kt.HyperParameters) -> int:
-        """Epochs a model at `hp` was trained in total (Hyperband's `tuner/epochs`)."""
-        if "tuner/epochs" in hp.values:
-            return int(hp.values["tuner/epochs"])
-        if "epochs" in hp.values:
-            return int(hp.values["epochs"])
-        return self.epochs(hp.copy())
-
 
 # ------------------------------------------------------------------------- spaces
 

@@ -158,6 +158,14 @@ def summary_markdown(summary: dict, rows: list[dict], figures: list[str]) -> str
         f"| trial wall time | {summary['trial_wall_time_s']:.0f} s (sum over trials) |",
         f"| workers | {', '.join(summary['workers']) or '-'} |",
     ]
+    memory = summary.get("session_memory_mb") or {}
+    if "after_search_mb" in memory:
+        lines.append(
+            f"| memory (this run) | resident {memory['before_search_mb']:.0f} MB before the search,"
+            f" {memory['after_search_mb']:.0f} MB after, peak {memory['peak_mb']:.0f} MB"
+            f" (+{memory['peak_mb'] - memory['before_search_mb']:.0f} MB);"
+            f" {memory.get('restarts', 0)} process restarts |"
+        )
     if best:
         hps = ", ".join(f"{k}={_fmt(v)}" for k, v in best["hyperparameters"].items())
         lines.append(

@@ -85,6 +85,11 @@ class SearchConfig:
         export: write the best model's SavedModel and model.keras.
         retrain: retrain the best configuration from scratch instead of restoring
             its checkpoint (needed when checkpoints live on other machines).
+        recycle_mb: when this process's resident memory has grown by more than
+            this since the search started, it re-executes itself between two
+            trials (same PID, same command line) and resumes: TensorFlow never
+            frees a traced Keras training function. None: never (library
+            callers; `scripts/tune.py` sets 300).
         verbose: 0 quiet, 1 keras-tuner's per-trial tables.
     """
 
@@ -106,6 +111,7 @@ class SearchConfig:
     jit: str = "auto"
     export: bool = True
     retrain: bool = False
+    recycle_mb: int | None = None
     verbose: int = 1
 
     def __post_init__(self):
@@ -131,10 +137,10 @@ class SearchConfig:
             )
         for name, low in (
             ("max_epochs", 1), ("max_trials", 1), ("factor", 2), ("hyperband_iterations", 1),
-            ("workers", 0), ("expect_workers", 0),
+            ("workers", 0), ("expect_workers", 0), ("recycle_mb", 1),
         ):  # fmt: skip
             value = getattr(self, name)
-            if value is None and name in ("max_epochs", "max_trials"):
+            if value is None and name in ("max_epochs", "max_trials", "recycle_mb"):
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(
@@ -262,7 +268,7 @@ def make_tuner(cfg: SearchConfig, num_classes: int, train_size: int | None):
                       hyperband_iterations=cfg.hyperband_iterations)  # fmt: skip
     if cfg.max_trials is not None or cfg.tuner != "grid":
         kwargs["max_trials"] = cfg.max_trials or (None if cfg.tuner == "hyperband" else 10)
-    tuner = TUNERS[cfg.tuner](hypermodel, overwrite=False, **kwargs)
+    tuner = TUNERS[cfg.tuner](hypermodel, overwrite=False, recycle_mb=cfg.recycle_mb, **kwargs)
     if isinstance(tuner.oracle, kt.Oracle):  # not a worker's client of the chief
         tuner.oracle.verbose = cfg.verbose
     return tuner
@@ -286,10 +292,29 @@ def run_search(config: SearchConfig) -> SearchResult | None:
                 "--workers starts its own chief and workers; unset KERASTUNER_* first"
             )
         return launch_local_cluster(cfg)
-    if role != "worker":
+    lock = None
+    if role is None:
+        lock = _lock_project(cfg)
+    elif role == "chief":
         prepare_project_dir(cfg)
+    try:
+        return _search(cfg, role)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _lock_project(cfg: SearchConfig):
+    """Prepares the search folder and locks it against a second local search."""
+    if cfg.project_dir.is_dir():  # refuse before `overwrite` deletes a running search
+        runs.RunLock(cfg.project_dir).acquire().release()
+    prepare_project_dir(cfg)
+    return runs.RunLock(cfg.project_dir).acquire()
+
+
+def _search(cfg: SearchConfig, role: str | None) -> SearchResult | None:
     from kmnist_lab.data import load_dataset
-    from tuning.tuners import peak_memory_mb, resident_memory_mb
+    from tuning.tuners import RecycleProcess, peak_memory_mb, resident_memory_mb
 
     start = time.perf_counter()
     dataset = load_dataset(cfg.dataset, cfg.data_dir, cfg.val_fraction, cfg.seed)
@@ -298,13 +323,19 @@ def run_search(config: SearchConfig) -> SearchResult | None:
     if len(y_val) == 0:
         raise ConfigError("the search needs a validation split; the dataset's is empty")
     tuner = make_tuner(cfg, dataset.num_classes, len(y_train))
-    memory = {"before_search_mb": resident_memory_mb()}
+    # A restarted process reports against the first start (same PID, see `restart`).
+    memory = {"before_search_mb": float(os.environ.get(_RSS0, resident_memory_mb()))}
     if role == "chief":
         serve_oracle(tuner, expect_workers=cfg.expect_workers)
     else:
-        tuner.search(x_train, y_train, validation_data=(x_val, y_val))
+        try:
+            tuner.search(x_train, y_train, validation_data=(x_val, y_val))
+        except RecycleProcess as e:
+            restart(str(e), memory["before_search_mb"])
     memory["after_search_mb"] = resident_memory_mb()
-    memory["peak_mb"] = peak_memory_mb()
+    memory["peak_mb"] = peak_memory_mb()  # kept across restarts (same process)
+    memory["peak_growth_mb"] = memory["peak_mb"] - memory["before_search_mb"]
+    memory["restarts"] = int(os.environ.get(_RESTARTS, 0))
     if role == "worker":
         log.info("worker %s: no trial left (memory %s)", tuner.tuner_id, memory)
         return None
@@ -312,6 +343,28 @@ def run_search(config: SearchConfig) -> SearchResult | None:
 
     summary = finalize(tuner, cfg, dataset, elapsed_s=time.perf_counter() - start, memory=memory)
     return SearchResult(cfg.project_dir, summary)
+
+
+_RSS0 = "KMNIST_TUNING_RSS0_MB"
+_RESTARTS = "KMNIST_TUNING_RESTARTS"
+
+
+def restart(reason: str, rss0_mb: float) -> None:
+    """Re-executes this process with its own command line (same PID); never returns.
+
+    Every trial has ended and been saved, so the new process resumes the search
+    where this one stopped, with the memory TensorFlow would not give back.
+    """
+    restarts = int(os.environ.get(_RESTARTS, 0)) + 1
+    log.info(
+        "%s: restarting the process to free it (restart %d); the search resumes", reason, restarts
+    )
+    os.environ[_RESTARTS] = str(restarts)
+    os.environ[_RSS0] = str(rss0_mb)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    argv = list(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
+    os.execv(sys.executable, [sys.executable, *argv[1:]])
 
 
 # ------------------------------------------------------------------ distributed
@@ -377,7 +430,8 @@ def launch_local_cluster(cfg: SearchConfig) -> SearchResult:
     variables set and logs to `<search folder>/logs/<tuner id>.log`. If a worker
     fails, the others are stopped; re-running resumes.
     """
-    project = prepare_project_dir(cfg)
+    lock = _lock_project(cfg)
+    project = cfg.project_dir
     logs = project / "logs"
     logs.mkdir(exist_ok=True)
     child = dataclasses.replace(cfg, workers=0, overwrite=False, expect_workers=cfg.workers)
@@ -396,7 +450,7 @@ def launch_local_cluster(cfg: SearchConfig) -> SearchResult:
     procs = {}
     try:
         for name in names:
-            with open(logs / f"{name}.log", "w") as out:
+            with open(logs / f"{name}.log", "a") as out:
                 procs[name] = subprocess.Popen(
                     [sys.executable, "-m", "tuning", str(config_path)],
                     env={**env, "KERASTUNER_TUNER_ID": name},
@@ -419,6 +473,7 @@ def launch_local_cluster(cfg: SearchConfig) -> SearchResult:
                 break
             time.sleep(0.5)
     finally:
+        lock.release()
         for p in procs.values():
             if p.poll() is None:
                 p.terminate()
