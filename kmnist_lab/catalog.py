@@ -23,7 +23,9 @@ def models_table() -> str:
     rows = []
     for name in MODELS.names():
         d = ARCH_DEFAULTS.get(name, FALLBACK_DEFAULTS)
-        params = ", ".join(p for p in model_params(name) if p not in ("num_classes", "head", "name"))
+        params = ", ".join(
+            p for p in model_params(name) if p not in ("num_classes", "head", "name")
+        )
         rows.append([f"`{name}`", MODELS.get(name).summary, f"{d.epochs} ep, bs {d.batch_size}, "
                      f"{d.optimizer} {d.lr:g} {d.lr_schedule}{', augment' if d.augment else ''}", params])  # fmt: skip
     return _table(["arch", "what", "defaults", "options (`--model-param`)"], rows)
@@ -41,7 +43,9 @@ def losses_table() -> str:
 def optimizers_table() -> str:
     from kmnist_lab.optimizers import OPTIMIZERS
 
-    return _table(["optimizer", "what"], [[f"`{n}`", OPTIMIZERS.get(n).summary] for n in OPTIMIZERS.names()])
+    return _table(
+        ["optimizer", "what"], [[f"`{n}`", OPTIMIZERS.get(n).summary] for n in OPTIMIZERS.names()]
+    )
 
 
 def datasets_table() -> str:

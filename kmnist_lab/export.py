@@ -84,7 +84,9 @@ def export_saved_model(model: keras.Model, path, score_scale: float = 1.0) -> Pa
     shape = None if keras.backend.backend() == "tensorflow" else [None, 28, 28]
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint("serve", outputs, input_signature=[tf.TensorSpec(shape, tf.float32, name="pixels")])
+    archive.add_endpoint(
+        "serve", outputs, input_signature=[tf.TensorSpec(shape, tf.float32, name="pixels")]
+    )
     archive.add_endpoint(
         "serve_uint8", outputs, input_signature=[tf.TensorSpec(shape, tf.uint8, name="pixels")]
     )

@@ -146,10 +146,14 @@ class RandomAffine(keras.layers.Layer):
         seed: seed of the layer's random generator.
     """
 
-    def __init__(self, max_rotation=10.0, max_translation=0.1, fill_value=-1.0, seed=None, **kwargs):
+    def __init__(
+        self, max_rotation=10.0, max_translation=0.1, fill_value=-1.0, seed=None, **kwargs
+    ):
         super().__init__(**kwargs)
         if not max_rotation >= 0:
-            raise ConfigError(f"`max_rotation` must be >= 0 degrees. Received: max_rotation={max_rotation}")
+            raise ConfigError(
+                f"`max_rotation` must be >= 0 degrees. Received: max_rotation={max_rotation}"
+            )
         if not 0 <= max_translation < 1:
             raise ConfigError(
                 f"`max_translation` must be in [0, 1). Received: max_translation={max_translation}"
@@ -167,14 +171,18 @@ class RandomAffine(keras.layers.Layer):
         h, w = images.shape[1], images.shape[2]
         limit = self.max_rotation * 3.141592653589793 / 180.0
         angle = keras.random.uniform((batch,), -limit, limit, seed=self.seed_generator)
-        shift = keras.random.uniform((batch, 2), -self.max_translation, self.max_translation, seed=self.seed_generator)
+        shift = keras.random.uniform(
+            (batch, 2), -self.max_translation, self.max_translation, seed=self.seed_generator
+        )
         return self.transform(images, angle, shift[:, 0] * w, shift[:, 1] * h)
 
     def transform(self, images, angle, dx, dy):
         """Warps `images` (B, H, W, C) by per-image `angle` (radians) and shifts (pixels)."""
         h, w, c = images.shape[1], images.shape[2], images.shape[3]
         dtype = images.dtype
-        ys, xs = ops.meshgrid(ops.arange(h, dtype="float32"), ops.arange(w, dtype="float32"), indexing="ij")
+        ys, xs = ops.meshgrid(
+            ops.arange(h, dtype="float32"), ops.arange(w, dtype="float32"), indexing="ij"
+        )
         cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
         xs = ops.reshape(xs, (1, -1)) - cx - ops.reshape(dx, (-1, 1))
         ys = ops.reshape(ys, (1, -1)) - cy - ops.reshape(dy, (-1, 1))

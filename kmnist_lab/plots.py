@@ -146,8 +146,12 @@ def per_class_accuracy(values: dict, class_names, title: str = "Per-class accura
     for i, (label, acc) in enumerate(values.items()):
         acc = np.asarray(acc, dtype=float)
         lows.append(np.nanmin(acc))
-        ax.bar(np.arange(n) + (i - (k - 1) / 2) * width, acc, width, color=color_for(i), label=label)
-    ax.set_xticks(range(n), class_names, rotation=45 if n > 10 or max(map(len, class_names)) > 3 else 0)
+        ax.bar(
+            np.arange(n) + (i - (k - 1) / 2) * width, acc, width, color=color_for(i), label=label
+        )
+    ax.set_xticks(
+        range(n), class_names, rotation=45 if n > 10 or max(map(len, class_names)) > 3 else 0
+    )
     ax.set_xlabel("class")
     ax.set_ylabel("accuracy")
     ax.set_ylim(max(0.0, min(lows, default=0.0) - 0.05), 1.0)

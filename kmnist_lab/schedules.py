@@ -52,7 +52,9 @@ def make_schedule(kind: str, lr: float, steps_per_epoch: int, epochs: int, warmu
     `warmup_epochs` adds a linear ramp over that many epochs (counted within `epochs`).
     """
     if kind not in LR_SCHEDULES:
-        raise ConfigError(f"`lr_schedule` must be one of {', '.join(LR_SCHEDULES)}. Received: {kind!r}")
+        raise ConfigError(
+            f"`lr_schedule` must be one of {', '.join(LR_SCHEDULES)}. Received: {kind!r}"
+        )
     if warmup_epochs >= epochs and warmup_epochs:
         raise ConfigError(
             f"`warmup_epochs` must be smaller than `epochs`. Received: warmup_epochs={warmup_epochs}, "

@@ -53,7 +53,9 @@ def resolve_jit(policy: str, arch: str) -> bool | str:
       measured slower for these small models).
     """
     if policy not in JIT_POLICIES:
-        raise ConfigError(f"`jit` must be one of {', '.join(JIT_POLICIES)}. Received: jit={policy!r}")
+        raise ConfigError(
+            f"`jit` must be one of {', '.join(JIT_POLICIES)}. Received: jit={policy!r}"
+        )
     backend = keras.backend.backend()
     if policy == "on":
         return True

@@ -74,7 +74,11 @@ class RunResult:
 def versions() -> dict:
     import importlib.metadata as md
 
-    out = {"python": platform.python_version(), "keras": keras.__version__, "backend": keras.backend.backend()}
+    out = {
+        "python": platform.python_version(),
+        "keras": keras.__version__,
+        "backend": keras.backend.backend(),
+    }
     for pkg in ("tensorflow", "jax", "torch", "numpy", "kmnist_lab"):
         try:
             out[pkg] = md.version(pkg)
@@ -96,8 +100,12 @@ def build_for_config(cfg: TrainConfig, num_classes: int) -> tuple[keras.Model, k
 
 def compile_for_config(model, loss, cfg: TrainConfig, steps_per_epoch: int) -> dict:
     """Compiles `model` with the config's optimizer, schedule and speed policy."""
-    schedule = make_schedule(cfg.lr_schedule, cfg.lr, steps_per_epoch, cfg.epochs, cfg.warmup_epochs)
-    params = {k: getattr(cfg, k) for k in ("momentum", "weight_decay") if getattr(cfg, k) is not None}
+    schedule = make_schedule(
+        cfg.lr_schedule, cfg.lr, steps_per_epoch, cfg.epochs, cfg.warmup_epochs
+    )
+    params = {
+        k: getattr(cfg, k) for k in ("momentum", "weight_decay") if getattr(cfg, k) is not None
+    }
     params.update(cfg.optimizer_params)
     optimizer = get_optimizer(cfg.optimizer, learning_rate=schedule, **params)
     jit = resolve_jit(cfg.jit, cfg.arch)
@@ -161,7 +169,9 @@ def _train_locked(
     steps_per_epoch = math.ceil(len(dataset.train[1]) / cfg.batch_size)
     # Data-parallel runs build, compile, fit and evaluate inside the distribution.
     with distribution_scope(cfg.distribute) as devices:
-        return _fit_and_export(cfg, run_dir, resume, dataset, steps_per_epoch, devices, start, after_fit, plots)
+        return _fit_and_export(
+            cfg, run_dir, resume, dataset, steps_per_epoch, devices, start, after_fit, plots
+        )
 
 
 def _fit_and_export(
@@ -235,7 +245,9 @@ def _fit_and_export(
             f"(lr={cfg.lr}); try a lower --lr"
         )
     x_test, y_test = dataset.test
-    test = model.evaluate(x_test, y_test, batch_size=max(cfg.batch_size, 256), verbose=0, return_dict=True)
+    test = model.evaluate(
+        x_test, y_test, batch_size=max(cfg.batch_size, 256), verbose=0, return_dict=True
+    )
     artifacts = _export(model, loss, run_dir, cfg)
     if plots:
         _plot(run_dir)
@@ -259,7 +271,12 @@ def _fit_and_export(
     runs.atomic_write_json(run_dir / "status.json", {"status": "complete"})
     runs.atomic_write_json(run_dir / runs.COMPLETE_MARKER, metrics)
     shutil.rmtree(run_dir / runs.BACKUP_DIR, ignore_errors=True)
-    log.info("test accuracy %.4f, loss %.4f -> %s", metrics["test_accuracy"], metrics["test_loss"], run_dir)
+    log.info(
+        "test accuracy %.4f, loss %.4f -> %s",
+        metrics["test_accuracy"],
+        metrics["test_loss"],
+        run_dir,
+    )
     return RunResult(run_dir, cfg, metrics, history, model, dataset)
 
 
@@ -302,7 +319,9 @@ def _plot(run_dir: Path) -> None:
     out.mkdir(exist_ok=True)
     plots.save(plots.learning_curves(run_dir / "history.csv"), out / "curves.png")
     if (run_dir / "batches.csv").is_file():
-        plots.save(plots.batch_losses({run_dir.name: run_dir / "batches.csv"}), out / "batch_loss.png")
+        plots.save(
+            plots.batch_losses({run_dir.name: run_dir / "batches.csv"}), out / "batch_loss.png"
+        )
 
 
 def _read_history(path: Path) -> list[dict]:

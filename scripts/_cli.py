@@ -161,6 +161,8 @@ def run(main_fn, argv=None) -> int:
     except SystemExit as e:  # argparse: --help (0) or a one-line usage error (2)
         return e.code if isinstance(e.code, int) else 2
     except KmnistLabError as e:
-        return _one_line(str(e).splitlines()[0] if str(e) else type(e).__name__, getattr(e, "exit_code", 2))
+        return _one_line(
+            str(e).splitlines()[0] if str(e) else type(e).__name__, getattr(e, "exit_code", 2)
+        )
     except KeyboardInterrupt:
         return _one_line("interrupted; re-run the same command to resume", 130)

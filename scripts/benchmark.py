@@ -39,16 +39,32 @@ def build_parser():
     p.add_argument("--batch-size", type=_cli.positive_int, default=128)
     p.add_argument("--backend", nargs="+", choices=_cli.BACKENDS, default=None,
                    help="Keras backend(s) (default: KERAS_BACKEND or tensorflow)")  # fmt: skip
-    p.add_argument("--jit", nargs="+", choices=JIT_POLICIES, default=["auto"], help="compile policy(ies)")
+    p.add_argument(
+        "--jit", nargs="+", choices=JIT_POLICIES, default=["auto"], help="compile policy(ies)"
+    )
     p.add_argument("--steps-per-execution", nargs="+", type=_cli.positive_int, default=[None],
                    metavar="K", help="steps per compiled call (default: the policy's)")  # fmt: skip
-    p.add_argument("--steps", type=_cli.positive_int, help="timed training steps (default 300 MLP, 60 CNN)")
-    p.add_argument("--repeats", type=_cli.positive_int, default=2, help="measurements per setting (median)")
-    p.add_argument("--compare-torch", action="store_true", help="interleave the PyTorch eager reference")
-    p.add_argument("--torch-reference", default=str(DEFAULT_TORCH_REFERENCE), help="path of torch_reference.py")
+    p.add_argument(
+        "--steps", type=_cli.positive_int, help="timed training steps (default 300 MLP, 60 CNN)"
+    )
+    p.add_argument(
+        "--repeats", type=_cli.positive_int, default=2, help="measurements per setting (median)"
+    )
+    p.add_argument(
+        "--compare-torch", action="store_true", help="interleave the PyTorch eager reference"
+    )
+    p.add_argument(
+        "--torch-reference", default=str(DEFAULT_TORCH_REFERENCE), help="path of torch_reference.py"
+    )
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    p.add_argument("--markdown", action="store_true", help="print the table as Markdown (for docs/)")
-    p.add_argument("--from-json", metavar="PATH", help="print the table of an earlier --json file, measure nothing")
+    p.add_argument(
+        "--markdown", action="store_true", help="print the table as Markdown (for docs/)"
+    )
+    p.add_argument(
+        "--from-json",
+        metavar="PATH",
+        help="print the table of an earlier --json file, measure nothing",
+    )
     p.add_argument("--worker", help=_suppress())
     return p
 
@@ -109,7 +125,9 @@ def main(argv=None) -> int:
     if unknown:
         raise ConfigError(f"unknown arch {unknown[0]!r}. Valid archs: {', '.join(list_models())}")
     if args.compare_torch and not Path(args.torch_reference).is_file():
-        raise ConfigError(f"--compare-torch needs {args.torch_reference}; pass --torch-reference PATH")
+        raise ConfigError(
+            f"--compare-torch needs {args.torch_reference}; pass --torch-reference PATH"
+        )
     backends = args.backend or [os.environ.get("KERAS_BACKEND", "tensorflow")]
     gflops = matmul_gflops()
     print(f"NumPy fp32 matmul: {gflops:.1f} GFLOP/s on {os.cpu_count()} CPU cores", file=sys.stderr)
@@ -118,7 +136,9 @@ def main(argv=None) -> int:
     for rep in range(args.repeats):
         for arch in archs:
             steps = args.steps or (300 if arch in MLPS else 60)
-            for backend, jit, spe in itertools.product(backends, args.jit, args.steps_per_execution):
+            for backend, jit, spe in itertools.product(
+                backends, args.jit, args.steps_per_execution
+            ):
                 spec = {"arch": arch, "batch_size": args.batch_size, "jit": jit,
                         "steps_per_execution": spe, "steps": steps}  # fmt: skip
                 result = _run_worker(spec, backend)
@@ -128,7 +148,10 @@ def main(argv=None) -> int:
             if args.compare_torch:
                 rate = _run_torch(args.torch_reference, arch, args.batch_size, steps)
                 torch_rates.setdefault(arch, []).append(rate)
-                print(f"[{rep + 1}/{args.repeats}] {arch} torch: {rate:.0f} samples/s", file=sys.stderr)
+                print(
+                    f"[{rep + 1}/{args.repeats}] {arch} torch: {rate:.0f} samples/s",
+                    file=sys.stderr,
+                )
     rows = []
     for (arch, backend, jit, spe), results in samples.items():
         med = {k: statistics.median(r[k] for r in results)
@@ -137,7 +160,9 @@ def main(argv=None) -> int:
         torch = statistics.median(torch_rates[arch]) if arch in torch_rates else None
         row["torch_samples_per_s"] = torch
         row["ratio_vs_torch"] = med["train_samples_per_s"] / torch if torch else None
-        row["matmul_share"] = (med["train_samples_per_s"] * MLP_TRAIN_FLOPS / 1e9 / gflops) if arch in MLPS else None
+        row["matmul_share"] = (
+            (med["train_samples_per_s"] * MLP_TRAIN_FLOPS / 1e9 / gflops) if arch in MLPS else None
+        )
         rows.append(row)
     (_print_markdown if args.markdown else _print_table)(rows, args.batch_size)
     if args.json:

@@ -25,7 +25,9 @@ def build_parser():
 
     p = _cli.Parser(prog="evaluate.py", description=__doc__)
     p.add_argument("path", help="run folder or SavedModel folder")
-    p.add_argument("--dataset", choices=list(DATASETS), help="default: the run's dataset, else auto")
+    p.add_argument(
+        "--dataset", choices=list(DATASETS), help="default: the run's dataset, else auto"
+    )
     p.add_argument("--data-dir", help="folder with IDX/.npz files")
     p.add_argument("--split", choices=("test", "val", "train"), default="test")
     p.add_argument("--val-fraction", type=_cli.fraction, help="default: the run's")
@@ -60,8 +62,16 @@ def main(argv=None) -> int:
 
     saved_dir, run_dir = resolve_saved_model(args.path)
     cfg = run_config(run_dir).get("config", {})
-    dataset_name = args.dataset or run_config(run_dir).get("dataset", {}).get("name") or cfg.get("dataset", "auto")
-    data_dir = args.data_dir if args.data_dir is not None else (cfg.get("data_dir") if not args.dataset else None)
+    dataset_name = (
+        args.dataset
+        or run_config(run_dir).get("dataset", {}).get("name")
+        or cfg.get("dataset", "auto")
+    )
+    data_dir = (
+        args.data_dir
+        if args.data_dir is not None
+        else (cfg.get("data_dir") if not args.dataset else None)
+    )
     dataset = load_dataset(
         dataset_name,
         data_dir,
@@ -79,11 +89,18 @@ def main(argv=None) -> int:
         )
     result = score(y, scores, dataset.class_names)
     result.update({"saved_model": str(saved_dir), "dataset": dataset.name, "split": args.split})
-    out = Path(args.output_dir) if args.output_dir else (run_dir or saved_dir.parent) / "evaluation" / f"{dataset.name}-{args.split}"
+    out = (
+        Path(args.output_dir)
+        if args.output_dir
+        else (run_dir or saved_dir.parent) / "evaluation" / f"{dataset.name}-{args.split}"
+    )
     path = write_report(result, x, dataset.class_names, out, title=f"({dataset.name} {args.split})")
     print(f"{dataset.name} {args.split}: accuracy {100 * result['accuracy']:.2f}% "
           f"cross-entropy {result['cross_entropy']:.4f} (n={result['n']})")  # fmt: skip
-    print("per-class accuracy: " + "  ".join(f"{k}:{100 * v:.1f}" for k, v in result["per_class_accuracy"].items()))
+    print(
+        "per-class accuracy: "
+        + "  ".join(f"{k}:{100 * v:.1f}" for k, v in result["per_class_accuracy"].items())
+    )
     print(result["classification_report_text"])
     print(f"wrote {path} and figures in {out}")
     return 0

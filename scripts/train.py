@@ -40,12 +40,27 @@ def build_parser():
     )
     c = TrainConfig()
     g = p.add_argument_group("what to train")
-    g.add_argument("--config", metavar="JSON", help="read options from a JSON file (a run's config.json works); flags override it")
-    g.add_argument("--arch", choices=list_models(), default=None, help=f"architecture (default {c.arch})")
-    g.add_argument("--dataset", choices=list(DATASETS), default=None, help=f"dataset (default {c.dataset})")
+    g.add_argument(
+        "--config",
+        metavar="JSON",
+        help="read options from a JSON file (a run's config.json works); flags override it",
+    )
+    g.add_argument(
+        "--arch", choices=list_models(), default=None, help=f"architecture (default {c.arch})"
+    )
+    g.add_argument(
+        "--dataset", choices=list(DATASETS), default=None, help=f"dataset (default {c.dataset})"
+    )
     g.add_argument("--data-dir", help="folder with IDX (.gz or raw) or .npz files, searched first")
-    g.add_argument("--val-fraction", type=_cli.fraction, help="share of training data held out for validation")
-    g.add_argument("--loss", choices=list_losses(), default=None, help=f"loss; it picks the model head (default {c.loss})")
+    g.add_argument(
+        "--val-fraction", type=_cli.fraction, help="share of training data held out for validation"
+    )
+    g.add_argument(
+        "--loss",
+        choices=list_losses(),
+        default=None,
+        help=f"loss; it picks the model head (default {c.loss})",
+    )
     g.add_argument("--loss-param", action="append", type=_cli.key_value, default=[], metavar="K=V",
                    help="loss keyword, e.g. margin=0.3 (repeatable)")  # fmt: skip
     g.add_argument("--model-param", action="append", type=_cli.key_value, default=[], metavar="K=V",
@@ -53,9 +68,15 @@ def build_parser():
     g.add_argument("--hidden", type=_cli.positive_int, nargs="+", help="hidden widths (arch mlp)")
     g.add_argument("--activation", help="activation (arch mlp, resnet18)")
     g.add_argument("--dropout", type=_cli.nonneg_float, help="dropout rate (arch mlp)")
-    g.add_argument("--l2", type=_cli.nonneg_float, default=None, help="L2 penalty on kernels (MLPs)")
-    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                   help="random translation + small rotation at training time (default: per arch)")
+    g.add_argument(
+        "--l2", type=_cli.nonneg_float, default=None, help="L2 penalty on kernels (MLPs)"
+    )
+    g.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="random translation + small rotation at training time (default: per arch)",
+    )
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", type=_cli.positive_int)
     o.add_argument("--batch-size", type=_cli.positive_int)
@@ -70,17 +91,38 @@ def build_parser():
     o.add_argument("--seed", type=int, default=None)
     r = p.add_argument_group("run")
     r.add_argument("--run-name", help="run folder name (default: arch_dataset_loss_sSEED)")
-    r.add_argument("--output-dir", default=None, help=f"parent of run folders (default {c.output_dir})")
-    r.add_argument("--overwrite", action="store_true", default=None, help="replace a finished run folder")
+    r.add_argument(
+        "--output-dir", default=None, help=f"parent of run folders (default {c.output_dir})"
+    )
+    r.add_argument(
+        "--overwrite", action="store_true", default=None, help="replace a finished run folder"
+    )
     r.add_argument("--backend", choices=_cli.BACKENDS, help="Keras backend (or set KERAS_BACKEND)")
-    r.add_argument("--jit", choices=JIT_POLICIES, default=None, help="XLA policy (default auto: measured per model)")
-    r.add_argument("--steps-per-execution", type=_cli.positive_int, help="steps per compiled call (default: auto)")
+    r.add_argument(
+        "--jit",
+        choices=JIT_POLICIES,
+        default=None,
+        help="XLA policy (default auto: measured per model)",
+    )
+    r.add_argument(
+        "--steps-per-execution",
+        type=_cli.positive_int,
+        help="steps per compiled call (default: auto)",
+    )
     r.add_argument("--distribute", choices=("none", "data-parallel"), default=None,
                    help="data-parallel: JAX DataParallel / TF MirroredStrategy over all devices")  # fmt: skip
     r.add_argument("--cpu-devices", type=_cli.positive_int, metavar="N",
                    help="split the CPU into N logical devices (to try --distribute without GPUs)")  # fmt: skip
-    r.add_argument("--tensorboard", action="store_true", default=None, help="also write TensorBoard logs")
-    r.add_argument("--no-export", dest="export", action="store_false", default=None, help="skip SavedModel/model.keras")
+    r.add_argument(
+        "--tensorboard", action="store_true", default=None, help="also write TensorBoard logs"
+    )
+    r.add_argument(
+        "--no-export",
+        dest="export",
+        action="store_false",
+        default=None,
+        help="skip SavedModel/model.keras",
+    )
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
 

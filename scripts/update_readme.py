@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Regenerate the README's model/loss/optimizer/dataset tables from the registries.
 
-  python scripts/update_readme.py          # rewrite README.md
-  python scripts/update_readme.py --check  # exit 1 if README.md is stale
+python scripts/update_readme.py          # rewrite README.md
+python scripts/update_readme.py --check  # exit 1 if README.md is stale
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ def main(argv=None) -> int:
     new = fill(text)
     if args.check:
         if new != text:
-            print("README.md tables are stale: run python scripts/update_readme.py", file=sys.stderr)
+            print(
+                "README.md tables are stale: run python scripts/update_readme.py", file=sys.stderr
+            )
             return 1
         return 0
     readme.write_text(new)

@@ -6,7 +6,6 @@ import gzip
 from pathlib import Path
 
 import numpy as np
-
 from conftest import make_images
 
 

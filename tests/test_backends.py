@@ -11,11 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 from helpers import write_idx_dataset
 
-import keras
 from kmnist_lab.models import build_model, list_models, load_keras_model
 
 PARITY = Path(__file__).parent / "backend_parity"
@@ -25,7 +25,12 @@ OTHER_BACKENDS = ["jax", "torch"]
 
 def _child(backend, script, *args):
     pytest.importorskip(backend)
-    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(ROOT), "KMNIST_LAB_NO_DOWNLOAD": "1"}
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": backend,
+        "PYTHONPATH": str(ROOT),
+        "KMNIST_LAB_NO_DOWNLOAD": "1",
+    }
     proc = subprocess.run([sys.executable, str(PARITY / script), *map(str, args)],
                           capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -78,5 +83,7 @@ def test_short_training_run_and_cross_backend_model_keras(backend, tmp_path):
     from kmnist_lab.data import load_dataset
 
     x = load_dataset("kmnist", data_dir=data).test[0]
-    here = np.argmax(load_keras_model(tmp_path / "out" / "run" / "model.keras").predict(x, verbose=0), axis=1)
+    here = np.argmax(
+        load_keras_model(tmp_path / "out" / "run" / "model.keras").predict(x, verbose=0), axis=1
+    )
     np.testing.assert_array_equal(here, np.load(tmp_path / "out" / "classes.npy"))

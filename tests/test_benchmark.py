@@ -2,10 +2,9 @@
 
 import json
 
+import _cli
 import benchmark
 import pytest
-
-import _cli
 
 
 def test_benchmark_json_schema(tmp_path, capsys):
@@ -23,7 +22,11 @@ def test_benchmark_json_schema(tmp_path, capsys):
                 "torch_samples_per_s", "ratio_vs_torch", "matmul_share", "runs"}  # fmt: skip
     assert expected <= set(row)
     assert row["arch"] == "plain_mlp" and row["jit_compile"] is False and row["batch_size"] == 32
-    assert row["train_samples_per_s"] > 0 and row["peak_rss_mb"] > 0 and row["torch_samples_per_s"] is None
+    assert (
+        row["train_samples_per_s"] > 0
+        and row["peak_rss_mb"] > 0
+        and row["torch_samples_per_s"] is None
+    )
 
 
 @pytest.mark.parametrize("argv, match", [(["--arch", "vgg"], "unknown arch 'vgg'"),

@@ -24,12 +24,20 @@ ROOT = Path(__file__).resolve().parents[1]
 def _run(backend, arch, jit):
     pytest.importorskip(backend)
     env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, str(CHECK), arch, jit], capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(CHECK), arch, jit],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("backend, arch, jit", [("tensorflow", "relu_mlp", "off"), ("jax", "bn_mlp", "on")])
+@pytest.mark.parametrize(
+    "backend, arch, jit", [("tensorflow", "relu_mlp", "off"), ("jax", "bn_mlp", "on")]
+)
 def test_data_parallel_matches_single_device(backend, arch, jit):
     result = _run(backend, arch, jit)
     assert result["devices"] == 2

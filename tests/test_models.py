@@ -4,10 +4,10 @@ Parametrized over `list_models()`, so a newly registered architecture is covered
 (and must add its reference parameter count below).
 """
 
+import keras
 import numpy as np
 import pytest
 
-import keras
 from kmnist_lab.errors import ConfigError
 from kmnist_lab.models import build_model, list_models, model_params
 
@@ -59,7 +59,10 @@ def test_cosine_head_outputs_cosines(model_name):
 def test_one_training_step_changes_weights_and_gives_finite_loss(model_name):
     keras.utils.set_random_seed(0)
     model = build_model(model_name)
-    model.compile(optimizer=keras.optimizers.SGD(0.01), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     before = [w.numpy().copy() for w in model.trainable_weights]
     logs = model.train_on_batch(_images(8), np.arange(8) % 10, return_dict=True)
     assert np.isfinite(logs["loss"])
@@ -80,7 +83,10 @@ def test_keras_and_savedmodel_round_trips_predict_the_same(model_name, tmp_path)
     np.testing.assert_allclose(restored.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-5)
     export_saved_model(model, tmp_path / "sm")
     served = tf.saved_model.load(str(tmp_path / "sm"))
-    for name, batch in (("serve", tf.constant(x, tf.float32)), ("serve_uint8", tf.constant(x[..., None]))):
+    for name, batch in (
+        ("serve", tf.constant(x, tf.float32)),
+        ("serve_uint8", tf.constant(x[..., None])),
+    ):
         out = served.signatures[name](pixels=batch)
         np.testing.assert_allclose(out["scores"].numpy(), expected, rtol=1e-5, atol=1e-5)
         np.testing.assert_array_equal(out["class_ids"].numpy(), expected.argmax(1))

@@ -4,13 +4,12 @@ import json
 import subprocess
 import sys
 
+import _cli
 import evaluate as evaluate_script
 import numpy as np
 import pytest
 import train as train_script
 from helpers import write_idx_dataset
-
-import _cli
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +46,9 @@ def test_evaluate_writes_report_and_matches_training_metrics(trained_run, data_d
     assert _cli.run(evaluate_script.main, [str(trained_run)]) == 0
     out = capsys.readouterr().out
     assert "per-class accuracy" in out and "macro avg" in out
-    report = json.loads((trained_run / "evaluation" / "kmnist-test" / "evaluation.json").read_text())
+    report = json.loads(
+        (trained_run / "evaluation" / "kmnist-test" / "evaluation.json").read_text()
+    )
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert report["accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-5)
     assert report["cross_entropy"] == pytest.approx(metrics["test_loss"], abs=1e-4)
@@ -119,7 +120,9 @@ def test_existing_run_is_refused_without_overwrite(trained_run, data_dir, capsys
     ],
 )
 def test_bad_train_arguments_exit_2_with_one_line(argv, match, capsys, tmp_path):
-    argv = argv + ["--output-dir", str(tmp_path), "--epochs", "1"] if "--epochs" not in argv else argv
+    argv = (
+        argv + ["--output-dir", str(tmp_path), "--epochs", "1"] if "--epochs" not in argv else argv
+    )
     code = _cli.run(train_script.main, argv + ["--output-dir", str(tmp_path)])
     _one_line_error(capsys, code, match=match)
 
@@ -127,7 +130,10 @@ def test_bad_train_arguments_exit_2_with_one_line(argv, match, capsys, tmp_path)
 def test_corrupt_data_file_is_named(tmp_path, capsys):
     d = write_idx_dataset(tmp_path / "d")
     (d / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03garbage")
-    code = _cli.run(train_script.main, ["--dataset", "kmnist", "--data-dir", str(d), "--output-dir", str(tmp_path)])
+    code = _cli.run(
+        train_script.main,
+        ["--dataset", "kmnist", "--data-dir", str(d), "--output-dir", str(tmp_path)],
+    )
     _one_line_error(capsys, code, match="train-images-idx3-ubyte")
 
 

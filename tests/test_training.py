@@ -41,13 +41,19 @@ def test_run_folder_holds_every_artifact(tmp_path, tiny_dataset):
     assert not (run / "backup").exists() and not (run / ".lock").exists()
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["config"]["lr"] == 1e-3 and cfg["config"]["optimizer"] == "adam"  # resolved defaults
-    assert cfg["backend"] == "tensorflow" and cfg["dataset"]["sizes"] == {"train": 70, "val": 20, "test": 30}
+    assert cfg["backend"] == "tensorflow" and cfg["dataset"]["sizes"] == {
+        "train": 70,
+        "val": 20,
+        "test": 30,
+    }
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics == pytest.approx(result.metrics)
     assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["samples_per_s"] > 0
     history = _rows(run / "history.csv")
     assert [int(r["epoch"]) for r in history] == [1, 2, 3]
-    assert {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_time"} <= set(history[0])
+    assert {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_time"} <= set(
+        history[0]
+    )
 
 
 def test_batches_csv_recovers_every_step_loss(tmp_path, tiny_dataset):
@@ -103,14 +109,23 @@ def test_interrupted_run_resumes_without_duplicate_epochs(tmp_path, tiny_dataset
             raise KeyboardInterrupt("simulated kill")
         return original(self, epoch, logs)
 
-    monkeypatch.setattr(callbacks.DivergenceGuard, "on_epoch_end", crash_after_second_epoch, raising=False)
+    monkeypatch.setattr(
+        callbacks.DivergenceGuard, "on_epoch_end", crash_after_second_epoch, raising=False
+    )
     with pytest.raises(KeyboardInterrupt):
         train(_config(tmp_path, epochs=4), dataset=tiny_dataset)
     monkeypatch.undo()
-    assert (tmp_path / "run" / "backup").is_dir() and not (tmp_path / "run" / "metrics.json").exists()
+    assert (tmp_path / "run" / "backup").is_dir() and not (
+        tmp_path / "run" / "metrics.json"
+    ).exists()
     train(_config(tmp_path, epochs=4), dataset=tiny_dataset)
     assert [int(r["epoch"]) for r in _rows(tmp_path / "run" / "history.csv")] == [1, 2, 3, 4]
-    assert sorted({int(b["epoch"]) for b in _rows(tmp_path / "run" / "batches.csv")}) == [1, 2, 3, 4]
+    assert sorted({int(b["epoch"]) for b in _rows(tmp_path / "run" / "batches.csv")}) == [
+        1,
+        2,
+        3,
+        4,
+    ]
     assert len(_rows(tmp_path / "run" / "batches.csv")) == 4 * 5
 
 

@@ -16,12 +16,16 @@
   report A's 12-cell (batch x lr) space happens before a bracket is even filled.
 - A worker polling an oracle that has nothing to hand out backs off instead of
   spinning on gRPC.
+- keras-tuner's state files (`oracle.json`, `trial_*/trial.json`, `tuner0.json`)
+  are written atomically, so a search killed at any moment can be resumed.
 """
 
 from __future__ import annotations
 
 import gc
+import json
 import math
+import os
 import random
 import resource
 import time
@@ -30,6 +34,8 @@ import keras
 import keras_tuner as kt
 from keras_tuner.engine.hyperparameters import Boolean, Choice, Fixed, Float, Int
 from keras_tuner.src import utils as kt_utils
+
+from kmnist_lab import runs
 
 OBJECTIVE = kt.Objective("val_accuracy", direction="max")
 # Above this many configurations a space is sampled like a continuous one.
@@ -51,6 +57,14 @@ def resident_memory_mb() -> float:
 def peak_memory_mb() -> float:
     """Peak resident set size of this process so far, in MB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def write_state(path, state: dict) -> None:
+    """keras-tuner's `save_json`, atomic on local disks (a kill never leaves half a file)."""
+    if "://" in str(path):
+        kt_utils.save_json(path, state)
+    else:
+        runs.atomic_write_text(path, json.dumps(state))
 
 
 # ----------------------------------------------------------------------- oracles
@@ -128,6 +142,14 @@ class _OracleMixin:
         super().reload()
         done = ("COMPLETED", "FAILED")
         self._retry_queue = [t for t in self._retry_queue if self.trials[t].status not in done]
+
+    def save(self):
+        write_state(self._get_oracle_fname(), self.get_state())
+
+    def _save_trial(self, trial):
+        write_state(
+            os.path.join(self._get_trial_dir(trial.trial_id), "trial.json"), trial.get_state()
+        )
 
     def worker_of(self, trial_id: str) -> str | None:
         return self._workers().get(trial_id)
@@ -239,6 +261,11 @@ class SearchTuner(kt.Tuner):
         # the process can restart itself and resume (see `tuning.search`).
         self.recycle_mb = recycle_mb
         self.rss_start_mb = resident_memory_mb()
+
+    def save(self):
+        if not self._is_worker():
+            self.oracle.save()
+        write_state(self._get_tuner_fname(), self.get_state())
 
     def run_trial(self, trial, *args, **kwargs):
         start = time.perf_counter()

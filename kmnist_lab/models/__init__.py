@@ -21,13 +21,13 @@ MODELS = Registry("arch")
 MODELS.register("plain_mlp", family="mlp")(_mlp.plain_mlp)
 MODELS.register("relu_mlp", family="mlp")(_mlp.relu_mlp)
 MODELS.register("bn_mlp", family="mlp")(_mlp.bn_mlp)
-MODELS.register("mlp", "Configurable MLP: hidden widths, activation, BatchNorm, dropout, L2", family="mlp")(
-    _mlp.mlp
-)
+MODELS.register(
+    "mlp", "Configurable MLP: hidden widths, activation, BatchNorm, dropout, L2", family="mlp"
+)(_mlp.mlp)
 MODELS.register("resnet18", family="cnn")(_resnet.resnet18)
-MODELS.register("residual_cnn", "Report C's residual CNN (conv5x5-16, res, conv5x5-32, res)", family="cnn")(
-    _cnn.residual_cnn
-)
+MODELS.register(
+    "residual_cnn", "Report C's residual CNN (conv5x5-16, res, conv5x5-32, res)", family="cnn"
+)(_cnn.residual_cnn)
 
 
 def list_models() -> list[str]:

@@ -22,7 +22,9 @@ PIXEL_OFFSET = -1.0
 def check_choice(arg: str, value, allowed) -> None:
     """Raises `ConfigError` unless `value` is one of `allowed`."""
     if value not in allowed:
-        raise ConfigError(f"`{arg}` must be one of {', '.join(map(str, allowed))}. Received: {arg}={value!r}")
+        raise ConfigError(
+            f"`{arg}` must be one of {', '.join(map(str, allowed))}. Received: {arg}={value!r}"
+        )
 
 
 def image_input(channels_axis: bool, augment: bool = False, name: str = "pixels"):
@@ -78,7 +80,9 @@ def basic_block(x, filters: int, stride: int, act: str, name: str):
     """
     shortcut = x
     if stride != 1 or x.shape[-1] != filters:
-        shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False, name=f"{name}_down_conv")(x)
+        shortcut = layers.Conv2D(
+            filters, 1, strides=stride, use_bias=False, name=f"{name}_down_conv"
+        )(x)
         # momentum 0.9 == PyTorch's BatchNorm2d(momentum=0.1), as report B's model.
         bn = layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"{name}_down_bn")
         shortcut = bn(shortcut)

@@ -10,7 +10,13 @@ import keras
 from keras import layers
 
 from kmnist_lab.errors import ConfigError
-from kmnist_lab.models.blocks import ACTIVATIONS, check_choice, classifier_head, image_input, regularizer
+from kmnist_lab.models.blocks import (
+    ACTIVATIONS,
+    check_choice,
+    classifier_head,
+    image_input,
+    regularizer,
+)
 
 
 def mlp(
@@ -45,7 +51,9 @@ def mlp(
     """
     widths = tuple(hidden) if isinstance(hidden, (list, tuple)) else (hidden,)
     if not widths or not all(_is_width(h) for h in widths):
-        raise ConfigError(f"`hidden` must be a non-empty list of positive widths. Received: hidden={hidden!r}")
+        raise ConfigError(
+            f"`hidden` must be a non-empty list of positive widths. Received: hidden={hidden!r}"
+        )
     hidden = tuple(int(h) for h in widths)
     if activation is not None:
         check_choice("activation", activation, ACTIVATIONS)
@@ -60,7 +68,9 @@ def mlp(
     init = keras.initializers.RandomNormal(stddev=init_std) if init_std else "glorot_uniform"
     inputs, x = image_input(channels_axis=False, augment=augment)
     for i, width in enumerate(hidden, start=1):
-        x = layers.Dense(width, kernel_initializer=init, kernel_regularizer=regularizer(l2), name=f"dense{i}")(x)
+        x = layers.Dense(
+            width, kernel_initializer=init, kernel_regularizer=regularizer(l2), name=f"dense{i}"
+        )(x)
         if batchnorm:
             x = layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"bn{i}")(x)
         if activation is not None:
@@ -81,12 +91,16 @@ def variant(base, name: str, doc: str, **fixed):
     def builder(**kw):
         clash = sorted(set(kw) & set(fixed))
         if clash:
-            raise ConfigError(f"arch {name!r} fixes {', '.join(clash)}; use arch 'mlp' to change them")
+            raise ConfigError(
+                f"arch {name!r} fixes {', '.join(clash)}; use arch 'mlp' to change them"
+            )
         return base(name=name, **fixed, **kw)
 
     builder.__name__ = builder.__qualname__ = name
     builder.__doc__ = doc
-    builder.base_params = [p for p in inspect.signature(base).parameters if p not in fixed and p != "name"]
+    builder.base_params = [
+        p for p in inspect.signature(base).parameters if p not in fixed and p != "name"
+    ]
     return builder
 
 

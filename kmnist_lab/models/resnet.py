@@ -53,4 +53,6 @@ def resnet18(
     activation: str = "relu", num_classes: int = 10, head: str = "logits", augment: bool = False
 ) -> keras.Model:
     """Report B's ResNet-18: four stages of two basic blocks, 64-128-256-512 filters."""
-    return resnet((2, 2, 2, 2), (64, 128, 256, 512), activation, num_classes, head, augment, name="resnet18")
+    return resnet(
+        (2, 2, 2, 2), (64, 128, 256, 512), activation, num_classes, head, augment, name="resnet18"
+    )
