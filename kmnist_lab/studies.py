@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from kmnist_lab import runs
-from kmnist_lab.errors import ConfigError
+from kmnist_lab.errors import ConfigError, RunFolderError
 
 log = logging.getLogger(__name__)
 
@@ -583,7 +583,12 @@ def run_study(
         ds_name = "sin"
     study_dir = Path(output_dir) if output_dir is not None else default_output_dir(ds_name, quick)
     study_dir = study_dir / study.name
-    study_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        study_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunFolderError(
+            f"cannot create study folder {study_dir}: {e.strerror}; choose another --output-dir"
+        ) from None
     record = _study_record(study, ds_name, quick, epochs_scale)
     _check_settings(study_dir, record)
     runs.atomic_write_json(study_dir / STUDY_FILE, record)

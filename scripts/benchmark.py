@@ -153,7 +153,7 @@ def main(argv=None) -> int:
                     file=sys.stderr,
                 )
     rows = []
-    for (arch, backend, jit, spe), results in samples.items():
+    for (arch, _backend, _jit, _spe), results in samples.items():
         med = {k: statistics.median(r[k] for r in results)
                for k in ("train_samples_per_s", "compile_s", "epoch_s", "infer_samples_per_s", "peak_rss_mb")}  # fmt: skip
         row = {**results[0], **med, "runs": [r["train_samples_per_s"] for r in results]}

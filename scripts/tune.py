@@ -81,7 +81,7 @@ def build_parser():
     r.add_argument("--expect-workers", type=_cli.nonneg_int, default=0,
                    help="as chief: no trial until N workers asked (at most 120 s)")  # fmt: skip
     r.add_argument("--recycle-mb", type=_cli.nonneg_int, default=300, metavar="MB",
-                   help="restart between trials once memory grew by MB (0: never)")  # fmt: skip
+                   help="restart between trials past MB of growth (300; 0: never)")  # fmt: skip
     r.add_argument("--backend", choices=_cli.BACKENDS, help="Keras backend (or set KERAS_BACKEND)")
     r.add_argument("--jit", choices=JIT_POLICIES, default="auto", help="XLA policy (default auto)")
     r.add_argument("-q", "--quiet", action="store_true", help="no per-trial tables")

@@ -926,7 +926,6 @@ BAD_INPUT = [
 # Cases that pass code/message but break "nothing left behind" in code other teams own:
 # tracked here so the table shows them; remove an entry once it is fixed.
 KNOWN_GAPS = {
-    "study-output-under-a-file": "kmnist_lab/studies.py: study_dir.mkdir raises NotADirectoryError",
     "tune-truncated-data": "tuning/search.py writes search.json before loading the data, so the "
     "corrected command is refused as 'a search with other settings'",
 }

@@ -5,6 +5,7 @@
 - `tuning.tuners`: keras-tuner tuners/oracles with per-trial bookkeeping (epochs,
   wall time, memory, worker) and resumable, parallel grid search.
 - `tuning.search`: `run_search(SearchConfig(...))`, local, resumed or distributed.
+- `tuning.distributed`: keras-tuner's chief/worker mode (`--workers N`).
 - `tuning.results`, `tuning.figures`, `tuning.finalize`: what a search writes.
 
 See `docs/tuning.md`.
