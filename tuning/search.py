@@ -292,13 +292,18 @@ def run_search(config: SearchConfig) -> SearchResult | None:
         from tuning.distributed import launch_local_cluster
 
         return launch_local_cluster(cfg)
+    from kmnist_lab.data import load_dataset
+
+    # Load (and so validate) the data before touching the search folder: a bad
+    # --data-dir must leave nothing behind that would refuse the corrected command.
+    dataset = load_dataset(cfg.dataset, cfg.data_dir, cfg.val_fraction, cfg.seed)
     lock = None
     if role is None:
         lock = _lock_project(cfg)
     elif role == "chief":
         prepare_project_dir(cfg)
     try:
-        return _search(cfg, role)
+        return _search(cfg, role, dataset)
     finally:
         if lock is not None:
             lock.release()
@@ -312,12 +317,10 @@ def _lock_project(cfg: SearchConfig):
     return runs.RunLock(cfg.project_dir).acquire()
 
 
-def _search(cfg: SearchConfig, role: str | None) -> SearchResult | None:
-    from kmnist_lab.data import load_dataset
+def _search(cfg: SearchConfig, role: str | None, dataset) -> SearchResult | None:
     from tuning.tuners import RecycleProcess, peak_memory_mb, resident_memory_mb
 
     start = time.perf_counter()
-    dataset = load_dataset(cfg.dataset, cfg.data_dir, cfg.val_fraction, cfg.seed)
     log.info("%s", dataset.summary())
     (x_train, y_train), (x_val, y_val) = dataset.train, dataset.val
     if len(y_val) == 0:
