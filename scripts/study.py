@@ -35,6 +35,7 @@ def build_parser():
     p.add_argument("--epochs-scale", type=_cli.positive_float, default=1.0, metavar="F",
                    help="multiply every run's epochs by F (at least 1 epoch)")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="a few batches per run on a small subset")
+    p.add_argument("--backend", choices=_cli.BACKENDS, help="Keras backend (or set KERAS_BACKEND)")
     p.add_argument(
         "--output-dir", help="parent of the study folder (default studies/DATASET[-quick])"
     )
