@@ -179,16 +179,18 @@ def main(argv=None) -> int:
     return 0
 
 
-def _print_table(rows, batch_size):
-    def fmt(value, spec):
-        return format(value, spec) if value is not None else "-"
+def fmt(value, spec):
+    """`format(value, spec)`, or "-" for a missing value."""
+    return format(value, spec) if value is not None else "-"
 
+
+def _print_table(rows, batch_size):
     header = (f"{'arch':<13} {'backend':<10} {'jit':<4} {'xla':<5} {'spe':>3} {'train/s':>9} "
               f"{'torch/s':>9} {'ratio':>6} {'compile s':>9} {'epoch s':>8} {'infer/s':>9} "
               f"{'RSS MB':>7} {'%matmul':>7}")  # fmt: skip
     print(f"batch size {batch_size}; medians; samples/s\n{header}\n{'-' * len(header)}")
     for r in rows:
-        share = fmt(100 * r["matmul_share"], ".0f") if r["matmul_share"] is not None else "-"
+        share = fmt(r["matmul_share"] and 100 * r["matmul_share"], ".0f")
         print(f"{r['arch']:<13} {r['backend']:<10} {r['jit']:<4} {str(r['jit_compile']):<5} "
               f"{r['steps_per_execution']:>3} {r['train_samples_per_s']:>9.0f} "
               f"{fmt(r['torch_samples_per_s'], '.0f'):>9} {fmt(r['ratio_vs_torch'], '.2f'):>6} "
@@ -197,15 +199,12 @@ def _print_table(rows, batch_size):
 
 
 def _print_markdown(rows, batch_size):
-    def fmt(value, spec):
-        return format(value, spec) if value is not None else "-"
-
     print(f"batch size {batch_size}, medians of the repeats, samples/s\n")
     print("| arch | backend | jit | XLA | spe | train/s | torch/s | ratio | compile s | epoch s "
           "| infer/s | peak RSS MB | % matmul |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        share = fmt(100 * r["matmul_share"], ".0f") if r["matmul_share"] is not None else "-"
+        share = fmt(r["matmul_share"] and 100 * r["matmul_share"], ".0f")
         print(f"| {r['arch']} | {r['backend']} | {r['jit']} | {r['jit_compile']} | "
               f"{r['steps_per_execution']} | {r['train_samples_per_s']:.0f} | "
               f"{fmt(r['torch_samples_per_s'], '.0f')} | {fmt(r['ratio_vs_torch'], '.2f')} | "
