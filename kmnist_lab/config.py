@@ -23,6 +23,44 @@ JIT_POLICIES = ("auto", "on", "off")
 LR_SCHEDULES = ("constant", "step", "cosine")
 DISTRIBUTE_MODES = ("none", "data-parallel")
 
+# The Keras backend that trains each architecture fastest, measured on the project's
+# 2-core CPU with `scripts/benchmark.py` (tables in docs/performance.md): JAX runs the
+# MLPs about 2x faster than TensorFlow (~60k vs ~30k samples/s for `bn_mlp` at batch
+# 128: for ~2 ms steps TensorFlow's per-step overhead dominates), while TensorFlow's
+# oneDNN convolutions beat XLA's (`residual_cnn`: ~7.5k samples/s on TensorFlow
+# without XLA, ~2.5k on JAX). `--backend auto`, the default of `scripts/train.py`
+# and `scripts/benchmark.py`, picks from this table when KERAS_BACKEND is not set.
+FAST_BACKEND = {
+    "plain_mlp": "jax",
+    "relu_mlp": "jax",
+    "bn_mlp": "jax",
+    "mlp": "jax",
+    "residual_cnn": "tensorflow",
+    "resnet18": "tensorflow",
+}
+
+
+def auto_backend(arch: str | None) -> str:
+    """The backend `--backend auto` picks for `arch` (`FAST_BACKEND`).
+
+    Falls back to TensorFlow for unknown archs, when the preferred backend's package
+    is not installed, and on an NVIDIA machine whose JAX lacks its CUDA plugin.
+    Importing nothing heavy, so it can run before Keras is imported.
+    """
+    import importlib.util
+    import os
+
+    backend = FAST_BACKEND.get(arch or "", "tensorflow")
+    if backend != "tensorflow" and importlib.util.find_spec(backend) is None:
+        return "tensorflow"
+    if backend == "jax" and os.path.exists("/dev/nvidiactl"):
+        # An NVIDIA GPU: JAX only uses it with its CUDA plugin; without it, JAX would
+        # train on the CPU while TensorFlow could use the GPU.
+        plugins = ("jax_cuda12_plugin", "jax_cuda13_plugin")
+        if all(importlib.util.find_spec(p) is None for p in plugins):
+            return "tensorflow"
+    return backend
+
 
 @dataclasses.dataclass(frozen=True)
 class ArchDefaults:

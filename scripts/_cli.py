@@ -1,7 +1,8 @@
 """Shared command-line plumbing for the scripts (not part of the library).
 
-- `select_backend(argv)`: reads `--backend` before Keras is imported and sets
-  `KERAS_BACKEND` (the environment variable works too).
+- `select_backend(argv, auto)`: reads `--backend` (or picks the fastest measured
+  backend for `--arch`) before Keras is imported and sets `KERAS_BACKEND` (the
+  environment variable works too).
 - `Parser`: argparse whose errors are one line on stderr with exit code 2.
 - `run(main_fn)`: turns kmnist_lab's user errors into one line + exit code 2
   (3 for divergence), never a traceback.
@@ -26,18 +27,55 @@ if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
 
-def select_backend(argv) -> str:
-    """Sets `KERAS_BACKEND` from `--backend X` / `--backend=X` in argv before Keras loads."""
-    argv = list(argv if argv is not None else sys.argv[1:])
-    backend = None
+def _flag_value(argv, flag):
+    """The value of the last `--flag X` / `--flag=X` in argv, or None."""
+    value = None
     for i, arg in enumerate(argv):
-        if arg == "--backend" and i + 1 < len(argv):
-            backend = argv[i + 1]
-        elif arg.startswith("--backend="):
-            backend = arg.split("=", 1)[1]
+        if arg == flag and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def peek_arch(argv) -> str:
+    """The architecture a command line will train, read before Keras is imported:
+    `--arch`, else the `arch` of `--config JSON`, else TrainConfig's default."""
+    from kmnist_lab.config import TrainConfig
+
+    arch = _flag_value(argv, "--arch")
+    if arch is None and _flag_value(argv, "--config"):
+        try:
+            saved = json.loads(Path(_flag_value(argv, "--config")).read_text())
+            arch = (saved.get("config", saved) or {}).get("arch")
+        except (OSError, ValueError, AttributeError):
+            arch = None  # the parser reports the bad file properly later
+    return arch or TrainConfig.arch
+
+
+def select_backend(argv, auto: bool = False) -> str:
+    """Sets `KERAS_BACKEND` before Keras loads and returns the backend.
+
+    Order: `--backend X` / `--backend=X` in argv; else the KERAS_BACKEND environment
+    variable; else, with `auto=True` (or `--backend auto`), the fastest measured
+    backend for the command line's `--arch` (`kmnist_lab.config.auto_backend`);
+    else TensorFlow. When Keras is already loaded (tests, notebooks) its backend
+    is kept, and asking for another one fails with a message.
+    """
+    argv = list(argv if argv is not None else sys.argv[1:])
+    backend = _flag_value(argv, "--backend")
+    if backend is not None and backend not in (*BACKENDS, "auto"):
+        fail(f"--backend must be one of {', '.join((*BACKENDS, 'auto'))}. Received: {backend!r}")
+    if backend == "auto" or (backend is None and auto and "KERAS_BACKEND" not in os.environ):
+        if "keras" in sys.modules:
+            import keras
+
+            backend = keras.backend.backend()
+        else:
+            from kmnist_lab.config import auto_backend
+
+            backend = auto_backend(peek_arch(argv))
     if backend is not None:
-        if backend not in BACKENDS:
-            fail(f"--backend must be one of {', '.join(BACKENDS)}. Received: {backend!r}")
         if "keras" in sys.modules and os.environ.get("KERAS_BACKEND", "tensorflow") != backend:
             import keras
 

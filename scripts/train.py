@@ -15,6 +15,7 @@ Exit codes: 0 ok, 2 bad input (one line on stderr), 3 training diverged.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 import _cli
@@ -97,7 +98,12 @@ def build_parser():
     r.add_argument(
         "--overwrite", action="store_true", default=None, help="replace a finished run folder"
     )
-    r.add_argument("--backend", choices=_cli.BACKENDS, help="Keras backend (or set KERAS_BACKEND)")
+    r.add_argument(
+        "--backend",
+        choices=(*_cli.BACKENDS, "auto"),
+        help="Keras backend (default auto: KERAS_BACKEND if set, else the fastest measured "
+        "for --arch: jax for the MLPs when installed, tensorflow for the CNNs)",
+    )
     r.add_argument(
         "--jit",
         choices=JIT_POLICIES,
@@ -157,9 +163,10 @@ def config_from_args(args):
 
 
 def main(argv=None) -> int:
-    _cli.select_backend(argv)
+    backend = _cli.select_backend(argv, auto=True)
     args = build_parser().parse_args(argv)
     _cli.setup_logging(not args.quiet)
+    logging.getLogger("kmnist_lab").info("Keras backend: %s", backend)
     if args.cpu_devices:
         from kmnist_lab.distribute import split_cpu
 

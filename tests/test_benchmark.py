@@ -10,7 +10,7 @@ import pytest
 def test_benchmark_json_schema(tmp_path, capsys):
     out = tmp_path / "bench.json"
     argv = ["--arch", "plain_mlp", "--batch-size", "32", "--steps", "3", "--repeats", "1",
-            "--jit", "off", "--json", str(out)]  # fmt: skip
+            "--backend", "tensorflow", "--jit", "off", "--json", str(out)]  # fmt: skip
     assert _cli.run(benchmark.main, argv) == 0
     table = capsys.readouterr().out
     assert "plain_mlp" in table and "train/s" in table
@@ -19,9 +19,20 @@ def test_benchmark_json_schema(tmp_path, capsys):
     (row,) = data["results"]
     expected = {"arch", "backend", "batch_size", "jit", "jit_compile", "steps_per_execution",
                 "train_samples_per_s", "compile_s", "epoch_s", "infer_samples_per_s", "peak_rss_mb",
-                "torch_samples_per_s", "ratio_vs_torch", "matmul_share", "runs"}  # fmt: skip
+                "torch_samples_per_s", "ratio_vs_torch", "matmul_share", "runs",
+                "train_flops_per_sample"}  # fmt: skip
     assert expected <= set(row)
     assert row["arch"] == "plain_mlp" and row["jit_compile"] is False and row["batch_size"] == 32
+    assert row["backend"] == "tensorflow"
+    # 784-512-128-10: 2 * (3 * (784*512 + 512*128 + 128*10) - 784*512) FLOPs per sample.
+    assert row["train_flops_per_sample"] == 2_006_528
+    assert (
+        0
+        < row["matmul_share"]
+        == pytest.approx(
+            row["train_samples_per_s"] * 2_006_528 / 1e9 / data["machine"]["matmul_gflops"]
+        )
+    )
     assert (
         row["train_samples_per_s"] > 0
         and row["peak_rss_mb"] > 0
@@ -35,3 +46,15 @@ def test_benchmark_bad_input(argv, match, capsys):
     assert _cli.run(benchmark.main, argv) == 2
     err = capsys.readouterr().err
     assert match in err and len(err.strip().splitlines()) == 1
+
+
+def test_dense_train_flops_counts_matmuls_and_skips_convnets():
+    import keras
+
+    from kmnist_lab.bench import dense_train_flops
+    from kmnist_lab.models import build_model
+
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4), keras.layers.Dense(3)])
+    # forward 2*(6*4 + 4*3), kernel gradients the same, input gradient of layer 2 only.
+    assert dense_train_flops(model) == 2 * (3 * (24 + 12) - 24)
+    assert dense_train_flops(build_model("residual_cnn")) is None

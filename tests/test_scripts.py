@@ -160,3 +160,48 @@ def test_help_lists_registries_and_defaults(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "per-architecture defaults" in out and "resnet18" in out and "mnist_5k" in out
+
+
+@pytest.mark.parametrize(
+    "argv, env, expected",
+    [
+        (["--arch", "bn_mlp"], {}, "jax"),
+        (["--arch=relu_mlp"], {}, "jax"),
+        ([], {}, "jax"),  # the default arch, bn_mlp
+        (["--arch", "resnet18"], {}, "tensorflow"),
+        (["--arch", "residual_cnn", "--backend", "auto"], {}, "tensorflow"),
+        (["--arch", "bn_mlp", "--backend", "torch"], {}, "torch"),
+        (["--arch", "bn_mlp"], {"KERAS_BACKEND": "tensorflow"}, "tensorflow"),  # env wins
+        (["--arch", "bn_mlp", "--backend", "auto"], {"KERAS_BACKEND": "torch"}, "jax"),
+    ],
+)
+def test_auto_backend_is_picked_per_arch_before_keras_loads(argv, env, expected):
+    """train.py's default: the fastest measured backend for --arch (kmnist_lab.config.FAST_BACKEND)."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if expected == "jax" and importlib.util.find_spec("jax") is None:
+        expected = "tensorflow"  # auto falls back when the jax extra is missing
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    code = (f"import sys; sys.path.insert(0, {str(scripts)!r}); import _cli; "
+            f"b = _cli.select_backend({argv!r}, auto=True); "
+            "assert 'keras' not in sys.modules; print(b)")  # fmt: skip
+    clean = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    out = subprocess.run([sys.executable, "-c", code], env={**clean, **env},
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    assert out.stdout.strip() == expected
+
+
+def test_auto_backend_falls_back_to_tensorflow(monkeypatch):
+    import importlib.util
+
+    from kmnist_lab.config import FAST_BACKEND, auto_backend
+
+    assert set(FAST_BACKEND) >= {"bn_mlp", "relu_mlp", "plain_mlp", "residual_cnn", "resnet18"}
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n: None if n == "jax" else real(n))
+    assert auto_backend("bn_mlp") == "tensorflow"
+    assert auto_backend("no_such_arch") == "tensorflow"
