@@ -22,7 +22,7 @@ import keras
 import numpy as np
 
 from kmnist_lab.models import build_model
-from kmnist_lab.speed import resolve_jit, resolve_steps_per_execution
+from kmnist_lab.speed import dtype_policy, resolve_jit, resolve_steps_per_execution
 
 
 def dense_train_flops(model: keras.Model) -> int | None:
@@ -76,6 +76,7 @@ def measure(
     steps: int = 200,
     epoch_samples: int | None = None,
     seed: int = 0,
+    precision: str = "float32",
 ) -> dict:
     """Measures one architecture under one compile policy; returns a flat dict."""
     keras.utils.set_random_seed(seed)
@@ -83,7 +84,8 @@ def measure(
     n = 60 * batch_size  # one "epoch" of 60 steps, like the PyTorch reference
     x = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
     y = rng.integers(0, 10, size=(n,))
-    model = build_model(arch)
+    with dtype_policy(precision):
+        model = build_model(arch)
     jit_compile = resolve_jit(jit, arch)
     spe = steps_per_execution or resolve_steps_per_execution(arch, 60)
     model.compile(
@@ -121,6 +123,7 @@ def measure(
         "batch_size": batch_size,
         "jit": jit,
         "jit_compile": bool(jit_compile),
+        "precision": precision,
         "steps_per_execution": spe,
         "train_samples_per_s": rate,
         "compile_s": max(0.0, warmup_s - n / rate),

@@ -20,6 +20,7 @@ from kmnist_lab.errors import ConfigError
 
 BACKENDS = ("tensorflow", "jax", "torch")
 JIT_POLICIES = ("auto", "on", "off")
+PRECISIONS = ("float32", "mixed")
 LR_SCHEDULES = ("constant", "step", "cosine")
 DISTRIBUTE_MODES = ("none", "data-parallel")
 
@@ -116,6 +117,8 @@ class TrainConfig:
         output_dir: where run folders go.
         backend: Keras backend recorded in config.json (set before Keras is imported).
         jit: XLA policy: `auto` (measured per model and device), `on`, `off`.
+        precision: `float32`, or `mixed`: bfloat16 compute with float32 weights,
+            head output and losses (Keras' `mixed_bfloat16` policy).
         steps_per_execution: training steps per compiled call (None: auto).
         distribute: `none` or `data-parallel` (JAX DataParallel / TF MirroredStrategy).
         tensorboard: also write TensorBoard logs to `<run>/tensorboard`.
@@ -147,6 +150,7 @@ class TrainConfig:
     output_dir: str = "saved_models"
     backend: str | None = None
     jit: str = "auto"
+    precision: str = "float32"
     steps_per_execution: int | None = None
     distribute: str = "none"
     tensorboard: bool = False
@@ -170,6 +174,7 @@ class TrainConfig:
             OPTIMIZERS.get(self.optimizer)
         _choice("dataset", self.dataset, list_datasets())
         _choice("jit", self.jit, JIT_POLICIES)
+        _choice("precision", self.precision, PRECISIONS)
         _choice("distribute", self.distribute, DISTRIBUTE_MODES)
         if self.distribute != "none" and self.backend == "torch":
             raise ConfigError(

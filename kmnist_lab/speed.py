@@ -8,11 +8,12 @@ On GPU, XLA is used for every model.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import keras
 
-from kmnist_lab.config import JIT_POLICIES
+from kmnist_lab.config import JIT_POLICIES, PRECISIONS
 from kmnist_lab.errors import ConfigError
 from kmnist_lab.models import model_family
 
@@ -73,3 +74,35 @@ def resolve_steps_per_execution(arch: str, steps_per_epoch: int) -> int:
     if keras.backend.backend() == "torch":
         return 1
     return max(1, min(STEPS_PER_EXECUTION.get(model_family(arch), 1), steps_per_epoch))
+
+
+def resolve_precision(precision: str) -> str:
+    """The Keras dtype policy of `--precision`.
+
+    - `float32`: everything in float32.
+    - `mixed`: `mixed_bfloat16`: layers compute in bfloat16 and keep float32 weights;
+      the classifier head, BatchNorm statistics and the losses stay in float32.
+      bfloat16 has float32's exponent range, so no loss scaling is needed (unlike
+      float16). Fast on GPUs from Ampere (A100, H100) on, TPUs, and CPUs with
+      AVX-512 bf16 or AMX; emulated (slow) on older GPUs.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(
+            f"`precision` must be one of {', '.join(PRECISIONS)}. Received: precision={precision!r}"
+        )
+    return "float32" if precision == "float32" else "mixed_bfloat16"
+
+
+@contextlib.contextmanager
+def dtype_policy(precision: str):
+    """Builds models under `precision`'s dtype policy; restores the global one after.
+
+    Layers take the global policy when they are created, so only model building
+    needs to happen inside the block.
+    """
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(resolve_precision(precision))
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)

@@ -39,7 +39,7 @@ from kmnist_lab.losses import get_loss, loss_head, serving_scale
 from kmnist_lab.models import build_model, model_family
 from kmnist_lab.optimizers import averaging_callbacks, get_optimizer
 from kmnist_lab.schedules import make_schedule
-from kmnist_lab.speed import resolve_jit, resolve_steps_per_execution
+from kmnist_lab.speed import dtype_policy, resolve_jit, resolve_steps_per_execution
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +178,10 @@ def _fit_and_export(
     cfg, run_dir, resume, dataset, steps_per_epoch, devices, start, after_fit, plots
 ) -> RunResult:
     (x_train, y_train), val = dataset.train, dataset.val
-    model, loss = build_for_config(cfg, dataset.num_classes)
+    with dtype_policy(cfg.precision):
+        model, loss = build_for_config(cfg, dataset.num_classes)
     speed = compile_for_config(model, loss, cfg, steps_per_epoch)
+    speed["dtype_policy"] = model.dtype_policy.name
     speed["devices"] = len(devices) if devices else 1
     if not resume:
         for stale in ("history.csv", "batches.csv", "status.json", runs.COMPLETE_MARKER):

@@ -33,7 +33,7 @@ MLPS = ("plain_mlp", "relu_mlp", "bn_mlp", "mlp")
 
 
 def build_parser():
-    from kmnist_lab.config import JIT_POLICIES
+    from kmnist_lab.config import JIT_POLICIES, PRECISIONS
 
     p = _cli.Parser(prog="benchmark.py", description=__doc__)
     p.add_argument("--arch", action="append", help="architecture (repeatable; default bn_mlp)")
@@ -44,6 +44,8 @@ def build_parser():
     p.add_argument(
         "--jit", nargs="+", choices=JIT_POLICIES, default=["auto"], help="compile policy(ies)"
     )
+    p.add_argument("--precision", choices=PRECISIONS, default="float32",
+                   help="float32 (default) or mixed (bfloat16 compute)")  # fmt: skip
     p.add_argument("--steps-per-execution", nargs="+", type=_cli.positive_int, default=[None],
                    metavar="K", help="steps per compiled call (default: the policy's)")  # fmt: skip
     p.add_argument(
@@ -147,7 +149,8 @@ def main(argv=None) -> int:
                 arch_backends(arch), args.jit, args.steps_per_execution
             ):
                 spec = {"arch": arch, "batch_size": args.batch_size, "jit": jit,
-                        "steps_per_execution": spe, "steps": steps}  # fmt: skip
+                        "steps_per_execution": spe, "steps": steps,
+                        "precision": args.precision}  # fmt: skip
                 result = _run_worker(spec, backend)
                 samples.setdefault((arch, backend, jit, spe), []).append(result)
                 print(f"[{rep + 1}/{args.repeats}] {arch} {backend} jit={jit} spe={result['steps_per_execution']}: "
@@ -194,7 +197,10 @@ def _print_table(rows, batch_size):
     header = (f"{'arch':<13} {'backend':<10} {'jit':<4} {'xla':<5} {'spe':>3} {'train/s':>9} "
               f"{'torch/s':>9} {'ratio':>6} {'compile s':>9} {'epoch s':>8} {'infer/s':>9} "
               f"{'RSS MB':>7} {'%matmul':>7}")  # fmt: skip
-    print(f"batch size {batch_size}; medians; samples/s\n{header}\n{'-' * len(header)}")
+    precision = rows[0].get("precision", "float32") if rows else "float32"
+    print(
+        f"batch size {batch_size}; {precision}; medians; samples/s\n{header}\n{'-' * len(header)}"
+    )
     for r in rows:
         share = fmt(r["matmul_share"] and 100 * r["matmul_share"], ".0f")
         print(f"{r['arch']:<13} {r['backend']:<10} {r['jit']:<4} {str(r['jit_compile']):<5} "
@@ -205,7 +211,8 @@ def _print_table(rows, batch_size):
 
 
 def _print_markdown(rows, batch_size):
-    print(f"batch size {batch_size}, medians of the repeats, samples/s\n")
+    precision = rows[0].get("precision", "float32") if rows else "float32"
+    print(f"batch size {batch_size}, {precision}, medians of the repeats, samples/s\n")
     print("| arch | backend | jit | XLA | spe | train/s | torch/s | ratio | compile s | epoch s "
           "| infer/s | peak RSS MB | % matmul |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")

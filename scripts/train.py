@@ -22,7 +22,7 @@ import _cli
 
 
 def build_parser():
-    from kmnist_lab.config import ARCH_DEFAULTS, JIT_POLICIES, LR_SCHEDULES, TrainConfig
+    from kmnist_lab.config import ARCH_DEFAULTS, JIT_POLICIES, LR_SCHEDULES, PRECISIONS, TrainConfig
     from kmnist_lab.data import DATASETS
     from kmnist_lab.losses import list_losses
     from kmnist_lab.models import list_models
@@ -111,6 +111,12 @@ def build_parser():
         help="XLA policy (default auto: measured per model)",
     )
     r.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="float32 (default), or mixed: bfloat16 compute, float32 weights, head and loss",
+    )
+    r.add_argument(
         "--steps-per-execution",
         type=_cli.positive_int,
         help="steps per compiled call (default: auto)",
@@ -141,7 +147,7 @@ def config_from_args(args):
     fields = (
         "arch", "dataset", "data_dir", "val_fraction", "loss", "l2", "augment", "epochs",
         "batch_size", "lr", "optimizer", "momentum", "weight_decay", "lr_schedule",
-        "warmup_epochs", "seed", "run_name", "output_dir", "overwrite", "jit",
+        "warmup_epochs", "seed", "run_name", "output_dir", "overwrite", "jit", "precision",
         "steps_per_execution", "tensorboard", "export", "distribute",
     )  # fmt: skip
     for name in fields:

@@ -20,10 +20,10 @@ def test_benchmark_json_schema(tmp_path, capsys):
     expected = {"arch", "backend", "batch_size", "jit", "jit_compile", "steps_per_execution",
                 "train_samples_per_s", "compile_s", "epoch_s", "infer_samples_per_s", "peak_rss_mb",
                 "torch_samples_per_s", "ratio_vs_torch", "matmul_share", "runs",
-                "train_flops_per_sample"}  # fmt: skip
+                "train_flops_per_sample", "precision"}  # fmt: skip
     assert expected <= set(row)
     assert row["arch"] == "plain_mlp" and row["jit_compile"] is False and row["batch_size"] == 32
-    assert row["backend"] == "tensorflow"
+    assert row["backend"] == "tensorflow" and row["precision"] == "float32"
     # 784-512-128-10: 2 * (3 * (784*512 + 512*128 + 128*10) - 784*512) FLOPs per sample.
     assert row["train_flops_per_sample"] == 2_006_528
     assert (

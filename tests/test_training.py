@@ -181,3 +181,32 @@ def test_config_file_round_trip_and_unknown_keys(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ConfigError, match="cannot read config file"):
         TrainConfig.from_json(tmp_path / "bad.json")
+
+
+def test_mixed_precision_computes_in_bfloat16_with_float32_head_and_loss(tmp_path, tiny_dataset):
+    import keras
+
+    result = train(_config(tmp_path, precision="mixed", epochs=2), dataset=tiny_dataset)
+    model = result.model
+    assert model.get_layer("dense1").compute_dtype == "bfloat16"
+    assert model.get_layer("dense1").kernel.dtype == "float32"  # float32 master weights
+    assert model.get_layer("head").compute_dtype == "float32"
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+    x = tiny_dataset.test[0][:4]
+    assert keras.backend.standardize_dtype(model(x).dtype) == "float32"
+    assert np.isfinite(result.metrics["test_loss"])
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (
+        cfg["config"]["precision"] == "mixed" and cfg["speed"]["dtype_policy"] == "mixed_bfloat16"
+    )
+    # The SavedModel serves float32 scores whatever the compute dtype.
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(tmp_path / "run" / "saved_model"))
+    served = loaded.serve_uint8(tf.constant(x))
+    assert served["scores"].dtype == tf.float32
+
+
+def test_precision_is_validated():
+    with pytest.raises(ConfigError, match="precision.*float32, mixed.*fp16"):
+        TrainConfig(precision="fp16")

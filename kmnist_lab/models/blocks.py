@@ -59,7 +59,14 @@ def classifier_head(x, num_classes: int, head: str = "logits", l2: float = 0.0, 
         from kmnist_lab.layers import CosineDense
 
         return CosineDense(num_classes, kernel_regularizer=regularizer(l2), name=name)(x)
-    return layers.Dense(num_classes, kernel_regularizer=regularizer(l2), name=name)(x)
+    # Mixed precision: logits in float32, so the softmax and the loss see no bfloat16.
+    half = keras.config.dtype_policy().compute_dtype in ("float16", "bfloat16")
+    return layers.Dense(
+        num_classes,
+        kernel_regularizer=regularizer(l2),
+        name=name,
+        dtype="float32" if half else None,
+    )(x)
 
 
 def regularizer(l2: float):
