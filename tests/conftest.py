@@ -5,6 +5,11 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Tests never download: `auto` and the full datasets fall back or fail fast.
 os.environ.setdefault("KMNIST_LAB_NO_DOWNLOAD", "1")
+# The suite runs on one backend, in process and in the script subprocesses it starts
+# (which inherit this), so that a resumed run and its in-process reference compare like
+# with like; `train.py`'s per-arch `--backend auto` and the other backends are tested
+# explicitly (test_scripts.py, test_backends.py, ...).
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
