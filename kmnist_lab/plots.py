@@ -82,6 +82,13 @@ def learning_curves(histories, title: str = "Learning curves", colors=None) -> F
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8)
+    # One diverging epoch (e.g. a validation loss of 2,000 when the rest are ~0.1)
+    # flattens every other curve on a linear axis: switch to log beyond 2 decades.
+    losses = np.concatenate([np.asarray(line.get_ydata(), float) for line in ax_loss.lines] or [[]])
+    positive = losses[np.isfinite(losses) & (losses > 0)]
+    if positive.size and positive.max() / positive.min() > 100:
+        ax_loss.set_yscale("log", nonpositive="mask")
+        ax_loss.set_ylabel("loss (log scale)")
     ax_loss.set_title("loss")
     ax_acc.set_title("accuracy")
     fig.suptitle(title)

@@ -197,3 +197,21 @@ def test_html_renders_every_figure_in_headless_chromium(tmp_path):
     # Both figures of the report are on the page: coloured rows in two separate bands.
     rows = np.flatnonzero((saturation > 0.3).sum(axis=1) > 0)
     assert rows.size and (np.diff(rows) > 40).sum() >= 1
+
+
+def _history(path, val_losses):
+    rows = ["epoch,loss,accuracy,val_loss,val_accuracy"]
+    rows += [f"{i},0.5,0.8,{v},0.8" for i, v in enumerate(val_losses, start=1)]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_learning_curves_switch_to_log_scale_only_when_one_loss_dwarfs_the_rest(tmp_path):
+    from kmnist_lab.plots import learning_curves
+
+    calm = learning_curves({"a": _history(tmp_path / "a.csv", [0.4, 0.3, 0.2])})
+    assert calm.axes[0].get_yscale() == "linear"
+    # A diverging first validation epoch (as b_resnet's batch-1000 run had: 2,300).
+    spiky = learning_curves({"a": _history(tmp_path / "a.csv", [0.4, 0.3, 0.2]),
+                             "b": _history(tmp_path / "b.csv", [2300.0, 0.2, 0.1])})  # fmt: skip
+    assert spiky.axes[0].get_yscale() == "log" and spiky.axes[1].get_yscale() == "linear"
