@@ -6,9 +6,11 @@ Keras backend is, and Keras can export from the TensorFlow and JAX backends.
 
 The SavedModel has two signatures:
 
-- `serve`: float32 pixels in [0, 255], shape (N, 28, 28) or (N, 28, 28, 1)
-  (exported from the JAX backend: (N, 28, 28)).
+- `serve`: float32 pixels in [0, 255], shape (N, 28, 28) or (N, 28, 28, 1).
 - `serve_uint8`: the same as uint8.
+
+(From the JAX backend, jax2tf converts the model once for (N, 28, 28) float32,
+kept as a third signature `serve_3d`; the two above wrap it.)
 
 Both return `scores` (logits, or `s * cos` for cosine heads, so argmax and
 softmax work as for logits), `probabilities` (softmax of the scores) and
@@ -79,17 +81,30 @@ def export_saved_model(model: keras.Model, path, score_scale: float = 1.0) -> Pa
             "class_ids": ops.cast(ops.argmax(scores, axis=-1), "int32"),
         }
 
-    # TensorFlow traces the signature for inputs of any rank, so (N, 28, 28) and
-    # (N, 28, 28, 1) both work; JAX (through jax2tf) needs a known rank: (N, 28, 28).
-    shape = None if keras.backend.backend() == "tensorflow" else [None, 28, 28]
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(
-        "serve", outputs, input_signature=[tf.TensorSpec(shape, tf.float32, name="pixels")]
-    )
-    archive.add_endpoint(
-        "serve_uint8", outputs, input_signature=[tf.TensorSpec(shape, tf.uint8, name="pixels")]
-    )
+    if keras.backend.backend() == "tensorflow":
+        # TensorFlow traces the signature for inputs of any rank: (N, 28, 28) and
+        # (N, 28, 28, 1) both work.
+        for name, dtype in (("serve", tf.float32), ("serve_uint8", tf.uint8)):
+            archive.add_endpoint(
+                name, outputs, input_signature=[tf.TensorSpec(None, dtype, name="pixels")]
+            )
+    else:
+        # JAX (through jax2tf) needs a known rank: convert once for (N, 28, 28) float32,
+        # then serve any rank and uint8 through small TensorFlow wrappers around it.
+        core = archive.add_endpoint(
+            "serve_3d", outputs, input_signature=[tf.TensorSpec([None, 28, 28], tf.float32)]
+        )
+        for name, dtype in (("serve", tf.float32), ("serve_uint8", tf.uint8)):
+            wrapper = tf.function(
+                lambda pixels: core(tf.reshape(tf.cast(pixels, tf.float32), [-1, 28, 28])),
+                input_signature=[tf.TensorSpec(None, dtype, name="pixels")],
+            )
+            wrapper.get_concrete_function()
+            archive.add_endpoint(name, wrapper)
+            if name == "serve":  # TF-Serving's default: `serve`, as from TensorFlow
+                archive.add_endpoint("serving_default", wrapper)
     archive.write_out(str(tmp), verbose=False)
     if path.exists():
         shutil.rmtree(path)

@@ -87,3 +87,13 @@ def test_short_training_run_and_cross_backend_model_keras(backend, tmp_path):
         load_keras_model(tmp_path / "out" / "run" / "model.keras").predict(x, verbose=0), axis=1
     )
     np.testing.assert_array_equal(here, np.load(tmp_path / "out" / "classes.npy"))
+    if backend == "jax":
+        # The SavedModel jax2tf wrote serves every input form a TF export serves:
+        # (N, 28, 28) and (N, 28, 28, 1), float32 and uint8, and serving_default.
+        import tensorflow as tf
+
+        loaded = tf.saved_model.load(str(tmp_path / "out" / "run" / "saved_model"))
+        for name, pixels in (("serve", x.astype("float32")), ("serve", x[..., None].astype("float32")),
+                             ("serve_uint8", x[..., None]), ("serving_default", x.astype("float32"))):  # fmt: skip
+            served = loaded.signatures[name](pixels=tf.constant(pixels))["class_ids"].numpy()
+            np.testing.assert_array_equal(served, here, err_msg=f"{name} {pixels.shape}")
