@@ -193,13 +193,18 @@ def fmt(value, spec):
     return format(value, spec) if value is not None else "-"
 
 
+def _precision(rows):
+    """The precision every row of one benchmark command shares (float32 before it was recorded)."""
+    return rows[0].get("precision", "float32") if rows else "float32"
+
+
 def _print_table(rows, batch_size):
     header = (f"{'arch':<13} {'backend':<10} {'jit':<4} {'xla':<5} {'spe':>3} {'train/s':>9} "
               f"{'torch/s':>9} {'ratio':>6} {'compile s':>9} {'epoch s':>8} {'infer/s':>9} "
               f"{'RSS MB':>7} {'%matmul':>7}")  # fmt: skip
-    precision = rows[0].get("precision", "float32") if rows else "float32"
     print(
-        f"batch size {batch_size}; {precision}; medians; samples/s\n{header}\n{'-' * len(header)}"
+        f"batch size {batch_size}; {_precision(rows)}; medians; samples/s\n"
+        f"{header}\n{'-' * len(header)}"
     )
     for r in rows:
         share = fmt(r["matmul_share"] and 100 * r["matmul_share"], ".0f")
@@ -211,8 +216,7 @@ def _print_table(rows, batch_size):
 
 
 def _print_markdown(rows, batch_size):
-    precision = rows[0].get("precision", "float32") if rows else "float32"
-    print(f"batch size {batch_size}, {precision}, medians of the repeats, samples/s\n")
+    print(f"batch size {batch_size}, {_precision(rows)}, medians of the repeats, samples/s\n")
     print("| arch | backend | jit | XLA | spe | train/s | torch/s | ratio | compile s | epoch s "
           "| infer/s | peak RSS MB | % matmul |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")

@@ -179,8 +179,6 @@ def test_auto_backend_is_picked_per_arch_before_keras_loads(argv, env, expected)
     """train.py's default: the fastest measured backend for --arch (kmnist_lab.config.FAST_BACKEND)."""
     import importlib.util
     import os
-    import subprocess
-    import sys
     from pathlib import Path
 
     if expected == "jax" and importlib.util.find_spec("jax") is None:
