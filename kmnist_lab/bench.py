@@ -1,11 +1,13 @@
 """Throughput measurements of kmnist_lab models (used by `scripts/benchmark.py`).
 
-Every number is measured the way training runs: `model.fit` on in-memory uint8
-images with the model's own rescaling, compiled under the requested policy.
+Every number is measured the way training runs: `model.fit` (or, with the
+`device` input pipeline on JAX, `kmnist_lab.device_loop.device_fit`) on in-memory
+uint8 images with the model's own rescaling, compiled under the requested policy.
 
 - `train_samples_per_s`: steady state, after a warm-up epoch that absorbs tracing
   and compilation, over a fixed number of steps.
-- `compile_s`: wall time of the warm-up epoch minus its steady-state share.
+- `compile_s`: wall time of the warm-up epoch (with one validation pass, which
+  traces validation too) minus its steady-state training share.
 - `epoch_s`: one epoch of `epoch_samples` training images plus validation on
   `epoch_samples / 6` images (the 60k/10k MNIST ratio).
 - `infer_samples_per_s`: `model.predict` in batches of 1024.
@@ -21,35 +23,53 @@ import time
 import keras
 import numpy as np
 
+from kmnist_lab.device_loop import fit
 from kmnist_lab.models import build_model
-from kmnist_lab.speed import dtype_policy, resolve_jit, resolve_steps_per_execution
+from kmnist_lab.speed import (
+    dtype_policy,
+    resolve_input_pipeline,
+    resolve_jit,
+    resolve_steps_per_execution,
+)
 
 
-def dense_train_flops(model: keras.Model) -> int | None:
-    """Matmul FLOPs of one training sample of a model made of Dense layers, else None.
+def train_flops(model: keras.Model) -> int | None:
+    """Multiply-add FLOPs of one training sample in the model's Dense and Conv2D layers.
 
-    Each Dense layer of fan-in `i` and fan-out `o` costs `2 i o` FLOPs forward, as much
-    again for the gradient w.r.t. its kernel, and as much again for the gradient
-    w.r.t. its input, except the first layer, whose input (the images) needs none:
+    A layer doing `m` multiply-adds per sample forward (`m = i * o` for a Dense layer
+    of fan-in `i` and fan-out `o`; `m = H_out * W_out * k_h * k_w * C_in * C_out` for a
+    convolution) costs `2 m` FLOPs forward, as much again for the gradient w.r.t. its
+    kernel, and as much again for the gradient w.r.t. its input, except the first
+    layer, whose input (the images) needs none:
 
-        FLOPs = 2 * (3 * sum_l i_l o_l - i_1 o_1)
+        FLOPs = 2 * (3 * sum_l m_l - m_1)
 
-    784-512-128-10 (`bn_mlp`, `relu_mlp`, `plain_mlp`): 2 * (3 * 468,224 - 401,408)
-    = 2.01 MFLOP per sample. BatchNorm, ReLU, bias and softmax are O(i + o) and left out.
-    Returns None when the model has convolutions (their cost is not counted here).
+    - 784-512-128-10 (`bn_mlp`, `relu_mlp`, `plain_mlp`): 2 * (3 * 468,224 - 401,408)
+      = 2.01 MFLOP per sample.
+    - `residual_cnn`: 2.01 M multiply-adds forward, 11.6 MFLOP per training sample.
+    - `resnet18` (28x28 input, stride-2 stem, no max-pool): 122 M multiply-adds
+      forward, 0.733 GFLOP per training sample.
+
+    BatchNorm, activations, pooling, biases and the softmax are O(activations) and left
+    out, so `FLOPs x samples/s` is a lower bound of the arithmetic rate a run reaches.
+    Returns None for a model with another kind of weighted layer.
     """
-    dense, convs = [], 0
+    costs = []
     for layer in model._flatten_layers(include_self=False):
         kernel = getattr(layer, "kernel", None)
         if kernel is None:
             continue
+        size = math.prod(int(d) for d in kernel.shape)
         if len(kernel.shape) == 2:
-            dense.append(int(kernel.shape[0]) * int(kernel.shape[1]))
+            costs.append(size)
+        elif isinstance(layer, keras.layers.Conv2D) and len(kernel.shape) == 4:
+            height, width = layer.output.shape[1:3]
+            costs.append(int(height) * int(width) * size)
         else:
-            convs += 1
-    if convs or not dense:
+            return None
+    if not costs:
         return None
-    return 2 * (3 * sum(dense) - dense[0])
+    return 2 * (3 * sum(costs) - costs[0])
 
 
 def peak_rss_mb() -> float:
@@ -77,6 +97,7 @@ def measure(
     epoch_samples: int | None = None,
     seed: int = 0,
     precision: str = "float32",
+    input_pipeline: str = "auto",
 ) -> dict:
     """Measures one architecture under one compile policy; returns a flat dict."""
     keras.utils.set_random_seed(seed)
@@ -94,23 +115,25 @@ def measure(
         jit_compile=jit_compile,
         steps_per_execution=spe,
     )
+    pipeline = resolve_input_pipeline(input_pipeline)
     epoch_n = epoch_samples or n
     val_n = max(batch_size, epoch_n // 6)
     start = time.perf_counter()
-    model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, shuffle=False)
+    fit(model, x, y, pipeline=pipeline, batch_size=batch_size, epochs=1, verbose=0,
+        shuffle=False, validation_data=(x[:val_n], y[:val_n]))  # fmt: skip
     warmup_s = time.perf_counter() - start
-    model.evaluate(x[:val_n], y[:val_n], batch_size=batch_size, verbose=0)  # trace validation too
     epochs = max(1, math.ceil(steps / 60))
     start = time.perf_counter()
-    model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0, shuffle=False)
+    fit(model, x, y, pipeline=pipeline, batch_size=batch_size, epochs=epochs, verbose=0,
+        shuffle=False)  # fmt: skip
     train_s = time.perf_counter() - start
     rate = epochs * n / train_s
     # A full epoch with validation (functions already traced for these shapes).
     xe = rng.integers(0, 256, size=(epoch_n, 28, 28), dtype=np.uint8)
     ye = rng.integers(0, 10, size=(epoch_n,))
     start = time.perf_counter()
-    model.fit(xe, ye, batch_size=batch_size, epochs=1, verbose=0,
-              validation_data=(xe[:val_n], ye[:val_n]))  # fmt: skip
+    fit(model, xe, ye, pipeline=pipeline, batch_size=batch_size, epochs=1, verbose=0,
+        validation_data=(xe[:val_n], ye[:val_n]))  # fmt: skip
     epoch_s = time.perf_counter() - start
     xi = x[: 1024 * max(1, n // 1024)]  # whole batches only: no retracing for a remainder
     model.predict(xi[:1024], batch_size=1024, verbose=0)
@@ -124,6 +147,7 @@ def measure(
         "jit": jit,
         "jit_compile": bool(jit_compile),
         "precision": precision,
+        "input_pipeline": pipeline,
         "steps_per_execution": spe,
         "train_samples_per_s": rate,
         "compile_s": max(0.0, warmup_s - n / rate),
@@ -132,5 +156,5 @@ def measure(
         "infer_samples_per_s": infer,
         "peak_rss_mb": peak_rss_mb(),
         "timed_steps": epochs * 60,
-        "train_flops_per_sample": dense_train_flops(model),
+        "train_flops_per_sample": train_flops(model),
     }

@@ -21,6 +21,7 @@ from kmnist_lab.errors import ConfigError
 BACKENDS = ("tensorflow", "jax", "torch")
 JIT_POLICIES = ("auto", "on", "off")
 PRECISIONS = ("float32", "mixed")
+INPUT_PIPELINES = ("auto", "device", "iterator")
 LR_SCHEDULES = ("constant", "step", "cosine")
 DISTRIBUTE_MODES = ("none", "data-parallel")
 
@@ -120,6 +121,11 @@ class TrainConfig:
         precision: `float32`, or `mixed`: bfloat16 compute with float32 weights,
             head output and losses (Keras' `mixed_bfloat16` policy).
         steps_per_execution: training steps per compiled call (None: auto).
+        input_pipeline: how batches reach the model: `device` (JAX: the dataset
+            copied to the device once, the batch loop compiled, see
+            `kmnist_lab.device_loop`), `iterator` (Keras' own: a `tf.data`
+            pipeline on TensorFlow, a Python iterator on JAX and torch), or
+            `auto`: `device` on JAX without `distribute`, else `iterator`.
         distribute: `none` or `data-parallel` (JAX DataParallel / TF MirroredStrategy).
         tensorboard: also write TensorBoard logs to `<run>/tensorboard`.
         export: write the SavedModel (and model.keras).
@@ -152,6 +158,7 @@ class TrainConfig:
     jit: str = "auto"
     precision: str = "float32"
     steps_per_execution: int | None = None
+    input_pipeline: str = "auto"
     distribute: str = "none"
     tensorboard: bool = False
     export: bool = True
@@ -175,6 +182,7 @@ class TrainConfig:
         _choice("dataset", self.dataset, list_datasets())
         _choice("jit", self.jit, JIT_POLICIES)
         _choice("precision", self.precision, PRECISIONS)
+        _choice("input_pipeline", self.input_pipeline, INPUT_PIPELINES)
         _choice("distribute", self.distribute, DISTRIBUTE_MODES)
         if self.distribute != "none" and self.backend == "torch":
             raise ConfigError(

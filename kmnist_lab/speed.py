@@ -13,7 +13,7 @@ import functools
 
 import keras
 
-from kmnist_lab.config import JIT_POLICIES, PRECISIONS
+from kmnist_lab.config import INPUT_PIPELINES, JIT_POLICIES, PRECISIONS
 from kmnist_lab.errors import ConfigError
 from kmnist_lab.models import model_family
 
@@ -74,6 +74,30 @@ def resolve_steps_per_execution(arch: str, steps_per_epoch: int) -> int:
     if keras.backend.backend() == "torch":
         return 1
     return max(1, min(STEPS_PER_EXECUTION.get(model_family(arch), 1), steps_per_epoch))
+
+
+def resolve_input_pipeline(policy: str, distributed: bool = False) -> str:
+    """How batches reach the model: `device` or `iterator` (see `TrainConfig.input_pipeline`).
+
+    `auto` picks `device` on JAX (measured 10-15 % faster for the MLPs, whose steps
+    are short enough for Keras' per-batch Python work to show) unless the run is
+    distributed, and Keras' `iterator` otherwise (on TensorFlow it is a `tf.data`
+    pipeline, already free of Python per batch).
+    """
+    if policy not in INPUT_PIPELINES:
+        raise ConfigError(
+            f"`input_pipeline` must be one of {', '.join(INPUT_PIPELINES)}. "
+            f"Received: input_pipeline={policy!r}"
+        )
+    backend = keras.backend.backend()
+    if policy == "device" and (backend != "jax" or distributed):
+        why = f"backend={backend!r}" if backend != "jax" else "distribute='data-parallel'"
+        raise ConfigError(
+            f"input_pipeline 'device' needs the jax backend without distribute. Received: {why}"
+        )
+    if policy == "auto":
+        return "device" if backend == "jax" and not distributed else "iterator"
+    return policy
 
 
 def resolve_precision(precision: str) -> str:

@@ -29,7 +29,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from kmnist_lab import runs
+from kmnist_lab import device_loop, runs
 from kmnist_lab.callbacks import BatchLogger, DivergenceGuard, EpochStats, HistoryLogger, RunBackup
 from kmnist_lab.config import TrainConfig
 from kmnist_lab.data import Dataset, load_dataset
@@ -39,7 +39,12 @@ from kmnist_lab.losses import get_loss, loss_head, serving_scale
 from kmnist_lab.models import build_model, model_family
 from kmnist_lab.optimizers import averaging_callbacks, get_optimizer
 from kmnist_lab.schedules import make_schedule
-from kmnist_lab.speed import dtype_policy, resolve_jit, resolve_steps_per_execution
+from kmnist_lab.speed import (
+    dtype_policy,
+    resolve_input_pipeline,
+    resolve_jit,
+    resolve_steps_per_execution,
+)
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +126,13 @@ def compile_for_config(model, loss, cfg: TrainConfig, steps_per_epoch: int) -> d
         jit_compile=jit,
         steps_per_execution=spe,
     )
-    return {"jit_compile": jit, "steps_per_execution": spe, "family": model_family(cfg.arch)}
+    pipeline = resolve_input_pipeline(cfg.input_pipeline, cfg.distribute != "none")
+    return {
+        "jit_compile": jit,
+        "steps_per_execution": spe,
+        "input_pipeline": pipeline,
+        "family": model_family(cfg.arch),
+    }
 
 
 def train(
@@ -223,9 +234,11 @@ def _fit_and_export(
         log.info("resuming interrupted run in %s", run_dir)
     has_val = len(val[1]) > 0
     fit_start = time.perf_counter()
-    model.fit(
+    device_loop.fit(
+        model,
         x_train,
         y_train,
+        pipeline=speed["input_pipeline"],
         batch_size=cfg.batch_size,
         epochs=cfg.epochs,
         validation_data=val if has_val else None,

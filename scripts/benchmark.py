@@ -10,9 +10,13 @@ Each measurement runs in its own subprocess (clean memory peak, no shared compil
 caches). With --compare-torch the PyTorch eager reference of the same model
 (../shared/bench/torch_reference.py, or --torch-reference PATH) runs right after
 each of ours, interleaved, and the table shows our/torch ratios of the medians over
---repeats. The NumPy fp32 matmul rate is measured in the same run; for the MLPs the
-table shows the share of it their training reaches (matmul FLOPs per sample:
-2 x (3 x sum of fan_in x fan_out - the first layer's), 2.01 MFLOP for 784-512-128-10).
+--repeats. The NumPy fp32 matmul rate is measured in the same run, and the table
+shows the share of it that each training run reaches, ours and torch's ("%mm"):
+samples/s x the model's Dense and Conv2D FLOPs per training sample
+(2 x (3 x forward multiply-adds - the first layer's): 2.01 MFLOP for the MLPs,
+11.6 MFLOP for residual_cnn, 733 MFLOP for resnet18). At batch 128 the table also
+shows the project's speed target (our/torch ratio) and the share of the matmul rate
+that meeting it would take ("needs %mm" = torch's share x target).
 """
 
 from __future__ import annotations
@@ -30,10 +34,12 @@ import _cli
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TORCH_REFERENCE = ROOT.parent / "shared" / "bench" / "torch_reference.py"
 MLPS = ("plain_mlp", "relu_mlp", "bn_mlp", "mlp")
+# Issue 7's targets: our/torch training throughput at batch 128 on the 2-core CPU.
+TORCH_RATIO_TARGETS = {"bn_mlp": 1.6, "relu_mlp": 1.6, "residual_cnn": 1.4, "resnet18": 1.15}
 
 
 def build_parser():
-    from kmnist_lab.config import JIT_POLICIES, PRECISIONS
+    from kmnist_lab.config import INPUT_PIPELINES, JIT_POLICIES, PRECISIONS
 
     p = _cli.Parser(prog="benchmark.py", description=__doc__)
     p.add_argument("--arch", action="append", help="architecture (repeatable; default bn_mlp)")
@@ -46,6 +52,9 @@ def build_parser():
     )
     p.add_argument("--precision", choices=PRECISIONS, default="float32",
                    help="float32 (default) or mixed (bfloat16 compute)")  # fmt: skip
+    p.add_argument("--input-pipeline", nargs="+", choices=INPUT_PIPELINES, default=["auto"],
+                   help="how batches reach the model (default auto: device on JAX, Keras' "
+                        "iterator elsewhere; see docs/performance.md)")  # fmt: skip
     p.add_argument("--steps-per-execution", nargs="+", type=_cli.positive_int, default=[None],
                    metavar="K", help="steps per compiled call (default: the policy's)")  # fmt: skip
     p.add_argument(
@@ -145,15 +154,18 @@ def main(argv=None) -> int:
     for rep in range(args.repeats):
         for arch in archs:
             steps = args.steps or (300 if arch in MLPS else 60)
-            for backend, jit, spe in itertools.product(
-                arch_backends(arch), args.jit, args.steps_per_execution
+            for backend, jit, spe, pipeline in itertools.product(
+                arch_backends(arch), args.jit, args.steps_per_execution, args.input_pipeline
             ):
+                if pipeline == "device" and backend != "jax":
+                    continue  # JAX only; the table shows Keras' iterator for the others
                 spec = {"arch": arch, "batch_size": args.batch_size, "jit": jit,
                         "steps_per_execution": spe, "steps": steps,
-                        "precision": args.precision}  # fmt: skip
+                        "precision": args.precision, "input_pipeline": pipeline}  # fmt: skip
                 result = _run_worker(spec, backend)
-                samples.setdefault((arch, backend, jit, spe), []).append(result)
-                print(f"[{rep + 1}/{args.repeats}] {arch} {backend} jit={jit} spe={result['steps_per_execution']}: "
+                samples.setdefault((arch, backend, jit, spe, pipeline), []).append(result)
+                print(f"[{rep + 1}/{args.repeats}] {arch} {backend} jit={jit} "
+                      f"spe={result['steps_per_execution']} input={result['input_pipeline']}: "
                       f"{result['train_samples_per_s']:.0f} samples/s", file=sys.stderr)  # fmt: skip
             if args.compare_torch:
                 rate = _run_torch(args.torch_reference, arch, args.batch_size, steps)
@@ -163,7 +175,7 @@ def main(argv=None) -> int:
                     file=sys.stderr,
                 )
     rows = []
-    for (arch, _backend, _jit, _spe), results in samples.items():
+    for (arch, *_), results in samples.items():
         med = {k: statistics.median(r[k] for r in results)
                for k in ("train_samples_per_s", "compile_s", "epoch_s", "infer_samples_per_s", "peak_rss_mb")}  # fmt: skip
         row = {**results[0], **med, "runs": [r["train_samples_per_s"] for r in results]}
@@ -171,7 +183,15 @@ def main(argv=None) -> int:
         row["torch_samples_per_s"] = torch
         row["ratio_vs_torch"] = med["train_samples_per_s"] / torch if torch else None
         flops = row.get("train_flops_per_sample")
-        row["matmul_share"] = med["train_samples_per_s"] * flops / 1e9 / gflops if flops else None
+
+        def share(rate, flops=flops):
+            return rate * flops / 1e9 / gflops if flops and rate else None
+
+        row["matmul_share"] = share(med["train_samples_per_s"])
+        row["torch_matmul_share"] = share(torch)
+        target = TORCH_RATIO_TARGETS.get(arch) if args.batch_size == 128 else None
+        row["target_ratio"] = target
+        row["target_matmul_share"] = share(torch and target and torch * target)
         rows.append(row)
     (_print_markdown if args.markdown else _print_table)(rows, args.batch_size)
     if args.json:
@@ -198,35 +218,44 @@ def _precision(rows):
     return rows[0].get("precision", "float32") if rows else "float32"
 
 
+def _pct(share):
+    return fmt(share and 100 * share, ".0f")
+
+
 def _print_table(rows, batch_size):
-    header = (f"{'arch':<13} {'backend':<10} {'jit':<4} {'xla':<5} {'spe':>3} {'train/s':>9} "
-              f"{'torch/s':>9} {'ratio':>6} {'compile s':>9} {'epoch s':>8} {'infer/s':>9} "
-              f"{'RSS MB':>7} {'%matmul':>7}")  # fmt: skip
+    header = (f"{'arch':<13} {'backend':<10} {'input':<8} {'jit':<4} {'xla':<5} {'spe':>3} {'train/s':>9} "
+              f"{'torch/s':>9} {'ratio':>6} {'target':>6} {'compile s':>9} {'epoch s':>8} "
+              f"{'infer/s':>9} {'RSS MB':>7} {'%mm':>4} {'torch %mm':>9} {'needs %mm':>9}")  # fmt: skip
     print(
-        f"batch size {batch_size}; {_precision(rows)}; medians; samples/s\n"
-        f"{header}\n{'-' * len(header)}"
+        f"batch size {batch_size}; {_precision(rows)}; medians; samples/s; "
+        f"%mm: share of the NumPy fp32 matmul rate\n{header}\n{'-' * len(header)}"
     )
     for r in rows:
-        share = fmt(r["matmul_share"] and 100 * r["matmul_share"], ".0f")
-        print(f"{r['arch']:<13} {r['backend']:<10} {r['jit']:<4} {str(r['jit_compile']):<5} "
+        print(f"{r['arch']:<13} {r['backend']:<10} {r.get('input_pipeline', 'iterator'):<8} "
+              f"{r['jit']:<4} {str(r['jit_compile']):<5} "
               f"{r['steps_per_execution']:>3} {r['train_samples_per_s']:>9.0f} "
               f"{fmt(r['torch_samples_per_s'], '.0f'):>9} {fmt(r['ratio_vs_torch'], '.2f'):>6} "
+              f"{fmt(r.get('target_ratio'), '.2f'):>6} "
               f"{r['compile_s']:>9.1f} {r['epoch_s']:>8.1f} {r['infer_samples_per_s']:>9.0f} "
-              f"{r['peak_rss_mb']:>7.0f} {share:>7}")  # fmt: skip
+              f"{r['peak_rss_mb']:>7.0f} {_pct(r['matmul_share']):>4} "
+              f"{_pct(r.get('torch_matmul_share')):>9} {_pct(r.get('target_matmul_share')):>9}")  # fmt: skip
 
 
 def _print_markdown(rows, batch_size):
-    print(f"batch size {batch_size}, {_precision(rows)}, medians of the repeats, samples/s\n")
-    print("| arch | backend | jit | XLA | spe | train/s | torch/s | ratio | compile s | epoch s "
-          "| infer/s | peak RSS MB | % matmul |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print(f"batch size {batch_size}, {_precision(rows)}, medians of the repeats, samples/s; "
+          "% mm: share of the NumPy fp32 matmul rate\n")  # fmt: skip
+    print("| arch | backend | input | jit | XLA | spe | train/s | torch/s | ratio | target | compile s "
+          "| epoch s | infer/s | peak RSS MB | % mm | torch % mm | needs % mm |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        share = fmt(r["matmul_share"] and 100 * r["matmul_share"], ".0f")
-        print(f"| {r['arch']} | {r['backend']} | {r['jit']} | {r['jit_compile']} | "
+        print(f"| {r['arch']} | {r['backend']} | {r.get('input_pipeline', 'iterator')} | "
+              f"{r['jit']} | {r['jit_compile']} | "
               f"{r['steps_per_execution']} | {r['train_samples_per_s']:.0f} | "
               f"{fmt(r['torch_samples_per_s'], '.0f')} | {fmt(r['ratio_vs_torch'], '.2f')} | "
+              f"{fmt(r.get('target_ratio'), '.2f')} | "
               f"{r['compile_s']:.1f} | {r['epoch_s']:.1f} | {r['infer_samples_per_s']:.0f} | "
-              f"{r['peak_rss_mb']:.0f} | {share} |")  # fmt: skip
+              f"{r['peak_rss_mb']:.0f} | {_pct(r['matmul_share'])} | "
+              f"{_pct(r.get('torch_matmul_share'))} | {_pct(r.get('target_matmul_share'))} |")  # fmt: skip
 
 
 if __name__ == "__main__":

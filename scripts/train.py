@@ -22,7 +22,14 @@ import _cli
 
 
 def build_parser():
-    from kmnist_lab.config import ARCH_DEFAULTS, JIT_POLICIES, LR_SCHEDULES, PRECISIONS, TrainConfig
+    from kmnist_lab.config import (
+        ARCH_DEFAULTS,
+        INPUT_PIPELINES,
+        JIT_POLICIES,
+        LR_SCHEDULES,
+        PRECISIONS,
+        TrainConfig,
+    )
     from kmnist_lab.data import DATASETS
     from kmnist_lab.losses import list_losses
     from kmnist_lab.models import list_models
@@ -121,6 +128,13 @@ def build_parser():
         type=_cli.positive_int,
         help="steps per compiled call (default: auto)",
     )
+    r.add_argument(
+        "--input-pipeline",
+        choices=INPUT_PIPELINES,
+        default=None,
+        help="how batches reach the model: device (JAX: data copied to the device once, "
+        "batch loop compiled), iterator (Keras'), or auto (default: device on JAX)",
+    )
     r.add_argument("--distribute", choices=("none", "data-parallel"), default=None,
                    help="data-parallel: JAX DataParallel / TF MirroredStrategy over all devices")  # fmt: skip
     r.add_argument("--cpu-devices", type=_cli.positive_int, metavar="N",
@@ -148,7 +162,7 @@ def config_from_args(args):
         "arch", "dataset", "data_dir", "val_fraction", "loss", "l2", "augment", "epochs",
         "batch_size", "lr", "optimizer", "momentum", "weight_decay", "lr_schedule",
         "warmup_epochs", "seed", "run_name", "output_dir", "overwrite", "jit", "precision",
-        "steps_per_execution", "tensorboard", "export", "distribute",
+        "steps_per_execution", "input_pipeline", "tensorboard", "export", "distribute",
     )  # fmt: skip
     for name in fields:
         value = getattr(args, name)

@@ -20,7 +20,8 @@ def test_benchmark_json_schema(tmp_path, capsys):
     expected = {"arch", "backend", "batch_size", "jit", "jit_compile", "steps_per_execution",
                 "train_samples_per_s", "compile_s", "epoch_s", "infer_samples_per_s", "peak_rss_mb",
                 "torch_samples_per_s", "ratio_vs_torch", "matmul_share", "runs",
-                "train_flops_per_sample", "precision"}  # fmt: skip
+                "train_flops_per_sample", "precision", "torch_matmul_share", "target_ratio",
+                "target_matmul_share"}  # fmt: skip
     assert expected <= set(row)
     assert row["arch"] == "plain_mlp" and row["jit_compile"] is False and row["batch_size"] == 32
     assert row["backend"] == "tensorflow" and row["precision"] == "float32"
@@ -48,13 +49,28 @@ def test_benchmark_bad_input(argv, match, capsys):
     assert match in err and len(err.strip().splitlines()) == 1
 
 
-def test_dense_train_flops_counts_matmuls_and_skips_convnets():
+def test_train_flops_counts_dense_and_conv_multiply_adds():
     import keras
 
-    from kmnist_lab.bench import dense_train_flops
+    from kmnist_lab.bench import train_flops
     from kmnist_lab.models import build_model
 
     model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4), keras.layers.Dense(3)])
     # forward 2*(6*4 + 4*3), kernel gradients the same, input gradient of layer 2 only.
-    assert dense_train_flops(model) == 2 * (3 * (24 + 12) - 24)
-    assert dense_train_flops(build_model("residual_cnn")) is None
+    assert train_flops(model) == 2 * (3 * (24 + 12) - 24)
+    conv = keras.Sequential([keras.Input((5, 5, 1)), keras.layers.Conv2D(2, 3),
+                             keras.layers.Flatten(), keras.layers.Dense(3)])  # fmt: skip
+    # conv: 3x3 output positions x (3*3*1*2) kernel = 162 multiply-adds; dense 18*3 = 54.
+    assert train_flops(conv) == 2 * (3 * (162 + 54) - 162)
+    assert train_flops(build_model("residual_cnn")) == 11_618_304
+    assert train_flops(build_model("resnet18")) == 732_691_456
+
+
+def test_train_flops_is_none_for_layers_it_cannot_count():
+    import keras
+
+    from kmnist_lab.bench import train_flops
+
+    conv1d = keras.Sequential([keras.Input((8, 1)), keras.layers.Conv1D(2, 3)])
+    assert train_flops(conv1d) is None
+    assert train_flops(keras.Sequential([keras.Input((4,)), keras.layers.ReLU()])) is None

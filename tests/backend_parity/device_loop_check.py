@@ -1,0 +1,78 @@
+"""Runs `device_fit` and Keras' `model.fit` side by side on JAX; prints a JSON report.
+
+`KERAS_BACKEND=jax python device_loop_check.py`. `tests/test_device_loop.py` asserts.
+"""
+
+import json
+
+import keras
+import numpy as np
+
+from kmnist_lab import device_loop
+from kmnist_lab.models import build_model
+
+N, BATCH, SPE = 300, 32, 4  # 9 full batches (chunks of 4, 4, 1) + a partial batch of 12
+rng = np.random.default_rng(1)
+X = rng.integers(0, 256, size=(N, 28, 28), dtype=np.uint8)
+Y = rng.integers(0, 10, size=N)
+VAL = (X[:70], Y[:70])
+
+
+class Recorder(keras.callbacks.Callback):
+    """Records the callback calls `fit` makes; optionally stops after `stop_after` batches."""
+
+    def __init__(self, stop_after=None):
+        super().__init__()
+        self.calls, self.stop_after = [], stop_after
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.calls.append(["epoch_begin", epoch])
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.calls.append(["batch_end", batch, float(logs["loss"])])
+        if self.stop_after is not None and len(self.calls) >= self.stop_after:
+            self.model.stop_training = True
+
+    def on_test_begin(self, logs=None):
+        self.calls.append(["test_begin"])
+
+    def on_test_end(self, logs=None):
+        self.calls.append(["test_end"])
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.calls.append(["epoch_end", epoch, sorted(logs)])
+
+
+def run(pipeline, shuffle=False, epochs=2, stop_after=None, initial_epoch=None, seed=0):
+    keras.utils.set_random_seed(seed)
+    model = build_model("bn_mlp")  # BatchNorm: non-trainable state changes every step
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        steps_per_execution=SPE,
+    )
+    if initial_epoch is not None:
+        model._initial_epoch = initial_epoch  # what a restoring callback sets
+    recorder = Recorder(stop_after)
+    history = device_loop.fit(model, X, Y, pipeline=pipeline, batch_size=BATCH, epochs=epochs,
+                              shuffle=shuffle, validation_data=VAL, callbacks=[recorder],
+                              verbose=0)  # fmt: skip
+    return {
+        "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+        "weights": [w.tolist() for w in model.get_weights()],
+        "calls": recorder.calls,
+        "iterations": int(model.optimizer.iterations.numpy()),
+    }
+
+
+report = {
+    "iterator": run("iterator"),
+    "device": run("device"),
+    "device_shuffled": run("device", shuffle=True),
+    "device_shuffled_again": run("device", shuffle=True),
+    "iterator_stopped": run("iterator", stop_after=2),
+    "device_stopped": run("device", stop_after=2),
+    "device_resumed": run("device", epochs=3, initial_epoch=2),
+}
+print(json.dumps(report))

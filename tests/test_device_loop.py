@@ -1,0 +1,94 @@
+"""`device_fit` (JAX, dataset on the device, compiled batch loop) trains exactly like `fit`.
+
+The JAX side runs in a subprocess (the test process is on TensorFlow); see
+`tests/backend_parity/device_loop_check.py`.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from kmnist_lab import device_loop
+from kmnist_lab.errors import ConfigError
+from kmnist_lab.speed import resolve_input_pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def report():
+    pytest.importorskip("jax")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(ROOT)}
+    script = Path(__file__).parent / "backend_parity" / "device_loop_check.py"
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env=env, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_same_history_and_weights_as_keras_fit(report):
+    """No shuffle: the same batches in the same order, so the same numbers (BN included)."""
+    ours, keras_fit = report["device"], report["iterator"]
+    assert set(ours["history"]) == set(keras_fit["history"]) == {
+        "loss", "accuracy", "val_loss", "val_accuracy"}  # fmt: skip
+    for key, values in keras_fit["history"].items():
+        np.testing.assert_allclose(ours["history"][key], values, rtol=1e-5, err_msg=key)
+    for got, want in zip(ours["weights"], keras_fit["weights"]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # 300 samples in batches of 32: 10 steps per epoch, the last one partial.
+    assert ours["iterations"] == keras_fit["iterations"] == 20
+
+
+def test_callbacks_fire_where_keras_fit_fires_them(report):
+    """Batch ends every steps_per_execution (4) steps; validation is wrapped in
+    on_test_begin/end; epoch logs carry the val_ metrics."""
+    ours, keras_fit = report["device"]["calls"], report["iterator"]["calls"]
+    assert [c[0] for c in ours] == [c[0] for c in keras_fit]
+
+    def batch_ends(calls):
+        return [c[1] for c in calls[: calls.index(["test_begin"])] if c[0] == "batch_end"]
+
+    # 10 steps: 0-3, 4-7, then 8-9 (8 full, 9 partial). Keras reports the last group
+    # as ending at step 11, where a full group would end; device_fit reports 9.
+    assert batch_ends(ours) == [3, 7, 9] and batch_ends(keras_fit) == [3, 7, 11]
+    np.testing.assert_allclose([c[2] for c in ours if c[0] == "batch_end"],
+                               [c[2] for c in keras_fit if c[0] == "batch_end"], rtol=1e-5)  # fmt: skip
+    assert ours[-1] == ["epoch_end", 1, ["accuracy", "loss", "val_accuracy", "val_loss"]]
+
+
+def test_stop_training_and_initial_epoch(report):
+    # A callback sets stop_training at the first batch end: one call of 4 steps, no validation.
+    assert report["device_stopped"]["iterations"] == report["iterator_stopped"]["iterations"] == 4
+    assert "val_loss" not in report["device_stopped"]["history"]
+    # Resumed after 2 of 3 epochs: only epoch index 2 runs.
+    resumed = report["device_resumed"]
+    assert [c[1] for c in resumed["calls"] if c[0] == "epoch_begin"] == [2]
+    assert resumed["iterations"] == 10
+
+
+def test_shuffle_is_seeded_and_changes_the_order(report):
+    shuffled, again = report["device_shuffled"], report["device_shuffled_again"]
+    assert shuffled["history"] == again["history"]
+    assert shuffled["history"]["loss"] != report["device"]["history"]["loss"]
+
+
+def test_device_pipeline_needs_jax():
+    assert keras.backend.backend() == "tensorflow"
+    assert resolve_input_pipeline("auto") == "iterator"
+    assert resolve_input_pipeline("iterator") == "iterator"
+    with pytest.raises(ConfigError, match="needs the jax backend.*backend='tensorflow'"):
+        resolve_input_pipeline("device")
+    with pytest.raises(ConfigError, match="input_pipeline` must be one of auto, device, iterator"):
+        resolve_input_pipeline("tfdata")
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(loss="mse")
+    with pytest.raises(ConfigError, match="needs the jax backend"):
+        device_loop.device_fit(model, np.zeros((4, 2)), np.zeros(4))
+    with pytest.raises(ConfigError, match="Received: pipeline='gpu'"):
+        device_loop.fit(model, np.zeros((4, 2)), np.zeros(4), pipeline="gpu")
