@@ -91,13 +91,29 @@ def _calls(n: int, batch_size: int, per_call: int):
         yield first, last, parts
 
 
-def _values(variables) -> list:
-    return [v.value for v in variables]
+def _train_variables(model) -> tuple:
+    """The variables of `model.train_step`'s state, in its order."""
+    return (
+        model.trainable_variables,
+        model.non_trainable_variables,
+        model.optimizer.variables,
+        model.metrics_variables,
+    )
 
 
-def _assign(variables, values) -> None:
-    for variable, value in zip(variables, values):
-        variable.assign(value)
+def _test_variables(model) -> tuple:
+    """The variables of `model.test_step`'s state, in its order."""
+    return model.trainable_variables, model.non_trainable_variables, model.metrics_variables
+
+
+def _read(groups) -> tuple:
+    return tuple([v.value for v in group] for group in groups)
+
+
+def _write(groups, state) -> None:
+    for group, values in zip(groups, state):
+        for variable, value in zip(group, values):
+            variable.assign(value)
 
 
 def device_fit(
@@ -175,9 +191,7 @@ def device_fit(
         callbacks.on_epoch_begin(epoch)
         order = np.random.permutation(n) if shuffle else np.arange(n)
         order = jnp.asarray(order, dtype=jnp.int32)
-        state = tuple(_values(v) for v in (model.trainable_variables,
-                      model.non_trainable_variables, model.optimizer.variables,
-                      model.metrics_variables))  # fmt: skip
+        state = _read(_train_variables(model))
         for first, last, parts in _calls(n, batch_size, per_call):
             callbacks.on_train_batch_begin(first)
             for steps, batch, offset in parts:
@@ -185,16 +199,12 @@ def device_fit(
             callbacks.on_train_batch_end(last, logs)
             if model.stop_training:
                 break
-        for variables, values in zip((model.trainable_variables, model.non_trainable_variables,
-                                      model.optimizer.variables, model.metrics_variables), state):  # fmt: skip
-            _assign(variables, values)
+        _write(_train_variables(model), state)
         epoch_logs = dict(model.get_metrics_result())
         if validation_data is not None and not model.stop_training:
-            epoch_logs.update(
-                {f"val_{k}": v for k, v in _validate(model, test_chunk, x_val, y_val,
-                                                     val_order, batch_size, per_call,
-                                                     callbacks).items()}  # fmt: skip
-            )
+            val = (x_val, y_val, val_order, batch_size, per_call)
+            val_logs = _validate(model, test_chunk, *val, callbacks)
+            epoch_logs.update({f"val_{k}": v for k, v in val_logs.items()})
         callbacks.on_epoch_end(epoch, epoch_logs)
         if model.stop_training:
             break
@@ -208,14 +218,13 @@ def _validate(model, test_chunk, x, y, order, batch_size, per_call, callbacks) -
     """The metrics of `(x, y)`, computed like `model.evaluate` inside `fit`."""
     callbacks.on_test_begin()  # may swap in averaged weights: read the state after it
     model.reset_metrics()
-    state = tuple(_values(v) for v in (model.trainable_variables,
-                  model.non_trainable_variables, model.metrics_variables))  # fmt: skip
+    state = _read(_test_variables(model))
     for first, last, parts in _calls(len(y), batch_size, per_call):
         callbacks.on_test_batch_begin(first)
         for steps, batch, offset in parts:
             logs, state = test_chunk(state, x, y, order, offset, steps, batch)
         callbacks.on_test_batch_end(last, logs)
-    _assign(model.metrics_variables, state[2])
+    _write(_test_variables(model)[2:], state[2:])  # only the metrics changed
     logs = dict(model.get_metrics_result())
     callbacks.on_test_end(logs)
     return logs

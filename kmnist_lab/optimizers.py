@@ -198,10 +198,15 @@ class ASGD(keras.optimizers.Optimizer):
                 yield var, self._averages[i]
 
     def finalize_variable_values(self, var_list):
-        """Copies the averaged weights into `var_list` (called at the end of `fit`)."""
+        """Copies the averaged weights into `var_list` (called at the end of `fit`).
+
+        A copy, not the average's own buffer: on JAX, `assign` would otherwise make
+        the weight and the average share one array, and the next compiled call that
+        donates the weights (`evaluate`) would delete the average with them.
+        """
         if self._has_average():
             for var, ax in self._pairs(var_list):
-                var.assign(ax)
+                var.assign(ops.copy(ax))
 
     def swap_averaged_weights(self, var_list=None) -> None:
         """Exchanges the model's weights and the averages in place (twice = no-op)."""

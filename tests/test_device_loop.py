@@ -92,3 +92,11 @@ def test_device_pipeline_needs_jax():
         device_loop.device_fit(model, np.zeros((4, 2)), np.zeros(4))
     with pytest.raises(ConfigError, match="Received: pipeline='gpu'"):
         device_loop.fit(model, np.zeros((4, 2)), np.zeros(4), pipeline="gpu")
+
+
+def test_asgd_averages_survive_evaluate_on_jax(report):
+    """Regression: ASGD's final weights shared the average's buffer, and evaluate's
+    buffer donation deleted it ("Array has been deleted" when the run was saved)."""
+    device, iterator = report["asgd_device"], report["asgd_iterator"]
+    assert np.isfinite(device).all() and np.isfinite(iterator).all()
+    np.testing.assert_allclose(device, iterator, rtol=1e-5)

@@ -66,7 +66,24 @@ def run(pipeline, shuffle=False, epochs=2, stop_after=None, initial_epoch=None, 
     }
 
 
+def asgd_then_evaluate(pipeline):
+    """ASGD copies its averages into the weights at the end of fit; evaluate (which
+    donates the weights' buffers on JAX) must leave the averages readable."""
+    from kmnist_lab.optimizers import get_optimizer
+
+    keras.utils.set_random_seed(0)
+    model = build_model("bn_mlp")
+    model.compile(optimizer=get_optimizer("asgd", learning_rate=0.03),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))  # fmt: skip
+    device_loop.fit(model, X, Y, pipeline=pipeline, batch_size=BATCH, epochs=1, verbose=0,
+                    shuffle=False)  # fmt: skip
+    loss = model.evaluate(X, Y, verbose=0)
+    return [loss, sum(float(np.abs(np.asarray(v)).sum()) for v in model.optimizer.variables)]
+
+
 report = {
+    "asgd_device": asgd_then_evaluate("device"),
+    "asgd_iterator": asgd_then_evaluate("iterator"),
     "iterator": run("iterator"),
     "device": run("device"),
     "device_shuffled": run("device", shuffle=True),
