@@ -145,7 +145,8 @@ def device_fit(
         The `keras.callbacks.History` of the run (also `model.history`).
 
     Raises:
-        ConfigError: on a backend other than JAX, or under a `keras.distribution`.
+        ConfigError: on a backend other than JAX, under a `keras.distribution`, for
+            an uncompiled model, or when `x` and `y` differ in length or are empty.
     """
     if keras.backend.backend() != "jax":
         raise ConfigError(
@@ -157,6 +158,8 @@ def device_fit(
             "the device input pipeline does not shard data; use pipeline='iterator' "
             "with a keras.distribution"
         )
+    if getattr(model, "optimizer", None) is None:
+        raise ConfigError("compile the model (model.compile) before training it")
     import jax.numpy as jnp
 
     n = len(y)

@@ -100,3 +100,9 @@ def test_asgd_averages_survive_evaluate_on_jax(report):
     device, iterator = report["asgd_device"], report["asgd_iterator"]
     assert np.isfinite(device).all() and np.isfinite(iterator).all()
     np.testing.assert_allclose(device, iterator, rtol=1e-5)
+
+
+def test_device_fit_errors_on_jax(report):
+    uncompiled, mismatched = report["errors"]
+    assert uncompiled == "compile the model (model.compile) before training it"
+    assert mismatched == ("x and y need the same, non-zero number of samples. Received: 300 and 5")

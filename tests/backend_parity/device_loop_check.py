@@ -81,7 +81,24 @@ def asgd_then_evaluate(pipeline):
     return [loss, sum(float(np.abs(np.asarray(v)).sum()) for v in model.optimizer.variables)]
 
 
+def errors():
+    """The messages device_fit gives for an uncompiled model and mismatched arrays."""
+    from kmnist_lab.errors import ConfigError
+
+    found = []
+    model = build_model("bn_mlp")
+    for call in (lambda: device_loop.device_fit(model, X, Y),
+                 lambda: (model.compile(loss="mse"), device_loop.device_fit(model, X, Y[:5]))):  # fmt: skip
+        try:
+            call()
+            found.append(None)
+        except ConfigError as e:
+            found.append(str(e))
+    return found
+
+
 report = {
+    "errors": errors(),
     "asgd_device": asgd_then_evaluate("device"),
     "asgd_iterator": asgd_then_evaluate("iterator"),
     "iterator": run("iterator"),
