@@ -171,12 +171,18 @@ class TrainConfig:
     def validate(self) -> None:
         """Checks every field; raises `ConfigError` on the first bad one."""
         from kmnist_lab.data import list_datasets
-        from kmnist_lab.losses import LOSSES
+        from kmnist_lab.losses import LOSSES, loss_head
         from kmnist_lab.models import MODELS
         from kmnist_lab.optimizers import OPTIMIZERS
 
         MODELS.get(self.arch)
         LOSSES.get(self.loss)
+        if loss_head(self.loss) == "regression":
+            classifiers = [name for name in LOSSES.names() if loss_head(name) != "regression"]
+            raise ConfigError(
+                f"loss {self.loss!r} is a regression loss (float targets); a TrainConfig "
+                f"trains a classifier: use one of {', '.join(classifiers)}"
+            )
         if self.optimizer is not None:
             OPTIMIZERS.get(self.optimizer)
         _choice("dataset", self.dataset, list_datasets())
@@ -265,7 +271,7 @@ class TrainConfig:
             "epochs": self.epochs or d.epochs,
             "batch_size": self.batch_size or d.batch_size,
             "optimizer": self.optimizer or d.optimizer,
-            "lr": self.lr or d.lr,
+            "lr": self.lr or _default_lr(self.optimizer or d.optimizer, d),
             "lr_schedule": self.lr_schedule or d.lr_schedule,
             "augment": d.augment if self.augment is None else self.augment,
         }
@@ -303,6 +309,20 @@ class TrainConfig:
         if isinstance(data, dict) and "config" in data and isinstance(data["config"], dict):
             data = data["config"]
         return cls.from_dict(data)
+
+
+def _default_lr(optimizer: str, defaults: ArchDefaults) -> float:
+    """The architecture's tuned learning rate for its own optimizer, else the optimizer's.
+
+    An arch's preset lr (Adam's 1e-3) would be wrong for another update rule: Adadelta
+    moves 1000x slower at it, Lion takes 10x too large steps. So `--optimizer X`
+    without `--lr` takes X's registry default (docs/optimizers.md, "default lr").
+    """
+    if optimizer == defaults.optimizer:
+        return defaults.lr
+    from kmnist_lab.optimizers import optimizer_defaults  # keeps config import-light
+
+    return float(optimizer_defaults(optimizer)["learning_rate"])
 
 
 def _is_int(value) -> bool:

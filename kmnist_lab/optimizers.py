@@ -371,19 +371,25 @@ _VALUE_CHECKS = {
     "alpha": _check_range(0.0, math.inf, text="must be a finite number >= 0"),
     "t0": _check_range(0.0, math.inf, text="must be a finite number >= 0"),
 }
+# Where one optimizer's range differs from the rest (Keras' Lion refuses beta_1 = 0).
+_OPTIMIZER_VALUE_CHECKS = {
+    ("lion", "beta_1"): _check_range(
+        0.0, 1.0, lo_open=True, hi_open=False, text="must be in (0, 1]"
+    ),
+}
 
 
 def _is_real(value) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
-def _check_value(key, value) -> None:
+def _check_value(key, value, optimizer=None) -> None:
     if not _is_real(value) or math.isnan(value):
         problem = "must be a number" if key != "learning_rate" else _POSITIVE
     elif key == "learning_rate":
         problem = None if 0 < value < math.inf else _POSITIVE
     else:
-        problem = _VALUE_CHECKS[key](value)
+        problem = _OPTIMIZER_VALUE_CHECKS.get((optimizer, key), _VALUE_CHECKS[key])(value)
     if problem:
         raise ConfigError(f"`{key}` {problem}. Received: {key}={value!r}")
 
@@ -437,10 +443,12 @@ def get_optimizer(name: str, learning_rate=None, **params) -> keras.optimizers.O
                 f"Unknown optimizer parameter `{key}`. Optimizer {name!r} takes: "
                 f"{', '.join(['learning_rate', *accepted])}. Received: {key}={value!r}"
             )
-        _check_value(key, value)
+        _check_value(key, value, optimizer=name)
+        params[key] = float(value)  # Keras type-checks for float: 1, np.float32(0.5) pass here
     if learning_rate is not None:
         if not isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
             _check_value("learning_rate", learning_rate)
+            learning_rate = float(learning_rate)
         params["learning_rate"] = learning_rate
     try:
         return factory(**params)

@@ -11,10 +11,12 @@ from kmnist_lab.errors import ConfigError
 
 @keras.saving.register_keras_serializable(package="kmnist_lab")
 class Warmup(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up from 0 to `schedule(warmup_steps)` over `warmup_steps`, then `schedule`.
+    """Linear warm-up to `schedule(warmup_steps)` over `warmup_steps`, then `schedule`.
 
     `lr(t) = schedule(warmup_steps) * (t + 1) / warmup_steps` for `t < warmup_steps`
-    (Goyal et al. 2017, arXiv:1706.02677), else `schedule(t)`.
+    (Goyal et al. 2017, arXiv:1706.02677), else `schedule(t)`. The first step already
+    moves (`lr(0) = peak / warmup_steps`), unlike Keras' `CosineDecay` warm-up, which
+    starts at 0 and is the one the cosine schedule uses.
     """
 
     def __init__(self, schedule, warmup_steps: int):

@@ -88,7 +88,9 @@ def build_parser():
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", type=_cli.positive_int)
     o.add_argument("--batch-size", type=_cli.positive_int)
-    o.add_argument("--lr", type=_cli.positive_float, help="(peak) learning rate")
+    o.add_argument("--lr", type=_cli.positive_float,
+                   help="(peak) learning rate (default: the arch's with its own optimizer, "
+                        "else the optimizer's default lr, docs/optimizers.md)")  # fmt: skip
     o.add_argument("--optimizer", choices=list_optimizers(), default=None)
     o.add_argument("--momentum", type=_cli.nonneg_float, help="momentum (sgdm, nesterov, rmsprop)")
     o.add_argument("--weight-decay", type=_cli.nonneg_float)
@@ -191,15 +193,9 @@ def main(argv=None) -> int:
         from kmnist_lab.distribute import split_cpu
 
         split_cpu(args.cpu_devices)
-    from kmnist_lab.losses import list_losses, loss_head
     from kmnist_lab.training import train
 
-    config = config_from_args(args)
-    if loss_head(config.loss) == "regression":
-        classifiers = [name for name in list_losses() if loss_head(name) != "regression"]
-        _cli.fail(f"--loss {config.loss} is a regression loss (float targets); train.py trains "
-                  f"classifiers: use one of {', '.join(classifiers)}")  # fmt: skip
-    result = train(config)
+    result = train(config_from_args(args))
     m = result.metrics
     print(
         f"{result.config.arch} on {m['dataset']}: test accuracy {100 * m['test_accuracy']:.2f}% "

@@ -167,6 +167,39 @@ def test_from_arrays_accepts_flat_and_channel_images():
         data.from_arrays(np.zeros((4, 32, 32)), np.zeros(4), x, y)
 
 
+def test_from_arrays_rounds_float_pixels_and_refuses_images_scaled_to_one():
+    from conftest import make_images
+
+    x, y = make_images(40)
+    xf = x.astype(np.float32)
+    xf[0, 0, 0] = 200.9
+    ds = data.from_arrays(xf, y, xf, y, val_fraction=0.25)
+    assert ds.test[0].dtype == np.uint8 and ds.test[0][0, 0, 0] == 201  # rounded, not cut
+    with pytest.raises(DataError, match=r"x_train: .*scaled to \[0, 1\]; pass raw 0-255"):
+        data.from_arrays(x / 255.0, y, x, y)
+
+
+def test_from_arrays_refuses_labels_outside_the_classes():
+    from conftest import make_images
+
+    x, y = make_images(40)
+    bad = y.copy()
+    bad[3] = -1
+    with pytest.raises(DataError, match=r"y_train: labels must lie in \[0, 9\]"):
+        data.from_arrays(x, bad, x, y)
+    with pytest.raises(DataError, match=r"y_test: labels must lie in \[0, 2\] for 3 classes"):
+        data.from_arrays(x, y % 3, x, y, class_names=("a", "b", "c"))
+
+
+@pytest.mark.parametrize("fraction", [1.5, -0.1, 1.0, "0.1", True])
+def test_from_arrays_refuses_a_bad_val_fraction(fraction):
+    from conftest import make_images
+
+    x, y = make_images(40)
+    with pytest.raises(ConfigError, match=r"`val_fraction` must be a number in \[0, 1\)"):
+        data.from_arrays(x, y, x, y, val_fraction=fraction)
+
+
 def test_gzip_reader_reads_what_was_written(tmp_path):
     arr = np.arange(10, dtype=np.uint8)
     with gzip.open(tmp_path / "a.gz", "wb") as f:

@@ -171,6 +171,13 @@ def test_unknown_loss_name_lists_the_valid_ones():
 def test_unknown_parameter_lists_the_valid_ones():
     with pytest.raises(ConfigError, match="Unknown parameter.*gama.*Valid parameters: gamma"):
         get_loss("focal", gama=2.0)
+    with pytest.raises(ConfigError, match=r"Valid parameters: .*\. Received: gama=2\.0$"):
+        get_loss("focal", gama=2.0)
+
+
+def test_keras_rejections_become_one_line_config_errors():
+    with pytest.raises(ConfigError, match=r"^loss 'ce': Invalid value for argument `reduction`"):
+        get_loss("ce", reduction="avg")
 
 
 @pytest.mark.parametrize(

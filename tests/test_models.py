@@ -115,6 +115,9 @@ def test_mlp_options():
         ("mlp", {"dropout": 1.0}, r"`dropout` must be in \[0, 1\)"),
         ("resnet18", {"activation": "selu"}, "`activation` must be one of relu, sigmoid, tanh"),
         ("bn_mlp", {"head": "arcface"}, "`head` must be one of logits, cosine"),
+        ("bn_mlp", {"num_classes": 0}, r"`num_classes` must be a positive integer. .*=0$"),
+        ("relu_mlp", {"num_classes": "10"}, r"Received: num_classes='10'$"),
+        ("resnet18", {"num_classes": 2.5}, r"Received: num_classes=2\.5$"),
     ],
 )
 def test_invalid_builds_raise_config_error(name, kwargs, message):

@@ -178,6 +178,7 @@ def test_params_and_error_messages():
         ("rprop", {"step_size_min": 1.0, "step_size_max": 0.5}),
         ("asgd", {"lambd": -1.0}),
         ("asgd", {"t0": float("nan")}),
+        ("lion", {"beta_1": 0.0}),  # Keras' Lion refuses 0: caught before Keras sees it
     ],
 )
 def test_invalid_values_raise_one_line_config_error(name, kwargs):
@@ -186,6 +187,29 @@ def test_invalid_values_raise_one_line_config_error(name, kwargs):
     message = str(e.value)
     assert "\n" not in message and "Received:" in message
     assert next(iter(kwargs)) in message
+
+
+def test_whole_and_numpy_numbers_are_accepted_as_floats():
+    """Keras type-checks for `float`; an int from JSON or a NumPy scalar must still work."""
+    assert float(get_optimizer("adadelta", learning_rate=1).learning_rate) == 1.0
+    assert get_optimizer("sgdm", momentum=0).momentum == 0.0
+    assert get_optimizer("sgdm", np.int64(1), momentum=np.float32(0.5)).momentum == 0.5
+    assert get_optimizer("lion", beta_1=1).beta_1 == 1.0
+
+
+def test_an_optimizer_chosen_without_lr_trains_at_its_own_default_lr():
+    from kmnist_lab.config import TrainConfig
+    from kmnist_lab.optimizers import optimizer_defaults
+
+    # The arch's preset lr (Adam's 1e-3) goes with the arch's preset optimizer only.
+    assert TrainConfig(arch="bn_mlp").resolved().lr == 1e-3
+    assert TrainConfig(arch="bn_mlp", optimizer="adam").resolved().lr == 1e-3
+    assert TrainConfig(arch="bn_mlp", optimizer="adadelta").resolved().lr == 1.0
+    assert TrainConfig(arch="resnet18", optimizer="lion").resolved().lr == 1e-4
+    assert TrainConfig(arch="bn_mlp", optimizer="sgd", lr=0.03).resolved().lr == 0.03
+    for name in list_optimizers():
+        lr = TrainConfig(arch="residual_cnn", optimizer=name).resolved().lr
+        assert lr == optimizer_defaults(name)["learning_rate"] or name == "adam", name
 
 
 def test_asgd_refuses_use_ema():

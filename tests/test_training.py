@@ -165,6 +165,7 @@ def test_locked_run_folder_is_refused(tmp_path, tiny_dataset):
         ({"jit": "maybe"}, "`jit` must be one of auto, on, off"),
         ({"momentum": 1.5}, r"`momentum` must be in \[0, 1\)"),
         ({"run_name": "../escape"}, "`run_name` may contain only"),
+        ({"loss": "mse"}, r"loss 'mse' is a regression loss .*use one of ce, focal"),
     ],
 )
 def test_bad_config_values(kwargs, message):

@@ -8,6 +8,7 @@ preprocessing.
 from __future__ import annotations
 
 import inspect
+import numbers
 
 import keras
 
@@ -58,9 +59,17 @@ def build_model(name: str, num_classes: int = 10, head: str = "logits", **overri
             settings through unchanged.
 
     Raises:
-        ConfigError: unknown name, or a keyword the builder does not take.
+        ConfigError: unknown name, a `num_classes` that is not a positive integer, or a
+            keyword the builder does not take.
     """
     factory = MODELS.get(name).factory
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or (
+        num_classes < 1
+    ):
+        raise ConfigError(
+            f"`num_classes` must be a positive integer. Received: num_classes={num_classes!r}"
+        )
+    num_classes = int(num_classes)
     overrides = {k: v for k, v in overrides.items() if v is not None}
     accepted = model_params(name)
     unknown = sorted(set(overrides) - set(accepted))
