@@ -63,8 +63,10 @@ def build_model(name: str, num_classes: int = 10, head: str = "logits", **overri
             keyword the builder does not take.
     """
     factory = MODELS.get(name).factory
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or (
-        num_classes < 1
+    if (
+        isinstance(num_classes, bool)
+        or not isinstance(num_classes, numbers.Integral)
+        or (num_classes < 1)
     ):
         raise ConfigError(
             f"`num_classes` must be a positive integer. Received: num_classes={num_classes!r}"
