@@ -229,6 +229,38 @@ def run_steps(optimizer, init, grads):
     return out
 
 
+def test_adagrad_with_pytorchs_accumulator_start_follows_torch_optim_adagrad():
+    """docs/optimizers.md: `initial_accumulator_value=0, epsilon=1e-10` gives PyTorch's
+    Adagrad, `G += g^2; w -= lr * g / (sqrt(G) + eps)`; Keras' default start (0.1) does not."""
+    rng = np.random.default_rng(0)
+    w0 = rng.normal(size=5)
+    scale = np.array([0.05, 0.3, 1.0, 3.0, 10.0])
+
+    def torch_adagrad(steps=20, lr=0.01, eps=1e-10):
+        w, acc, path = w0.copy(), np.zeros(5), []
+        for _ in range(steps):
+            g = (scale * w).astype(np.float32)  # gradient of sum(scale * w^2) / 2
+            acc += g.astype(np.float64) ** 2
+            w = w - lr * g / (np.sqrt(acc) + eps)
+            path.append(w.copy())
+        return np.array(path)
+
+    def keras_path(**params):
+        var = keras.Variable(w0.astype(np.float32))
+        opt, path = get_optimizer("adagrad", **params), []
+        for _ in range(20):
+            grad = ops.convert_to_tensor(scale.astype(np.float32)) * var
+            opt.apply([grad], [var])
+            path.append(ops.convert_to_numpy(var).copy())
+        return np.array(path)
+
+    expected = torch_adagrad()
+    same = keras_path(initial_accumulator_value=0.0, epsilon=1e-10)
+    np.testing.assert_allclose(same, expected, rtol=1e-5, atol=1e-6)
+    travel = np.abs(expected[-1] - w0).max()
+    assert np.abs(keras_path() - expected).max() > 0.1 * travel  # the default differs
+
+
 def test_rprop_steps_by_hand():
     # Step sizes start at lr=0.1; grad signs: (+, -, 0), then (+, +, +) twice.
     grads = [[0.5, -1.0, 0.0], [0.3, 2.0, 1.0], [0.3, 2.0, 1.0]]
