@@ -300,7 +300,9 @@ def _adamw(learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, weight_d
     )
 
 
-@OPTIMIZERS.register("adagrad", "Adagrad (Duchi et al. 2011); lr 0.01 as PyTorch, Keras' accumulator")
+@OPTIMIZERS.register(
+    "adagrad", "Adagrad (Duchi et al. 2011); lr 0.01 as PyTorch, Keras' accumulator"
+)
 def _adagrad(learning_rate=0.01, initial_accumulator_value=0.1, epsilon=1e-7, weight_decay=None):
     return keras.optimizers.Adagrad(
         learning_rate, initial_accumulator_value, epsilon, weight_decay=weight_decay
