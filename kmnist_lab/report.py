@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import re
+import shutil
 from pathlib import Path
 
 from kmnist_lab import plots, runs
@@ -76,8 +77,20 @@ class Document:
         self.blocks.append(("img", path, caption))
 
     def image(self, path: Path, caption: str) -> None:
-        """Adds an existing PNG (e.g. a search's figures), copied next to the report."""
-        self.blocks.append(("img", Path(path), caption))
+        """Adds an existing PNG (e.g. a search's figures), copied next to the report
+        when it lies outside the report's folder, so the report can be moved."""
+        path = Path(path)
+        try:
+            path.resolve().relative_to(self.out_dir.resolve())
+        except ValueError:
+            name = re.sub(r"[^A-Za-z0-9._-]+", "_", path.stem)
+            while name in self._names:
+                name += "_"
+            self._names.add(name)
+            folder = self.out_dir / FIG_DIR
+            folder.mkdir(exist_ok=True)
+            path = Path(shutil.copyfile(path, folder / f"{name}{path.suffix}"))
+        self.blocks.append(("img", path, caption))
 
     def markdown(self) -> str:
         out = []
@@ -243,7 +256,7 @@ def write_report(path, out_dir=None) -> tuple[Path, Path]:
     runs.atomic_write_text(md, f"# {title}\n\n" + doc.markdown())
     doc.blocks.insert(0, ("h", 1, title))
     runs.atomic_write_text(page, doc.html(title))
-    log.info("report written: %s, %s", md, page)
+    log.debug("report written: %s, %s", md, page)  # the scripts print it
     return md, page
 
 
@@ -251,7 +264,12 @@ def write_report(path, out_dir=None) -> tuple[Path, Path]:
 
 
 def _study(path: Path, doc: Document) -> str:
-    record = _json(path / "study.json")
+    try:
+        record = json.loads((path / "study.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ReportError(f"cannot read {path / 'study.json'}: {e}") from None
+    if not isinstance(record, dict):
+        raise ReportError(f"{path / 'study.json'} is not a kmnist_lab study record")
     study = record.get("study", {})
     runs_ = study.get("runs", [])
     dataset = record.get("dataset", "?")

@@ -73,7 +73,11 @@ def build_parser():
     o.add_argument("--retrain", action="store_true",
                    help="retrain the best configuration, not restore it")  # fmt: skip
     o.add_argument(
-        "--no-export", dest="export", action="store_false", help="skip the best model's SavedModel"
+        "--no-export",
+        dest="export",
+        action="store_false",
+        help="score the best model but write neither its model.keras nor its SavedModel "
+        "(a later run without this flag exports it)",
     )
     r = p.add_argument_group("run")
     r.add_argument("--workers", type=_cli.nonneg_int, default=0,

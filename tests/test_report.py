@@ -143,6 +143,16 @@ def test_search_report_sorts_trials_and_embeds_figures(tmp_path):
     assert detect(search) == "search"
     assert text.index("| t2 |") < text.index("| t1 |") < text.index("| t3 |")
     assert "best: t2" in text and page.read_text().count("data:image/png;base64,") == 1
+    # Written elsewhere, the report carries a copy of the figure and links it relatively.
+    md, _ = write_report(search, out_dir=tmp_path / "elsewhere")
+    assert "](report_files/h.png)" in md.read_text() and "file://" not in md.read_text()
+    assert (tmp_path / "elsewhere" / "report_files" / "h.png").is_file()
+
+
+def test_corrupt_study_record_is_an_error_not_an_empty_report(tmp_path):
+    (tmp_path / "study.json").write_text("{bad")
+    with pytest.raises(ReportError, match=r"cannot read .*study\.json"):
+        write_report(tmp_path)
 
 
 def test_not_a_report_folder(tmp_path):

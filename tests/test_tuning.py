@@ -154,6 +154,15 @@ def _grid_oracle(tmp_path):
     return oracle
 
 
+def test_trials_are_listed_in_start_order_after_max_trials_grew():
+    from tuning.results import trial_order
+
+    # keras-tuner pads ids to the width of max_trials: 4 trials, then extended to 11.
+    ids = ["0", "1", "2", "3", "04", "05", "06", "07", "08", "09", "10"]
+    assert sorted(reversed(ids), key=trial_order) == ids
+    assert sorted(ids) != ids  # text order, what trials.csv used before
+
+
 def test_grid_oracle_resumes_after_reload(tmp_path):
     """keras-tuner #1055: a reloaded GridSearchOracle raised KeyError; ours continues."""
     first = _fake_search(_grid_oracle(tmp_path), 5)
@@ -224,8 +233,13 @@ def test_hyperband_with_two_workers_keeps_each_model_in_its_bracket(tmp_path):
 def test_grid_search_writes_every_output_and_reruns_nothing(data_dir, tmp_path):
     argv = _argv(data_dir, tmp_path, "--space", "a_grid", "--tuner", "grid", "--max-epochs", "1",
                  "--max-trials", "2")  # fmt: skip
-    assert _cli.run(tune_script.main, argv) == 0
+    assert _cli.run(tune_script.main, [*argv, "--no-export"]) == 0
     project = tmp_path / "a_grid_grid_kmnist"
+    scored = json.loads((project / "best_model" / "metrics.json").read_text())
+    assert scored["artifacts"] == [] and not (project / "best_model" / "saved_model").exists()
+    # Without --no-export the same search exports the model it scored; its test score
+    # is kept (the test split is used once).
+    assert _cli.run(tune_script.main, argv) == 0
     rows = _rows(project)
     assert list(rows[0])[:5] == ["trial_id", "status", "hp_batch_size", "hp_lr", "hp_epochs"]
     assert {"val_accuracy", "val_loss", "epochs_trained", "wall_time_s", "worker"} <= set(rows[0])
@@ -240,6 +254,8 @@ def test_grid_search_writes_every_output_and_reruns_nothing(data_dir, tmp_path):
     # The restored best model is the scored one, and the test split was used.
     assert metrics["val_accuracy"] == pytest.approx(best["val_accuracy"], abs=1e-6)
     assert metrics["test_size"] == 40 and 0 <= metrics["test_accuracy"] <= 1
+    assert metrics["test_accuracy"] == scored["test_accuracy"]
+    assert metrics["artifacts"] == ["best_model/model.keras", "best_model/saved_model"]
     import tensorflow as tf
 
     served = tf.saved_model.load(str(project / "best_model" / "saved_model"))
@@ -255,6 +271,18 @@ def test_grid_search_writes_every_output_and_reruns_nothing(data_dir, tmp_path):
     )
     assert _cli.run(tune_script.main, argv) == 0
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_dataset_auto_names_the_search_after_the_dataset_it_found(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    write_idx_dataset(tmp_path / "keras" / "datasets", n_train=120, n_test=20)
+    argv = ["--dataset", "auto", "--directory", str(tmp_path / "s"), "--jit", "off", "-q",
+            "--space", "a_grid", "--tuner", "grid", "--max-epochs", "1", "--max-trials", "1",
+            "--no-export"]  # fmt: skip
+    assert _cli.run(tune_script.main, argv) == 0
+    assert [p.name for p in (tmp_path / "s").iterdir()] == ["a_grid_grid_mnist"]
+    marker = json.loads((tmp_path / "s" / "a_grid_grid_mnist" / "search.json").read_text())
+    assert marker["identity"]["dataset"] == "mnist"
 
 
 def test_hyperband_accounts_for_every_epoch(data_dir, tmp_path):
@@ -317,6 +345,25 @@ def test_killed_search_resumes_without_repeating_finished_trials(data_dir, tmp_p
     assert summary["session_memory_mb"]["restarts"] == 3 - len(before)
 
 
+def test_overwrite_clears_once_even_when_the_process_restarts(data_dir, tmp_path):
+    """`--overwrite` with memory restarts: each restart re-runs the same command line
+    and must resume the search, not delete it again (which looped forever)."""
+    argv = _argv(data_dir, tmp_path, "--space", "a_grid", "--tuner", "grid", "--max-epochs", "1",
+                 "--max-trials", "2", "--no-export", "--recycle-mb", "1")  # fmt: skip
+    project = tmp_path / "a_grid_grid_kmnist"
+    project.mkdir(parents=True)
+    (project / "stale.txt").write_text("from an earlier search")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("KMNIST_TUNING_RESTARTS", None)
+    done = subprocess.run([sys.executable, TUNE, *argv, "--overwrite"], env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not (project / "stale.txt").exists()
+    assert len(_rows(project)) == 2
+    summary = json.loads((project / "summary.json").read_text())
+    assert summary["session_memory_mb"]["restarts"] == 2
+
+
 def test_distributed_search_chief_and_two_workers(data_dir, tmp_path):
     argv = _argv(data_dir, tmp_path, "--space", "a_grid", "--tuner", "grid", "--max-epochs", "1",
                  "--max-trials", "4", "--no-export", "--workers", "2")  # fmt: skip
@@ -349,11 +396,13 @@ def _one_line_error(capsys, code, match):
         (["--space", "a_grid", "--factor", "1"], "--factor"),
         (["--space", "a_grid", "--project-name", "a/b"], "project_name"),
         (["--space", "a_grid", "--dataset", "kmnist"], "kmnist"),
+        (["--space", "a_grid", "--dataset", "kmnist", "--workers", "1"], "kmnist"),
     ],
 )
 def test_bad_tune_arguments_exit_2_with_one_line(argv, match, capsys, tmp_path):
     code = _cli.run(tune_script.main, argv + ["--directory", str(tmp_path), "-q"])
     _one_line_error(capsys, code, match)
+    assert not any(tmp_path.iterdir())  # nothing left that would refuse the fixed command
 
 
 def test_other_settings_in_an_existing_search_folder_are_refused(tmp_path, capsys):

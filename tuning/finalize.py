@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 
 import keras
@@ -108,7 +109,19 @@ def export_best(tuner, trial, cfg, dataset, epochs: int, out: Path) -> dict:
             old = {}
         same = old.get("trial_id") == trial.trial_id and old.get("identity") == cfg.identity()
         if same and (old.get("retrained") or not cfg.retrain):
-            return old
+            if not cfg.export or old.get("artifacts"):
+                return old
+            checkpoint = Path(tuner._get_checkpoint_fname(trial.trial_id))
+            if not old.get("retrained") and checkpoint.is_file():
+                # Scored before under --no-export: export the same restored model now
+                # and keep its test score (the test split is used once).
+                model = _restore(tuner, trial)
+                old["artifacts"] = _export(
+                    model, tuner.hypermodel.loss_for(trial.hyperparameters), out
+                )
+                runs.atomic_write_json(metrics_path, old)
+                log.info("exported the best model (trial %s) -> %s", trial.trial_id, out)
+                return old
         metrics_path.unlink()
     out.mkdir(parents=True, exist_ok=True)
     hp = trial.hyperparameters
@@ -124,7 +137,7 @@ def export_best(tuner, trial, cfg, dataset, epochs: int, out: Path) -> dict:
         )
         origin = f"retrained from scratch ({epochs} epochs)"
     else:
-        model = tuner.load_model(trial)
+        model = _restore(tuner, trial)
         origin = f"restored from trial {trial.trial_id}'s checkpoint"
     batch = max(256, int(hp.values.get("batch_size", 256)))
     val = model.evaluate(x_val, y_val, batch_size=batch, verbose=0, return_dict=True)
@@ -154,6 +167,15 @@ def export_best(tuner, trial, cfg, dataset, epochs: int, out: Path) -> dict:
         origin, metrics["val_accuracy"], metrics["test_accuracy"], out,
     )  # fmt: skip
     return metrics
+
+
+def _restore(tuner, trial):
+    """The trial's checkpointed model. The checkpoint holds the weights only, so Keras
+    warns that it skips the optimizer's variables; the model is only evaluated and
+    exported, so that warning is noise and is silenced here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        return tuner.load_model(trial)
 
 
 def _export(model, loss, out: Path) -> list[str]:

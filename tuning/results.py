@@ -43,12 +43,19 @@ def _metric(trial, name):
     return "" if value is None else float(value)
 
 
+def trial_order(trial_id: str):
+    """Sort key of a trial id in start order: keras-tuner zero-pads ids to the width of
+    `max_trials`, so a search extended from 4 to 11 trials has ids 0-3, then 04-10, and
+    text order would put "04" before "1"."""
+    return (int(trial_id), trial_id) if trial_id.isdigit() else (math.inf, trial_id)
+
+
 def trial_rows(oracle) -> list[dict]:
     """One dict per trial (all statuses), ordered by trial id; keys are the CSV columns."""
     names = hp_names(oracle)
     worker_of = getattr(oracle, "worker_of", lambda _: None)
     rows = []
-    for trial_id in sorted(oracle.trials):
+    for trial_id in sorted(oracle.trials, key=trial_order):
         trial = oracle.trials[trial_id]
         values = trial.hyperparameters.values
         row = {"trial_id": trial_id, "status": trial.status}
@@ -186,7 +193,8 @@ def summary_markdown(summary: dict, rows: list[dict], figures: list[str]) -> str
     done = sorted(completed(rows), key=lambda r: -r["val_accuracy"])[:10]
     if done:
         hp_cols = [k for k in done[0] if k.startswith("hp_")]
-        header = ["trial", *(c[3:] for c in hp_cols), "val acc %", "epochs", "trained", "worker"]
+        header = ["trial", *(c[3:] for c in hp_cols), "val acc %", "model epochs",
+                  "epochs trained", "worker"]  # fmt: skip
         lines += ["", "## Best trials", "", "| " + " | ".join(header) + " |"]
         lines.append("|" + "---|" * len(header))
         for r in done:

@@ -213,7 +213,9 @@ def prepare_project_dir(cfg: SearchConfig) -> Path:
         RunFolderError: the folder holds a different search or something else.
     """
     project = cfg.project_dir
-    if cfg.overwrite and project.exists():
+    # A process that `restart` re-executed (same command line, --overwrite included)
+    # resumes the search its first start cleared: it must not clear it again.
+    if cfg.overwrite and project.exists() and _RESTARTS not in os.environ:
         shutil.rmtree(project)
     try:
         project.mkdir(parents=True, exist_ok=True)
@@ -282,21 +284,23 @@ def run_search(config: SearchConfig) -> SearchResult | None:
         ConfigError, DataError, RunFolderError: bad input (nothing is overwritten).
         SearchError: a process of a distributed search failed.
     """
-    cfg = config.resolved()
-    role = distributed_role()
-    if cfg.workers:
-        if role is not None:
-            raise ConfigError(
-                "--workers starts its own chief and workers; unset KERASTUNER_* first"
-            )
-        from tuning.distributed import launch_local_cluster
-
-        return launch_local_cluster(cfg)
     from kmnist_lab.data import load_dataset
 
+    cfg = config.resolved()
+    role = distributed_role()
+    if cfg.workers and role is not None:
+        raise ConfigError("--workers starts its own chief and workers; unset KERASTUNER_* first")
     # Load (and so validate) the data before touching the search folder: a bad
     # --data-dir must leave nothing behind that would refuse the corrected command.
     dataset = load_dataset(cfg.dataset, cfg.data_dir, cfg.val_fraction, cfg.seed)
+    if cfg.dataset == "auto":
+        # Name the folder and the search's identity after what "auto" found, so a later
+        # run that finds another dataset starts its own search instead of mixing them.
+        cfg = dataclasses.replace(config, dataset=dataset.name).resolved()
+    if cfg.workers:
+        from tuning.distributed import launch_local_cluster
+
+        return launch_local_cluster(cfg)  # the chief and workers load it again
     lock = None
     if role is None:
         lock = _lock_project(cfg)
