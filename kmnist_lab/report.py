@@ -321,7 +321,8 @@ def _table(doc: Document, entries: list[dict]) -> None:
         row += [_num(m.get("test_loss"))]
         if has_loss:
             row.append(_num(orig.get("test_loss")))
-        row.append(_num(m.get("wall_time_s"), "{:.0f}"))
+        wall = _num(m.get("wall_time_s"), "{:.0f}")
+        row.append(f"{wall} (resumed)" if m.get("resumed") else wall)
         if has_wall:
             row.append(_num(orig.get("wall_time_s"), "{:.0f}"))
         row.append(_num(m.get("samples_per_s"), "{:.0f}"))
@@ -330,8 +331,8 @@ def _table(doc: Document, entries: list[dict]) -> None:
     doc.para(
         "test acc: accuracy on the test split after the last epoch (the test split is used once); "
         "Δ points: ours minus the report, in percentage points (0 inside a reported range); "
-        "wall time: the whole run (data, compile, fit, test, export); samples/s: training "
-        "throughput in steady epochs."
+        "wall time: the whole run (data, compile, fit, test, export; for a resumed run, the "
+        "last process only); samples/s: training throughput in steady epochs."
     )
 
 

@@ -275,8 +275,9 @@ def _fit_and_export(
         "val_accuracy": float(history[-1]["val_accuracy"]) if has_val and history else None,
         "train_accuracy": float(history[-1]["accuracy"]) if history else None,
         "epochs": len(history),
-        "wall_time_s": time.perf_counter() - start,
+        "wall_time_s": time.perf_counter() - start,  # this process: see "resumed"
         "fit_time_s": fit_time,
+        "resumed": bool(resume),
         "samples_per_s": len(y_train) / (sum(steady) / len(steady)) if steady else None,
         "dataset": dataset.name,
         "artifacts": artifacts,

@@ -118,7 +118,8 @@ def test_interrupted_run_resumes_without_duplicate_epochs(tmp_path, tiny_dataset
     assert (tmp_path / "run" / "backup").is_dir() and not (
         tmp_path / "run" / "metrics.json"
     ).exists()
-    train(_config(tmp_path, epochs=4), dataset=tiny_dataset)
+    result = train(_config(tmp_path, epochs=4), dataset=tiny_dataset)
+    assert result.metrics["resumed"] is True  # its wall time covers this process only
     assert [int(r["epoch"]) for r in _rows(tmp_path / "run" / "history.csv")] == [1, 2, 3, 4]
     assert sorted({int(b["epoch"]) for b in _rows(tmp_path / "run" / "batches.csv")}) == [
         1,
