@@ -193,7 +193,8 @@ class RunBackup(keras.callbacks.Callback):
     instant: each epoch's state (`model.save_weights`, which holds the layer
     weights *and* the optimizer's variables: iteration count, hence the
     learning-rate schedule's position, Adam moments, Rprop step sizes, ASGD
-    averages, ...) is written with its epoch number into a temporary folder that
+    averages, ...; plus, in `meta.json`, the random generators' states, which
+    `save_weights` leaves out) is written with its epoch number into a temporary folder that
     is renamed to `epoch-NNNNN` only when complete; the newest `keep` folders are
     kept. A restart loads the newest readable one (falling back to the previous
     if it is damaged) and continues from the next epoch. A state whose training
@@ -259,6 +260,11 @@ class RunBackup(keras.callbacks.Callback):
         if optimizer is not None and not optimizer.built:
             optimizer.build(self.model.trainable_variables)
         self.model.load_weights(path / "state.weights.h5")
+        states = _seed_states(self.model)
+        saved = meta.get("seed_states", [])
+        if len(saved) == len(states):
+            for variable, value in zip(states, saved, strict=True):
+                variable.assign(np.asarray(value, dtype=variable.dtype))
 
     def on_epoch_end(self, epoch, logs=None):
         loss = (logs or {}).get("loss")
@@ -276,7 +282,8 @@ class RunBackup(keras.callbacks.Callback):
         self.model.save_weights(weights)
         with open(weights, "rb+") as f:
             os.fsync(f.fileno())
-        atomic_write_json(tmp / "meta.json", {"epoch": epoch})
+        seeds = [keras.ops.convert_to_numpy(v).tolist() for v in _seed_states(self.model)]
+        atomic_write_json(tmp / "meta.json", {"epoch": epoch, "seed_states": seeds})
         fsync_dir(tmp)
         final = self.backup_dir / f"epoch-{epoch:05d}"
         if final.exists():  # this epoch re-ran after a kill; older backups remain meanwhile
@@ -286,6 +293,15 @@ class RunBackup(keras.callbacks.Callback):
         for _, old in self.checkpoints()[self.keep :]:
             shutil.rmtree(old, ignore_errors=True)
         return final
+
+
+def _seed_states(model) -> list:
+    """The states of the model's `keras.random.SeedGenerator`s (augmentation, dropout).
+
+    `save_weights` leaves them out; without them a resumed run would draw epoch 1's
+    random augmentations again instead of the next epoch's.
+    """
+    return [v for v in model.non_trainable_variables if v.path.endswith("seed_generator_state")]
 
 
 def _scalar(value):

@@ -34,10 +34,14 @@ from kmnist_lab.errors import ConfigError
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def fit(model: keras.Model, x, y, *, pipeline: str = "iterator", **kwargs):
-    """`model.fit(x, y, **kwargs)` through `pipeline`: `"device"` or `"iterator"` (Keras')."""
+def fit(model: keras.Model, x, y, *, pipeline: str = "iterator", shuffle_seed=None, **kwargs):
+    """`model.fit(x, y, **kwargs)` through `pipeline`: `"device"` or `"iterator"` (Keras').
+
+    `shuffle_seed` is `device_fit`'s (the order of each epoch a function of the seed and
+    the epoch); Keras' iterator shuffles with its own seeded generator and ignores it.
+    """
     if pipeline == "device":
-        return device_fit(model, x, y, **kwargs)
+        return device_fit(model, x, y, shuffle_seed=shuffle_seed, **kwargs)
     if pipeline != "iterator":
         raise ConfigError(
             f"`pipeline` must be 'device' or 'iterator'. Received: pipeline={pipeline!r}"
@@ -128,6 +132,7 @@ def device_fit(
     callbacks=None,
     verbose="auto",
     initial_epoch: int = 0,
+    shuffle_seed: int | None = None,
 ):
     """Trains a compiled Keras model like `model.fit`, the batch loop on the device (JAX).
 
@@ -140,6 +145,11 @@ def device_fit(
         validation_data: `(x_val, y_val)` or None; evaluated after every epoch.
         callbacks: Keras callbacks, or a `keras.callbacks.CallbackList`.
         verbose: Keras progress bar: 0 silent, 1 bar, 2 one line per epoch.
+        shuffle_seed: with `shuffle`, epoch `e` trains in the order
+            `np.random.default_rng([shuffle_seed, e]).permutation(len(x))`, which does
+            not depend on what ran before, so a run resumed at epoch `e` sees the
+            batches an uninterrupted one would. None: a seed drawn from NumPy's global
+            generator (seeded by `keras.utils.set_random_seed`).
 
     Returns:
         The `keras.callbacks.History` of the run (also `model.history`).
@@ -188,11 +198,16 @@ def device_fit(
     model.stop_training = False
     callbacks.on_train_begin()
     initial_epoch = model._initial_epoch or initial_epoch
+    if shuffle_seed is None:
+        shuffle_seed = int(np.random.randint(0, 2**31 - 1))
     epoch_logs: dict = {}
     for epoch in range(initial_epoch, epochs):
         model.reset_metrics()
         callbacks.on_epoch_begin(epoch)
-        order = np.random.permutation(n) if shuffle else np.arange(n)
+        if shuffle:
+            order = np.random.default_rng([shuffle_seed, epoch]).permutation(n)
+        else:
+            order = np.arange(n)
         order = jnp.asarray(order, dtype=jnp.int32)
         state = _read(_train_variables(model))
         for first, last, parts in _calls(n, batch_size, per_call):

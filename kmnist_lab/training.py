@@ -243,6 +243,7 @@ def _fit_and_export(
         epochs=cfg.epochs,
         validation_data=val if has_val else None,
         shuffle=True,
+        shuffle_seed=cfg.seed,  # device pipeline: epoch e's order from (seed, e), for resuming
         callbacks=callbacks,
         verbose=cfg.verbose,
     )

@@ -72,6 +72,20 @@ def test_stop_training_and_initial_epoch(report):
     assert resumed["iterations"] == 10
 
 
+def test_a_resumed_run_matches_an_uninterrupted_one_with_shuffle_and_augmentation(report):
+    """Killed after epoch 2, resumed: the epochs after the restore see the same batches
+    (order from (seed, epoch)) and the same random transforms (generator states in the
+    backup) as the uninterrupted run. Without both (checked by reverting them), the
+    resumed epoch 3 had loss 0.60 against 2.55 uninterrupted."""
+    resume = report["resume"]
+    assert resume["was_resumed"] is True and resume["pipeline"] == "device"
+    whole, resumed = resume["whole"], resume["resumed"]
+    assert [r["epoch"] for r in resumed] == [r["epoch"] for r in whole] == ["1", "2", "3", "4"]
+    for got, want in zip(resumed, whole, strict=True):
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            np.testing.assert_allclose(float(got[key]), float(want[key]), rtol=1e-4, err_msg=key)
+
+
 def test_shuffle_is_seeded_and_changes_the_order(report):
     shuffled, again = report["device_shuffled"], report["device_shuffled_again"]
     assert shuffled["history"] == again["history"]

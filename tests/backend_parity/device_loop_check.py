@@ -97,7 +97,50 @@ def errors():
     return found
 
 
+def resumed_run_matches():
+    """`training.train` on the default JAX path (device pipeline, augmentation on, so
+    shuffling and random transforms both matter), killed after epoch 2 and resumed,
+    against the same run uninterrupted: per-epoch history rows (loss, accuracy, ...)."""
+    import csv
+    import tempfile
+
+    from kmnist_lab import callbacks, data
+    from kmnist_lab.config import TrainConfig
+    from kmnist_lab.training import train
+
+    dataset = data.from_arrays(X, Y, X[:60], Y[:60], val_fraction=0.2)
+    out = tempfile.mkdtemp()
+
+    def config(name):
+        return TrainConfig(arch="bn_mlp", epochs=4, batch_size=32, augment=True, verbose=0,
+                           input_pipeline="device", output_dir=out, run_name=name)  # fmt: skip
+
+    def history(name):
+        with open(f"{out}/{name}/history.csv", newline="") as f:
+            return [{k: v for k, v in r.items() if k != "epoch_time"} for r in csv.DictReader(f)]
+
+    train(config("whole"), dataset=dataset)
+    original = callbacks.DivergenceGuard.on_epoch_end
+
+    def killed_after_second_epoch(self, epoch, logs=None):
+        if epoch == 2:  # epoch 3 ends: its rows are written, its backup is not
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, epoch, logs)
+
+    callbacks.DivergenceGuard.on_epoch_end = killed_after_second_epoch
+    try:
+        train(config("resumed"), dataset=dataset)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        callbacks.DivergenceGuard.on_epoch_end = original
+    result = train(config("resumed"), dataset=dataset)
+    return {"whole": history("whole"), "resumed": history("resumed"),
+            "was_resumed": result.metrics["resumed"], "pipeline": result.config.input_pipeline}  # fmt: skip
+
+
 report = {
+    "resume": resumed_run_matches(),
     "errors": errors(),
     "asgd_device": asgd_then_evaluate("device"),
     "asgd_iterator": asgd_then_evaluate("iterator"),
