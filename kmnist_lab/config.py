@@ -171,8 +171,8 @@ class TrainConfig:
     def validate(self) -> None:
         """Checks every field; raises `ConfigError` on the first bad one."""
         from kmnist_lab.data import list_datasets
-        from kmnist_lab.losses import LOSSES, loss_head
-        from kmnist_lab.models import MODELS
+        from kmnist_lab.losses import LOSSES, get_loss, loss_head
+        from kmnist_lab.models import MODELS, model_params
         from kmnist_lab.optimizers import OPTIMIZERS
 
         MODELS.get(self.arch)
@@ -180,8 +180,8 @@ class TrainConfig:
         if loss_head(self.loss) == "regression":
             classifiers = [name for name in LOSSES.names() if loss_head(name) != "regression"]
             raise ConfigError(
-                f"loss {self.loss!r} is a regression loss (float targets); a TrainConfig "
-                f"trains a classifier: use one of {', '.join(classifiers)}"
+                f"loss {self.loss!r} is a regression loss (float targets); training a "
+                f"classifier needs one of {', '.join(classifiers)}"
             )
         if self.optimizer is not None:
             OPTIMIZERS.get(self.optimizer)
@@ -237,9 +237,18 @@ class TrainConfig:
             if clash:
                 given = ", ".join(f"{k}={getattr(self, name)[k]!r}" for k in clash)
                 raise ConfigError(
-                    f"`{name}` cannot set {', '.join(clash)}: kmnist_lab sets it from the dataset "
-                    f"and the loss. Received: {given}"
+                    f"`{name}` cannot set {', '.join(clash)}: kmnist_lab sets it itself (from "
+                    f"the dataset, the loss and the training loop). Received: {given}"
                 )
+        # Unknown keys and bad values fail here, before any data is loaded.
+        unknown = sorted(set(self.model_params) - set(model_params(self.arch)))
+        if unknown:
+            options = [k for k in model_params(self.arch) if k not in _RESERVED_MODEL]
+            raise ConfigError(
+                f"arch {self.arch!r} does not take {', '.join(unknown)}. It takes: "
+                f"{', '.join(options)}"
+            )
+        get_loss(self.loss, **self.loss_params)
         for name in ("augment", "tensorboard", "export", "overwrite"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, bool):

@@ -38,10 +38,19 @@ def resolve_saved_model(path) -> tuple[Path, Path | None]:
         from kmnist_lab.runs import run_status
 
         status = run_status(path)
-        if status != "complete":
+        advice = {
+            "incomplete": "an interrupted run: re-run its training command to resume it",
+            "running": "it is still training: evaluate it when it has finished",
+            "diverged": "its training diverged: retrain it with --overwrite and a lower --lr",
+        }
+        if status in advice:
+            raise ModelLoadError(f"{path} has no saved_model/ yet; {advice[status]}")
+        backend = run_config(path).get("backend")
+        if backend not in (None, "tensorflow", "jax"):
             raise ModelLoadError(
-                f"{path} is a {status} run without saved_model/; finish it by re-running its "
-                "training command (an interrupted run resumes)"
+                f"{path} has no saved_model/: it was trained on the {backend} backend, which "
+                "cannot write one; load its model.keras with "
+                "kmnist_lab.models.load_keras_model instead"
             )
         raise ModelLoadError(f"{path} has no saved_model/ (trained with --no-export?)")
     raise ModelLoadError(

@@ -437,9 +437,11 @@ def get_loss(name: str, **params) -> keras.losses.Loss:
     unknown = sorted(set(params) - set(valid))
     if unknown:
         received = ", ".join(f"{k}={params[k]!r}" for k in unknown)
+        own = [p for p in valid if p not in ("name", "reduction", "dtype")]  # Keras' own
+        takes = f"Valid parameters: {', '.join(own)}" if own else "It takes no parameters"
         raise ConfigError(
-            f"Unknown parameter(s) {', '.join(unknown)} for loss {name!r}. "
-            f"Valid parameters: {', '.join(valid)}. Received: {received}"
+            f"Unknown parameter(s) {', '.join(unknown)} for loss {name!r}. {takes}. "
+            f"Received: {received}"
         )
     try:
         return factory(**params)

@@ -194,10 +194,12 @@ def _fit_and_export(
     speed = compile_for_config(model, loss, cfg, steps_per_epoch)
     speed["dtype_policy"] = model.dtype_policy.name
     speed["devices"] = len(devices) if devices else 1
-    if not resume:
-        for stale in ("history.csv", "batches.csv", "status.json", runs.COMPLETE_MARKER):
+    if not resume:  # a new or --overwrite run: nothing of an earlier run may survive
+        for stale in ("history.csv", "batches.csv", "status.json", runs.COMPLETE_MARKER,
+                      "model.keras"):  # fmt: skip
             (run_dir / stale).unlink(missing_ok=True)
-        shutil.rmtree(run_dir / "backup", ignore_errors=True)
+        for stale in (runs.BACKUP_DIR, "saved_model", "plots", "evaluation", "tensorboard"):
+            shutil.rmtree(run_dir / stale, ignore_errors=True)
     runs.atomic_write_json(
         run_dir / "config.json",
         {
@@ -322,8 +324,8 @@ def _export(model, loss, run_dir: Path, cfg: TrainConfig) -> list[str]:
         written.append("saved_model")
     else:
         log.warning(
-            "backend %s cannot write a TF SavedModel; model.keras was saved (load it with "
-            "keras.saving.load_model on any backend)",
+            "backend %s cannot write a TF SavedModel; model.keras was saved (load it on "
+            "any backend with kmnist_lab.models.load_keras_model)",
             keras.backend.backend(),
         )
     return written

@@ -868,7 +868,7 @@ BAD_INPUT = [
     ("evaluate-a-file", "evaluate", ["{file}"], 2,
      "is not a SavedModel"),
     ("evaluate-incomplete-run", "evaluate", ["{incomplete}"], 2,
-     "is a incomplete run without saved_model/"),
+     "has no saved_model/ yet; an interrupted run: re-run its training command"),
     ("evaluate-corrupt-savedmodel", "evaluate", ["{broken}"], 2,
      "cannot load SavedModel"),
     ("evaluate-bad-split", "evaluate", ["{run}", "--split", "dev"], 2,

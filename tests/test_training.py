@@ -166,7 +166,7 @@ def test_locked_run_folder_is_refused(tmp_path, tiny_dataset):
         ({"jit": "maybe"}, "`jit` must be one of auto, on, off"),
         ({"momentum": 1.5}, r"`momentum` must be in \[0, 1\)"),
         ({"run_name": "../escape"}, "`run_name` may contain only"),
-        ({"loss": "mse"}, r"loss 'mse' is a regression loss .*use one of ce, focal"),
+        ({"loss": "mse"}, r"loss 'mse' is a regression loss .*needs one of ce, focal"),
     ],
 )
 def test_bad_config_values(kwargs, message):
@@ -175,7 +175,7 @@ def test_bad_config_values(kwargs, message):
 
 
 def test_config_file_round_trip_and_unknown_keys(tmp_path):
-    cfg = TrainConfig(arch="resnet18", epochs=3, loss_params={"margin": 0.1})
+    cfg = TrainConfig(arch="resnet18", epochs=3, loss="am_softmax", loss_params={"margin": 0.1})
     (tmp_path / "c.json").write_text(json.dumps({"config": cfg.to_dict()}))
     assert TrainConfig.from_json(tmp_path / "c.json") == cfg
     with pytest.raises(ConfigError, match="unknown config keys \\['epoch'\\]"):
@@ -212,3 +212,42 @@ def test_mixed_precision_computes_in_bfloat16_with_float32_head_and_loss(tmp_pat
 def test_precision_is_validated():
     with pytest.raises(ConfigError, match="precision.*float32, mixed.*fp16"):
         TrainConfig(precision="fp16")
+
+
+def test_overwrite_leaves_nothing_of_the_earlier_run(tmp_path, tiny_dataset):
+    """An overwritten run without export must not keep the old model for evaluate.py."""
+    train(_config(tmp_path, epochs=1), dataset=tiny_dataset)
+    run = tmp_path / "run"
+    (run / "evaluation" / "tiny-test").mkdir(parents=True)
+    assert (run / "saved_model").is_dir() and (run / "model.keras").is_file()
+    result = train(_config(tmp_path, epochs=1, overwrite=True, export=False), dataset=tiny_dataset)
+    assert result.metrics["artifacts"] == [] and result.metrics["resumed"] is False
+    for stale in ("saved_model", "model.keras", "evaluation"):
+        assert not (run / stale).exists(), stale
+
+
+@pytest.mark.parametrize(
+    "state, backend, message",
+    [
+        (
+            {"status": "diverged"},
+            "jax",
+            "training diverged: retrain it with --overwrite and a lower",
+        ),
+        ({"status": "running"}, "jax", "no saved_model/ yet; an interrupted run: re-run"),
+        (None, "torch", "trained on the torch backend, which cannot write one; load its model"),
+        (None, "tensorflow", r"has no saved_model/ \(trained with --no-export\?\)"),
+    ],
+)
+def test_evaluate_says_why_a_run_has_no_saved_model(tmp_path, state, backend, message):
+    """Each reason gets its own advice (a dead "running" run is an interrupted one)."""
+    from kmnist_lab.errors import ModelLoadError
+    from kmnist_lab.evaluation import resolve_saved_model
+
+    (tmp_path / "config.json").write_text(json.dumps({"backend": backend}))
+    if state is not None:
+        (tmp_path / "status.json").write_text(json.dumps(state))
+    else:
+        (tmp_path / "metrics.json").write_text("{}")
+    with pytest.raises(ModelLoadError, match=message):
+        resolve_saved_model(tmp_path)

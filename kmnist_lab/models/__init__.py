@@ -76,8 +76,9 @@ def build_model(name: str, num_classes: int = 10, head: str = "logits", **overri
     accepted = model_params(name)
     unknown = sorted(set(overrides) - set(accepted))
     if unknown:
+        options = [k for k in accepted if k not in ("num_classes", "head")]  # own arguments
         raise ConfigError(
-            f"arch {name!r} does not take {', '.join(unknown)}. It takes: {', '.join(accepted)}"
+            f"arch {name!r} does not take {', '.join(unknown)}. It takes: {', '.join(options)}"
         )
     return factory(num_classes=num_classes, head=head, **overrides)
 
