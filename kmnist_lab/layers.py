@@ -65,8 +65,8 @@ class CosineDense(keras.layers.Layer):
     ):
         if isinstance(units, bool) or not isinstance(units, int) or units < 1:
             raise ConfigError(f"`units` must be a positive integer. Received: units={units}")
-        if not epsilon > 0:
-            raise ConfigError(f"`epsilon` must be > 0. Received: epsilon={epsilon}")
+        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not epsilon > 0:
+            raise ConfigError(f"`epsilon` must be a number > 0. Received: epsilon={epsilon!r}")
         if kwargs.get("dtype") is None:
             # Mixed precision: keep the head (and its output) in float32.
             global_policy = keras.config.dtype_policy()

@@ -156,8 +156,8 @@ class ASGD(keras.optimizers.Optimizer):
             learning_rate=learning_rate, weight_decay=weight_decay, name=name, **kwargs
         )
         for key, value in (("lambd", lambd), ("alpha", alpha), ("t0", t0)):
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"`{key}` must be a finite number >= 0. Received: {key}={value}")
+            if not (_is_real(value) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"`{key}` must be a finite number >= 0. Received: {key}={value!r}")
         self.lambd = lambd
         self.alpha = alpha
         self.t0 = t0

@@ -136,7 +136,8 @@ def test_explicit_half_precision_policy_still_outputs_float32():
     [
         ({"units": 0}, "`units` must be a positive integer. Received: units=0"),
         ({"units": 2.5}, "`units` must be a positive integer. Received: units=2.5"),
-        ({"units": 3, "epsilon": 0}, "`epsilon` must be > 0. Received: epsilon=0"),
+        ({"units": 3, "epsilon": 0}, "`epsilon` must be a number > 0. Received: epsilon=0"),
+        ({"units": 3, "epsilon": "x"}, "`epsilon` must be a number > 0. Received: epsilon='x'"),
     ],
 )
 def test_invalid_arguments_raise_config_error(kwargs, message):

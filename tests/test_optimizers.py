@@ -212,6 +212,13 @@ def test_an_optimizer_chosen_without_lr_trains_at_its_own_default_lr():
         assert lr == optimizer_defaults(name)["learning_rate"] or name == "adam", name
 
 
+def test_asgd_class_refuses_non_numbers():
+    with pytest.raises(
+        ValueError, match=r"`lambd` must be a finite number >= 0. Received: lambd='x'"
+    ):
+        ASGD(lambd="x")
+
+
 def test_asgd_refuses_use_ema():
     with pytest.raises(ValueError, match="use_ema"):
         ASGD(use_ema=True)
