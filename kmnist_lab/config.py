@@ -173,7 +173,7 @@ class TrainConfig:
         from kmnist_lab.data import list_datasets
         from kmnist_lab.losses import LOSSES, get_loss, loss_head
         from kmnist_lab.models import MODELS, model_params
-        from kmnist_lab.optimizers import OPTIMIZERS
+        from kmnist_lab.optimizers import OPTIMIZERS, get_optimizer
 
         MODELS.get(self.arch)
         LOSSES.get(self.loss)
@@ -226,7 +226,7 @@ class TrainConfig:
             raise ConfigError(
                 f"`seed` must be an integer in [0, 2**32 - 1]. Received: seed={self.seed!r}"
             )
-        for name in ("loss_params", "model_params"):
+        for name in ("loss_params", "model_params", "optimizer_params"):
             if not isinstance(getattr(self, name), dict):
                 raise ConfigError(
                     f"`{name}` must be an object of KEY: VALUE pairs. "
@@ -249,6 +249,22 @@ class TrainConfig:
                 f"{', '.join(options)}"
             )
         get_loss(self.loss, **self.loss_params)
+        if self.l2 and "l2" not in model_params(self.arch):
+            raise ConfigError(f"arch {self.arch!r} does not take l2. Received: l2={self.l2!r}")
+        defaults = ARCH_DEFAULTS.get(self.arch, FALLBACK_DEFAULTS)
+        epochs = self.epochs or defaults.epochs
+        if self.warmup_epochs and self.warmup_epochs >= epochs:
+            raise ConfigError(
+                "`warmup_epochs` must be smaller than `epochs`. "
+                f"Received: warmup_epochs={self.warmup_epochs}, epochs={epochs}"
+            )
+        optimizer_params = {
+            k: getattr(self, k)
+            for k in ("momentum", "weight_decay")
+            if getattr(self, k) is not None
+        }
+        optimizer_params.update(self.optimizer_params)  # as `compile_for_config` merges them
+        get_optimizer(self.optimizer or defaults.optimizer, **optimizer_params)
         for name in ("augment", "tensorboard", "export", "overwrite"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, bool):
@@ -293,7 +309,8 @@ class TrainConfig:
         return Path(self.output_dir) / (self.run_name or self.resolved().run_name)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The fields as JSON types (tuples become lists), as `config.json` reads back."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
@@ -313,7 +330,7 @@ class TrainConfig:
         """Reads a config file (a `config.json` of a run, or its `"config"` entry)."""
         try:
             data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, ValueError) as e:  # ValueError: bad JSON or not UTF-8
             raise ConfigError(f"cannot read config file {path}: {e}") from None
         if isinstance(data, dict) and "config" in data and isinstance(data["config"], dict):
             data = data["config"]

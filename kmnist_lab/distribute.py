@@ -30,8 +30,6 @@ from kmnist_lab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-CPU_DEVICES_ENV = "KMNIST_LAB_CPU_DEVICES"
-
 
 def split_cpu(n: int) -> None:
     """Splits the host CPU into `n` logical devices (tests, or trying the flag on a laptop).

@@ -9,7 +9,6 @@ classification report (report C), and the most confidently wrong examples.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -180,9 +179,6 @@ def write_report(result: dict, x: np.ndarray, class_names, out_dir, title: str =
 
 def run_config(run_dir: Path | None) -> dict:
     """The `config.json` of a run folder, or {}."""
-    if run_dir is None or not (run_dir / "config.json").is_file():
-        return {}
-    try:
-        return json.loads((run_dir / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
+    from kmnist_lab.runs import read_json
+
+    return (read_json(run_dir / "config.json") if run_dir is not None else None) or {}

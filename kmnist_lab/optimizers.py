@@ -56,6 +56,12 @@ class Rprop(keras.optimizers.Optimizer):
         **kwargs,
     ):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        values = (eta_minus, eta_plus, step_size_min, step_size_max)
+        if not all(_is_real(v) for v in values):
+            raise ValueError(
+                "`eta_minus`, `eta_plus`, `step_size_min` and `step_size_max` must be numbers. "
+                f"Received: {values!r}"
+            )
         if not 0.0 < eta_minus < 1.0 < eta_plus or not math.isfinite(eta_plus):
             raise ValueError(
                 "`eta_minus` must be in (0, 1) and `eta_plus` a finite number > 1. "

@@ -183,10 +183,7 @@ def _relative(path: Path, base: Path) -> str:
 
 
 def _json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
+    return runs.read_json(path) or {}
 
 
 def _pct(x) -> str:
@@ -264,12 +261,9 @@ def write_report(path, out_dir=None) -> tuple[Path, Path]:
 
 
 def _study(path: Path, doc: Document) -> str:
-    try:
-        record = json.loads((path / "study.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ReportError(f"cannot read {path / 'study.json'}: {e}") from None
-    if not isinstance(record, dict):
-        raise ReportError(f"{path / 'study.json'} is not a kmnist_lab study record")
+    record = runs.read_json(path / "study.json")
+    if record is None:
+        raise ReportError(f"cannot read {path / 'study.json'}: not a readable JSON object")
     study = record.get("study", {})
     runs_ = study.get("runs", [])
     dataset = record.get("dataset", "?")

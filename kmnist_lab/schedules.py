@@ -48,8 +48,9 @@ def make_schedule(kind: str, lr: float, steps_per_epoch: int, epochs: int, warmu
 
     - `constant`: `lr`.
     - `step`: `lr` x 0.1 after 50% and again after 75% of the epochs.
-    - `cosine`: `lr * (1 + cos(pi * t / T)) / 2` down to 1% of `lr` (Loshchilov &
-      Hutter 2016, arXiv:1608.03983).
+    - `cosine`: `lr * ((1 - a) * (1 + cos(pi * t / T)) / 2 + a)` with `a = 0.01`, so
+      from `lr` down to 1% of `lr` at `t = T` (Keras' `CosineDecay` with `alpha`;
+      Loshchilov & Hutter 2016, arXiv:1608.03983).
 
     `warmup_epochs` adds a linear ramp over that many epochs (counted within `epochs`).
     """

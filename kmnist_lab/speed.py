@@ -48,7 +48,9 @@ def has_accelerator() -> bool:
 def resolve_jit(policy: str, arch: str) -> bool | str:
     """The `jit_compile` value for `model.compile`.
 
-    - `on` / `off`: forced.
+    - `on`: forced. `off`: forced on TensorFlow and torch; on JAX still compiled
+      (`jax.jit`), because Keras' JAX trainer without it runs op by op through Python
+      (orders of magnitude slower) and the device input pipeline needs a jitted step.
     - `auto`: JAX always compiles; TensorFlow uses XLA on GPU, and on CPU only for
       the families in `XLA_ON_CPU`; torch runs eagerly (Keras' `torch.compile` path
       measured slower for these small models).

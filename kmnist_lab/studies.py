@@ -100,11 +100,8 @@ def _check_settings(study_dir: Path, record: dict) -> None:
     path = study_dir / STUDY_FILE
     if not path.is_file():
         return
-    import json
-
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+    old = runs.read_json(path)
+    if old is None:
         return
     for key in ("dataset", "quick", "epochs_scale"):
         if old.get(key) != record[key]:

@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import keras
-import numpy as np
 
 from kmnist_lab import device_loop, runs
 from kmnist_lab.callbacks import BatchLogger, DivergenceGuard, EpochStats, HistoryLogger, RunBackup
@@ -350,8 +349,3 @@ def _read_history(path: Path) -> list[dict]:
         return []
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
-
-
-def predict_classes(model: keras.Model, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """Argmax class of every image (works for logit and cosine heads)."""
-    return np.argmax(model.predict(x, batch_size=batch_size, verbose=0), axis=-1)

@@ -89,10 +89,6 @@ def select_backend(argv, auto: bool = False) -> str:
     return os.environ.get("KERAS_BACKEND", "tensorflow")
 
 
-class UsageError(Exception):
-    """A bad command line (exit code 2)."""
-
-
 def fail(message: str, code: int = 2):
     raise SystemExit(_one_line(message, code))
 

@@ -117,7 +117,8 @@ def build_parser():
         "--jit",
         choices=JIT_POLICIES,
         default=None,
-        help="XLA policy (default auto: measured per model)",
+        help="XLA policy (default auto: measured per model; on JAX the step is always "
+        "jitted, off included)",
     )
     r.add_argument(
         "--precision",

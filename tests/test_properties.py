@@ -277,6 +277,22 @@ def _check_same_values(found, x_in, y_in) -> None:
     assert np.array_equal(y, np.asarray(y_in).reshape(-1))
 
 
+@pytest.mark.parametrize("dtype", ["uint8", "int16", "int64", "float32", "float64"])
+@pytest.mark.parametrize("shape", [(3, 28, 28), (3, 784), (3, 28, 28, 1)])
+def test_valid_arrays_are_accepted_by_both_readers(dtype, shape):
+    """The counterpart of the "dataset or DataError" properties below: a reader that
+    refused everything would pass those, not this."""
+    x = np.random.default_rng(0).integers(0, 256, size=shape).astype(dtype)
+    x.reshape(-1)[0] = 255  # not mistakable for images scaled to [0, 1]
+    y = np.array([0, 1, 2])
+    found = _read_folder({"kmnist.npz": _npz_bytes({"x_train": x, "y_train": y, "x_test": x,
+                                                    "y_test": y})})  # fmt: skip
+    _check_dataset(found)
+    _check_same_values(found, x, y)
+    ds = data.from_arrays(x, y, x, y, val_fraction=0.0)
+    np.testing.assert_array_equal(ds.test[0].reshape(3, -1), x.reshape(3, -1))
+
+
 @SETTINGS
 @given(x_train=_IMAGES, y_train=_LABELS, x_test=_any_array(), y_test=_any_array())
 def test_npz_with_arrays_of_any_dtype_and_shape_gives_dataset_or_data_error(

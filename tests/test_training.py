@@ -167,6 +167,14 @@ def test_locked_run_folder_is_refused(tmp_path, tiny_dataset):
         ({"momentum": 1.5}, r"`momentum` must be in \[0, 1\)"),
         ({"run_name": "../escape"}, "`run_name` may contain only"),
         ({"loss": "mse"}, r"loss 'mse' is a regression loss .*needs one of ce, focal"),
+        # Caught here, before a run folder is locked or any data loads:
+        ({"optimizer": "adam", "momentum": 0.9}, "`momentum` does not apply to optimizer 'adam'"),
+        ({"optimizer_params": {"bogus": 1}}, "Unknown optimizer parameter `bogus`"),
+        ({"optimizer_params": [1]}, "`optimizer_params` must be an object of KEY: VALUE pairs"),
+        ({"arch": "resnet18", "l2": 0.01}, "arch 'resnet18' does not take l2"),
+        ({"epochs": 2, "warmup_epochs": 5}, "`warmup_epochs` must be smaller than `epochs`"),
+        ({"model_params": {"width": 3}}, "arch 'bn_mlp' does not take width. It takes: dropout"),
+        ({"loss": "focal", "loss_params": {"gamma": -1}}, "`gamma` must be >= 0"),
     ],
 )
 def test_bad_config_values(kwargs, message):
@@ -251,3 +259,22 @@ def test_evaluate_says_why_a_run_has_no_saved_model(tmp_path, state, backend, me
         (tmp_path / "metrics.json").write_text("{}")
     with pytest.raises(ModelLoadError, match=message):
         resolve_saved_model(tmp_path)
+
+
+def test_a_config_with_tuples_resumes(tmp_path, tiny_dataset, monkeypatch):
+    """`build_model`'s own example passes `hidden=(128,)`; config.json reads it back as a
+    list, and the interrupted run must still count as the same config."""
+    cfg = _config(tmp_path, arch="mlp", model_params={"hidden": (16,)}, epochs=3)
+    assert cfg.to_dict()["model_params"] == {"hidden": [16]}
+    original = callbacks.DivergenceGuard.on_epoch_end
+
+    def crash(self, epoch, logs=None):
+        if epoch == 1:  # after epoch 1's backup
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, epoch, logs)
+
+    monkeypatch.setattr(callbacks.DivergenceGuard, "on_epoch_end", crash, raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, dataset=tiny_dataset)
+    monkeypatch.undo()
+    assert train(cfg, dataset=tiny_dataset).metrics["resumed"] is True

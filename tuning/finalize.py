@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from pathlib import Path
@@ -103,10 +102,7 @@ def export_best(tuner, trial, cfg, dataset, epochs: int, out: Path) -> dict:
     """
     metrics_path = out / "metrics.json"
     if metrics_path.is_file():
-        try:
-            old = json.loads(metrics_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            old = {}
+        old = runs.read_json(metrics_path) or {}
         same = old.get("trial_id") == trial.trial_id and old.get("identity") == cfg.identity()
         if same and (old.get("retrained") or not cfg.retrain):
             if not cfg.export or old.get("artifacts"):

@@ -29,7 +29,6 @@ worker is done; the others run trials. `workers=N` starts a chief and N workers 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -179,7 +178,9 @@ class SearchConfig:
 
     @classmethod
     def from_json(cls, path) -> SearchConfig:
-        data = json.loads(Path(path).read_text())
+        data = runs.read_json(path)
+        if data is None:
+            raise ConfigError(f"cannot read search config {path}: not a readable JSON object")
         data = data.get("config", data)
         fields = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in fields})
@@ -223,10 +224,7 @@ def prepare_project_dir(cfg: SearchConfig) -> Path:
         raise RunFolderError(f"cannot create search folder {project}: {e.strerror}") from None
     marker = project / "search.json"
     if marker.is_file():
-        try:
-            old = json.loads(marker.read_text()).get("identity")
-        except (OSError, json.JSONDecodeError):
-            old = None
+        old = (runs.read_json(marker) or {}).get("identity")
         if old != cfg.identity():
             diff = sorted(k for k in cfg.identity() if (old or {}).get(k) != cfg.identity()[k])
             raise RunFolderError(
