@@ -195,6 +195,11 @@ class TrainConfig:
                 "`distribute` data-parallel needs the jax or tensorflow backend; Keras' torch "
                 "backend has no built-in data-parallel trainer. Received: backend='torch'"
             )
+        if self.backend == "torch" and self.steps_per_execution not in (None, 1):
+            raise ConfigError(
+                "Keras' torch backend runs one step per call: `steps_per_execution` must be 1 "
+                f"there. Received: steps_per_execution={self.steps_per_execution!r}"
+            )
         if self.lr_schedule is not None:
             _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         if self.backend is not None:

@@ -11,7 +11,8 @@ draws each epoch's shuffle as one index permutation, and runs K steps per call a
 a `jax.lax.scan` whose body gathers its batch by index and calls Keras' own
 `model.train_step`: the same loss, regularisation, optimizer update and metrics
 as `model.fit`, with no Python between the K steps. Validation runs the same way
-with `model.test_step`. Callbacks see what `model.fit` shows them: batch-end logs
+with `model.test_step`. Callbacks see what `model.fit` shows them: the current
+weights (through Keras' own `jax_state_sync`), batch-end logs
 every K steps (the last group's end is its true last step, where `fit` reports
 the step K would end on), epoch logs with `val_` metrics, `on_test_begin/end` around
 validation (so ASGD/EMA weight swaps work), `model.stop_training`, and
@@ -110,6 +111,14 @@ def _test_variables(model) -> tuple:
     return model.trainable_variables, model.non_trainable_variables, model.metrics_variables
 
 
+_STATE_KEYS = (
+    "trainable_variables",
+    "non_trainable_variables",
+    "optimizer_variables",
+    "metrics_variables",
+)  # fmt: skip  (Keras' `model._jax_state`, see `_train_variables`)
+
+
 def _read(groups) -> tuple:
     return tuple([v.value for v in group] for group in groups)
 
@@ -133,6 +142,7 @@ def device_fit(
     verbose="auto",
     initial_epoch: int = 0,
     shuffle_seed: int | None = None,
+    **unsupported,
 ):
     """Trains a compiled Keras model like `model.fit`, the batch loop on the device (JAX).
 
@@ -156,8 +166,21 @@ def device_fit(
 
     Raises:
         ConfigError: on a backend other than JAX, under a `keras.distribution`, for
-            an uncompiled model, or when `x` and `y` differ in length or are empty.
+            an uncompiled model, when `x` and `y` differ in length or are empty, for
+            `validation_data` other than `(x_val, y_val)`, and for `model.fit`
+            arguments it does not implement (`sample_weight`, `class_weight`,
+            `validation_split`, `steps_per_epoch`, ...).
     """
+    if unsupported:
+        raise ConfigError(
+            f"the device input pipeline does not support {', '.join(sorted(unsupported))}; "
+            "use pipeline='iterator' (Keras' model.fit)"
+        )
+    if validation_data is not None and len(validation_data) != 2:
+        raise ConfigError(
+            "the device input pipeline takes validation_data=(x_val, y_val). Received: "
+            f"a {type(validation_data).__name__} of {len(validation_data)} items"
+        )
     if keras.backend.backend() != "jax":
         raise ConfigError(
             "the device input pipeline needs the jax backend. "
@@ -209,17 +232,28 @@ def device_fit(
         else:
             order = np.arange(n)
         order = jnp.asarray(order, dtype=jnp.int32)
-        state = _read(_train_variables(model))
+        variables = _train_variables(model)
+        # Keras' JAX protocol, as `model.fit` runs it: the state lives outside the
+        # variables during the epoch; a callback that touches `callback.model` calls
+        # `model.jax_state_sync()`, which writes it back (so it sees current weights)
+        # and marks it synced, and the next call re-reads the variables (so what the
+        # callback changed, a learning rate or a weight, is trained with).
+        model._jax_state_synced = True
         for first, last, parts in _calls(n, batch_size, per_call):
             callbacks.on_train_batch_begin(first)
+            if model._jax_state_synced:
+                state = _read(variables)
+                model._jax_state_synced = False
             for steps, batch, offset in parts:
                 logs, state = train_chunk(state, x_dev, y_dev, order, offset, steps, batch)
+            model._jax_state = dict(zip(_STATE_KEYS, state, strict=True))
             callbacks.on_train_batch_end(last, logs)
             if model.stop_training:
                 break
-        _write(_train_variables(model), state)
+        model.jax_state_sync()
+        model._jax_state = None
         epoch_logs = dict(model.get_metrics_result())
-        if validation_data is not None and not model.stop_training:
+        if validation_data is not None:  # also after stop_training, as `model.fit` does
             val = (x_val, y_val, val_order, batch_size, per_call)
             val_logs = _validate(model, test_chunk, *val, callbacks)
             epoch_logs.update({f"val_{k}": v for k, v in val_logs.items()})

@@ -114,9 +114,21 @@ def compile_for_config(model, loss, cfg: TrainConfig, steps_per_epoch: int) -> d
     optimizer = get_optimizer(cfg.optimizer, learning_rate=schedule, **params)
     jit = resolve_jit(cfg.jit, cfg.arch)
     spe = cfg.steps_per_execution or resolve_steps_per_execution(cfg.arch, steps_per_epoch)
+    if keras.backend.backend() == "torch" and spe != 1:
+        raise ConfigError(
+            "Keras' torch backend runs one step per call: `steps_per_execution` must be 1 "
+            f"there. Received: steps_per_execution={spe!r}"
+        )
     if cfg.distribute == "data-parallel" and keras.backend.backend() == "tensorflow":
         # Keras 3.15 + MirroredStrategy: XLA steps fail to compile on CPU and
         # steps_per_execution > 1 fails ("must feed a value for placeholder").
+        if cfg.jit == "on" or cfg.steps_per_execution not in (None, 1):  # asked for
+            log.warning(
+                "data-parallel on TensorFlow runs without XLA, one step per call (Keras 3.15 "
+                "fails otherwise); ignoring jit=%s, steps_per_execution=%s",
+                jit,
+                spe,
+            )
         jit, spe = False, 1
     model.compile(
         optimizer=optimizer,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -58,7 +59,9 @@ def build_parser():
     p.add_argument("--steps-per-execution", nargs="+", type=_cli.positive_int, default=[None],
                    metavar="K", help="steps per compiled call (default: the policy's)")  # fmt: skip
     p.add_argument(
-        "--steps", type=_cli.positive_int, help="timed training steps (default 300 MLP, 60 CNN)"
+        "--steps",
+        type=_cli.positive_int,
+        help="timed training steps, rounded up to whole 60-step epochs (default 300 MLP, 60 CNN)",
     )
     p.add_argument(
         "--repeats", type=_cli.positive_int, default=2, help="measurements per setting (median)"
@@ -97,7 +100,9 @@ def _run_worker(spec: dict, backend: str) -> dict:
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"benchmark of {spec['arch']} on {backend} failed: {tail}")
+        from kmnist_lab.errors import KmnistLabError
+
+        raise KmnistLabError(f"benchmark of {spec['arch']} on {backend} failed: {tail}")
     return json.loads(lines[-1])
 
 
@@ -106,10 +111,17 @@ def _run_torch(path: str, arch: str, batch_size: int, steps: int) -> float:
         [sys.executable, path, "--arch", arch, "--batch-size", str(batch_size), "--steps", str(steps)],
         capture_output=True, text=True,
     )  # fmt: skip
+    from kmnist_lab.errors import KmnistLabError
+
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"torch reference for {arch} failed: {tail}")
-    return float(proc.stdout.split("samples_per_s")[-1])
+        raise KmnistLabError(f"torch reference for {arch} failed: {tail}")
+    try:
+        return float(proc.stdout.split("samples_per_s")[-1])
+    except ValueError:
+        raise KmnistLabError(
+            f"torch reference {path} printed no 'samples_per_s RATE' line for {arch}"
+        ) from None
 
 
 def main(argv=None) -> int:
@@ -127,8 +139,14 @@ def main(argv=None) -> int:
         try:
             saved = json.loads(Path(args.from_json).read_text())
             rows, batch_size = saved["results"], saved["batch_size"]
-        except (OSError, ValueError, KeyError) as e:
+            missing = sorted({"arch", "backend", "train_samples_per_s"} - set().union(*rows))
+        except (OSError, ValueError, KeyError, TypeError) as e:
             raise ConfigError(f"cannot read benchmark results {args.from_json}: {e}") from None
+        if missing or not all(isinstance(r, dict) and {"arch", "backend"} <= set(r) for r in rows):
+            raise ConfigError(
+                f"{args.from_json} is not a benchmark.py --json file (rows lack "
+                f"{', '.join(missing) or 'arch/backend'})"
+            )
         (_print_markdown if args.markdown else _print_table)(rows, batch_size)
         return 0
     from kmnist_lab.models import list_models
@@ -147,13 +165,28 @@ def main(argv=None) -> int:
         chosen = args.backend or [os.environ.get("KERAS_BACKEND", "auto")]
         return list(dict.fromkeys(auto_backend(arch) if b == "auto" else b for b in chosen))
 
+    for arch in archs:  # refuse impossible settings before measuring anything
+        runnable = [(b, p) for b in arch_backends(arch) for p in args.input_pipeline
+                    if p != "device" or b == "jax"]  # fmt: skip
+        if not runnable:
+            raise ConfigError(
+                f"--input-pipeline device needs the jax backend; {arch} would run on "
+                f"{', '.join(arch_backends(arch))}: add --backend jax or --input-pipeline iterator"
+            )
+        if "torch" in arch_backends(arch) and any(
+            k not in (None, 1) for k in args.steps_per_execution
+        ):
+            raise ConfigError(
+                "Keras' torch backend runs one step per call: use --steps-per-execution 1"
+            )
     gflops = matmul_gflops()
     print(f"NumPy fp32 matmul: {gflops:.1f} GFLOP/s on {os.cpu_count()} CPU cores", file=sys.stderr)
     samples: dict[tuple, list] = {}
     torch_rates: dict[str, list] = {}
     for rep in range(args.repeats):
         for arch in archs:
-            steps = args.steps or (300 if arch in MLPS else 60)
+            # Whole 60-step epochs, as `bench.measure` times them; torch gets as many.
+            steps = 60 * math.ceil((args.steps or (300 if arch in MLPS else 60)) / 60)
             for backend, jit, spe, pipeline in itertools.product(
                 arch_backends(arch), args.jit, args.steps_per_execution, args.input_pipeline
             ):

@@ -41,9 +41,18 @@ def test_benchmark_json_schema(tmp_path, capsys):
     )
 
 
-@pytest.mark.parametrize("argv, match", [(["--arch", "vgg"], "unknown arch 'vgg'"),
-                                         (["--compare-torch", "--torch-reference", "/nope.py"], "--compare-torch needs")])  # fmt: skip
-def test_benchmark_bad_input(argv, match, capsys):
+@pytest.mark.parametrize("argv, match", [
+    (["--arch", "vgg"], "unknown arch 'vgg'"),
+    (["--compare-torch", "--torch-reference", "/nope.py"], "--compare-torch needs"),
+    (["--backend", "tensorflow", "--input-pipeline", "device"], "device needs the jax backend"),
+    (["--backend", "torch", "--steps-per-execution", "10"], "torch backend runs one step"),
+    (["--from-json", "{list}"], "cannot read benchmark results"),
+    (["--from-json", "{rowless}"], "is not a benchmark.py --json file"),
+])  # fmt: skip
+def test_benchmark_bad_input(argv, match, capsys, tmp_path):
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "rowless.json").write_text('{"results": [{"arch": "x"}], "batch_size": 128}')
+    argv = [a.format(list=tmp_path / "list.json", rowless=tmp_path / "rowless.json") for a in argv]
     assert _cli.run(benchmark.main, argv) == 2
     err = capsys.readouterr().err
     assert match in err and len(err.strip().splitlines()) == 1

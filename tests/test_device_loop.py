@@ -65,7 +65,9 @@ def test_callbacks_fire_where_keras_fit_fires_them(report):
 def test_stop_training_and_initial_epoch(report):
     # A callback sets stop_training at the first batch end: one call of 4 steps, no validation.
     assert report["device_stopped"]["iterations"] == report["iterator_stopped"]["iterations"] == 4
-    assert "val_loss" not in report["device_stopped"]["history"]
+    # ...then validates, as model.fit does (monitors of val_ metrics get a value).
+    assert set(report["device_stopped"]["history"]) == set(report["iterator_stopped"]["history"])
+    assert "val_loss" in report["device_stopped"]["history"]
     # Resumed after 2 of 3 epochs: only epoch index 2 runs.
     resumed = report["device_resumed"]
     assert [c[1] for c in resumed["calls"] if c[0] == "epoch_begin"] == [2]
@@ -84,6 +86,23 @@ def test_a_resumed_run_matches_an_uninterrupted_one_with_shuffle_and_augmentatio
     for got, want in zip(resumed, whole, strict=True):
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
             np.testing.assert_allclose(float(got[key]), float(want[key]), rtol=1e-4, err_msg=key)
+
+
+def test_callbacks_see_current_weights_and_their_changes_stick(report):
+    """A batch-end callback reads the weights after every compiled call (they change),
+    and a learning rate it sets to 0 mid-epoch is used from then on and kept."""
+    for pipeline in ("device", "iterator"):
+        seen = report["mid_epoch"][pipeline]
+        assert len(seen["weight_sums"]) == 3, pipeline  # batch ends 3, 7, 9 (or 11)
+        assert seen["weight_sums"][0] != seen["weight_sums"][1], pipeline  # trained between
+        assert seen["lr_after"] == 0.0, pipeline
+        assert seen["frozen_after_lr_0"], pipeline
+    assert report["unsupported"] == [
+        "the device input pipeline does not support sample_weight; use pipeline='iterator' "
+        "(Keras' model.fit)",
+        "the device input pipeline takes validation_data=(x_val, y_val). Received: a tuple "
+        "of 3 items",
+    ]
 
 
 def test_shuffle_is_seeded_and_changes_the_order(report):

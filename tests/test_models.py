@@ -103,6 +103,10 @@ def test_mlp_options():
     model = build_model("mlp", hidden=(128,), activation="tanh", init_std=0.01)
     assert [w.shape for w in model.trainable_weights] == [(784, 128), (128,), (128, 10), (10,)]
     assert np.std(model.trainable_weights[0].numpy()) == pytest.approx(0.01, rel=0.05)
+    # The output layer too (report D's init): Glorot would give std ~0.12 here.
+    assert np.std(model.trainable_weights[2].numpy()) == pytest.approx(0.01, rel=0.15)
+    cosine = build_model("mlp", hidden=(128,), head="cosine", init_std=0.01)
+    assert np.std(cosine.get_layer("head").kernel.numpy()) == pytest.approx(0.01, rel=0.15)
 
 
 @pytest.mark.parametrize(

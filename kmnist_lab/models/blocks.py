@@ -52,17 +52,26 @@ def image_input(channels_axis: bool, augment: bool = False, name: str = "pixels"
     return inputs, x
 
 
-def classifier_head(x, num_classes: int, head: str = "logits", l2: float = 0.0, name: str = "head"):
+def classifier_head(
+    x,
+    num_classes: int,
+    head: str = "logits",
+    l2: float = 0.0,
+    name: str = "head",
+    kernel_initializer="glorot_uniform",
+):
     """Final layer: a dense layer giving logits, or a `CosineDense` giving cosines."""
     check_choice("head", head, HEADS)
     if head == "cosine":
         from kmnist_lab.layers import CosineDense
 
-        return CosineDense(num_classes, kernel_regularizer=regularizer(l2), name=name)(x)
+        return CosineDense(num_classes, kernel_initializer=kernel_initializer,
+                           kernel_regularizer=regularizer(l2), name=name)(x)  # fmt: skip
     # Mixed precision: logits in float32, so the softmax and the loss see no bfloat16.
     half = keras.config.dtype_policy().compute_dtype in ("float16", "bfloat16")
     return layers.Dense(
         num_classes,
+        kernel_initializer=kernel_initializer,
         kernel_regularizer=regularizer(l2),
         name=name,
         dtype="float32" if half else None,

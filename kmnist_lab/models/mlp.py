@@ -42,7 +42,8 @@ def mlp(
         batchnorm: BatchNorm after each hidden Dense (report A's `bn_mlp`).
         dropout: dropout rate after each hidden layer, in [0, 1).
         l2: L2 penalty `l2 * sum(w**2)` on every kernel.
-        init_std: if set, kernels start from N(0, init_std^2) (report D: 0.01);
+        init_std: if set, every kernel, the output layer's included, starts from
+            N(0, init_std^2) (report D: 0.01);
             default Glorot uniform.
         num_classes: output width.
         head: `"logits"` or `"cosine"` (for margin losses).
@@ -77,7 +78,7 @@ def mlp(
             x = layers.Activation(activation, name=f"act{i}")(x)
         if dropout:
             x = layers.Dropout(dropout, name=f"dropout{i}")(x)
-    outputs = classifier_head(x, num_classes, head, l2)
+    outputs = classifier_head(x, num_classes, head, l2, kernel_initializer=init)
     return keras.Model(inputs, outputs, name=name)
 
 

@@ -139,7 +139,51 @@ def resumed_run_matches():
             "was_resumed": result.metrics["resumed"], "pipeline": result.config.input_pipeline}  # fmt: skip
 
 
+def mid_epoch(pipeline):
+    """Weights seen at each batch end; a learning rate set to 0 at the second batch end."""
+
+    class Probe(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.sums, self.frozen = [], None
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.sums.append(float(sum(np.abs(w).sum() for w in self.model.get_weights())))
+            if len(self.sums) == 2:
+                self.model.optimizer.learning_rate.assign(0.0)
+                self.frozen = [w.copy() for w in self.model.get_weights()]
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(),
+                              keras.layers.Rescaling(1 / 255), keras.layers.Dense(10)])  # fmt: skip
+    model.compile(optimizer=keras.optimizers.SGD(0.1), steps_per_execution=SPE,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))  # fmt: skip
+    probe = Probe()
+    device_loop.fit(model, X, Y, pipeline=pipeline, batch_size=BATCH, epochs=1, verbose=0,
+                    shuffle=False, callbacks=[probe])  # fmt: skip
+    frozen = all(np.array_equal(a, b) for a, b in zip(probe.frozen, model.get_weights()))
+    return {"weight_sums": probe.sums, "lr_after": float(model.optimizer.learning_rate.numpy()),
+            "frozen_after_lr_0": frozen}  # fmt: skip
+
+
+def unsupported():
+    from kmnist_lab.errors import ConfigError
+
+    model = build_model("bn_mlp")
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    found = []
+    for kwargs in ({"sample_weight": np.ones(N)}, {"validation_data": (X, Y, np.ones(N))}):
+        try:
+            device_loop.device_fit(model, X, Y, verbose=0, **kwargs)
+            found.append(None)
+        except ConfigError as e:
+            found.append(str(e))
+    return found
+
+
 report = {
+    "mid_epoch": {p: mid_epoch(p) for p in ("device", "iterator")},
+    "unsupported": unsupported(),
     "resume": resumed_run_matches(),
     "errors": errors(),
     "asgd_device": asgd_then_evaluate("device"),
