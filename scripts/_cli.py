@@ -56,8 +56,9 @@ def peek_arch(argv) -> str:
 def select_backend(argv, auto: bool = False) -> str:
     """Sets `KERAS_BACKEND` before Keras loads and returns the backend.
 
-    Order: `--backend X` / `--backend=X` in argv (X not `auto`); else the KERAS_BACKEND
-    environment variable; else, with `auto=True` (or `--backend auto`), the fastest measured
+    Order: `--backend X` / `--backend=X` in argv (an explicit `--backend auto` too: a
+    flag beats the environment); else the KERAS_BACKEND environment variable; else,
+    with `auto=True`, the fastest measured
     backend for the command line's `--arch` (`kmnist_lab.config.auto_backend`);
     else TensorFlow. When Keras is already loaded (tests, notebooks) its backend
     is kept, and asking for another one fails with a message.
@@ -66,9 +67,7 @@ def select_backend(argv, auto: bool = False) -> str:
     backend = _flag_value(argv, "--backend")
     if backend is not None and backend not in (*BACKENDS, "auto"):
         fail(f"--backend must be one of {', '.join((*BACKENDS, 'auto'))}. Received: {backend!r}")
-    if backend == "auto" and "KERAS_BACKEND" in os.environ:
-        backend = None  # KERAS_BACKEND, when set, wins over auto (docs/backends.md)
-    elif backend == "auto" or (backend is None and auto and "KERAS_BACKEND" not in os.environ):
+    if backend == "auto" or (backend is None and auto and "KERAS_BACKEND" not in os.environ):
         if "keras" in sys.modules:
             import keras
 
