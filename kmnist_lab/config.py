@@ -172,8 +172,10 @@ class TrainConfig:
         """Checks every field; raises `ConfigError` on the first bad one."""
         from kmnist_lab.data import list_datasets
         from kmnist_lab.losses import LOSSES, get_loss, loss_head
-        from kmnist_lab.models import MODELS, model_params
+        from kmnist_lab.models import MODELS, check_overrides, model_params
         from kmnist_lab.optimizers import OPTIMIZERS, get_optimizer
+        from kmnist_lab.schedules import check_warmup
+        from kmnist_lab.speed import check_steps_per_execution
 
         MODELS.get(self.arch)
         LOSSES.get(self.loss)
@@ -195,11 +197,7 @@ class TrainConfig:
                 "`distribute` data-parallel needs the jax or tensorflow backend; Keras' torch "
                 "backend has no built-in data-parallel trainer. Received: backend='torch'"
             )
-        if self.backend == "torch" and self.steps_per_execution not in (None, 1):
-            raise ConfigError(
-                "Keras' torch backend runs one step per call: `steps_per_execution` must be 1 "
-                f"there. Received: steps_per_execution={self.steps_per_execution!r}"
-            )
+        check_steps_per_execution(self.backend, self.steps_per_execution)
         if self.lr_schedule is not None:
             _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         if self.backend is not None:
@@ -246,30 +244,13 @@ class TrainConfig:
                     f"the dataset, the loss and the training loop). Received: {given}"
                 )
         # Unknown keys and bad values fail here, before any data is loaded.
-        unknown = sorted(set(self.model_params) - set(model_params(self.arch)))
-        if unknown:
-            options = [k for k in model_params(self.arch) if k not in _RESERVED_MODEL]
-            raise ConfigError(
-                f"arch {self.arch!r} does not take {', '.join(unknown)}. It takes: "
-                f"{', '.join(options)}"
-            )
+        check_overrides(self.arch, self.model_params)
         get_loss(self.loss, **self.loss_params)
         if self.l2 and "l2" not in model_params(self.arch):
             raise ConfigError(f"arch {self.arch!r} does not take l2. Received: l2={self.l2!r}")
         defaults = ARCH_DEFAULTS.get(self.arch, FALLBACK_DEFAULTS)
-        epochs = self.epochs or defaults.epochs
-        if self.warmup_epochs and self.warmup_epochs >= epochs:
-            raise ConfigError(
-                "`warmup_epochs` must be smaller than `epochs`. "
-                f"Received: warmup_epochs={self.warmup_epochs}, epochs={epochs}"
-            )
-        optimizer_params = {
-            k: getattr(self, k)
-            for k in ("momentum", "weight_decay")
-            if getattr(self, k) is not None
-        }
-        optimizer_params.update(self.optimizer_params)  # as `compile_for_config` merges them
-        get_optimizer(self.optimizer or defaults.optimizer, **optimizer_params)
+        check_warmup(self.warmup_epochs, self.epochs or defaults.epochs)
+        get_optimizer(self.optimizer or defaults.optimizer, **self.optimizer_kwargs())
         for name in ("augment", "tensorboard", "export", "overwrite"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, bool):
@@ -293,6 +274,12 @@ class TrainConfig:
             )
         if self.verbose not in (0, 1, 2):
             raise ConfigError(f"`verbose` must be 0, 1 or 2. Received: verbose={self.verbose!r}")
+
+    def optimizer_kwargs(self) -> dict:
+        """`get_optimizer` keywords: `momentum`, `weight_decay` (when set), then
+        `optimizer_params`, which win."""
+        kwargs = {k: getattr(self, k) for k in ("momentum", "weight_decay")}
+        return {k: v for k, v in kwargs.items() if v is not None} | self.optimizer_params
 
     def resolved(self) -> TrainConfig:
         """A copy with every `None` default filled in from `ARCH_DEFAULTS`."""

@@ -65,16 +65,19 @@ class Document:
     def pre(self, text: str) -> None:
         self.blocks.append(("pre", text))
 
-    def figure(self, fig, name: str, caption: str) -> None:
-        """Saves a matplotlib Figure as `report_files/<name>.png` and adds it."""
+    def _new_file(self, name: str, suffix: str = ".png") -> Path:
+        """A fresh path `report_files/<name><suffix>` (name made safe and unique)."""
         name = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
         while name in self._names:
             name += "_"
         self._names.add(name)
         folder = self.out_dir / FIG_DIR
         folder.mkdir(exist_ok=True)
-        path = plots.save(fig, folder / f"{name}.png")
-        self.blocks.append(("img", path, caption))
+        return folder / f"{name}{suffix}"
+
+    def figure(self, fig, name: str, caption: str) -> None:
+        """Saves a matplotlib Figure as `report_files/<name>.png` and adds it."""
+        self.blocks.append(("img", plots.save(fig, self._new_file(name)), caption))
 
     def image(self, path: Path, caption: str) -> None:
         """Adds an existing PNG (e.g. a search's figures), copied next to the report
@@ -83,13 +86,7 @@ class Document:
         try:
             path.resolve().relative_to(self.out_dir.resolve())
         except ValueError:
-            name = re.sub(r"[^A-Za-z0-9._-]+", "_", path.stem)
-            while name in self._names:
-                name += "_"
-            self._names.add(name)
-            folder = self.out_dir / FIG_DIR
-            folder.mkdir(exist_ok=True)
-            path = Path(shutil.copyfile(path, folder / f"{name}{path.suffix}"))
+            path = Path(shutil.copyfile(path, self._new_file(path.stem, path.suffix)))
         self.blocks.append(("img", path, caption))
 
     def markdown(self) -> str:

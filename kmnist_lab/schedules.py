@@ -43,6 +43,15 @@ class Warmup(keras.optimizers.schedules.LearningRateSchedule):
         return cls(**config)
 
 
+def check_warmup(warmup_epochs: int, epochs: int) -> None:
+    """Raises `ConfigError` unless the warm-up ends before the last epoch (or is 0)."""
+    if warmup_epochs and warmup_epochs >= epochs:
+        raise ConfigError(
+            "`warmup_epochs` must be smaller than `epochs`. "
+            f"Received: warmup_epochs={warmup_epochs}, epochs={epochs}"
+        )
+
+
 def make_schedule(kind: str, lr: float, steps_per_epoch: int, epochs: int, warmup_epochs: int = 0):
     """Returns a float (constant) or a `LearningRateSchedule`.
 
@@ -58,11 +67,7 @@ def make_schedule(kind: str, lr: float, steps_per_epoch: int, epochs: int, warmu
         raise ConfigError(
             f"`lr_schedule` must be one of {', '.join(LR_SCHEDULES)}. Received: {kind!r}"
         )
-    if warmup_epochs >= epochs and warmup_epochs:
-        raise ConfigError(
-            f"`warmup_epochs` must be smaller than `epochs`. Received: warmup_epochs={warmup_epochs}, "
-            f"epochs={epochs}"
-        )
+    check_warmup(warmup_epochs, epochs)
     total = steps_per_epoch * epochs
     warmup = steps_per_epoch * warmup_epochs
     if kind == "cosine":

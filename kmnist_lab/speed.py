@@ -45,6 +45,15 @@ def has_accelerator() -> bool:
     return False
 
 
+def check_steps_per_execution(backend: str | None, steps_per_execution: int | None) -> None:
+    """Raises `ConfigError` for K > 1 steps per call on torch (Keras runs one there)."""
+    if backend == "torch" and steps_per_execution not in (None, 1):
+        raise ConfigError(
+            "Keras' torch backend runs one step per call: `steps_per_execution` must be 1 "
+            f"there. Received: steps_per_execution={steps_per_execution!r}"
+        )
+
+
 def resolve_jit(policy: str, arch: str) -> bool | str:
     """The `jit_compile` value for `model.compile`.
 

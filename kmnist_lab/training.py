@@ -39,6 +39,7 @@ from kmnist_lab.models import build_model, model_family
 from kmnist_lab.optimizers import averaging_callbacks, get_optimizer
 from kmnist_lab.schedules import make_schedule
 from kmnist_lab.speed import (
+    check_steps_per_execution,
     dtype_policy,
     resolve_input_pipeline,
     resolve_jit,
@@ -107,18 +108,10 @@ def compile_for_config(model, loss, cfg: TrainConfig, steps_per_epoch: int) -> d
     schedule = make_schedule(
         cfg.lr_schedule, cfg.lr, steps_per_epoch, cfg.epochs, cfg.warmup_epochs
     )
-    params = {
-        k: getattr(cfg, k) for k in ("momentum", "weight_decay") if getattr(cfg, k) is not None
-    }
-    params.update(cfg.optimizer_params)
-    optimizer = get_optimizer(cfg.optimizer, learning_rate=schedule, **params)
+    optimizer = get_optimizer(cfg.optimizer, learning_rate=schedule, **cfg.optimizer_kwargs())
     jit = resolve_jit(cfg.jit, cfg.arch)
     spe = cfg.steps_per_execution or resolve_steps_per_execution(cfg.arch, steps_per_epoch)
-    if keras.backend.backend() == "torch" and spe != 1:
-        raise ConfigError(
-            "Keras' torch backend runs one step per call: `steps_per_execution` must be 1 "
-            f"there. Received: steps_per_execution={spe!r}"
-        )
+    check_steps_per_execution(keras.backend.backend(), spe)
     if cfg.distribute == "data-parallel" and keras.backend.backend() == "tensorflow":
         # Keras 3.15 + MirroredStrategy: XLA steps fail to compile on CPU and
         # steps_per_execution > 1 fails ("must feed a value for placeholder").

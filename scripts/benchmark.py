@@ -150,6 +150,7 @@ def main(argv=None) -> int:
         (_print_markdown if args.markdown else _print_table)(rows, batch_size)
         return 0
     from kmnist_lab.models import list_models
+    from kmnist_lab.speed import check_steps_per_execution
 
     archs = args.arch or ["bn_mlp"]
     unknown = [a for a in archs if a not in list_models()]
@@ -173,12 +174,9 @@ def main(argv=None) -> int:
                 f"--input-pipeline device needs the jax backend; {arch} would run on "
                 f"{', '.join(arch_backends(arch))}: add --backend jax or --input-pipeline iterator"
             )
-        if "torch" in arch_backends(arch) and any(
-            k not in (None, 1) for k in args.steps_per_execution
-        ):
-            raise ConfigError(
-                "Keras' torch backend runs one step per call: use --steps-per-execution 1"
-            )
+        if "torch" in arch_backends(arch):
+            for k in args.steps_per_execution:
+                check_steps_per_execution("torch", k)
     gflops = matmul_gflops()
     print(f"NumPy fp32 matmul: {gflops:.1f} GFLOP/s on {os.cpu_count()} CPU cores", file=sys.stderr)
     samples: dict[tuple, list] = {}

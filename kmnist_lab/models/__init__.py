@@ -47,6 +47,17 @@ def model_params(name: str) -> list[str]:
     return list(getattr(factory, "base_params", None) or inspect.signature(factory).parameters)
 
 
+def check_overrides(name: str, overrides) -> None:
+    """Raises `ConfigError` for a keyword the builder of arch `name` does not take."""
+    accepted = model_params(name)
+    unknown = sorted(set(overrides) - set(accepted))
+    if unknown:
+        options = [k for k in accepted if k not in ("num_classes", "head")]  # own arguments
+        raise ConfigError(
+            f"arch {name!r} does not take {', '.join(unknown)}. It takes: {', '.join(options)}"
+        )
+
+
 def build_model(name: str, num_classes: int = 10, head: str = "logits", **overrides) -> keras.Model:
     """Builds the registered architecture `name`.
 
@@ -73,13 +84,7 @@ def build_model(name: str, num_classes: int = 10, head: str = "logits", **overri
         )
     num_classes = int(num_classes)
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    accepted = model_params(name)
-    unknown = sorted(set(overrides) - set(accepted))
-    if unknown:
-        options = [k for k in accepted if k not in ("num_classes", "head")]  # own arguments
-        raise ConfigError(
-            f"arch {name!r} does not take {', '.join(unknown)}. It takes: {', '.join(options)}"
-        )
+    check_overrides(name, overrides)
     return factory(num_classes=num_classes, head=head, **overrides)
 
 
