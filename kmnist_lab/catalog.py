@@ -51,7 +51,9 @@ def optimizers_table() -> str:
 def datasets_table() -> str:
     from kmnist_lab.data import DATASETS
 
-    return _table(["dataset", "what"], [[f"`{k}`", v] for k, v in DATASETS.items()])
+    return _table(
+        ["dataset", "what"], [[f"`{n}`", DATASETS.get(n).summary] for n in DATASETS.names()]
+    )
 
 
 TABLES = {"models": models_table, "losses": losses_table, "optimizers": optimizers_table,

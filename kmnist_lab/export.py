@@ -15,6 +15,9 @@ kept as a third signature `serve_3d`; the two above wrap it.)
 Both return `scores` (logits, or `s * cos` for cosine heads, so argmax and
 softmax work as for logits), `probabilities` (softmax of the scores) and
 `class_ids` (argmax).
+
+`save_model_files` writes a run's `model.keras` and `saved_model/` (training and
+the tuner's best model both use it).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import keras
 from keras import ops
 
 from kmnist_lab.errors import ConfigError
+from kmnist_lab.losses import serving_scale
 
 log = logging.getLogger(__name__)
 
@@ -110,3 +114,35 @@ def export_saved_model(model: keras.Model, path, score_scale: float = 1.0) -> Pa
         shutil.rmtree(path)
     tmp.rename(path)
     return path
+
+
+def save_model_files(model: keras.Model, loss: keras.losses.Loss, out_dir) -> list[str]:
+    """Writes `model.keras` and, where the backend can, `saved_model/` into `out_dir`.
+
+    Each is written under a temporary name and then renamed, so a kill mid-write
+    leaves the previous files intact. Backends that cannot write a SavedModel
+    (torch) get `model.keras` only, with a warning.
+
+    Args:
+        model: the trained model.
+        loss: its loss; sets the SavedModel's score scale (`losses.serving_scale`).
+        out_dir: an existing folder.
+
+    Returns:
+        The names written, relative to `out_dir`: `model.keras`, then `saved_model`.
+    """
+    out_dir = Path(out_dir)
+    tmp = out_dir / ".model.tmp.keras"
+    model.save(tmp)
+    tmp.replace(out_dir / "model.keras")
+    written = ["model.keras"]
+    if can_export_saved_model():
+        export_saved_model(model, out_dir / "saved_model", score_scale=serving_scale(loss))
+        written.append("saved_model")
+    else:
+        log.warning(
+            "backend %s cannot write a TF SavedModel; model.keras was saved (load it on "
+            "any backend with kmnist_lab.models.load_keras_model)",
+            keras.backend.backend(),
+        )
+    return written

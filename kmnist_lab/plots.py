@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 COLORS = [
     "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd",
@@ -62,8 +63,10 @@ def learning_curves(histories, title: str = "Learning curves", colors=None) -> F
     """
     if not isinstance(histories, dict):
         histories = {"": histories}
-    fig = Figure(figsize=(11, 4))
+    several = len(histories) > 1
+    fig = Figure(figsize=(11, 4), layout="constrained")
     ax_loss, ax_acc = fig.subplots(1, 2)
+    handles = []  # several runs: one legend entry per run (its colour), then the line styles
     for i, (label, path) in enumerate(histories.items()):
         h = read_csv(path)
         if not h:
@@ -76,12 +79,18 @@ def learning_curves(histories, title: str = "Learning curves", colors=None) -> F
             if f"val_{key}" in h:
                 ax.plot(h["epoch"], h[f"val_{key}"], color=color, ls="--", marker=marker,
                         label=f"{prefix}val")  # fmt: skip
+        handles.append(Line2D([], [], color=color, label=label))
     for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
-        if ax.lines:
+        if ax.lines and not several:
             ax.legend(fontsize=8)
+    if several and handles:
+        handles += [Line2D([], [], color="grey", label="train"),
+                    Line2D([], [], color="grey", ls="--", label="val")]  # fmt: skip
+        fig.legend(handles=handles, loc="outside right upper", fontsize=8,
+                   ncols=1 + len(handles) // 18)  # fmt: skip
     # One diverging epoch (e.g. a validation loss of 2,000 when the rest are ~0.1)
     # flattens every other curve on a linear axis: switch to log beyond 2 decades.
     losses = np.concatenate([np.asarray(line.get_ydata(), float) for line in ax_loss.lines] or [[]])
@@ -202,25 +211,57 @@ def palette(n: int) -> list[str]:
 def heatmap(values, row_labels, col_labels, title: str, xlabel: str, ylabel: str,
             fmt: str = "{:.1%}", cbar_label: str = "") -> Figure:  # fmt: skip
     """Annotated heatmap of a 2-D array (NaN cells left blank), e.g. accuracy per depth x width."""
-    values = np.asarray(values, dtype=float)
-    fig = Figure(figsize=(1.6 + 0.95 * len(col_labels), 1.2 + 0.6 * len(row_labels)))
-    ax = fig.subplots()
-    im = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", aspect="auto")
-    cbar = fig.colorbar(im, ax=ax, fraction=0.046)
+    return heatmap_panels({"": values}, row_labels, col_labels, title, xlabel, ylabel, fmt=fmt,
+                          cbar_label=cbar_label, best=None)  # fmt: skip
+
+
+def heatmap_panels(panels: dict, row_labels, col_labels, title: str, xlabel: str, ylabel: str,
+                   fmt: str = "{:.1f}", cbar_label: str = "", best: str | None = "max",
+                   notes: dict | None = None) -> Figure:  # fmt: skip
+    """Annotated heatmaps side by side on one colour scale, e.g. accuracy per batch x lr per epochs.
+
+    Args:
+        panels: `{panel title: 2-D array}` (rows x columns; NaN cells left blank).
+        row_labels: one label per row; `col_labels` one per column.
+        fmt: format of each cell's annotation.
+        best: `"max"` or `"min"` draws the best cell over all panels in bold; None: none.
+        notes: `{panel title: 2-D array of str}` appended under a cell's value.
+    """
+    grids = {k: np.asarray(v, dtype=float) for k, v in panels.items()}
+    finite = np.concatenate([g[np.isfinite(g)].ravel() for g in grids.values()])
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    best_value = {"max": vmax, "min": vmin}.get(best) if finite.size else None
+    n = len(grids)
+    fig = Figure(
+        figsize=(1.2 + n * (0.4 + 0.85 * len(col_labels)), 1.4 + 0.6 * len(row_labels)),
+        layout="constrained",
+    )
+    axes = np.atleast_1d(fig.subplots(1, n, sharey=True))
+    image = None
+    for ax, (panel, grid) in zip(axes, grids.items(), strict=True):
+        image = ax.imshow(
+            np.ma.masked_invalid(grid), cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto"
+        )
+        note = (notes or {}).get(panel)
+        for i in range(grid.shape[0]):
+            for j in range(grid.shape[1]):
+                if not np.isfinite(grid[i, j]):
+                    continue
+                dark = grid[i, j] < vmin + 0.5 * (vmax - vmin)
+                text = fmt.format(grid[i, j]) + (note[i][j] if note is not None else "")
+                ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                        color="white" if dark else "black",
+                        fontweight="bold" if grid[i, j] == best_value else "normal")  # fmt: skip
+        ax.set_xticks(range(len(col_labels)), [str(c) for c in col_labels])
+        ax.set_xlabel(xlabel)
+        if panel:
+            ax.set_title(panel)
+    axes[0].set_yticks(range(len(row_labels)), [str(r) for r in row_labels])
+    axes[0].set_ylabel(ylabel)
+    cbar = fig.colorbar(image, ax=list(axes), shrink=0.85 if n > 1 else 1.0)
     if cbar_label:
         cbar.set_label(cbar_label)
-    ax.set_xticks(range(len(col_labels)), [str(c) for c in col_labels])
-    ax.set_yticks(range(len(row_labels)), [str(r) for r in row_labels])
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    finite = values[np.isfinite(values)]
-    mid = (finite.min() + finite.max()) / 2 if finite.size else 0
-    for i in range(values.shape[0]):
-        for j in range(values.shape[1]):
-            if np.isfinite(values[i, j]):
-                ax.text(j, i, fmt.format(values[i, j]), ha="center", va="center", fontsize=8,
-                        color="black" if values[i, j] > mid else "white")  # fmt: skip
-    ax.set_title(title)
+    fig.suptitle(title)
     return fig
 
 

@@ -1,4 +1,4 @@
-"""A tiny name -> factory registry shared by models, losses and optimizers.
+"""A tiny name -> factory registry: models, losses, optimizers, datasets, studies, spaces.
 
 One registry per component kind (timm's `_registry.py` pattern): a decorator
 registers a factory with metadata, `names()` feeds `--help` texts and
@@ -21,7 +21,8 @@ class Entry:
 
     Attributes:
         name: registry key, e.g. `"bn_mlp"`.
-        factory: callable building the component.
+        factory: callable building the component (a catalog of plain data, such as
+            the studies, registers the object itself).
         summary: one line shown in `--help` and the README tables.
         meta: free-form metadata (e.g. the head a loss needs).
     """

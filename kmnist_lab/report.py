@@ -283,6 +283,8 @@ def _study(path: Path, doc: Document) -> str:
         _regression_table(doc, entries)
     else:
         _table(doc, entries)
+    if study.get("grid"):
+        _grid(doc, entries, study)
     _figures(doc, entries, colors, study)
     return title
 
@@ -325,6 +327,57 @@ def _table(doc: Document, entries: list[dict]) -> None:
         "wall time: the whole run (data, compile, fit, test, export; for a resumed run, the "
         "last process only); samples/s: training throughput in steady epochs."
     )
+
+
+def _grid(doc: Document, entries: list[dict], study: dict) -> None:
+    """A three-factor grid (report A's hand grid): one table per metric with a row per
+    (row, col) pair and a column per panel value; one heatmap panel per panel value."""
+    row_key, col_key, panel_key = study["grid"]
+
+    def key(entry, factor):
+        return entry.get("factors", {}).get(factor)
+
+    rows = list(dict.fromkeys((key(e, row_key), key(e, col_key)) for e in entries))
+    panels = list(dict.fromkeys(key(e, panel_key) for e in entries))
+    cells = {(key(e, row_key), key(e, col_key), key(e, panel_key)): e["metrics"] for e in entries}
+    val = {c: m.get("val_accuracy") for c, m in cells.items() if m.get("val_accuracy") is not None}
+    best = max(val, key=val.get) if val else None
+    doc.heading("Grid", 3)
+    if best is not None:
+        m = cells[best]
+        doc.para(
+            f"Best validation accuracy: **{row_key} {best[0]}, {col_key} {best[1]}, {panel_key} "
+            f"{best[2]}** ({_pct(m.get('val_accuracy'))} %; test {_pct(m.get('test_accuracy'))} "
+            f"%, test loss {_num(m.get('test_loss'))}), bold in the tables below."
+        )
+    for metric, label, fmt in (
+        ("test_accuracy", "test accuracy (%)", _pct),
+        ("test_loss", "test loss", _num),
+        ("val_accuracy", "validation accuracy (%)", _pct),
+    ):
+        table = []
+        for r, c in rows:
+            values = []
+            for p in panels:
+                text = fmt(cells.get((r, c, p), {}).get(metric))
+                values.append(f"**{text}**" if (r, c, p) == best else text)
+            table.append([r, c, *values])
+        doc.para(f"{label.capitalize()} per {row_key}, {col_key} and {panel_key}:")
+        doc.table([row_key, col_key, *[f"{panel_key} {p}" for p in panels]], table)
+    row_vals = list(dict.fromkeys(r for r, _ in rows))
+    col_vals = list(dict.fromkeys(c for _, c in rows))
+    grids = {}
+    for p in panels:
+        grid = [[math.nan] * len(col_vals) for _ in row_vals]
+        for (r, c, q), m in cells.items():
+            if q == p and m.get("test_accuracy") is not None:
+                grid[row_vals.index(r)][col_vals.index(c)] = 100 * m["test_accuracy"]
+        grids[f"{panel_key} {p}"] = grid
+    name = study.get("name", "study")
+    fig = plots.heatmap_panels(grids, row_vals, col_vals, f"{name}: test accuracy (%)",
+                               col_key, row_key, cbar_label="test accuracy (%)",
+                               best=None)  # fmt: skip
+    doc.figure(fig, f"{name}_grid", f"Test accuracy per {row_key} x {col_key}, per {panel_key}.")
 
 
 def _regression_table(doc: Document, entries: list[dict]) -> None:
@@ -378,6 +431,12 @@ def _figures(doc: Document, entries: list[dict], colors: dict, study: dict) -> N
     doc.heading("Curves")
     for group, members in _groups(done).items():
         suffix = f" — {group}" if group else ""
+        if len(entries) > len(plots.COLORS):
+            # Too many runs for distinct study-wide colours: distinct within each figure.
+            curve_colors = dict(zip([e["name"] for e in members], plots.palette(len(members)),
+                                    strict=True))  # fmt: skip
+        else:
+            curve_colors = colors
         batches = {
             e["name"]: e["dir"] / "batches.csv"
             for e in members
@@ -385,12 +444,12 @@ def _figures(doc: Document, entries: list[dict], colors: dict, study: dict) -> N
         }
         if batches:
             fig = plots.batch_losses(
-                batches, f"{name}: training loss per iteration{suffix}", colors=colors
+                batches, f"{name}: training loss per iteration{suffix}", colors=curve_colors
             )
             doc.figure(fig, f"{name}_{group}_iterations", f"Training loss vs iteration{suffix}.")
         histories = {e["name"]: e["dir"] / "history.csv" for e in members}
         fig = plots.learning_curves(
-            histories, f"{name}: loss and accuracy per epoch{suffix}", colors=colors
+            histories, f"{name}: loss and accuracy per epoch{suffix}", colors=curve_colors
         )
         caption = f"Loss and accuracy per epoch, train (solid) and validation (dashed){suffix}."
         doc.figure(fig, f"{name}_{group}_epochs", caption)

@@ -21,6 +21,7 @@ with a small 1-D Keras model (`_run_regression`) and writes the same files
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import logging
 import math
 import time
@@ -34,7 +35,7 @@ from kmnist_lab.study_catalog import STUDIES, Study, StudyRun, get_study, list_s
 
 __all__ = [
     "STUDIES", "Study", "StudyRun", "StudyResult", "effective_config", "get_study",
-    "list_studies", "run_study",
+    "list_studies", "run_study", "select_runs",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,7 @@ def run_study(
     output_dir=None,
     loaded=None,
     export: bool = True,
+    only=None,
 ) -> StudyResult:
     """Runs every run of study `name` that is not complete yet.
 
@@ -151,9 +153,12 @@ def run_study(
         output_dir: parent of the study folder (default `studies/<dataset>[-quick]`).
         loaded: an already loaded `Dataset` to use instead of loading `dataset`.
         export: write each run's SavedModel and model.keras (never in quick mode).
+        only: shell-style patterns (`fnmatch`) of the run names to train, e.g.
+            `["*_e15"]`; None: every run. The others are left as they are.
 
     Returns:
-        A `StudyResult`; diverged runs are recorded, not raised.
+        A `StudyResult`; diverged runs are recorded, not raised. Its `statuses`
+        hold the selected runs.
     """
     from kmnist_lab.config import TrainConfig
     from kmnist_lab.data import list_datasets, load_dataset
@@ -161,6 +166,7 @@ def run_study(
 
     study = get_study(name)
     effective_config(study.runs[0], quick, epochs_scale)  # validates epochs_scale
+    selected = select_runs(study, only)
     data = None
     if study.kind == "classify":
         data = loaded if loaded is not None else load_dataset(dataset, data_dir, seed=0)
@@ -181,18 +187,18 @@ def run_study(
     _check_settings(study_dir, record)
     runs.atomic_write_json(study_dir / STUDY_FILE, record)
     statuses, trained = {}, []
-    for i, run in enumerate(study.runs, start=1):
+    for i, run in enumerate(selected, start=1):
         run_dir = study_dir / run.name
         # metrics.json is the only completion marker; a diverged run is finished too.
         status = "complete" if runs.is_complete(run_dir) else runs.run_status(run_dir)
         if status == "complete" and not runs.is_complete(run_dir):
             status = "incomplete"
         if status in ("complete", "diverged"):
-            log.info("[%d/%d] %s: %s, skipped", i, len(study.runs), run.name, status)
+            log.info("[%d/%d] %s: %s, skipped", i, len(selected), run.name, status)
             statuses[run.name] = status
             continue
         cfg = effective_config(run, quick, epochs_scale)
-        log.info("[%d/%d] %s: training (%d epochs)", i, len(study.runs), run.name, cfg["epochs"])
+        log.info("[%d/%d] %s: training (%d epochs)", i, len(selected), run.name, cfg["epochs"])
         start = time.perf_counter()
         if study.kind == "regression":
             metrics = _run_regression(cfg, run_dir)
@@ -211,7 +217,7 @@ def run_study(
                 result = train(config, dataset=data, after_fit=_after_fit(study), plots=not quick)
                 metrics = result.metrics
             except DivergedError as e:
-                log.warning("[%d/%d] %s: %s", i, len(study.runs), run.name, e)
+                log.warning("[%d/%d] %s: %s", i, len(selected), run.name, e)
                 statuses[run.name] = "diverged"
                 continue
         statuses[run.name] = "complete"
@@ -219,12 +225,32 @@ def run_study(
         acc = metrics.get("test_accuracy")
         log.info(
             "[%d/%d] %s: %s in %.0f s",
-            i, len(study.runs), run.name,
+            i, len(selected), run.name,
             f"test accuracy {100 * acc:.2f}%" if acc is not None
             else f"test loss {metrics['test_loss']:.3g}",
             time.perf_counter() - start,
         )  # fmt: skip
     return StudyResult(study, study_dir, ds_name, statuses, trained)
+
+
+def select_runs(study: Study, only=None) -> list[StudyRun]:
+    """The runs of `study` whose names match one of the `fnmatch` patterns `only`.
+
+    Raises:
+        ConfigError: a pattern matches no run (the message lists some run names).
+    """
+    if only is None:
+        return list(study.runs)
+    if isinstance(only, str):
+        only = [only]
+    names = [r.name for r in study.runs]
+    for pattern in only:
+        if not fnmatch.filter(names, pattern):
+            shown = ", ".join(names[:8]) + (f", ... ({len(names)} runs)" if len(names) > 8 else "")
+            raise ConfigError(
+                f"`only` pattern {pattern!r} matches no run of {study.name}. Its runs: {shown}"
+            )
+    return [r for r in study.runs if any(fnmatch.fnmatchcase(r.name, p) for p in only)]
 
 
 def _run_regression(cfg: dict, run_dir: Path) -> dict:
@@ -234,11 +260,12 @@ def _run_regression(cfg: dict, run_dir: Path) -> dict:
 
     import keras
 
-    from kmnist_lab.callbacks import BatchLogger, EpochStats, HistoryLogger
+    from kmnist_lab.callbacks import BatchLogger, DivergenceGuard, EpochStats, HistoryLogger
     from kmnist_lab.losses import get_loss
+    from kmnist_lab.models import build_model
     from kmnist_lab.optimizers import get_optimizer
     from kmnist_lab.schedules import make_schedule
-    from kmnist_lab.training import versions
+    from kmnist_lab.training import raise_if_diverged, versions
 
     run_dir.mkdir(parents=True, exist_ok=True)
     with runs.RunLock(run_dir):
@@ -251,10 +278,8 @@ def _run_regression(cfg: dict, run_dir: Path) -> dict:
         x = rng.uniform(lo, hi, size=(cfg["n_train"], 1)).astype("float32")
         x_val = rng.uniform(lo, hi, size=(max(32, cfg["n_train"] // 5), 1)).astype("float32")
         grid = np.arange(lo, hi, 0.01, dtype="float64")[:, None]
-        layers = [keras.Input((1,), name="x")]
-        layers += [keras.layers.Dense(w, activation=cfg["activation"], name=f"dense{i}")
-                   for i, w in enumerate(cfg["hidden"], start=1)]  # fmt: skip
-        model = keras.Sequential([*layers, keras.layers.Dense(1, name="out")], name="sin_mlp")
+        model = build_model("mlp", num_classes=1, hidden=cfg["hidden"],
+                            activation=cfg["activation"], input_features=1)  # fmt: skip
         steps = math.ceil(len(x) / cfg["batch_size"])
         lr = make_schedule(cfg.get("lr_schedule", "constant"), cfg["lr"], steps, cfg["epochs"])
         model.compile(
@@ -268,12 +293,14 @@ def _run_regression(cfg: dict, run_dir: Path) -> dict:
              "parameters": int(model.count_params())},
         )  # fmt: skip
         runs.atomic_write_json(run_dir / "status.json", {"status": "running"})
+        guard = DivergenceGuard()
         model.fit(
             x, np.sin(x), batch_size=cfg["batch_size"], epochs=cfg["epochs"], verbose=0,
             validation_data=(x_val, np.sin(x_val)),
             callbacks=[EpochStats(), HistoryLogger(run_dir / "history.csv"),
-                       BatchLogger(run_dir / "batches.csv", len(x), cfg["batch_size"])],
+                       BatchLogger(run_dir / "batches.csv", len(x), cfg["batch_size"]), guard],
         )  # fmt: skip
+        raise_if_diverged(guard, run_dir, cfg["lr"])
         pred = model.predict(grid.astype("float32"), batch_size=1024, verbose=0).astype("float64")
         err = pred[:, 0] - np.sin(grid[:, 0])
         buf = io.StringIO()

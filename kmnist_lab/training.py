@@ -34,7 +34,8 @@ from kmnist_lab.config import TrainConfig
 from kmnist_lab.data import Dataset, load_dataset
 from kmnist_lab.distribute import distribution_scope
 from kmnist_lab.errors import ConfigError, KmnistLabError
-from kmnist_lab.losses import get_loss, loss_head, serving_scale
+from kmnist_lab.export import save_model_files
+from kmnist_lab.losses import get_loss, loss_head
 from kmnist_lab.models import build_model, model_family
 from kmnist_lab.optimizers import averaging_callbacks, get_optimizer
 from kmnist_lab.schedules import make_schedule
@@ -103,6 +104,35 @@ def build_for_config(cfg: TrainConfig, num_classes: int) -> tuple[keras.Model, k
     return model, loss
 
 
+def compile_model(
+    model: keras.Model,
+    loss: keras.losses.Loss,
+    optimizer: keras.optimizers.Optimizer,
+    jit_compile: bool | str,
+    steps_per_execution: int,
+) -> None:
+    """Compiles a classifier the one way training and tuning both use.
+
+    The metric is sparse categorical accuracy named `accuracy`, so histories,
+    trials and reports all read `accuracy` / `val_accuracy`.
+
+    Args:
+        model: the model to compile (in place).
+        loss: the loss object (`kmnist_lab.losses.get_loss`).
+        optimizer: the optimizer object (`kmnist_lab.optimizers.get_optimizer`).
+        jit_compile: `model.compile`'s value, see `kmnist_lab.speed.resolve_jit`.
+        steps_per_execution: training steps per compiled call, see
+            `kmnist_lab.speed.resolve_steps_per_execution`.
+    """
+    model.compile(
+        optimizer=optimizer,
+        loss=loss,
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        jit_compile=jit_compile,
+        steps_per_execution=steps_per_execution,
+    )
+
+
 def compile_for_config(model, loss, cfg: TrainConfig, steps_per_epoch: int) -> dict:
     """Compiles `model` with the config's optimizer, schedule and speed policy."""
     schedule = make_schedule(
@@ -123,13 +153,7 @@ def compile_for_config(model, loss, cfg: TrainConfig, steps_per_epoch: int) -> d
                 spe,
             )
         jit, spe = False, 1
-    model.compile(
-        optimizer=optimizer,
-        loss=loss,
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        jit_compile=jit,
-        steps_per_execution=spe,
-    )
+    compile_model(model, loss, optimizer, jit_compile=jit, steps_per_execution=spe)
     pipeline = resolve_input_pipeline(cfg.input_pipeline, cfg.distribute != "none")
     return {
         "jit_compile": jit,
@@ -255,17 +279,7 @@ def _fit_and_export(
     )
     fit_time = time.perf_counter() - fit_start
     history = _read_history(run_dir / "history.csv")
-    if guard.diverged_at is not None:
-        epoch, step = guard.diverged_at
-        first = guard.steps_window[0] if guard.steps_window else step
-        step_text = f"step {step}" if first == step else f"steps {first}-{step}"
-        runs.atomic_write_json(
-            run_dir / "status.json", {"status": "diverged", "epoch": epoch, "step": step}
-        )
-        raise DivergedError(
-            f"training diverged: non-finite loss at epoch {epoch}, {step_text} "
-            f"(lr={cfg.lr}); try a lower --lr"
-        )
+    raise_if_diverged(guard, run_dir, cfg.lr)
     x_test, y_test = dataset.test
     test = model.evaluate(
         x_test, y_test, batch_size=max(cfg.batch_size, 256), verbose=0, return_dict=True
@@ -303,6 +317,26 @@ def _fit_and_export(
     return RunResult(run_dir, cfg, metrics, history, model, dataset)
 
 
+def raise_if_diverged(guard: DivergenceGuard, run_dir: Path, lr) -> None:
+    """Marks the run `diverged` in `status.json` and raises, if `guard` saw a non-finite loss.
+
+    Raises:
+        DivergedError: naming the epoch and step (or steps) where the loss broke.
+    """
+    if guard.diverged_at is None:
+        return
+    epoch, step = guard.diverged_at
+    first = guard.steps_window[0] if guard.steps_window else step
+    step_text = f"step {step}" if first == step else f"steps {first}-{step}"
+    runs.atomic_write_json(
+        run_dir / "status.json", {"status": "diverged", "epoch": epoch, "step": step}
+    )
+    raise DivergedError(
+        f"training diverged: non-finite loss at epoch {epoch}, {step_text} (lr={lr}); "
+        "try a lower --lr"
+    )
+
+
 def _require_tensorboard() -> None:
     try:
         import tensorboard  # noqa: F401
@@ -314,25 +348,8 @@ def _require_tensorboard() -> None:
 
 
 def _export(model, loss, run_dir: Path, cfg: TrainConfig) -> list[str]:
-    if not cfg.export:
-        return []
-    written = []
-    tmp = run_dir / ".model.tmp.keras"
-    model.save(tmp)
-    tmp.replace(run_dir / "model.keras")
-    written.append("model.keras")
-    from kmnist_lab.export import can_export_saved_model, export_saved_model
-
-    if can_export_saved_model():
-        export_saved_model(model, run_dir / "saved_model", score_scale=serving_scale(loss))
-        written.append("saved_model")
-    else:
-        log.warning(
-            "backend %s cannot write a TF SavedModel; model.keras was saved (load it on "
-            "any backend with kmnist_lab.models.load_keras_model)",
-            keras.backend.backend(),
-        )
-    return written
+    """The run's model files (`export.save_model_files`); none under `--no-export`."""
+    return save_model_files(model, loss, run_dir) if cfg.export else []
 
 
 def _plot(run_dir: Path) -> None:

@@ -21,12 +21,12 @@ import _cli
 
 
 def build_parser():
-    from kmnist_lab.data import DATASETS
+    from kmnist_lab.data import list_datasets
 
     p = _cli.Parser(prog="evaluate.py", description=__doc__)
     p.add_argument("path", help="run folder or SavedModel folder")
     p.add_argument(
-        "--dataset", choices=list(DATASETS), help="default: the run's dataset, else auto"
+        "--dataset", choices=list_datasets(), help="default: the run's dataset, else auto"
     )
     p.add_argument("--data-dir", help="folder with IDX/.npz files")
     p.add_argument("--split", choices=("test", "val", "train"), default="test")

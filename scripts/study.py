@@ -6,6 +6,7 @@ Examples:
   python scripts/study.py a_models --dataset mnist_5k
   python scripts/study.py b_resnet --dataset fashion_mnist --epochs-scale 0.5
   python scripts/study.py e_sweeps --quick            # a few batches per run, seconds
+  python scripts/study.py a_grid --only 'bs128_*'     # some of a study's runs
 
 Runs go to OUTPUT_DIR/NAME/RUN/ (default OUTPUT_DIR: studies/DATASET, or
 studies/DATASET-quick with --quick). Re-running the command skips finished runs
@@ -21,7 +22,7 @@ import _cli
 
 
 def build_parser():
-    from kmnist_lab.data import DATASETS
+    from kmnist_lab.data import list_datasets
     from kmnist_lab.studies import list_studies
 
     p = _cli.Parser(prog="study.py", description=__doc__)
@@ -29,12 +30,15 @@ def build_parser():
                    help="study to run: " + ", ".join(list_studies()))  # fmt: skip
     p.add_argument("--list", action="store_true", help="list the studies with their run counts")
     p.add_argument(
-        "--dataset", choices=list(DATASETS), default="auto", help="dataset (default auto)"
+        "--dataset", choices=list_datasets(), default="auto", help="dataset (default auto)"
     )
     p.add_argument("--data-dir", help="folder with IDX (.gz or raw) or .npz files, searched first")
     p.add_argument("--epochs-scale", type=_cli.positive_float, default=1.0, metavar="F",
                    help="multiply every run's epochs by F (at least 1 epoch)")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="a few batches per run on a small subset")
+    p.add_argument("--only", action="append", metavar="PATTERN",
+                   help="train only the runs whose names match this shell pattern "
+                   "(repeatable), e.g. --only '*_e15'; the others are left as they are")  # fmt: skip
     p.add_argument("--backend", choices=_cli.BACKENDS, help="Keras backend (or set KERAS_BACKEND)")
     p.add_argument(
         "--output-dir", help="parent of the study folder (default studies/DATASET[-quick])"
@@ -49,11 +53,12 @@ def build_parser():
 def main(argv=None) -> int:
     _cli.select_backend(argv)
     args = build_parser().parse_args(argv)
-    from kmnist_lab.studies import STUDIES
+    from kmnist_lab.studies import get_study, list_studies
 
     if args.list:
-        width = max(map(len, STUDIES))
-        for name, study in STUDIES.items():
+        width = max(map(len, list_studies()))
+        for name in list_studies():
+            study = get_study(name)
             print(f"{name:<{width}}  {len(study.runs):>3} runs  report {study.report}")
         return 0
     if args.name is None:
@@ -69,6 +74,7 @@ def main(argv=None) -> int:
         quick=args.quick,
         output_dir=args.output_dir,
         export=args.export,
+        only=args.only,
     )
     counts = {}
     for status in result.statuses.values():

@@ -44,7 +44,7 @@ def build_parser():
         prog="train.py",
         description=__doc__,
         epilog=f"per-architecture defaults:\n{defaults}\n\ndatasets:\n"
-        + "\n".join(f"  {k:<14} {v}" for k, v in DATASETS.items()),
+        + "\n".join(f"  {k:<14} {DATASETS.get(k).summary}" for k in DATASETS.names()),
     )
     c = TrainConfig()
     g = p.add_argument_group("what to train")
@@ -57,7 +57,7 @@ def build_parser():
         "--arch", choices=list_models(), default=None, help=f"architecture (default {c.arch})"
     )
     g.add_argument(
-        "--dataset", choices=list(DATASETS), default=None, help=f"dataset (default {c.dataset})"
+        "--dataset", choices=DATASETS.names(), default=None, help=f"dataset (default {c.dataset})"
     )
     g.add_argument("--data-dir", help="folder with IDX (.gz or raw) or .npz files, searched first")
     g.add_argument(

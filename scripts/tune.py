@@ -27,14 +27,14 @@ import _cli
 
 def build_parser():
     from kmnist_lab.config import JIT_POLICIES
-    from kmnist_lab.data import DATASETS
+    from kmnist_lab.data import list_datasets
     from tuning.hypermodels import SPACES
     from tuning.search import TUNER_NAMES
 
-    spaces = "\n".join(f"  {name:<13} {cls.summary}" for name, cls in SPACES.items())
+    spaces = "\n".join(f"  {name:<13} {SPACES.get(name).summary}" for name in SPACES.names())
     p = _cli.Parser(prog="tune.py", description=__doc__, epilog=f"search spaces:\n{spaces}")
     g = p.add_argument_group("what to search")
-    g.add_argument("--space", required=True, choices=list(SPACES), help="search space")
+    g.add_argument("--space", required=True, choices=SPACES.names(), help="search space")
     g.add_argument(
         "--tuner",
         choices=TUNER_NAMES,
@@ -42,7 +42,7 @@ def build_parser():
         help="search algorithm (default hyperband)",
     )
     g.add_argument(
-        "--dataset", choices=list(DATASETS), default="auto", help="dataset (default auto)"
+        "--dataset", choices=list_datasets(), default="auto", help="dataset (default auto)"
     )
     g.add_argument("--data-dir", help="folder with IDX (.gz or raw) or .npz files, searched first")
     g.add_argument(

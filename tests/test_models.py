@@ -109,10 +109,30 @@ def test_mlp_options():
     assert np.std(cosine.get_layer("head").kernel.numpy()) == pytest.approx(0.01, rel=0.15)
 
 
+def test_mlp_on_feature_vectors_is_a_regressor():
+    # Report E's sin(x) fit: 1 float feature in, 1 linear output, no pixel rescaling.
+    model = build_model("mlp", num_classes=1, hidden=[50, 50, 50], activation="tanh",
+                        input_features=1)  # fmt: skip
+    assert model.input_shape == (None, 1) and model.output_shape == (None, 1)
+    assert [w.shape for w in model.trainable_weights][::2] == [(1, 50), (50, 50), (50, 50), (50, 1)]
+    x = np.array([[0.5]], "float32")
+    w = [v.numpy() for v in model.trainable_weights]
+    h = x
+    for kernel, bias in zip(w[0:6:2], w[1:6:2], strict=True):
+        h = np.tanh(h @ kernel + bias)
+    np.testing.assert_allclose(model(x), h @ w[6] + w[7], rtol=1e-5)  # the input used as is
+
+
 @pytest.mark.parametrize(
     "name, kwargs, message",
     [
         ("nope", {}, "Unknown arch 'nope'. Valid archs: plain_mlp"),
+        (
+            "mlp",
+            {"input_features": 0},
+            r"`input_features` must be None .* Received: input_features=0",
+        ),
+        ("mlp", {"input_features": 1, "augment": True}, "`augment` needs images"),
         ("bn_mlp", {"hidden": (3,)}, "does not take hidden"),
         ("mlp", {"hidden": ()}, "`hidden` must be a non-empty"),
         ("mlp", {"activation": "swishy"}, "`activation` must be one of"),

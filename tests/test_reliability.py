@@ -433,7 +433,7 @@ def test_exports_replace_the_previous_model_atomically(tmp_path, world, monkeypa
     """model.keras and saved_model/ are written under temporary names, then renamed."""
     import shutil
 
-    from kmnist_lab import export, training
+    from kmnist_lab import export
     from kmnist_lab.models import load_keras_model
 
     run = tmp_path / "run"
@@ -457,9 +457,8 @@ def test_exports_replace_the_previous_model_atomically(tmp_path, world, monkeypa
         raise KeyboardInterrupt("killed while saving")
 
     monkeypatch.setattr(keras.Model, "save", torn_save)
-    cfg = TrainConfig(output_dir=str(tmp_path), run_name="run")
     with pytest.raises(KeyboardInterrupt):
-        training._export(model, get_loss("ce"), run, cfg)
+        export.save_model_files(model, get_loss("ce"), run)
     assert _digest(run / "model.keras") == before["model.keras"]
 
 

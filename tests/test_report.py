@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import report as report_script
 
-from kmnist_lab import runs
+from kmnist_lab import plots, runs
 from kmnist_lab.evaluation import score
 from kmnist_lab.report import ReportError, detect, write_report
-from kmnist_lab.studies import STUDIES, _study_record
+from kmnist_lab.studies import _study_record, get_study
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -62,7 +62,7 @@ def fake_run(run_dir: Path, seed: int, epochs=3, steps=4, extras=True, complete=
 
 
 def fake_study(root: Path, name: str, incomplete=()) -> Path:
-    study = STUDIES[name]
+    study = get_study(name)
     study_dir = root / name
     study_dir.mkdir(parents=True)
     runs.atomic_write_json(study_dir / "study.json", _study_record(study, "fake", False, 1.0))
@@ -81,13 +81,13 @@ def fake_study(root: Path, name: str, incomplete=()) -> Path:
 
 @pytest.mark.parametrize("name", ["a_models", "b_resnet", "d_losses_activations", "e_regression"])
 def test_study_report_lists_every_run_beside_the_report(name, tmp_path):
-    several = len(STUDIES[name].runs) > 1
+    several = len(get_study(name).runs) > 1
     study_dir = fake_study(
-        tmp_path, name, incomplete=(STUDIES[name].runs[0].name,) if several else ()
+        tmp_path, name, incomplete=(get_study(name).runs[0].name,) if several else ()
     )
     md, page = write_report(study_dir)
     text = md.read_text()
-    for run in STUDIES[name].runs:
+    for run in get_study(name).runs:
         assert f"`{run.name}`" in text
     assert "incomplete" in text or not several  # an unfinished run is listed, not dropped
     figures = sorted((study_dir / "report_files").glob("*.png"))
@@ -133,7 +133,6 @@ def test_search_report_sorts_trials_and_embeds_figures(tmp_path):
         {"trial": "t3", "lr": 1.0, "val_accuracy": ""},
     ])  # fmt: skip
     (search / "summary.md").write_text("best: t2\n")
-    from kmnist_lab import plots
 
     plots.save(
         plots.heatmap([[0.1, 0.2]], ["a"], ["x", "y"], "t", "x", "y"), search / "figures" / "h.png"
@@ -225,3 +224,46 @@ def test_learning_curves_switch_to_log_scale_only_when_one_loss_dwarfs_the_rest(
     spiky = learning_curves({"a": _history(tmp_path / "a.csv", [0.4, 0.3, 0.2]),
                              "b": _history(tmp_path / "b.csv", [2300.0, 0.2, 0.1])})  # fmt: skip
     assert spiky.axes[0].get_yscale() == "log" and spiky.axes[1].get_yscale() == "linear"
+
+
+def test_grid_study_tabulates_every_cell_and_marks_the_best_val_cell(tmp_path):
+    # Report A's hand grid: a row per (batch, lr), a column per epochs, for test
+    # accuracy, test loss and val accuracy; the best *validation* cell is bold.
+    study_dir = fake_study(tmp_path, "a_grid", incomplete=("bs32_lr0.01_e3",))
+    for run in get_study("a_grid").runs:
+        if run.name == "bs32_lr0.01_e3":
+            continue
+        f = run.factors
+        best = (f["batch_size"], f["lr"], f["epochs"]) == (64, 0.02, 10)
+        # The best test accuracy is elsewhere (256, 0.01, 3): the table must not pick it.
+        test_best = (f["batch_size"], f["lr"], f["epochs"]) == (256, 0.01, 3)
+        runs.atomic_write_json(study_dir / run.name / "metrics.json", {
+            "status": "complete", "epochs": f["epochs"], "dataset": "fake",
+            "val_accuracy": 0.97 if best else 0.90, "test_accuracy": 0.99 if test_best else
+            (0.9512 if best else 0.91), "test_loss": 0.123 if best else 0.3})  # fmt: skip
+    md, _ = write_report(study_dir)
+    text = md.read_text()
+    assert "Best validation accuracy: **batch_size 64, lr 0.02, epochs 10** (97.00 %" in text
+    assert "| batch_size | lr | epochs 3 | epochs 5 | epochs 7 | epochs 10 | epochs 15 |" in text
+    assert "| 64 | 0.02 | 91.00 | 91.00 | 91.00 | **95.12** | 91.00 |" in text  # test accuracy
+    assert "| 64 | 0.02 | 0.300 | 0.300 | 0.300 | **0.123** | 0.300 |" in text  # test loss
+    assert "| 64 | 0.02 | 90.00 | 90.00 | 90.00 | **97.00** | 90.00 |" in text  # val accuracy
+    assert "| 32 | 0.01 | — | 91.00 |" in text  # the unfinished cell stays empty
+    assert "**99.00**" not in text
+    assert (study_dir / "report_files" / "a_grid_grid.png").stat().st_size > 5000
+
+
+def test_heatmap_panels_share_one_scale_and_bold_the_best_cell_over_all_panels():
+    fig = plots.heatmap_panels(
+        {"3 epochs": [[0.5, np.nan], [0.7, 0.6]], "15 epochs": [[0.9, 0.8], [0.2, 0.4]]},
+        ["32", "64"], ["0.01", "0.02"], "t", "lr", "batch", fmt="{:.2f}",
+        notes={"3 epochs": [["", ""], ["", "*"]]},
+    )  # fmt: skip
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == ["3 epochs", "15 epochs"]
+    texts = [{t.get_text(): t.get_fontweight() for t in ax.texts} for ax in panels]
+    assert texts[0] == {"0.50": "normal", "0.70": "normal", "0.60*": "normal"}  # NaN: no text
+    assert texts[1]["0.90"] == "bold" and texts[1]["0.20"] == "normal"
+    assert {tuple(ax.get_images()[0].get_clim()) for ax in panels} == {(0.2, 0.9)}
+    low = plots.heatmap_panels({"a": [[1.0, 2.0]]}, ["r"], ["x", "y"], "t", "x", "y", best="min")
+    assert {t.get_text(): t.get_fontweight() for t in low.axes[0].texts}["1.0"] == "bold"

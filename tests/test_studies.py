@@ -10,10 +10,16 @@ from kmnist_lab import runs
 from kmnist_lab.config import TrainConfig
 from kmnist_lab.errors import ConfigError
 from kmnist_lab.report import write_report
-from kmnist_lab.studies import STUDIES, effective_config, get_study, list_studies, run_study
+from kmnist_lab.studies import (
+    effective_config,
+    get_study,
+    list_studies,
+    run_study,
+    select_runs,
+)  # fmt: skip
 
 SEEDS_NAMES = [
-    "a_models", "a_losses", "a_optimizers", "b_resnet", "c_optimizers", "d_losses_activations",
+    "a_models", "a_grid", "a_losses", "a_optimizers", "b_resnet", "c_optimizers", "d_losses_activations",
     "e_regression", "e_depth_width", "e_sweeps", "e_batchnorm", "e_augmentation",
 ]  # fmt: skip
 
@@ -78,9 +84,13 @@ def test_effective_config_scales_and_shrinks():
 # ResNet-18s and e_depth_width with 20 MLPs, take about 50 s and 40 s on 2 cores).
 @pytest.mark.parametrize("name", SEEDS_NAMES)
 def test_every_study_runs_quick_and_its_report_lists_every_run(name, mnist_5k, tmp_path):
-    result = run_study(name, dataset="mnist_5k", quick=True, output_dir=tmp_path, loaded=mnist_5k)
-    study = STUDIES[name]
-    assert set(result.statuses) == {r.name for r in study.runs}
+    # a_grid's 60 runs differ only in their settings: six of them stand for the rest.
+    only = ["bs128_lr0.03_e*", "bs32_lr0.01_e3"] if name == "a_grid" else ["*"]
+    result = run_study(
+        name, dataset="mnist_5k", quick=True, output_dir=tmp_path, loaded=mnist_5k, only=only
+    )
+    study = get_study(name)
+    assert set(result.statuses) == {r.name for r in select_runs(study, only)}
     assert all(s in ("complete", "diverged") for s in result.statuses.values()), result.statuses
     md, page = write_report(result.study_dir)
     text = md.read_text()
@@ -94,10 +104,46 @@ def test_every_study_runs_quick_and_its_report_lists_every_run(name, mnist_5k, t
         assert (result.study_dir / study.runs[0].name / "evaluation_train.json").is_file()
     if study.heatmap:
         assert (result.study_dir / "report_files" / f"{name}_heatmap.png").is_file()
+    if study.grid:
+        assert (result.study_dir / "report_files" / f"{name}_grid.png").is_file()
+        assert "Best validation accuracy" in text
     if study.kind == "regression":
         metrics = json.loads((result.study_dir / "sin_3x50" / "metrics.json").read_text())
         assert {"mean_error", "max_abs_error"} <= set(metrics)
         assert "mean error" in text
+
+
+def test_report_a_hand_grid_is_sixty_cells_trained_from_scratch():
+    study = get_study("a_grid")
+    cells = {(r.factors["batch_size"], r.factors["lr"], r.factors["epochs"]) for r in study.runs}
+    assert len(study.runs) == len(cells) == 4 * 3 * 5
+    assert {c[0] for c in cells} == {32, 64, 128, 256}
+    assert {c[1] for c in cells} == {0.01, 0.02, 0.03}
+    assert {c[2] for c in cells} == {3, 5, 7, 10, 15}
+    for run in study.runs:
+        cfg, f = run.config, run.factors
+        assert (cfg["arch"], cfg["optimizer"], cfg["loss"], cfg["momentum"]) == (
+            "plain_mlp", "sgd", "ce", None,
+        )  # fmt: skip
+        assert (cfg["batch_size"], cfg["lr"], cfg["epochs"]) == (
+            f["batch_size"], f["lr"], f["epochs"],
+        )  # fmt: skip
+    best = [r for r in study.runs if r.original]
+    assert [r.name for r in best] == ["bs128_lr0.03_e15"]
+    assert best[0].original == {"test_accuracy": 0.9225, "test_loss": 0.272}
+
+
+def test_select_runs_by_shell_pattern():
+    study = get_study("a_grid")
+    assert [r.name for r in select_runs(study, "bs256_lr0.03_*")] == [
+        f"bs256_lr0.03_e{e}" for e in (3, 5, 7, 10, 15)
+    ]
+    # Several patterns keep the study's order, each run once.
+    names = [r.name for r in select_runs(study, ["*_e15", "bs32_lr0.01_*"])]
+    assert names[:5] == [f"bs32_lr0.01_e{e}" for e in (3, 5, 7, 10, 15)] and len(names) == 16
+    assert select_runs(study) == list(study.runs)
+    with pytest.raises(ConfigError, match=r"'bs999\*' matches no run of a_grid\. Its runs: bs32_"):
+        select_runs(study, ["*_e15", "bs999*"])
 
 
 def test_rerun_skips_complete_runs_and_redoes_only_the_missing_one(mnist_5k, tmp_path):
@@ -137,6 +183,7 @@ def test_script_lists_and_runs(tmp_path, capsys):
         (["a_models", "--epochs-scale", "0"], "positive"),
         (["a_models", "--epochs-scale", "nan"], "finite"),
         (["a_models", "--dataset", "cifar"], "invalid choice"),
+        (["a_grid", "--only", "bs999*"], "'bs999*' matches no run of a_grid"),
     ],
 )
 def test_script_bad_input_is_one_line_exit_2(argv, match, capsys):

@@ -426,7 +426,7 @@ def test_other_settings_in_an_existing_search_folder_are_refused(tmp_path, capsy
 def test_config_validation():
     with pytest.raises(ValueError, match="factor"):
         SearchConfig(space="a_grid", factor=1)
-    with pytest.raises(ValueError, match="unknown search space"):
+    with pytest.raises(ValueError, match="Unknown search space 'b_grid'. Valid spaces: a_grid"):
         SearchConfig(space="b_grid")
     cfg = SearchConfig(space="a_grid", tuner="grid", dataset="mnist_5k").resolved()
     assert cfg.max_epochs == 15 and cfg.project_name == "a_grid_grid_mnist_5k"

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from kmnist_lab.plots import color_for, save
+from kmnist_lab.plots import color_for, heatmap_panels, save
 from tuning.results import completed
 
 
@@ -57,30 +57,12 @@ def accuracy_heatmap(rows, title: str = "Validation accuracy (%)") -> Figure:
                 note[i, j] = "" if epochs is not None else f"\n{r['epochs']} ep"
         grids.append(grid)
         notes.append(note)
-    finite = np.concatenate([g[np.isfinite(g)] for g in grids])
-    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0, 100)
-    best = vmax
-    fig = Figure(figsize=(2.6 * len(panels) + 1.2, 3.6), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
-    image = None
-    for ax, epochs, grid, note in zip(axes, panels, grids, notes, strict=True):
-        image = ax.imshow(grid, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
-        for i in range(len(sizes)):
-            for j in range(len(lrs)):
-                if np.isfinite(grid[i, j]):
-                    dark = grid[i, j] < vmin + 0.6 * (vmax - vmin)
-                    weight = "bold" if grid[i, j] == best else "normal"
-                    color = "white" if dark else "black"
-                    ax.text(j, i, f"{grid[i, j]:.1f}{note[i, j]}", ha="center", va="center",
-                            fontsize=8, color=color, fontweight=weight)  # fmt: skip
-        ax.set_xticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
-        ax.set_yticks(range(len(sizes)), [str(s) for s in sizes])
-        ax.set_xlabel("learning rate")
-        ax.set_title(f"{epochs} epochs" if epochs is not None else "best trial per cell")
-    axes[0].set_ylabel("batch size")
-    fig.colorbar(image, ax=list(axes), shrink=0.85, label="val accuracy (%)")
-    fig.suptitle(title)
-    return fig
+    titles = [f"{e} epochs" if e is not None else "best trial per cell" for e in panels]
+    return heatmap_panels(
+        dict(zip(titles, grids, strict=True)), sizes, [f"{lr:g}" for lr in lrs], title,
+        "learning rate", "batch size", cbar_label="val accuracy (%)",
+        notes=dict(zip(titles, notes, strict=True)),
+    )  # fmt: skip
 
 
 def hyperband_brackets(rows, title: str = "Hyperband brackets") -> Figure:

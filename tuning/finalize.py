@@ -175,14 +175,7 @@ def _restore(tuner, trial):
 
 
 def _export(model, loss, out: Path) -> list[str]:
-    from kmnist_lab.export import can_export_saved_model, export_saved_model
-    from kmnist_lab.losses import serving_scale
+    """`save_model_files` into `out`; names as the search folder lists them (`best_model/...`)."""
+    from kmnist_lab.export import save_model_files
 
-    tmp = out / ".model.tmp.keras"
-    model.save(tmp)
-    tmp.replace(out / "model.keras")
-    written = ["best_model/model.keras"]
-    if can_export_saved_model():
-        export_saved_model(model, out / "saved_model", score_scale=serving_scale(loss))
-        written.append("best_model/saved_model")
-    return written
+    return [f"best_model/{name}" for name in save_model_files(model, loss, out)]

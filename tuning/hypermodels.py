@@ -33,7 +33,9 @@ from kmnist_lab.errors import ConfigError
 from kmnist_lab.losses import get_loss, loss_head
 from kmnist_lab.models import build_model
 from kmnist_lab.optimizers import averaging_callbacks, get_optimizer
+from kmnist_lab.registry import Registry
 from kmnist_lab.speed import resolve_jit, resolve_steps_per_execution
+from kmnist_lab.training import compile_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,10 +134,10 @@ class SpaceHyperModel(kt.HyperModel):
         )
         optimizer = get_optimizer(spec.optimizer, learning_rate=spec.lr, **spec.optimizer_params)
         steps = math.ceil(self.train_size / spec.batch_size) if self.train_size else 10**9
-        model.compile(
-            optimizer=optimizer,
-            loss=loss,
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        compile_model(
+            model,
+            loss,
+            optimizer,
             jit_compile=resolve_jit(self.jit, spec.arch),
             steps_per_execution=resolve_steps_per_execution(spec.arch, steps),
         )
@@ -312,15 +314,14 @@ class ResidualCNNSpace(SpaceHyperModel):
         )  # fmt: skip
 
 
-SPACES = {
-    cls.name: cls
-    for cls in (AGrid, MLPSpace, DepthWidth, LossSpace, ResNet18Space, ResidualCNNSpace)
-}
+SPACES = Registry("search space", plural="spaces")
+for _space in (AGrid, MLPSpace, DepthWidth, LossSpace, ResNet18Space, ResidualCNNSpace):
+    SPACES.register(_space.name, _space.summary)(_space)
 
 
 def list_spaces() -> list[str]:
     """Names of all search spaces."""
-    return list(SPACES)
+    return SPACES.names()
 
 
 def get_hypermodel(name: str, **kwargs) -> SpaceHyperModel:
@@ -329,6 +330,4 @@ def get_hypermodel(name: str, **kwargs) -> SpaceHyperModel:
     Raises:
         ConfigError: unknown name (the message lists the valid ones).
     """
-    if name not in SPACES:
-        raise ConfigError(f"unknown search space {name!r}. Valid spaces: {', '.join(SPACES)}")
-    return SPACES[name](**kwargs)
+    return SPACES.get(name).factory(**kwargs)

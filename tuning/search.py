@@ -116,10 +116,7 @@ class SearchConfig:
         from kmnist_lab.data import list_datasets
         from tuning.hypermodels import SPACES
 
-        if self.space not in SPACES:
-            raise ConfigError(
-                f"unknown search space {self.space!r}. Valid spaces: {', '.join(SPACES)}"
-            )
+        SPACES.get(self.space)  # raises ConfigError listing the valid spaces
         if self.tuner not in TUNER_NAMES:
             raise ConfigError(
                 f"`tuner` must be one of {', '.join(TUNER_NAMES)}. Received: {self.tuner!r}"
@@ -159,7 +156,7 @@ class SearchConfig:
 
         changes = {}
         if self.max_epochs is None:
-            changes["max_epochs"] = max(SPACES[self.space].epoch_choices)
+            changes["max_epochs"] = max(SPACES.get(self.space).factory.epoch_choices)
         if self.project_name is None:
             changes["project_name"] = f"{self.space}_{self.tuner}_{self.dataset}"
         return dataclasses.replace(self, **changes)

@@ -29,6 +29,7 @@ def mlp(
     num_classes: int = 10,
     head: str = "logits",
     augment: bool = False,
+    input_features: int | None = None,
     name: str = "mlp",
 ) -> keras.Model:
     """Fully-connected classifier `784 -> hidden... -> num_classes`.
@@ -48,6 +49,10 @@ def mlp(
         num_classes: output width.
         head: `"logits"` or `"cosine"` (for margin losses).
         augment: random translation + rotation at training time.
+        input_features: None: the input is a 28x28 image (rescaled here, see
+            `image_input`). An integer k: a vector of k float features used as they
+            are; with `num_classes=1` and `head="logits"` the net is a regressor
+            (report E's fit of sin x).
         name: model name.
     """
     widths = tuple(hidden) if isinstance(hidden, (list, tuple)) else (hidden,)
@@ -67,7 +72,17 @@ def mlp(
     if not isinstance(batchnorm, bool):
         raise ConfigError(f"`batchnorm` must be true or false. Received: batchnorm={batchnorm!r}")
     init = keras.initializers.RandomNormal(stddev=init_std) if init_std else "glorot_uniform"
-    inputs, x = image_input(channels_axis=False, augment=augment)
+    if input_features is None:
+        inputs, x = image_input(channels_axis=False, augment=augment)
+    elif not _is_width(input_features):
+        raise ConfigError(
+            "`input_features` must be None (28x28 images) or a positive integer. "
+            f"Received: input_features={input_features!r}"
+        )
+    elif augment:
+        raise ConfigError("`augment` needs images; it cannot be used with `input_features`")
+    else:
+        inputs = x = keras.Input(shape=(int(input_features),), name="features")
     for i, width in enumerate(hidden, start=1):
         x = layers.Dense(
             width, kernel_initializer=init, kernel_regularizer=regularizer(l2), name=f"dense{i}"
