@@ -18,14 +18,12 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def models_table() -> str:
-    from kmnist_lab.models import MODELS, model_params
+    from kmnist_lab.models import MODELS, user_params
 
     rows = []
     for name in MODELS.names():
         d = ARCH_DEFAULTS.get(name, FALLBACK_DEFAULTS)
-        params = ", ".join(
-            p for p in model_params(name) if p not in ("num_classes", "head", "name")
-        )
+        params = ", ".join(user_params(name))
         rows.append([f"`{name}`", MODELS.get(name).summary, f"{d.epochs} ep, bs {d.batch_size}, "
                      f"{d.optimizer} {d.lr:g} {d.lr_schedule}{', augment' if d.augment else ''}", params])  # fmt: skip
     return _table(["arch", "what", "defaults", "options (`--model-param`)"], rows)

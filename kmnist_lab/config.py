@@ -91,7 +91,6 @@ ARCH_DEFAULTS = {
     "resnet18": _CNN,
 }
 FALLBACK_DEFAULTS = _MLP
-_RESERVED_MODEL = frozenset({"num_classes", "head", "name", "input_features"})
 _RESERVED_LOSS = frozenset({"name", "reduction", "dtype"})
 
 
@@ -172,7 +171,7 @@ class TrainConfig:
         """Checks every field; raises `ConfigError` on the first bad one."""
         from kmnist_lab.data import list_datasets
         from kmnist_lab.losses import LOSSES, get_loss, loss_head
-        from kmnist_lab.models import MODELS, check_overrides, model_params
+        from kmnist_lab.models import MODELS, RESERVED_PARAMS, check_overrides, model_params
         from kmnist_lab.optimizers import OPTIMIZERS, get_optimizer
         from kmnist_lab.schedules import check_warmup
         from kmnist_lab.speed import check_steps_per_execution
@@ -235,13 +234,17 @@ class TrainConfig:
                     f"`{name}` must be an object of KEY: VALUE pairs. "
                     f"Received: {name}={getattr(self, name)!r}"
                 )
-        for name, reserved in (("model_params", _RESERVED_MODEL), ("loss_params", _RESERVED_LOSS)):
+        for name, reserved, why in (
+            ("model_params", RESERVED_PARAMS,
+             "num_classes from the dataset, head from the loss; runs take 28x28 images"),
+            ("loss_params", _RESERVED_LOSS, "the training loop owns reduction, dtype and name"),
+        ):  # fmt: skip
             clash = sorted(set(getattr(self, name)) & reserved)
             if clash:
                 given = ", ".join(f"{k}={getattr(self, name)[k]!r}" for k in clash)
                 raise ConfigError(
-                    f"`{name}` cannot set {', '.join(clash)}: kmnist_lab sets it itself (from "
-                    f"the dataset, the loss and the training loop). Received: {given}"
+                    f"`{name}` cannot set {', '.join(clash)}: kmnist_lab sets it itself "
+                    f"({why}). Received: {given}"
                 )
         # Unknown keys and bad values fail here, before any data is loaded.
         check_overrides(self.arch, self.model_params)

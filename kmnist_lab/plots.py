@@ -227,6 +227,10 @@ def heatmap_panels(panels: dict, row_labels, col_labels, title: str, xlabel: str
         best: `"max"` or `"min"` draws the best cell over all panels in bold; None: none.
         notes: `{panel title: 2-D array of str}` appended under a cell's value.
     """
+    if best not in ("max", "min", None):
+        raise ValueError(f"`best` must be 'max', 'min' or None. Received: best={best!r}")
+    if not panels:
+        raise ValueError("`panels` must hold at least one panel. Received: panels={}")
     grids = {k: np.asarray(v, dtype=float) for k, v in panels.items()}
     finite = np.concatenate([g[np.isfinite(g)].ravel() for g in grids.values()])
     vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)

@@ -200,26 +200,26 @@ def run_study(
         cfg = effective_config(run, quick, epochs_scale)
         log.info("[%d/%d] %s: training (%d epochs)", i, len(selected), run.name, cfg["epochs"])
         start = time.perf_counter()
-        if study.kind == "regression":
-            metrics = _run_regression(cfg, run_dir)
-        else:
-            config = TrainConfig(
-                **cfg,
-                dataset=ds_name if ds_name in list_datasets() else dataset,
-                data_dir=None if data_dir is None else str(data_dir),
-                run_name=run.name,
-                output_dir=str(study_dir),
-                export=export and not quick,
-                jit="off" if quick else "auto",
-                verbose=0,
-            )
-            try:
-                result = train(config, dataset=data, after_fit=_after_fit(study), plots=not quick)
-                metrics = result.metrics
-            except DivergedError as e:
-                log.warning("[%d/%d] %s: %s", i, len(selected), run.name, e)
-                statuses[run.name] = "diverged"
-                continue
+        try:
+            if study.kind == "regression":
+                metrics = _run_regression(cfg, run_dir)
+            else:
+                config = TrainConfig(
+                    **cfg,
+                    dataset=ds_name if ds_name in list_datasets() else dataset,
+                    data_dir=None if data_dir is None else str(data_dir),
+                    run_name=run.name,
+                    output_dir=str(study_dir),
+                    export=export and not quick,
+                    jit="off" if quick else "auto",
+                    verbose=0,
+                )
+                after_fit = _after_fit(study)
+                metrics = train(config, dataset=data, after_fit=after_fit, plots=not quick).metrics
+        except DivergedError as e:
+            log.warning("[%d/%d] %s: %s", i, len(selected), run.name, e)
+            statuses[run.name] = "diverged"
+            continue
         statuses[run.name] = "complete"
         trained.append(run.name)
         acc = metrics.get("test_accuracy")
@@ -243,9 +243,11 @@ def select_runs(study: Study, only=None) -> list[StudyRun]:
         return list(study.runs)
     if isinstance(only, str):
         only = [only]
+    if not only:
+        raise ConfigError("`only` must hold at least one pattern (None: every run). Received: []")
     names = [r.name for r in study.runs]
     for pattern in only:
-        if not fnmatch.filter(names, pattern):
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
             shown = ", ".join(names[:8]) + (f", ... ({len(names)} runs)" if len(names) > 8 else "")
             raise ConfigError(
                 f"`only` pattern {pattern!r} matches no run of {study.name}. Its runs: {shown}"

@@ -800,8 +800,12 @@ BAD_INPUT = [
      "`loss_params` cannot set reduction"),
     ("kmnist-without-data-dir", "train", ["--dataset", "kmnist", "--output-dir", "{out}"], 2,
      "kmnist is read from --data-dir only"),
+    ("model-param-input-features", "train", T + ["--model-param", "input_features=3"], 2,
+     "`model_params` cannot set input_features"),
     ("study-without-name", "study", [], 2,
      "a study NAME or --list is required"),
+    ("study-only-matches-nothing", "study", ["a_grid", "--only", "bs999*"], 2,
+     "`only` pattern 'bs999*' matches no run of a_grid"),
     # malformed config files
     ("config-missing", "train", T + ["--config", "{root}/nope.json"], 2,
      "cannot read config file"),

@@ -243,7 +243,11 @@ def test_grid_study_tabulates_every_cell_and_marks_the_best_val_cell(tmp_path):
             (0.9512 if best else 0.91), "test_loss": 0.123 if best else 0.3})  # fmt: skip
     md, _ = write_report(study_dir)
     text = md.read_text()
-    assert "Best validation accuracy: **batch_size 64, lr 0.02, epochs 10** (97.00 %" in text
+    assert (
+        "Best validation accuracy 97.00 %: **batch_size 64, lr 0.02, epochs 10** (test 95.12 %, "
+        "test loss 0.123); bold" in text
+    )
+    assert "Cells are labelled with the study's settings" not in text  # they ran as labelled
     assert "| batch_size | lr | epochs 3 | epochs 5 | epochs 7 | epochs 10 | epochs 15 |" in text
     assert "| 64 | 0.02 | 91.00 | 91.00 | 91.00 | **95.12** | 91.00 |" in text  # test accuracy
     assert "| 64 | 0.02 | 0.300 | 0.300 | 0.300 | **0.123** | 0.300 |" in text  # test loss
@@ -251,6 +255,27 @@ def test_grid_study_tabulates_every_cell_and_marks_the_best_val_cell(tmp_path):
     assert "| 32 | 0.01 | — | 91.00 |" in text  # the unfinished cell stays empty
     assert "**99.00**" not in text
     assert (study_dir / "report_files" / "a_grid_grid.png").stat().st_size > 5000
+
+
+def test_grid_report_bolds_every_tied_cell_and_says_when_cells_ran_otherwise(tmp_path):
+    study_dir = fake_study(tmp_path, "a_grid")
+    # Ran with --epochs-scale 0.2: "epochs 15" cells trained 3 epochs.
+    runs.atomic_write_json(
+        study_dir / "study.json", _study_record(get_study("a_grid"), "fake", False, 0.2)
+    )
+    for run in get_study("a_grid").runs:
+        top = run.name in ("bs32_lr0.02_e5", "bs256_lr0.03_e15")
+        runs.atomic_write_json(study_dir / run.name / "metrics.json", {
+            "status": "complete", "val_accuracy": 0.95 if top else 0.9, "test_accuracy": 0.9,
+            "test_loss": 0.3})  # fmt: skip
+    text = write_report(study_dir)[0].read_text()
+    assert "Best validation accuracy 95.00 %, a tie of 2 cells: **batch_size 32, lr 0.02" in text
+    assert "; **batch_size 256, lr 0.03, epochs 15** (test 90.00 %" in text
+    assert text.count("**95.00**") == 2  # both bold in the val accuracy table
+    assert (
+        "Cells are labelled with the study's settings, but 60 of them ran with others "
+        "(`--quick` or `--epochs-scale`), e.g. `bs32_lr0.01_e3` ran with epochs 1." in text
+    )
 
 
 def test_heatmap_panels_share_one_scale_and_bold_the_best_cell_over_all_panels():
@@ -267,3 +292,9 @@ def test_heatmap_panels_share_one_scale_and_bold_the_best_cell_over_all_panels()
     assert {tuple(ax.get_images()[0].get_clim()) for ax in panels} == {(0.2, 0.9)}
     low = plots.heatmap_panels({"a": [[1.0, 2.0]]}, ["r"], ["x", "y"], "t", "x", "y", best="min")
     assert {t.get_text(): t.get_fontweight() for t in low.axes[0].texts}["1.0"] == "bold"
+    with pytest.raises(
+        ValueError, match="`best` must be 'max', 'min' or None. Received: best='Max'"
+    ):
+        plots.heatmap_panels({"a": [[1.0]]}, ["r"], ["x"], "t", "x", "y", best="Max")
+    with pytest.raises(ValueError, match="at least one panel"):
+        plots.heatmap_panels({}, [], [], "t", "x", "y")

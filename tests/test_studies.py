@@ -133,6 +133,22 @@ def test_report_a_hand_grid_is_sixty_cells_trained_from_scratch():
     assert best[0].original == {"test_accuracy": 0.9225, "test_loss": 0.272}
 
 
+def test_a_diverging_regression_run_is_recorded_not_raised(tmp_path, monkeypatch):
+    import dataclasses
+
+    from kmnist_lab import studies
+
+    sin = get_study("e_regression")
+    run = dataclasses.replace(sin.runs[0], config={**sin.runs[0].config, "optimizer": "sgd",
+                                                   "lr": 1e30, "lr_schedule": "constant"})  # fmt: skip
+    monkeypatch.setattr(studies, "get_study", lambda name: dataclasses.replace(sin, runs=(run,)))
+    result = run_study("e_regression", quick=True, output_dir=tmp_path)
+    assert result.statuses == {"sin_3x50": "diverged"} and result.trained == []
+    assert runs.run_status(result.study_dir / "sin_3x50") == "diverged"
+    # A re-run reports it the same way (skipped as finished, not retrained).
+    assert run_study("e_regression", quick=True, output_dir=tmp_path).statuses == result.statuses
+
+
 def test_select_runs_by_shell_pattern():
     study = get_study("a_grid")
     assert [r.name for r in select_runs(study, "bs256_lr0.03_*")] == [
@@ -144,6 +160,10 @@ def test_select_runs_by_shell_pattern():
     assert select_runs(study) == list(study.runs)
     with pytest.raises(ConfigError, match=r"'bs999\*' matches no run of a_grid\. Its runs: bs32_"):
         select_runs(study, ["*_e15", "bs999*"])
+    with pytest.raises(ConfigError, match=r"'BS128\*' matches no run"):  # case matters
+        select_runs(study, "BS128*")
+    with pytest.raises(ConfigError, match="at least one pattern"):
+        select_runs(study, [])
 
 
 def test_rerun_skips_complete_runs_and_redoes_only_the_missing_one(mnist_5k, tmp_path):
@@ -183,7 +203,6 @@ def test_script_lists_and_runs(tmp_path, capsys):
         (["a_models", "--epochs-scale", "0"], "positive"),
         (["a_models", "--epochs-scale", "nan"], "finite"),
         (["a_models", "--dataset", "cifar"], "invalid choice"),
-        (["a_grid", "--only", "bs999*"], "'bs999*' matches no run of a_grid"),
     ],
 )
 def test_script_bad_input_is_one_line_exit_2(argv, match, capsys):

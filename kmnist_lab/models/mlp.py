@@ -79,8 +79,11 @@ def mlp(
             "`input_features` must be None (28x28 images) or a positive integer. "
             f"Received: input_features={input_features!r}"
         )
-    elif augment:
-        raise ConfigError("`augment` needs images; it cannot be used with `input_features`")
+    elif augment is not False:
+        raise ConfigError(
+            "`augment` needs images: with `input_features` it must be false. "
+            f"Received: augment={augment!r}, input_features={input_features!r}"
+        )
     else:
         inputs = x = keras.Input(shape=(int(input_features),), name="features")
     for i, width in enumerate(hidden, start=1):

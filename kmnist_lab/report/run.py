@@ -1,0 +1,53 @@
+"""Single-run reports: the study report's table and figures for one run folder, plus
+the evaluations under `evaluation/`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from kmnist_lab import plots, runs
+from kmnist_lab.report.common import read_json_or_empty
+from kmnist_lab.report.document import Document
+from kmnist_lab.report.study import figures, regression_table, runs_table
+
+
+def render_run(path: Path, doc: Document) -> str:
+    cfg = read_json_or_empty(path / "config.json")
+    config = cfg.get("config", {})
+    metrics = read_json_or_empty(path / runs.COMPLETE_MARKER)
+    title = f"Run `{path.name}`"
+    dataset = cfg.get("dataset", {}).get("name", config.get("dataset"))
+    doc.para(
+        f"Status **{runs.run_status(path)}**; dataset {dataset}; "
+        f"config: `{json.dumps(config, sort_keys=True)}`"
+    )
+    original = {}
+    study = read_json_or_empty(path.parent / "study.json").get("study", {})
+    for r in study.get("runs", []):
+        if r["name"] == path.name:
+            original = r.get("original", {})
+            doc.para(f"Part of study `{study['name']}` (report {study.get('report')}).")
+    entry = {"name": path.name, "dir": path, "status": runs.run_status(path), "metrics": metrics,
+             "original": original, "factors": {}}  # fmt: skip
+    doc.heading("Results")
+    if "mean_error" in metrics:
+        regression_table(doc, [entry])
+    else:
+        runs_table(doc, [entry])
+    colors = {path.name: plots.COLORS[0]}
+    fake_study = {"name": path.name, "extras": ["confusion", "per_class_train"],
+                  "kind": "regression" if "mean_error" in metrics else "classify"}  # fmt: skip
+    if (path / "history.csv").is_file():
+        figures(doc, [entry], colors, fake_study)
+    evaluated = sorted((path / "evaluation").glob("*/evaluation.json"))
+    for ev_path in evaluated if not (path / "evaluation_test.json").is_file() else []:
+        ev = read_json_or_empty(ev_path)
+        names = list(ev.get("per_class_accuracy", {}))
+        if names:
+            doc.heading(f"Evaluation {ev_path.parent.name}")
+            where = ev_path.parent.name
+            fig = plots.confusion_matrix(ev["confusion_matrix"], names, f"Confusion {where}")
+            doc.figure(fig, f"confusion_{where}", "Confusion matrix.")
+            doc.pre(ev.get("classification_report_text", ""))
+    return title

@@ -1,0 +1,316 @@
+"""Study reports, from `study.json` and the run folders beside it.
+
+A table of every run (test accuracy and loss, wall time, samples/s) beside the
+original report's numbers and the difference; overlaid loss-vs-iteration and
+loss/accuracy-vs-epoch curves; a heatmap for two-factor studies and a table per
+metric plus a faceted heatmap for three-factor grids; confusion matrices,
+classification reports and per-class bars where the study has them; the fit plot of a
+regression. The tables and figures also serve the report of a single run.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from kmnist_lab import plots, runs
+from kmnist_lab.report.common import (
+    ReportError,
+    diff_points,
+    num,
+    original_acc,
+    pct,
+    read_json_or_empty,
+)
+from kmnist_lab.report.document import Document
+
+
+def render_study(path: Path, doc: Document) -> str:
+    record = runs.read_json(path / "study.json")
+    if record is None:
+        raise ReportError(f"cannot read {path / 'study.json'}: not a readable JSON object")
+    study = record.get("study", {})
+    runs_ = study.get("runs", [])
+    dataset = record.get("dataset", "?")
+    title = (
+        f"Study `{study.get('name', path.name)}` (report {study.get('report', '?')}) on {dataset}"
+    )
+    doc.para(study.get("description", ""))
+    mode = "quick mode (a few batches per run on a small subset)" if record.get("quick") else "full"
+    doc.para(f"Dataset **{dataset}**, {mode}, epochs scale {record.get('epochs_scale', 1)}.")
+    if study.get("notes"):
+        doc.para(f"Notes: {study['notes']}")
+    entries = []
+    for r in runs_:
+        run_dir = path / r["name"]
+        entries.append({**r, "dir": run_dir, "status": runs.run_status(run_dir),
+                        "metrics": read_json_or_empty(run_dir / runs.COMPLETE_MARKER)})  # fmt: skip
+    colors = dict(zip([e["name"] for e in entries], plots.palette(len(entries)), strict=True))
+    doc.heading("Results")
+    if study.get("kind") == "regression":
+        regression_table(doc, entries)
+    else:
+        runs_table(doc, entries)
+    if study.get("grid"):
+        _grid(doc, entries, study)
+    figures(doc, entries, colors, study)
+    return title
+
+
+def runs_table(doc: Document, entries: list[dict]) -> None:
+    factor_keys = []
+    for e in entries:
+        # `epochs` has its own column (the epochs actually run).
+        factor_keys += [k for k in e.get("factors", {}) if k not in factor_keys and k != "epochs"]
+    has_wall = any("wall_time_s" in e.get("original", {}) for e in entries)
+    has_loss = any("test_loss" in e.get("original", {}) for e in entries)
+    # A study whose report gave no accuracies gets no empty "report"/"Δ" columns.
+    has_acc = any(original_acc(e.get("original", {})) != "—" for e in entries)
+    headers = ["run", *factor_keys, "status", "epochs", "test acc %"]
+    headers += ["report %", "Δ points"] if has_acc else []
+    headers += ["test loss"]
+    headers += ["report loss"] if has_loss else []
+    headers += ["wall time s"] + (["report wall s"] if has_wall else []) + ["samples/s"]
+    rows = []
+    for e in entries:
+        m, orig = e["metrics"], e.get("original", {})
+        acc = m.get("test_accuracy")
+        factors = [e.get("factors", {}).get(k, "") for k in factor_keys]
+        epochs = m.get("epochs", e.get("effective", {}).get("epochs"))
+        row = [f"`{e['name']}`", *factors, e["status"], epochs, pct(acc)]
+        row += [original_acc(orig), diff_points(acc, orig)] if has_acc else []
+        row += [num(m.get("test_loss"))]
+        if has_loss:
+            row.append(num(orig.get("test_loss")))
+        wall = num(m.get("wall_time_s"), "{:.0f}")
+        row.append(f"{wall} (resumed)" if m.get("resumed") else wall)
+        if has_wall:
+            row.append(num(orig.get("wall_time_s"), "{:.0f}"))
+        row.append(num(m.get("samples_per_s"), "{:.0f}"))
+        rows.append(row)
+    doc.table(headers, rows)
+    doc.para(
+        "test acc: accuracy on the test split after the last epoch (the test split is used once); "
+        "Δ points: ours minus the report, in percentage points (0 inside a reported range); "
+        "wall time: the whole run (data, compile, fit, test, export; for a resumed run, the "
+        "last process only); samples/s: training throughput in steady epochs."
+    )
+
+
+def _grid(doc: Document, entries: list[dict], study: dict) -> None:
+    """A three-factor grid (report A's hand grid): one table per metric with a row per
+    (row, col) pair and a column per panel value; one heatmap panel per panel value."""
+    row_key, col_key, panel_key = study["grid"]
+
+    def key(entry, factor):
+        return entry.get("factors", {}).get(factor)
+
+    rows = list(dict.fromkeys((key(e, row_key), key(e, col_key)) for e in entries))
+    panels = list(dict.fromkeys(key(e, panel_key) for e in entries))
+    cells = {(key(e, row_key), key(e, col_key), key(e, panel_key)): e["metrics"] for e in entries}
+    val = {c: m.get("val_accuracy") for c, m in cells.items() if m.get("val_accuracy") is not None}
+    top = max(val.values()) if val else None
+    best = [c for c in cells if c in val and val[c] == top]  # every cell of a tie
+    doc.heading("Grid", 3)
+    if best:
+        described = "; ".join(
+            f"**{row_key} {c[0]}, {col_key} {c[1]}, {panel_key} {c[2]}** (test "
+            f"{pct(cells[c].get('test_accuracy'))} %, test loss {num(cells[c].get('test_loss'))})"
+            for c in best
+        )
+        tie = f", a tie of {len(best)} cells" if len(best) > 1 else ""
+        doc.para(
+            f"Best validation accuracy {pct(top)} %{tie}: {described}; bold in the tables below."
+        )
+    changed = [
+        e
+        for e in entries
+        if any(e.get("effective", {}).get(k, v) != v for k, v in e.get("factors", {}).items())
+    ]
+    if changed:
+        e = changed[0]
+        ran = ", ".join(f"{k} {e['effective'][k]}" for k, v in e["factors"].items()
+                        if e["effective"].get(k, v) != v)  # fmt: skip
+        doc.para(
+            f"Cells are labelled with the study's settings, but {len(changed)} of them ran with "
+            f"others (`--quick` or `--epochs-scale`), e.g. `{e['name']}` ran with {ran}."
+        )
+    for metric, label, fmt in (
+        ("test_accuracy", "test accuracy (%)", pct),
+        ("test_loss", "test loss", num),
+        ("val_accuracy", "validation accuracy (%)", pct),
+    ):
+        table = []
+        for r, c in rows:
+            values = []
+            for p in panels:
+                text = fmt(cells.get((r, c, p), {}).get(metric))
+                values.append(f"**{text}**" if (r, c, p) in best else text)
+            table.append([r, c, *values])
+        doc.para(f"{label.capitalize()} per {row_key}, {col_key} and {panel_key}:")
+        doc.table([row_key, col_key, *[f"{panel_key} {p}" for p in panels]], table)
+    row_vals = list(dict.fromkeys(r for r, _ in rows))
+    col_vals = list(dict.fromkeys(c for _, c in rows))
+    grids = {}
+    for p in panels:
+        grid = [[math.nan] * len(col_vals) for _ in row_vals]
+        for (r, c, q), m in cells.items():
+            if q == p and m.get("test_accuracy") is not None:
+                grid[row_vals.index(r)][col_vals.index(c)] = 100 * m["test_accuracy"]
+        grids[f"{panel_key} {p}"] = grid
+    name = study.get("name", "study")
+    fig = plots.heatmap_panels(grids, row_vals, col_vals, f"{name}: test accuracy (%)",
+                               col_key, row_key, cbar_label="test accuracy (%)",
+                               best=None)  # fmt: skip
+    doc.figure(fig, f"{name}_grid", f"Test accuracy per {row_key} x {col_key}, per {panel_key}.")
+
+
+def regression_table(doc: Document, entries: list[dict]) -> None:
+    headers = ["run", "status", "epochs", "mean error", "report mean error", "max abs error",
+               "test MSE", "wall time s", "samples/s"]  # fmt: skip
+    rows = []
+    for e in entries:
+        m, orig = e["metrics"], e.get("original", {})
+        rows.append([f"`{e['name']}`", e["status"], m.get("epochs"),
+                     num(m.get("mean_error"), "{:.2e}"),
+                     num(orig.get("mean_error"), "{:.2e}"), num(m.get("max_abs_error"), "{:.2e}"),
+                     num(m.get("test_loss"), "{:.2e}"), num(m.get("wall_time_s"), "{:.0f}"),
+                     num(m.get("samples_per_s"), "{:.0f}")])  # fmt: skip
+    doc.table(headers, rows)
+    doc.para("Errors are prediction minus sin(x) on the grid -pi/2, -pi/2 + 0.01, ... < pi/2.")
+
+
+def _groups(entries: list[dict]) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = {}
+    for e in entries:
+        groups.setdefault(e.get("group") or "", []).append(e)
+    return groups
+
+
+def figures(doc: Document, entries: list[dict], colors: dict, study: dict) -> None:
+    name = study.get("name", "study")
+    done = [e for e in entries if (e["dir"] / "history.csv").is_file()]
+    if not done:
+        doc.para("No run has written a history yet.")
+        return
+    compared = [e for e in entries if e.get("original", {}).get("test_accuracy") is not None]
+    if compared:
+        labels = [e["name"] for e in compared]
+        ours = [e["metrics"].get("test_accuracy", math.nan) for e in compared]
+        theirs = [e["original"]["test_accuracy"] for e in compared]
+        ours = [100 * a if a is not None else math.nan for a in ours]
+        theirs = [100 * a for a in theirs]
+        low = max(0, min(a for a in ours + theirs if a == a) - 10)
+        fig = plots.grouped_bars(
+            {"ours": ours, "report": theirs},
+            labels,
+            f"{name}: test accuracy, ours vs the report",
+            "run",
+            "test accuracy (%)",
+            colors={"ours": "#1f77b4", "report": "#aaaaaa"},
+            ylim=(low, 100),
+        )
+        doc.figure(
+            fig, f"{name}_vs_report", "Test accuracy: ours (blue) vs the original report (grey)."
+        )
+    doc.heading("Curves")
+    for group, members in _groups(done).items():
+        suffix = f" — {group}" if group else ""
+        if len(entries) > len(plots.COLORS):
+            # Too many runs for distinct study-wide colours: distinct within each figure.
+            curve_colors = dict(zip([e["name"] for e in members], plots.palette(len(members)),
+                                    strict=True))  # fmt: skip
+        else:
+            curve_colors = colors
+        batches = {
+            e["name"]: e["dir"] / "batches.csv"
+            for e in members
+            if (e["dir"] / "batches.csv").is_file()
+        }
+        if batches:
+            fig = plots.batch_losses(
+                batches, f"{name}: training loss per iteration{suffix}", colors=curve_colors
+            )
+            doc.figure(fig, f"{name}_{group}_iterations", f"Training loss vs iteration{suffix}.")
+        histories = {e["name"]: e["dir"] / "history.csv" for e in members}
+        fig = plots.learning_curves(
+            histories, f"{name}: loss and accuracy per epoch{suffix}", colors=curve_colors
+        )
+        caption = f"Loss and accuracy per epoch, train (solid) and validation (dashed){suffix}."
+        doc.figure(fig, f"{name}_{group}_epochs", caption)
+    if study.get("heatmap"):
+        _heatmap(doc, entries, study)
+    if study.get("kind") == "regression":
+        for e in done:
+            if (e["dir"] / "fit.csv").is_file():
+                fig = plots.regression_fit(e["dir"] / "fit.csv", f"{e['name']}: network vs sin(x)")
+                doc.figure(
+                    fig, f"{e['name']}_fit", "Fit vs truth on the 0.01 test grid, and the error."
+                )
+    extras = study.get("extras", [])
+    if extras:
+        _evaluations(doc, done, extras, colors)
+
+
+def _heatmap(doc: Document, entries: list[dict], study: dict) -> None:
+    row_key, col_key = study["heatmap"]
+    where = dict(tuple(w) for w in study.get("heatmap_where", []))
+    cells = [e for e in entries if all(e.get("factors", {}).get(k) == v for k, v in where.items())]
+    rows = list(dict.fromkeys(e["factors"][row_key] for e in cells))
+    cols = list(dict.fromkeys(e["factors"][col_key] for e in cells))
+    values = [[math.nan] * len(cols) for _ in rows]
+    for e in cells:
+        acc = e["metrics"].get("test_accuracy")
+        if acc is not None:
+            values[rows.index(e["factors"][row_key])][cols.index(e["factors"][col_key])] = acc
+    cond = ", ".join(f"{k} {v}" for k, v in where.items())
+    title = f"{study['name']}: test accuracy, {row_key} x {col_key}" + (
+        f" ({cond})" if cond else ""
+    )
+    fig = plots.heatmap(values, rows, cols, title, col_key, row_key, cbar_label="test accuracy")
+    doc.figure(fig, f"{study['name']}_heatmap", f"Test accuracy per {row_key} and {col_key}.")
+
+
+def _evaluations(doc: Document, done: list[dict], extras: list[str], colors: dict) -> None:
+    evals = {e["name"]: read_json_or_empty(e["dir"] / "evaluation_test.json") for e in done}
+    evals = {k: v for k, v in evals.items() if v}
+    if not evals:
+        return
+    class_names = list(next(iter(evals.values()))["per_class_accuracy"])
+    doc.heading("Per-class accuracy")
+    splits = ["test"] + (["train"] if "per_class_train" in extras else [])
+    for split in splits:
+        values = {}
+        for e in done:
+            ev = (
+                evals[e["name"]]
+                if split == "test"
+                else read_json_or_empty(e["dir"] / "evaluation_train.json")
+            )
+            if ev:
+                values[e["name"]] = list(ev["per_class_accuracy"].values())
+        if values:
+            fig = plots.per_class_accuracy(
+                values, class_names, f"Per-class accuracy, {split} split"
+            )
+            for i, label in enumerate(values):  # recolour bars to the runs' colours
+                for patch in fig.axes[0].containers[i]:
+                    patch.set_color(colors.get(label))
+            fig.axes[0].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+            doc.figure(
+                fig, f"per_class_{split}", f"Per-class accuracy on the {split} split, per run."
+            )
+            headers = ["run", *class_names]
+            doc.table(headers, [[f"`{k}`", *[pct(v) for v in vals]] for k, vals in values.items()])
+    if "confusion" in extras:
+        doc.heading("Confusion matrices and classification reports (test split)")
+        for name, ev in evals.items():
+            fig = plots.confusion_matrix(
+                ev["confusion_matrix"], class_names, f"{name}: confusion matrix"
+            )
+            doc.figure(
+                fig,
+                f"confusion_{name}",
+                f"{name}: confusion matrix (rows true, columns predicted).",
+            )
+            doc.pre(f"{name}\n{ev.get('classification_report_text', '')}")
