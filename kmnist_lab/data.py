@@ -293,7 +293,8 @@ def _load_full(name: str, data_dir: str | os.PathLike | None) -> tuple[dict, dic
         if found is None:
             raise DataError(
                 f"{directory} holds no {name} files: expected the four IDX files "
-                f"({', '.join(IDX_FILES.values())}, optionally .gz) or a Keras .npz"
+                f"({', '.join(IDX_FILES.values())}, optionally .gz) or one .npz named "
+                f"{name}.npz or mnist.npz (arrays x_train, y_train, x_test, y_test)"
             )
         return found[0], {"origin": str(directory.resolve()), "files": found[1]}
     if name == "kmnist":
@@ -317,8 +318,10 @@ def _load_full(name: str, data_dir: str | os.PathLike | None) -> tuple[dict, dic
     try:
         splits, _ = _download(name)
     except Exception as e:  # network errors come in many types
+        # Keras wraps the network error in a bare `Exception` whose text names the cause.
+        reason = " ".join(str(e).split())[:200] or type(e).__name__
         raise DataError(
-            f"{name} is not on this machine and the download failed ({type(e).__name__}); "
+            f"{name} is not on this machine and the download failed ({reason}); "
             "pass --data-dir or use --dataset mnist_5k"
         ) from None
     return splits, {"origin": f"keras.datasets.{name} download", "files": {}}

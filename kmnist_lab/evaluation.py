@@ -51,7 +51,9 @@ def resolve_saved_model(path) -> tuple[Path, Path | None]:
                 "cannot write one; load its model.keras with "
                 "kmnist_lab.models.load_keras_model instead"
             )
-        raise ModelLoadError(f"{path} has no saved_model/ (trained with --no-export?)")
+        raise ModelLoadError(
+            f"{path} has no saved_model/ (trained with --no-export, or in a --quick study?)"
+        )
     raise ModelLoadError(
         f"{path} is not a SavedModel (no saved_model.pb) nor a run folder with saved_model/"
     )

@@ -119,7 +119,8 @@ def batch_losses(
             continue
         iteration = np.cumsum(b["steps"]) if "steps" in b else np.arange(1, len(b["loss"]) + 1)
         color = (colors or {}).get(label, color_for(i))
-        ax.plot(iteration, b["loss"], color=color, lw=0.8, label=label)
+        marker = "o" if len(iteration) < 3 else None  # a one-point line would be invisible
+        ax.plot(iteration, b["loss"], color=color, lw=0.8, marker=marker, ms=3, label=label)
     ax.set_xlabel("iteration")
     ax.set_ylabel("training loss")
     if log_y and ax.lines and all(np.nanmax(line.get_ydata()) > 0 for line in ax.lines):

@@ -409,8 +409,9 @@ def prepare_run_dir(run_dir: str | os.PathLike, overwrite: bool, config: dict) -
         if overwrite:
             return False
         raise RunFolderError(
-            f"run folder {run_dir} holds an interrupted run with a different config; "
-            "pass --overwrite to start over or choose another --run-name"
+            f"run folder {run_dir} holds an interrupted run with a different config "
+            f"({_config_changes(old, config)}); pass --overwrite to start over or choose "
+            "another --run-name"
         )
     if overwrite:
         return False
@@ -418,6 +419,16 @@ def prepare_run_dir(run_dir: str | os.PathLike, overwrite: bool, config: dict) -
         f"{run_dir} exists and is not a kmnist_lab run folder; choose another --run-name "
         "or pass --overwrite"
     )
+
+
+def _config_changes(old, new: dict, limit: int = 4) -> str:
+    """`key old -> new` for the settings that differ, e.g. `lr 0.001 -> 0.01`."""
+    if not isinstance(old, dict):
+        return "its config.json holds no readable config"
+    old, new = _comparable(old), _comparable(new)
+    keys = [k for k in dict.fromkeys([*new, *old]) if old.get(k) != new.get(k)]
+    text = ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:limit])
+    return text + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
 def _comparable(config: dict) -> dict:

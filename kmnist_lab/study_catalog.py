@@ -182,7 +182,7 @@ A_OPTIMIZERS = Study(
         )
         for name, opt, lr, bs, ep, orig in _A_OPT
     ),  # fmt: skip
-    notes="SEEDS.md gives no per-optimizer learning rate except MBGD's 0.03; the others use "
+    notes="The reports' summary gives no per-optimizer learning rate except MBGD's 0.03; the others use "
     "PyTorch's defaults (Adam 1e-3, Adagrad 1e-2, Adamax 2e-3, ASGD 1e-2, Rprop 1e-2). Adagrad "
     "runs as torch.optim.Adagrad does (accumulator from 0, eps 1e-10; Keras' default starts "
     "at 0.1).",
@@ -226,7 +226,7 @@ B_RESNET = Study(
         ),
     ),  # fmt: skip
     extras=("confusion", "per_class_train"),
-    notes="SEEDS.md does not name report B's optimizer; we use Adam (lr 0.01 as reported). "
+    notes="The reports' summary does not name report B's optimizer; we use Adam (lr 0.01 as reported). "
     "Sigmoid and tanh were reported only as slower-converging epoch-loss tables.",
 )
 
@@ -308,7 +308,7 @@ D_LOSSES_ACTIVATIONS = Study(
 # ------------------------------------------------------------------------- report E
 _E = {"epochs": 10, "batch_size": 64, "optimizer": "sgdm", "lr": 0.01, "momentum": 0.9}
 _E_NOTE = (
-    "Report E's solver settings are not in SEEDS.md; "
+    "Report E's solver settings are not in the reports' summary; "
     "we use SGD + momentum 0.9, lr 0.01, batch 64, 10 epochs."
 )
 
@@ -341,7 +341,7 @@ E_REGRESSION = Study(
         ),
     ),  # fmt: skip
     kind="regression",
-    notes="The report's solver and activation are not in SEEDS.md; "
+    notes="The report's solver and activation are not in the reports' summary; "
     "we use tanh units and Adam with a cosine-decayed lr.",
 )
 E_DEPTH_WIDTH = Study(
@@ -427,7 +427,7 @@ E_BATCHNORM = Study(
             {"batchnorm": True},
         ),
     ),  # fmt: skip
-    notes=_E_NOTE + " The report's depth and width are not in SEEDS.md.",
+    notes=_E_NOTE + " The report's depth and width are not in the reports' summary.",
 )
 _AUG = {**_E, "epochs": 30}
 E_AUGMENTATION = Study(

@@ -38,33 +38,41 @@ def _flag_value(argv, flag):
     return value
 
 
+def _config_value(argv, key: str):
+    """`key` of the `--config JSON` on the command line (a run's config.json or a bare
+    config), read before Keras is imported; None without one."""
+    if not _flag_value(argv, "--config"):
+        return None
+    try:
+        saved = json.loads(Path(_flag_value(argv, "--config")).read_text())
+        return (saved.get("config", saved) or {}).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None  # the parser reports the bad file properly later
+
+
 def peek_arch(argv) -> str:
     """The architecture a command line will train, read before Keras is imported:
     `--arch`, else the `arch` of `--config JSON`, else TrainConfig's default."""
     from kmnist_lab.config import TrainConfig
 
-    arch = _flag_value(argv, "--arch")
-    if arch is None and _flag_value(argv, "--config"):
-        try:
-            saved = json.loads(Path(_flag_value(argv, "--config")).read_text())
-            arch = (saved.get("config", saved) or {}).get("arch")
-        except (OSError, ValueError, AttributeError):
-            arch = None  # the parser reports the bad file properly later
-    return arch or TrainConfig.arch
+    return _flag_value(argv, "--arch") or _config_value(argv, "arch") or TrainConfig.arch
 
 
 def select_backend(argv, auto: bool = False) -> str:
     """Sets `KERAS_BACKEND` before Keras loads and returns the backend.
 
     Order: `--backend X` / `--backend=X` in argv (an explicit `--backend auto` too: a
-    flag beats the environment); else the KERAS_BACKEND environment variable; else,
-    with `auto=True`, the fastest measured
+    flag beats the environment); else the backend a `--config` run's config.json
+    records (so a run is re-run as it was); else the KERAS_BACKEND environment
+    variable; else, with `auto=True`, the fastest measured
     backend for the command line's `--arch` (`kmnist_lab.config.auto_backend`);
     else TensorFlow. When Keras is already loaded (tests, notebooks) its backend
     is kept, and asking for another one fails with a message.
     """
     argv = list(argv if argv is not None else sys.argv[1:])
     backend = _flag_value(argv, "--backend")
+    if backend is None and _config_value(argv, "backend") in BACKENDS:
+        backend = _config_value(argv, "backend")
     if backend is not None and backend not in (*BACKENDS, "auto"):
         fail(f"--backend must be one of {', '.join((*BACKENDS, 'auto'))}. Received: {backend!r}")
     if backend == "auto" or (backend is None and auto and "KERAS_BACKEND" not in os.environ):

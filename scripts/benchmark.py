@@ -8,7 +8,8 @@ Examples:
 
 Each measurement runs in its own subprocess (clean memory peak, no shared compile
 caches). With --compare-torch the PyTorch eager reference of the same model
-(../shared/bench/torch_reference.py, or --torch-reference PATH) runs right after
+(scripts/torch_reference.py, a copy of the project's shared reference, or
+--torch-reference PATH) runs right after
 each of ours, interleaved, and the table shows our/torch ratios of the medians over
 --repeats. The NumPy fp32 matmul rate is measured in the same run, and the table
 shows the share of it that each training run reaches, ours and torch's ("%mm"):
@@ -33,7 +34,7 @@ from pathlib import Path
 import _cli
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_TORCH_REFERENCE = ROOT.parent / "shared" / "bench" / "torch_reference.py"
+DEFAULT_TORCH_REFERENCE = ROOT / "scripts" / "torch_reference.py"
 MLPS = ("plain_mlp", "relu_mlp", "bn_mlp", "mlp")
 # Issue 7's targets: our/torch training throughput at batch 128 on the 2-core CPU.
 TORCH_RATIO_TARGETS = {"bn_mlp": 1.6, "relu_mlp": 1.6, "residual_cnn": 1.4, "resnet18": 1.15}
@@ -70,7 +71,9 @@ def build_parser():
         "--compare-torch", action="store_true", help="interleave the PyTorch eager reference"
     )
     p.add_argument(
-        "--torch-reference", default=str(DEFAULT_TORCH_REFERENCE), help="path of torch_reference.py"
+        "--torch-reference",
+        default=str(DEFAULT_TORCH_REFERENCE),
+        help="the PyTorch reference script (default: scripts/torch_reference.py)",
     )
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument(

@@ -16,6 +16,7 @@ Exit codes: 0 ok (diverged runs are listed, not fatal), 2 bad input.
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import _cli
@@ -51,7 +52,7 @@ def build_parser():
 
 
 def main(argv=None) -> int:
-    _cli.select_backend(argv)
+    backend = _cli.select_backend(argv)
     args = build_parser().parse_args(argv)
     from kmnist_lab.studies import get_study, list_studies
 
@@ -64,6 +65,7 @@ def main(argv=None) -> int:
     if args.name is None:
         _cli.fail("a study NAME or --list is required (see --help)")
     _cli.setup_logging(not args.quiet)
+    logging.getLogger("kmnist_lab").info("Keras backend: %s", backend)
     from kmnist_lab.studies import run_study
 
     result = run_study(

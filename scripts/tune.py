@@ -20,6 +20,7 @@ Exit codes: 0 ok, 1 a search process failed, 2 bad input (one line on stderr).
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import _cli
@@ -120,11 +121,12 @@ def config_from_args(args):
 
 
 def main(argv=None) -> int:
-    _cli.select_backend(argv)
+    backend = _cli.select_backend(argv)
     args = build_parser().parse_args(argv)
     if args.factor < 2:
         _cli.fail(f"--factor must be an integer >= 2, got {args.factor}")
     _cli.setup_logging(not args.quiet)
+    logging.getLogger("kmnist_lab").info("Keras backend: %s", backend)
     from tuning.search import run_search
 
     result = run_search(config_from_args(args))

@@ -83,3 +83,11 @@ def test_train_flops_is_none_for_layers_it_cannot_count():
     conv1d = keras.Sequential([keras.Input((8, 1)), keras.layers.Conv1D(2, 3)])
     assert train_flops(conv1d) is None
     assert train_flops(keras.Sequential([keras.Input((4,)), keras.layers.ReLU()])) is None
+
+
+def test_the_torch_reference_ships_with_the_repository():
+    # --compare-torch works from a clone: its default reference is inside the repo.
+    assert benchmark.DEFAULT_TORCH_REFERENCE.is_file()
+    assert benchmark.DEFAULT_TORCH_REFERENCE.is_relative_to(benchmark.ROOT)
+    text = benchmark.DEFAULT_TORCH_REFERENCE.read_text()
+    assert "def mlp(" in text and "torch.optim.SGD(model.parameters(), lr=0.01)" in text

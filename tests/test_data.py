@@ -113,7 +113,9 @@ def test_corrupt_npz_is_a_data_error(tmp_path):
 
 
 def test_empty_or_missing_data_dir(tmp_path):
-    with pytest.raises(DataError, match="holds no kmnist files"):
+    with pytest.raises(
+        DataError, match="holds no kmnist files.* one .npz named kmnist.npz or mnist.npz"
+    ):
         data.load_dataset("kmnist", data_dir=tmp_path)
     with pytest.raises(DataError, match="does not exist"):
         data.load_dataset("kmnist", data_dir=tmp_path / "nope")

@@ -128,11 +128,14 @@ def test_search_report_sorts_trials_and_embeds_figures(tmp_path):
     search = tmp_path / "search"
     (search / "figures").mkdir(parents=True)
     _write_csv(search / "trials.csv", [
-        {"trial": "t1", "lr": 0.1, "val_accuracy": 0.91},
-        {"trial": "t2", "lr": 0.01, "val_accuracy": 0.97},
-        {"trial": "t3", "lr": 1.0, "val_accuracy": ""},
+        {"trial": "t1", "lr": 0.1, "val_accuracy": 0.91, "bracket": ""},
+        {"trial": "t2", "lr": 0.01, "val_accuracy": 0.9700000286102295, "bracket": ""},
+        {"trial": "t3", "lr": 1.0, "val_accuracy": "", "bracket": ""},
     ])  # fmt: skip
-    (search / "summary.md").write_text("best: t2\n")
+    (search / "summary.md").write_text(
+        "# Search x\n\nbest: t2\n\n| | |\n|---|---|\n| tuner | **grid** |\n\n"
+        "## Figures\n\n![h](figures/h.png)\n"
+    )
 
     plots.save(
         plots.heatmap([[0.1, 0.2]], ["a"], ["x", "y"], "t", "x", "y"), search / "figures" / "h.png"
@@ -142,6 +145,11 @@ def test_search_report_sorts_trials_and_embeds_figures(tmp_path):
     assert detect(search) == "search"
     assert text.index("| t2 |") < text.index("| t1 |") < text.index("| t3 |")
     assert "best: t2" in text and page.read_text().count("data:image/png;base64,") == 1
+    assert "| t2 | 0.01 | 0.97 |" in text  # rounded; the all-empty `bracket` column is left out
+    assert "bracket" not in text and "```" not in text
+    # summary.md's tables are tables in the HTML too, and its empty "Figures" section is dropped.
+    assert "<td>tuner</td><td><strong>grid</strong></td>" in page.read_text()
+    assert text.count("Figures") == 1
     # Written elsewhere, the report carries a copy of the figure and links it relatively.
     md, _ = write_report(search, out_dir=tmp_path / "elsewhere")
     assert "](report_files/h.png)" in md.read_text() and "file://" not in md.read_text()

@@ -193,6 +193,31 @@ def test_auto_backend_is_picked_per_arch_before_keras_loads(argv, env, expected)
     assert out.stdout.strip() == expected
 
 
+@pytest.mark.parametrize(
+    "flags, env, expected",
+    [
+        ([], {}, "torch"),  # the run's own backend, though auto would pick jax for bn_mlp
+        ([], {"KERAS_BACKEND": "tensorflow"}, "torch"),  # the file is more specific than env
+        (["--backend", "tensorflow"], {}, "tensorflow"),  # a flag overrides the file
+    ],
+)
+def test_a_config_file_reruns_on_its_recorded_backend(flags, env, expected, tmp_path):
+    import json
+    import os
+    from pathlib import Path
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"config": {"arch": "bn_mlp", "backend": "torch"}}))
+    argv = ["--config", str(config), *flags]
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    code = (f"import sys; sys.path.insert(0, {str(scripts)!r}); import _cli; "
+            f"print(_cli.select_backend({argv!r}, auto=True))")  # fmt: skip
+    clean = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    out = subprocess.run([sys.executable, "-c", code], env={**clean, **env},
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    assert out.stdout.strip() == expected
+
+
 def test_auto_backend_falls_back_to_tensorflow(monkeypatch):
     import importlib.util
 

@@ -104,9 +104,16 @@ def test_every_study_runs_quick_and_its_report_lists_every_run(name, mnist_5k, t
         assert (result.study_dir / study.runs[0].name / "evaluation_train.json").is_file()
     if study.heatmap:
         assert (result.study_dir / "report_files" / f"{name}_heatmap.png").is_file()
+    # Smoke-test numbers are never set beside the report's.
+    assert "**quick mode**" in text and "| report % |" not in text and "_vs_report" not in text
     if study.grid:
         assert (result.study_dir / "report_files" / f"{name}_grid.png").is_file()
         assert "Best validation accuracy" in text
+        # Only the 6 runs that ran are counted; the 54 missing ones show no epochs.
+        assert (
+            "but 6 of them ran with others" in text and "`bs32_lr0.01_e3` ran with epochs 1" in text
+        )
+        assert "| `bs256_lr0.03_e15` | 256 | 0.03 | missing | — |" in text
     if study.kind == "regression":
         metrics = json.loads((result.study_dir / "sin_3x50" / "metrics.json").read_text())
         assert {"mean_error", "max_abs_error"} <= set(metrics)

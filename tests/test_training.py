@@ -132,8 +132,13 @@ def test_interrupted_run_resumes_without_duplicate_epochs(tmp_path, tiny_dataset
 
 def test_interrupted_run_with_other_config_is_refused(tmp_path, tiny_dataset, monkeypatch):
     (tmp_path / "run").mkdir()
+    earlier = _config(tmp_path, epochs=1, lr=0.5).resolved().to_dict()
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"config": earlier}))
+    # The message names what changed, so the user can tell a typo from a new experiment.
+    with pytest.raises(RunFolderError, match=r"different config \(lr 0\.5 -> 0\.001\); pass"):
+        train(_config(tmp_path, epochs=1), dataset=tiny_dataset)
     (tmp_path / "run" / "config.json").write_text(json.dumps({"config": {"arch": "relu_mlp"}}))
-    with pytest.raises(RunFolderError, match="different config"):
+    with pytest.raises(RunFolderError, match=r"\(arch 'relu_mlp' -> 'bn_mlp', .* and \d+ more\)"):
         train(_config(tmp_path, epochs=1), dataset=tiny_dataset)
 
 
@@ -244,7 +249,11 @@ def test_overwrite_leaves_nothing_of_the_earlier_run(tmp_path, tiny_dataset):
         ),
         ({"status": "running"}, "jax", "no saved_model/ yet; an interrupted run: re-run"),
         (None, "torch", "trained on the torch backend, which cannot write one; load its model"),
-        (None, "tensorflow", r"has no saved_model/ \(trained with --no-export\?\)"),
+        (
+            None,
+            "tensorflow",
+            r"has no saved_model/ \(trained with --no-export, or in a --quick study\?\)",
+        ),
     ],
 )
 def test_evaluate_says_why_a_run_has_no_saved_model(tmp_path, state, backend, message):

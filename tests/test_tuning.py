@@ -246,6 +246,10 @@ def test_grid_search_writes_every_output_and_reruns_nothing(data_dir, tmp_path):
     assert [r["status"] for r in rows] == ["COMPLETED"] * 2
     summary = json.loads((project / "summary.json").read_text())
     assert summary["total_epochs"] == 2
+    import keras
+
+    assert summary["backend"] == keras.backend.backend()  # which backend ran the trials
+    assert f"| Keras backend | {keras.backend.backend()} |" in (project / "summary.md").read_text()
     best = json.loads((project / "best_hyperparameters.json").read_text())
     assert best["val_accuracy"] == pytest.approx(
         max(float(r["val_accuracy"]) for r in rows), abs=1e-5

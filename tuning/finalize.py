@@ -64,6 +64,7 @@ def finalize(tuner, cfg, dataset, elapsed_s: float = 0.0, memory: dict | None = 
     statuses = [r["status"] for r in rows]
     summary = {
         "config": cfg.to_dict(),
+        "backend": keras.backend.backend(),
         "dataset": dataset.name,
         "space_summary": tuner.hypermodel.summary,
         "tuner_settings": _tuner_settings(cfg),

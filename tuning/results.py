@@ -159,6 +159,7 @@ def summary_markdown(summary: dict, rows: list[dict], figures: list[str]) -> str
         "|---|---|",
         f"| space | `{cfg['space']}`: {summary['space_summary']} |",
         f"| tuner | {cfg['tuner']} ({summary['tuner_settings']}) |",
+        f"| Keras backend | {summary.get('backend', '?')} |",
         f"| trials | {summary['trials_completed']} completed, {summary['trials_failed']} failed,"
         f" {summary['trials_other']} other |",
         f"| epochs trained | **{summary['total_epochs']}** (sum over trials) |",

@@ -25,14 +25,61 @@ def render_search(path: Path, doc: Document) -> str:
 
     trials.sort(key=key)
     title = f"Search `{path.name}`"
-    doc.heading(f"Trials ({len(trials)}, best validation accuracy first)")
-    doc.table(headers, [[r.get(h, "") for h in headers] for r in trials])
     if (path / "summary.md").is_file():
         doc.heading("Summary")
-        doc.pre((path / "summary.md").read_text())
+        _add_summary(doc, (path / "summary.md").read_text())
+    # Columns empty in every row (e.g. Hyperband's outside a Hyperband search) are left out.
+    headers = [h for h in headers if any(r.get(h, "") != "" for r in trials)]
+    doc.heading(f"Trials ({len(trials)}, best validation accuracy first)")
+    doc.table(headers, [[_short(r.get(h, "")) for h in headers] for r in trials])
     figures = sorted((path / "figures").glob("**/*.png"))
     if figures:
         doc.heading("Figures")
         for fig in figures:
             doc.image(fig, fig.stem.replace("_", " "))
     return title
+
+
+def _short(cell: str) -> str:
+    """A CSV cell with long decimals rounded to 4 significant digits (`0.8940000128` -> 0.894)."""
+    if "." not in cell:
+        return cell
+    try:
+        return f"{float(cell):.4g}"
+    except ValueError:
+        return cell
+
+
+def _add_summary(doc: Document, text: str) -> None:
+    """Adds `summary.md` (Markdown that `tuning` writes: headings, tables, paragraphs and
+    image links) as document blocks, so its tables render as tables in the HTML too.
+    Its image links are dropped: the report adds the figures itself."""
+    table: list[list[str]] = []
+    heading: list[tuple[str, int]] = []  # written only once its section has content
+
+    def add(kind: str, *args) -> None:
+        if heading:
+            doc.heading(*heading.pop())
+        getattr(doc, kind)(*args)
+
+    def flush() -> None:
+        if table:
+            header, *rows = table
+            add("table", header, [r for r in rows if not all(set(c) <= set("-: ") for c in r)])
+            table.clear()
+
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("|") and line.endswith("|"):
+            table.append([c.strip() for c in line[1:-1].split("|")])
+            continue
+        flush()
+        if not line or line.startswith("!["):
+            continue
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            # The summary's own title repeats the report's; its sections nest under "Summary".
+            heading[:] = [(line.lstrip("#").strip(), min(level + 1, 6))] if level > 1 else []
+        else:
+            add("para", line)
+    flush()

@@ -36,7 +36,13 @@ def render_study(path: Path, doc: Document) -> str:
         f"Study `{study.get('name', path.name)}` (report {study.get('report', '?')}) on {dataset}"
     )
     doc.para(study.get("description", ""))
-    mode = "quick mode (a few batches per run on a small subset)" if record.get("quick") else "full"
+    quick = bool(record.get("quick"))
+    mode = (
+        "**quick mode**: a smoke test (at most 128 training images, batches of at most 32, 1-2 "
+        "epochs per run), so the numbers are not compared with the report's"
+        if quick
+        else "full"
+    )
     doc.para(f"Dataset **{dataset}**, {mode}, epochs scale {record.get('epochs_scale', 1)}.")
     if study.get("notes"):
         doc.para(f"Notes: {study['notes']}")
@@ -45,6 +51,8 @@ def render_study(path: Path, doc: Document) -> str:
         run_dir = path / r["name"]
         entries.append({**r, "dir": run_dir, "status": runs.run_status(run_dir),
                         "metrics": read_json_or_empty(run_dir / runs.COMPLETE_MARKER)})  # fmt: skip
+        if quick:
+            entries[-1]["original"] = {}
     colors = dict(zip([e["name"] for e in entries], plots.palette(len(entries)), strict=True))
     doc.heading("Results")
     if study.get("kind") == "regression":
@@ -76,7 +84,9 @@ def runs_table(doc: Document, entries: list[dict]) -> None:
         m, orig = e["metrics"], e.get("original", {})
         acc = m.get("test_accuracy")
         factors = [e.get("factors", {}).get(k, "") for k in factor_keys]
-        epochs = m.get("epochs", e.get("effective", {}).get("epochs"))
+        # Planned epochs for a run that started; none for one that never did.
+        planned = e.get("effective", {}).get("epochs") if e["status"] != "missing" else None
+        epochs = m.get("epochs", planned)
         row = [f"`{e['name']}`", *factors, e["status"], epochs, pct(acc)]
         row += [original_acc(orig), diff_points(acc, orig)] if has_acc else []
         row += [num(m.get("test_loss"))]
@@ -125,7 +135,8 @@ def _grid(doc: Document, entries: list[dict], study: dict) -> None:
     changed = [
         e
         for e in entries
-        if any(e.get("effective", {}).get(k, v) != v for k, v in e.get("factors", {}).items())
+        if e["metrics"]
+        and any(e.get("effective", {}).get(k, v) != v for k, v in e.get("factors", {}).items())
     ]
     if changed:
         e = changed[0]
