@@ -5,7 +5,7 @@ Examples:
   python scripts/study.py --list
   python scripts/study.py a_models --dataset mnist_5k
   python scripts/study.py b_resnet --dataset fashion_mnist --epochs-scale 0.5
-  python scripts/study.py e_sweeps --quick            # a few batches per run, seconds
+  python scripts/study.py e_sweeps --quick            # a few batches per run, under a minute
   python scripts/study.py a_grid --only 'bs128_*'     # some of a study's runs
 
 Runs go to OUTPUT_DIR/NAME/RUN/ (default OUTPUT_DIR: studies/DATASET, or

@@ -785,7 +785,7 @@ BAD_INPUT = [
      "invalid choice: 'nope'"),
     # contradictory options
     ("regression-loss-on-images", "train", T + ["--loss", "mse"], 2,
-     "loss 'mse' is a regression loss"),
+     "argument --loss: invalid choice: 'mse' (choose from 'ce', 'focal',"),
     ("margin-on-ce", "train", T + ["--loss", "ce", "--loss-param", "margin=0.2"], 2,
      "Unknown parameter(s) margin for loss 'ce'"),
     ("hidden-on-fixed-arch", "train", T + ["--arch", "bn_mlp", "--hidden", "64"], 2,
