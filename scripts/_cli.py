@@ -71,8 +71,9 @@ def select_backend(argv, auto: bool = False) -> str:
     """
     argv = list(argv if argv is not None else sys.argv[1:])
     backend = _flag_value(argv, "--backend")
-    if backend is None and _config_value(argv, "backend") in BACKENDS:
-        backend = _config_value(argv, "backend")
+    if backend is None:
+        recorded = _config_value(argv, "backend")
+        backend = recorded if recorded in BACKENDS else None
     if backend is not None and backend not in (*BACKENDS, "auto"):
         fail(f"--backend must be one of {', '.join((*BACKENDS, 'auto'))}. Received: {backend!r}")
     if backend == "auto" or (backend is None and auto and "KERAS_BACKEND" not in os.environ):

@@ -55,17 +55,17 @@ def _add_summary(doc: Document, text: str) -> None:
     image links) as document blocks, so its tables render as tables in the HTML too.
     Its image links are dropped: the report adds the figures itself."""
     table: list[list[str]] = []
-    heading: list[tuple[str, int]] = []  # written only once its section has content
+    pending: list[tuple[str, int]] = []  # a heading, written once its section has content
 
-    def add(kind: str, *args) -> None:
-        if heading:
-            doc.heading(*heading.pop())
-        getattr(doc, kind)(*args)
+    def open_section() -> None:
+        if pending:
+            doc.heading(*pending.pop())
 
     def flush() -> None:
         if table:
             header, *rows = table
-            add("table", header, [r for r in rows if not all(set(c) <= set("-: ") for c in r)])
+            open_section()
+            doc.table(header, [r for r in rows if not all(set(c) <= set("-: ") for c in r)])
             table.clear()
 
     for line in text.splitlines():
@@ -79,7 +79,8 @@ def _add_summary(doc: Document, text: str) -> None:
         if line.startswith("#"):
             level = len(line) - len(line.lstrip("#"))
             # The summary's own title repeats the report's; its sections nest under "Summary".
-            heading[:] = [(line.lstrip("#").strip(), min(level + 1, 6))] if level > 1 else []
+            pending[:] = [(line.lstrip("#").strip(), min(level + 1, 6))] if level > 1 else []
         else:
-            add("para", line)
+            open_section()
+            doc.para(line)
     flush()
