@@ -308,7 +308,7 @@ def _fit_and_export(
     runs.atomic_write_json(run_dir / "status.json", {"status": "complete"})
     runs.atomic_write_json(run_dir / runs.COMPLETE_MARKER, metrics)
     shutil.rmtree(run_dir / runs.BACKUP_DIR, ignore_errors=True)
-    log.info(
+    log.debug(  # scripts/train.py prints the one-line result
         "test accuracy %.4f, loss %.4f -> %s",
         metrics["test_accuracy"],
         metrics["test_loss"],

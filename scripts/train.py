@@ -33,6 +33,8 @@ def build_parser():
     from kmnist_lab.data import DATASETS
     from kmnist_lab.losses import list_losses, loss_head
     from kmnist_lab.models import list_models
+    from kmnist_lab.models.blocks import ACTIVATIONS
+    from kmnist_lab.models.resnet import RESNET_ACTIVATIONS
     from kmnist_lab.optimizers import list_optimizers
 
     defaults = "\n".join(
@@ -75,7 +77,9 @@ def build_parser():
     g.add_argument("--model-param", action="append", type=_cli.key_value, default=[], metavar="K=V",
                    help="builder keyword, e.g. hidden=[256,64] (repeatable)")  # fmt: skip
     g.add_argument("--hidden", type=_cli.positive_int, nargs="+", help="hidden widths (arch mlp)")
-    g.add_argument("--activation", help="activation (arch mlp, resnet18)")
+    g.add_argument("--activation", choices=ACTIVATIONS, metavar="ACTIVATION",
+                   help=f"activation (arch mlp: {', '.join(ACTIVATIONS)}; "
+                   f"resnet18: {', '.join(RESNET_ACTIVATIONS)})")  # fmt: skip
     g.add_argument("--dropout", type=_cli.nonneg_float, help="dropout rate (arch mlp)")
     g.add_argument(
         "--l2", type=_cli.nonneg_float, default=None, help="L2 penalty on kernels (MLPs)"
@@ -95,13 +99,15 @@ def build_parser():
     o.add_argument("--lr", type=_cli.positive_float,
                    help="(peak) learning rate (default: the arch's with its own optimizer, "
                         "else the optimizer's default lr, docs/optimizers.md)")  # fmt: skip
-    o.add_argument("--optimizer", choices=list_optimizers(), default=None)
+    o.add_argument("--optimizer", choices=list_optimizers(), default=None,
+                   help="update rule (default: the arch's, table above; docs/optimizers.md)")  # fmt: skip
     o.add_argument("--momentum", type=_cli.nonneg_float, help="momentum (sgdm, nesterov, rmsprop)")
     o.add_argument("--weight-decay", type=_cli.nonneg_float,
                    help="decoupled weight decay (Keras optimizers' weight_decay; default none)")  # fmt: skip
     o.add_argument("--optimizer-param", action="append", type=_cli.key_value, default=[], metavar="K=V",
                    help="optimizer keyword, e.g. eta_plus=1.1 for rprop (repeatable)")  # fmt: skip
-    o.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None)
+    o.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
+                   help="learning-rate schedule over the epochs (default: the arch's, table above)")  # fmt: skip
     o.add_argument("--warmup-epochs", type=_cli.nonneg_int, default=None,
                    help="linear lr warm-up from 0 over this many epochs (default 0)")  # fmt: skip
     o.add_argument("--seed", type=int, default=None,

@@ -110,6 +110,7 @@ def test_existing_run_is_refused_without_overwrite(trained_run, data_dir, capsys
         (["--dataset", "cifar10"], "invalid choice: 'cifar10'"),
         (["--optimizer", "sgdx"], "invalid choice"),
         (["--loss", "l1"], "invalid choice"),
+        (["--arch", "mlp", "--activation", "swish2"], "--activation: invalid choice: 'swish2'"),
         (["--val-fraction", "1.5"], "--val-fraction"),
         (["--backend", "numpy"], "--backend must be one of"),
         (["--loss-param", "margin"], "KEY=VALUE"),

@@ -159,7 +159,7 @@ def export_best(tuner, trial, cfg, dataset, epochs: int, out: Path) -> dict:
         "artifacts": artifacts,
     }
     runs.atomic_write_json(metrics_path, metrics)
-    log.info(
+    log.debug(  # scripts/tune.py prints the one-line result
         "best model (%s): val accuracy %.4f, test accuracy %.4f -> %s",
         origin, metrics["val_accuracy"], metrics["test_accuracy"], out,
     )  # fmt: skip
