@@ -61,11 +61,12 @@ def fake_run(run_dir: Path, seed: int, epochs=3, steps=4, extras=True, complete=
             "wall_time_s": 12.0, "samples_per_s": 900.0, "dataset": "fake"})  # fmt: skip
 
 
-def fake_study(root: Path, name: str, incomplete=()) -> Path:
+def fake_study(root: Path, name: str, incomplete=(), dataset: str = "mnist_5k") -> Path:
     study = get_study(name)
     study_dir = root / name
     study_dir.mkdir(parents=True)
-    runs.atomic_write_json(study_dir / "study.json", _study_record(study, "fake", False, 1.0))
+    dataset = "sin" if study.kind == "regression" else dataset
+    runs.atomic_write_json(study_dir / "study.json", _study_record(study, dataset, False, 1.0))
     for i, run in enumerate(study.runs):
         fake_run(study_dir / run.name, i, complete=run.name not in incomplete)
         if study.kind == "regression" and run.name not in incomplete:
@@ -104,6 +105,14 @@ def test_study_report_lists_every_run_beside_the_report(name, tmp_path):
         assert "97.28–97.43" in text
     if name == "e_regression":
         assert "mean error" in text and (study_dir / "report_files" / "sin_3x50_fit.png").is_file()
+
+
+def test_study_on_another_dataset_is_not_set_beside_the_reports_mnist_numbers(tmp_path):
+    study_dir = fake_study(tmp_path, "a_models", dataset="fashion_mnist")
+    text = write_report(study_dir)[0].read_text()
+    assert "not compared with fashion_mnist's" in text
+    assert "report %" not in text and "Δ points" not in text and "98.18" not in text
+    assert not (study_dir / "report_files" / "a_models_vs_report.png").exists()
 
 
 def test_html_embeds_decodable_pngs(tmp_path):
