@@ -78,11 +78,11 @@ def make_schedule(kind: str, lr: float, steps_per_epoch: int, epochs: int, warmu
         return keras.optimizers.schedules.CosineDecay(lr, total, alpha=0.01)
     if kind == "step":
         bounds = sorted({max(1, int(total * 0.5)), max(2, int(total * 0.75))})
-        schedule = keras.optimizers.schedules.PiecewiseConstant(
+        schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
             bounds, [lr, lr * 0.1, lr * 0.01][: len(bounds) + 1]
         )
     else:
         if not warmup:
             return lr
-        schedule = keras.optimizers.schedules.PiecewiseConstant([total], [lr, lr])
+        schedule = keras.optimizers.schedules.PiecewiseConstantDecay([total], [lr, lr])
     return Warmup(schedule, warmup) if warmup else schedule

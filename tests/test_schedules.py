@@ -1,0 +1,68 @@
+"""Learning-rate schedules: values at the first step, the boundaries, the end and past it."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from kmnist_lab.schedules import make_schedule
+
+STEPS, EPOCHS, LR = 10, 4, 0.1  # 40 steps in all
+
+
+def lr_at(schedule, step):
+    if isinstance(schedule, float):
+        return schedule
+    return float(keras.ops.convert_to_numpy(schedule(step)))
+
+
+def lrs(schedule, steps):
+    return np.array([lr_at(schedule, t) for t in steps])
+
+
+@pytest.mark.parametrize("warmup", [0, 1])
+def test_step_schedule_divides_by_10_after_50_and_75_percent(warmup):
+    schedule = make_schedule("step", LR, STEPS, EPOCHS, warmup_epochs=warmup)
+    np.testing.assert_allclose(lrs(schedule, [19, 21, 29, 31]), [LR, LR / 10, LR / 10, LR / 100])
+    np.testing.assert_allclose(lrs(schedule, [39, 40, 1000]), LR / 100)
+    first = LR / STEPS if warmup else LR  # warm-up: peak / warmup_steps at step 0
+    np.testing.assert_allclose(lr_at(schedule, 0), first, rtol=1e-6)
+    np.testing.assert_allclose(lr_at(schedule, STEPS - 1 if warmup else 10), LR, rtol=1e-6)
+
+
+def test_step_schedule_is_well_formed_for_tiny_runs():
+    for total in (1, 2, 3):
+        schedule = make_schedule("step", LR, total, 1)
+        assert lr_at(schedule, 0) == pytest.approx(LR)
+        assert lr_at(schedule, total + 5) <= LR
+
+
+def test_constant_schedule_with_warm_up_ramps_then_holds():
+    assert make_schedule("constant", LR, STEPS, EPOCHS) == LR
+    schedule = make_schedule("constant", LR, STEPS, EPOCHS, warmup_epochs=1)
+    np.testing.assert_allclose(
+        lrs(schedule, [0, 4, 9, 10, 39, 40, 1000]), [LR / 10, LR / 2, LR, LR, LR, LR, LR], 1e-6
+    )
+
+
+@pytest.mark.parametrize("warmup", [0, 1])
+def test_cosine_schedule_from_lr_to_1_percent_and_flat_past_the_end(warmup):
+    schedule = make_schedule("cosine", LR, STEPS, EPOCHS, warmup_epochs=warmup)
+    w = warmup * STEPS
+    decay = STEPS * EPOCHS - w
+    for t in (w, w + 7, w + decay // 2, STEPS * EPOCHS, 1000):
+        frac = min(t - w, decay) / decay
+        expected = LR * (0.99 * (1 + math.cos(math.pi * frac)) / 2 + 0.01)
+        assert lr_at(schedule, t) == pytest.approx(expected, rel=1e-5)
+    assert lr_at(schedule, 0) == pytest.approx(0.0 if warmup else LR)
+
+
+@pytest.mark.parametrize("kind", ["step", "cosine", "constant"])
+def test_schedules_serialize_and_give_the_same_values(kind):
+    schedule = make_schedule(kind, LR, STEPS, EPOCHS, warmup_epochs=1)
+    restored = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(schedule)
+    )
+    steps = [0, 5, 15, 25, 35, 45]
+    np.testing.assert_allclose(lrs(restored, steps), lrs(schedule, steps))
