@@ -77,7 +77,10 @@ def make_schedule(kind: str, lr: float, steps_per_epoch: int, epochs: int, warmu
             )
         return keras.optimizers.schedules.CosineDecay(lr, total, alpha=0.01)
     if kind == "step":
-        bounds = sorted({max(1, int(total * 0.5)), max(2, int(total * 0.75))})
+        # PiecewiseConstantDecay keeps value i while `step <= bounds[i]`, and `step` is
+        # the number of updates already made: the first step of the second half is
+        # `total // 2`, so the boundary is one before it.
+        bounds = sorted({max(0, int(total * 0.5) - 1), max(1, int(total * 0.75) - 1)})
         schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
             bounds, [lr, lr * 0.1, lr * 0.01][: len(bounds) + 1]
         )

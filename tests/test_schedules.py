@@ -22,9 +22,10 @@ def lrs(schedule, steps):
 
 
 @pytest.mark.parametrize("warmup", [0, 1])
-def test_step_schedule_divides_by_10_after_50_and_75_percent(warmup):
+def test_step_schedule_divides_by_10_from_the_first_step_after_50_and_75_percent(warmup):
     schedule = make_schedule("step", LR, STEPS, EPOCHS, warmup_epochs=warmup)
-    np.testing.assert_allclose(lrs(schedule, [19, 21, 29, 31]), [LR, LR / 10, LR / 10, LR / 100])
+    # `iterations` = steps already taken: step 20 is the first of the second half.
+    np.testing.assert_allclose(lrs(schedule, [19, 20, 29, 30]), [LR, LR / 10, LR / 10, LR / 100])
     np.testing.assert_allclose(lrs(schedule, [39, 40, 1000]), LR / 100)
     first = LR / STEPS if warmup else LR  # warm-up: peak / warmup_steps at step 0
     np.testing.assert_allclose(lr_at(schedule, 0), first, rtol=1e-6)
