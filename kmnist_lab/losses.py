@@ -44,8 +44,19 @@ def _compute(x):
 
 
 def _labels(y_true):
-    """Integer labels of shape (N,) from (N,) or (N, 1)."""
+    """Integer labels of shape (N,) from (N,) or (N, 1).
+
+    Raises:
+        ValueError: `y_true` has a known trailing dimension other than 1, e.g.
+            one-hot labels `(N, C)`, which would otherwise be flattened into `N * C`
+            labels (a broadcasting error, or silently wrong values for `N = 1`).
+    """
     y_true = ops.convert_to_tensor(y_true)
+    if any(d is not None and d != 1 for d in y_true.shape[1:]):
+        raise ValueError(
+            "`y_true` must hold integer class labels of shape (N,) or (N, 1), not "
+            f"one-hot or other per-class targets. Received: y_true.shape={tuple(y_true.shape)}"
+        )
     if len(y_true.shape) > 1:
         y_true = ops.reshape(y_true, (-1,))
     return ops.cast(y_true, "int32")

@@ -618,3 +618,15 @@ def test_focal_with_gamma_below_1_is_finite_when_p_y_rounds_to_1(gamma):
     value, grad = value_and_grad(lambda z: loss(np.array([0, 0]), z), logits)
     assert float(value) == pytest.approx(0.0, abs=1e-6)
     assert np.all(np.isfinite(grad))
+
+
+@pytest.mark.parametrize("name", [n for n in list_losses() if loss_head(n) != "regression"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_one_hot_labels_are_refused_with_a_clear_error(name, batch):
+    # Flattened, one-hot (N, C) labels became N * C labels: a broadcasting error for
+    # N > 1 and, for N = 1, C silently wrong per-sample values.
+    y_true, y_pred = random_inputs(name, n=batch, dtype="float32")
+    one_hot = np.eye(NUM_CLASSES)[y_true]
+    message = rf"integer class labels of shape \(N,\) or \(N, 1\).*y_true.shape=\({batch}, 4\)"
+    with pytest.raises(ValueError, match=message):
+        get_loss(name)(one_hot, y_pred)
