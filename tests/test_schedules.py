@@ -62,8 +62,6 @@ def test_cosine_schedule_from_lr_to_1_percent_and_flat_past_the_end(warmup):
 @pytest.mark.parametrize("kind", ["step", "cosine", "constant"])
 def test_schedules_serialize_and_give_the_same_values(kind):
     schedule = make_schedule(kind, LR, STEPS, EPOCHS, warmup_epochs=1)
-    restored = keras.saving.deserialize_keras_object(
-        keras.saving.serialize_keras_object(schedule)
-    )
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(schedule))
     steps = [0, 5, 15, 25, 35, 45]
     np.testing.assert_allclose(lrs(restored, steps), lrs(schedule, steps))
