@@ -129,6 +129,23 @@ def test_fit_takes_batch_size_from_hp_and_epochs_from_the_tuner():
     assert model.kwargs["epochs"] == 5 and model.kwargs["initial_epoch"] == 2
 
 
+def test_report_a_table_only_where_a_cell_is_one_trial():
+    """summary.md's per-cell table (batch x lr x epochs) must not let one trial of a cell
+    stand for others that differ in another hyperparameter (depth_width, mlp, losses...)."""
+    from tuning.results import grid_table
+
+    def row(i, acc, **hp):
+        return {"trial_id": str(i), "status": "COMPLETED", "val_accuracy": acc,
+                **{f"hp_{k}": v for k, v in hp.items()}}  # fmt: skip
+
+    cell = {"batch_size": 64, "lr": 0.01, "epochs": 5}
+    rows = [row(0, 0.95, depth=2, **cell), row(1, 0.40, depth=16, **cell)]
+    assert grid_table(rows) is None  # the cell holds two configurations
+    a_grid = [row(0, 0.80, **cell), row(1, 0.85, batch_size=32, lr=0.01, epochs=5)]
+    table = grid_table(a_grid)
+    assert "| 32 | 0.01 | **85.00** |" in table and "| 64 | 0.01 | 80.00 |" in table
+
+
 # ---------------------------------------------------------------------- oracles
 
 

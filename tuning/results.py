@@ -126,12 +126,20 @@ def _fmt(value) -> str:
 def grid_table(rows: list[dict]) -> str | None:
     """Report A's table: val accuracy (%) per batch size x lr (rows) and epochs (columns)."""
     rows = completed(rows)
-    if not rows or not all(k in rows[0] for k in ("hp_batch_size", "hp_lr", "hp_epochs")):
+    axes = ("hp_batch_size", "hp_lr", "hp_epochs")
+    if not rows or not all(k in rows[0] for k in axes):
+        return None
+    # Only a space whose other hyperparameters do not vary (report A's `a_grid`) has one
+    # trial per cell; elsewhere (depth, optimizer, loss, ...) a cell would stand for
+    # one arbitrary trial among several.
+    others = [k for k in rows[0] if k.startswith("hp_") and k not in axes]
+    if any(len({str(r[k]) for r in rows}) > 1 for k in others):
         return None
     epochs = sorted({int(r["hp_epochs"]) for r in rows})
     cells = {}
     for r in rows:
-        cells[(int(r["hp_batch_size"]), float(r["hp_lr"]), int(r["hp_epochs"]))] = r["val_accuracy"]
+        key = (int(r["hp_batch_size"]), float(r["hp_lr"]), int(r["hp_epochs"]))
+        cells[key] = max(cells.get(key, r["val_accuracy"]), r["val_accuracy"])
     keys = sorted({(b, lr) for b, lr, _ in cells})
     best = max(cells.values())
     lines = [
