@@ -214,6 +214,32 @@ def test_hyperband_samples_a_small_space_without_replacement(tmp_path):
     assert sum(v["tuner/epochs"] - v["tuner/initial_epoch"] for v in ran) == 12 * 2 + 4 * 3 + 2 * 10
 
 
+def test_bayesian_never_repeats_a_configuration_of_a_finite_space(tmp_path):
+    """docs/tuning.md: random and Bayesian draw a finite space's configurations without
+    replacement. keras-tuner's Bayesian optimiser proposed report A's best cell again
+    and again once its 9 random starting points were in (8 of 20 trials the same cell)."""
+    from tuning.tuners import BayesianOracle
+
+    hp = kt.HyperParameters()
+    get_hypermodel("a_grid").declare_hyperparameters(hp)
+    oracle = BayesianOracle(objective=kt.Objective("val_accuracy", "max"), hyperparameters=hp,
+                            max_trials=20, seed=0)  # fmt: skip
+    oracle._set_project_dir(str(tmp_path), "p")
+    oracle.verbose = 0
+    ran = []
+    for _ in range(20):
+        trial = oracle.create_trial("tuner0")
+        if trial.status != "RUNNING":
+            break
+        v = trial.hyperparameters.values
+        score = v["lr"] - v["batch_size"] / 1000 + v["epochs"] / 100
+        oracle.update_trial(trial.trial_id, {"val_accuracy": score})
+        trial.status = "COMPLETED"
+        oracle.end_trial(trial)
+        ran.append((v["batch_size"], v["lr"], v["epochs"]))
+    assert len(ran) == 20 and len(set(ran)) == 20
+
+
 def test_hyperband_with_two_workers_keeps_each_model_in_its_bracket(tmp_path):
     hp = kt.HyperParameters()
     get_hypermodel("a_grid", tune_epochs=False).declare_hyperparameters(hp)

@@ -32,6 +32,7 @@ import time
 
 import keras
 import keras_tuner as kt
+import numpy as np
 from keras_tuner.engine.hyperparameters import Boolean, Choice, Fixed, Float, Int
 from keras_tuner.src import utils as kt_utils
 
@@ -220,7 +221,39 @@ class RandomOracle(_OracleMixin, kt.oracles.RandomSearchOracle):
 
 
 class BayesianOracle(_OracleMixin, kt.oracles.BayesianOptimizationOracle):
-    """Gaussian-process Bayesian optimisation (keras-tuner's), with worker records."""
+    """Gaussian-process Bayesian optimisation (keras-tuner's), with worker records.
+
+    On a finite space configurations are not repeated: keras-tuner's optimiser of
+    the acquisition returns the same grid point again and again once the initial
+    random points are in (each a full retraining of a configuration already
+    scored); ours then takes the untried configuration the Gaussian process ranks
+    best, and stops when none is left.
+    """
+
+    def populate_space(self, trial_id):
+        response = super().populate_space(trial_id)
+        values = response.get("values")
+        running = kt.engine.trial.TrialStatus.RUNNING
+        if response.get("status") != running or not values or not self._duplicate(values):
+            return response
+        combos = enumerate_space(self.hyperparameters)
+        if combos is None:  # a continuous space: keras-tuner's behaviour
+            return response
+        untried = [c for c in combos if not self._duplicate(c)]
+        if not untried:
+            status = kt.engine.trial.TrialStatus
+            return {
+                "status": status.IDLE if self.ongoing_trials else status.STOPPED,
+                "values": None,
+            }
+        space = self._nonfixed_space()
+        x = np.array(
+            [[hp.value_to_prob(c.get(hp.name, hp.default)) for hp in space] for c in untried]
+        )
+        mean, std = self.gpr.predict(x, return_std=True)
+        # keras-tuner's acquisition (minimised): the scores it fits are negated for "max".
+        bound = np.ravel(mean) - self.beta * np.ravel(std)
+        return {"status": running, "values": dict(untried[int(np.argmin(bound))])}
 
 
 class HyperbandOracle(_OracleMixin, kt.oracles.HyperbandOracle):
