@@ -240,6 +240,29 @@ def test_bayesian_never_repeats_a_configuration_of_a_finite_space(tmp_path):
     assert len(ran) == 20 and len(set(ran)) == 20
 
 
+@pytest.mark.parametrize("kind", ["random", "bayesian", "hyperband"])
+def test_seed_0_seeds_the_oracle(kind, tmp_path):
+    """`--seed 0` (the default) must make the search reproducible: keras-tuner took seed 0
+    for "no seed" and drew a random oracle seed, so two runs sampled different trials."""
+    from tuning.tuners import BayesianOracle, RandomOracle
+
+    def first_values(n):
+        hp = kt.HyperParameters()
+        get_hypermodel("mlp", tune_epochs=kind != "hyperband").declare_hyperparameters(hp)
+        objective = kt.Objective("val_accuracy", "max")
+        if kind == "hyperband":
+            oracle = HyperbandOracle(objective=objective, hyperparameters=hp, max_epochs=3,
+                                     factor=3, seed=0)  # fmt: skip
+        else:
+            cls = RandomOracle if kind == "random" else BayesianOracle
+            oracle = cls(objective=objective, hyperparameters=hp, max_trials=3, seed=0)
+        oracle._set_project_dir(str(tmp_path), f"p{n}")
+        assert oracle.seed == 0
+        return oracle.create_trial("tuner0").hyperparameters.values
+
+    assert first_values(1) == first_values(2)
+
+
 def test_hyperband_with_two_workers_keeps_each_model_in_its_bracket(tmp_path):
     hp = kt.HyperParameters()
     get_hypermodel("a_grid", tune_epochs=False).declare_hyperparameters(hp)

@@ -119,6 +119,16 @@ def enumerate_space(hyperparameters: kt.HyperParameters, limit: int = MAX_ENUMER
 class _OracleMixin:
     """Records the tuner id that ran each trial; samples finite spaces without replacement."""
 
+    def __init__(self, *args, seed=None, **kwargs):
+        super().__init__(*args, seed=seed, **kwargs)
+        if seed is not None and self.seed != seed:
+            # keras-tuner reads a falsy seed as "none" (`seed or random.randint(...)`), so
+            # `--seed 0`, the default, drew a new oracle seed every time: not reproducible.
+            self.seed = self._seed_state = seed
+            if hasattr(self, "_make_gpr"):  # Bayesian: its random state and regressor
+                self._random_state = np.random.RandomState(seed)
+                self.gpr = self._make_gpr()
+
     def _workers(self) -> dict:
         if not hasattr(self, "_kmnist_workers"):
             self._kmnist_workers = {}
