@@ -174,6 +174,14 @@ def config_from_args(args):
 
     base = TrainConfig.from_json(args.config).to_dict() if args.config else {}
     base.pop("backend", None)
+    # A finished run is replaced only on this command line's --overwrite, never on the
+    # `overwrite: true` a run's config.json recorded because *it* was run with it.
+    base.pop("overwrite", None)
+    # config.json records the resolved run name; one derived from the settings is derived
+    # again from the final ones (`--config RUN/config.json --seed 1` must not write a seed-1
+    # run into RUN's `..._s0` folder); a name chosen with --run-name is kept.
+    if base and base.get("run_name") == _derived_run_name(base):
+        base.pop("run_name")
     fields = (
         "arch", "dataset", "data_dir", "val_fraction", "loss", "l2", "augment", "epochs",
         "batch_size", "lr", "optimizer", "momentum", "weight_decay", "lr_schedule",
@@ -196,6 +204,13 @@ def config_from_args(args):
 
     base["backend"] = keras.backend.backend()
     return TrainConfig.from_dict(base)
+
+
+def _derived_run_name(config: dict) -> str:
+    """The run name `TrainConfig.resolved` derives for a (valid) config dict."""
+    from kmnist_lab.config import TrainConfig
+
+    return TrainConfig.from_dict({**config, "run_name": None}).resolved().run_name
 
 
 def main(argv=None) -> int:

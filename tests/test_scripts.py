@@ -229,3 +229,28 @@ def test_auto_backend_falls_back_to_tensorflow(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda n: None if n == "jax" else real(n))
     assert auto_backend("bn_mlp") == "tensorflow"
     assert auto_backend("no_such_arch") == "tensorflow"
+
+
+def test_config_file_neither_inherits_overwrite_nor_pins_the_derived_run_name(tmp_path):
+    """`--config RUN/config.json --seed 1` must not replace RUN (recorded `overwrite: true`)
+    nor write a seed-1 run into RUN's `..._s0` folder; a chosen --run-name is kept."""
+    from kmnist_lab.config import TrainConfig
+
+    recorded = TrainConfig(arch="bn_mlp", dataset="mnist_5k", epochs=1, overwrite=True,
+                           output_dir=str(tmp_path)).resolved()  # fmt: skip
+    assert recorded.run_name == "bn_mlp_mnist_5k_ce_s0"
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"config": recorded.to_dict(), "backend": "tensorflow"}))
+
+    def parse(*flags):
+        args = train_script.build_parser().parse_args(["--config", str(path), *flags])
+        return train_script.config_from_args(args).resolved()
+
+    cfg = parse("--seed", "1")
+    assert cfg.overwrite is False
+    assert cfg.run_name == "bn_mlp_mnist_5k_ce_s1" and cfg.seed == 1
+    assert parse().run_name == "bn_mlp_mnist_5k_ce_s0"  # a plain re-run targets the same run
+    assert parse("--overwrite").overwrite is True
+    custom = {**recorded.to_dict(), "run_name": "mine"}
+    path.write_text(json.dumps({"config": custom}))
+    assert parse("--seed", "1").run_name == "mine"
