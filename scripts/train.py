@@ -48,7 +48,9 @@ def build_parser():
         epilog=f"per-architecture defaults:\n{defaults}\n\ndatasets:\n"
         + "\n".join(f"  {k:<14} {DATASETS.get(k).summary}" for k in DATASETS.names()),
     )
-    c = TrainConfig()
+    # The class's field defaults, not an instance: validating one creates an optimizer,
+    # which initialises the backend's devices before --cpu-devices could split the CPU.
+    c = TrainConfig
     g = p.add_argument_group("what to train")
     g.add_argument(
         "--config",

@@ -254,3 +254,22 @@ def test_config_file_neither_inherits_overwrite_nor_pins_the_derived_run_name(tm
     custom = {**recorded.to_dict(), "run_name": "mine"}
     path.write_text(json.dumps({"config": custom}))
     assert parse("--seed", "1").run_name == "mine"
+
+
+def test_cpu_devices_splits_the_cpu_before_the_backend_initialises(tmp_path):
+    """`train.py --cpu-devices 2` must give training two devices (README: try
+    --distribute on a CPU); building the parser used to initialise TensorFlow first."""
+    import os
+    from pathlib import Path
+
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    code = (
+        f"import sys; sys.path.insert(0, {str(scripts)!r}); import train; "
+        "import kmnist_lab.training as t; from kmnist_lab.distribute import device_count; "
+        "t.train = lambda cfg: (print('devices', device_count()), sys.exit(0)); "
+        "train.main(['--cpu-devices', '2', '--backend', 'tensorflow', '-q'])"
+    )
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert "devices 2" in out.stdout, out.stdout + out.stderr[-2000:]
