@@ -7,8 +7,10 @@
   compiled step (BatchNorm statistics are those of the global batch).
 - TensorFlow: `tf.distribute.MirroredStrategy` over the GPUs, or over the logical
   CPU devices when the CPU has been split (`split_cpu`); gradients are all-reduced
-  across replicas. BatchNorm statistics are per replica (as in PyTorch DDP without
-  SyncBatchNorm).
+  across replicas. BatchNorm batch statistics are per replica (as in PyTorch DDP without
+  SyncBatchNorm); the first replica's moving statistics are copied to the others before
+  every evaluation and at the end (`SyncReplicaState`, DDP's `broadcast_buffers`), so the
+  recorded accuracies are those of the exported model.
 - PyTorch: not supported. Keras' torch backend has no built-in data-parallel
   trainer; use `torchrun` with your own DDP loop, or the JAX/TensorFlow backends.
 
@@ -24,6 +26,7 @@ import logging
 import os
 
 import keras
+import numpy as np
 
 from kmnist_lab.config import DISTRIBUTE_MODES
 from kmnist_lab.errors import ConfigError
@@ -113,3 +116,37 @@ def distribution_scope(mode: str | None):
     )
     with strategy.scope():
         yield devices
+
+
+class SyncReplicaState(keras.callbacks.Callback):
+    """TensorFlow `MirroredStrategy`: gives every replica the first replica's
+    non-trainable state (BatchNorm moving statistics) before each evaluation and
+    when training ends.
+
+    Each replica updates its copy of a moving statistic from its own share of the
+    batch, and nothing reconciles the copies: the model that is saved and exported
+    holds the first replica's values, while an evaluation inside the strategy scores
+    each share of the data with its own replica's, so the recorded validation and test
+    accuracy described no model that exists. Copying the first replica's values is
+    what PyTorch DDP does (`broadcast_buffers`, rank 0's buffers); the validation,
+    the test score, the backup and the export then all use one model. A no-op for
+    variables that are not replicated (JAX, one device).
+    """
+
+    def _sync(self):
+        for variable in self.model.non_trainable_variables:
+            value = getattr(variable, "value", variable)
+            replicas = getattr(value, "values", None)
+            if replicas is None or len(replicas) < 2:
+                continue
+            first = keras.ops.convert_to_numpy(replicas[0])
+            if any(
+                not np.array_equal(first, keras.ops.convert_to_numpy(r)) for r in replicas[1:]
+            ):
+                variable.assign(first)
+
+    def on_test_begin(self, logs=None):
+        self._sync()
+
+    def on_train_end(self, logs=None):
+        self._sync()

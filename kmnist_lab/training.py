@@ -32,7 +32,7 @@ from kmnist_lab import device_loop, runs
 from kmnist_lab.callbacks import BatchLogger, DivergenceGuard, EpochStats, HistoryLogger, RunBackup
 from kmnist_lab.config import TrainConfig
 from kmnist_lab.data import Dataset, load_dataset
-from kmnist_lab.distribute import distribution_scope
+from kmnist_lab.distribute import SyncReplicaState, distribution_scope
 from kmnist_lab.errors import ConfigError, KmnistLabError
 from kmnist_lab.export import save_model_files
 from kmnist_lab.losses import get_loss, loss_head
@@ -258,6 +258,10 @@ def _fit_and_export(
     ]
     # ASGD: validate on the averaged weights (swapped in and out around validation).
     callbacks[-1:-1] = averaging_callbacks(model.optimizer)
+    if devices and len(devices) > 1:
+        # First: the replicas agree on their BatchNorm statistics before any validation
+        # (ASGD's swap included), the test evaluation and the export.
+        callbacks.insert(0, SyncReplicaState())
     if cfg.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard")))
     if resume:
