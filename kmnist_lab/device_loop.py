@@ -59,8 +59,15 @@ def _compiled(model: keras.Model):
     if cached is not None and cached[0] == key:
         return cached[1]
 
-    def make(step):
+    # The functions reach the model through a weak reference: `_COMPILED` holds them
+    # strongly, and a strong reference (a bound `model.train_step`) from a value of a
+    # WeakKeyDictionary to its key keeps every model trained here alive for good.
+    ref = weakref.ref(model)
+
+    def make(name):
         def chunk(state, x, y, order, start, length, batch):
+            step = getattr(ref(), name)
+
             def body(state, i):
                 index = jax.lax.dynamic_slice_in_dim(order, start + i * batch, batch)
                 logs, state = step(state, (x[index], y[index]))
@@ -71,7 +78,7 @@ def _compiled(model: keras.Model):
 
         return jax.jit(chunk, static_argnames=("length", "batch"))
 
-    functions = (make(model.train_step), make(model.test_step))
+    functions = (make("train_step"), make("test_step"))
     _COMPILED[model] = (key, functions)
     return functions
 

@@ -139,3 +139,22 @@ def test_device_fit_errors_on_jax(report):
     uncompiled, mismatched = report["errors"]
     assert uncompiled == "compile the model (model.compile) before training it"
     assert mismatched == ("x and y need the same, non-zero number of samples. Received: 300 and 5")
+
+
+@pytest.fixture(scope="module")
+def compiled_report():
+    pytest.importorskip("jax")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(ROOT)}
+    script = Path(__file__).parent / "backend_parity" / "device_loop_compiled_check.py"
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env=env, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_a_model_trained_on_the_device_pipeline_can_be_freed(compiled_report):
+    """Regression: the cache of compiled functions (a WeakKeyDictionary keyed by the
+    model) held `model.train_step`, a strong reference to its own key, so every model
+    trained with `device_fit` (each trial of a search, each run of a study) stayed in
+    memory with its optimizer state until the process ended."""
+    assert compiled_report["model_freed"] is True
