@@ -32,4 +32,25 @@ def model_freed_after_device_fit() -> bool:
     return ref() is None
 
 
-print(json.dumps({"model_freed": model_freed_after_device_fit()}))
+def while_loops(length: int) -> int:
+    """`while` ops in the compiled training call of `length` steps (`lax.scan`'s loop)."""
+    model = build_model("residual_cnn")
+    model.compile(
+        optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    model._symbolic_build(data_batch=(X[:8], Y[:8]))
+    state = device_loop._read(device_loop._train_variables(model))
+    train_chunk, _ = device_loop._compiled(model)
+    order = np.arange(len(Y), dtype=np.int32)
+    hlo = train_chunk.lower(state, X, Y, order, 0, length=length, batch=8).as_text()
+    return hlo.count("stablehlo.while")
+
+
+print(
+    json.dumps(
+        {
+            "model_freed": model_freed_after_device_fit(),
+            "while_loops": {str(k): while_loops(k) for k in (1, 3)},
+        }
+    )
+)
