@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 
 import keras
 import numpy as np
@@ -48,6 +49,11 @@ def split_cpu(n: int) -> None:
         flag = f"--xla_force_host_platform_device_count={n}"
         if flag not in os.environ.get("XLA_FLAGS", ""):
             os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
+        if "jax" in sys.modules:  # its CPU devices may exist already (then the flag is ignored)
+            import jax
+
+            if len(jax.devices("cpu")) < n:
+                log.warning("JAX devices were already initialised; CPU not split")
     elif backend == "tensorflow":
         import tensorflow as tf
 
@@ -140,9 +146,7 @@ class SyncReplicaState(keras.callbacks.Callback):
             if replicas is None or len(replicas) < 2:
                 continue
             first = keras.ops.convert_to_numpy(replicas[0])
-            if any(
-                not np.array_equal(first, keras.ops.convert_to_numpy(r)) for r in replicas[1:]
-            ):
+            if any(not np.array_equal(first, keras.ops.convert_to_numpy(r)) for r in replicas[1:]):
                 variable.assign(first)
 
     def on_test_begin(self, logs=None):
