@@ -81,6 +81,33 @@ def device_count() -> int:
     return 1
 
 
+def check_even_batches(splits: dict, n: int) -> None:
+    """Refuses a JAX data-parallel run whose batches cannot be sharded evenly.
+
+    `keras.distribution.DataParallel` splits every batch into `n` equal shards, so each
+    batch size a split produces (the full one and its last, partial one) must be a
+    multiple of `n`; JAX would otherwise stop mid-run with an `IndivisibleError`.
+
+    Args:
+        splits: `{name: (number of samples, batch size)}`.
+        n: number of devices.
+
+    Raises:
+        ConfigError: naming the first split whose batches do not divide by `n`.
+    """
+    for name, (size, batch) in splits.items():
+        sizes = ([batch] if size >= batch else []) + ([size % batch] if size % batch else [])
+        for b in sizes:
+            if b % n:
+                raise ConfigError(
+                    f"JAX data-parallel over {n} devices shards every batch evenly, but the "
+                    f"{name} split ({size} samples in batches of {batch}) has a batch of {b}, "
+                    f"not a multiple of {n}. Choose a batch size and device count that divide "
+                    "every split (e.g. --batch-size a multiple of the devices and splits whose "
+                    "remainders are too), or --backend tensorflow"
+                )
+
+
 @contextlib.contextmanager
 def distribution_scope(mode: str | None):
     """Context in which to build and compile a model for `mode` (`none`/`data-parallel`).

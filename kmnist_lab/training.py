@@ -32,7 +32,7 @@ from kmnist_lab import device_loop, runs
 from kmnist_lab.callbacks import BatchLogger, DivergenceGuard, EpochStats, HistoryLogger, RunBackup
 from kmnist_lab.config import TrainConfig
 from kmnist_lab.data import Dataset, load_dataset
-from kmnist_lab.distribute import SyncReplicaState, distribution_scope
+from kmnist_lab.distribute import SyncReplicaState, check_even_batches, distribution_scope
 from kmnist_lab.errors import ConfigError, KmnistLabError
 from kmnist_lab.export import save_model_files
 from kmnist_lab.losses import get_loss, loss_head
@@ -213,10 +213,21 @@ def _train_locked(
         )
 
 
+def eval_batch_size(cfg: TrainConfig) -> int:
+    """The batch size of the test evaluation: the training batch, at least 256."""
+    return max(cfg.batch_size, 256)
+
+
 def _fit_and_export(
     cfg, run_dir, resume, dataset, steps_per_epoch, devices, start, after_fit, plots
 ) -> RunResult:
     (x_train, y_train), val = dataset.train, dataset.val
+    if devices and keras.backend.backend() == "jax":
+        check_even_batches(
+            {"train": (len(y_train), cfg.batch_size), "validation": (len(val[1]), cfg.batch_size),
+             "test": (len(dataset.test[1]), eval_batch_size(cfg))},
+            len(devices),
+        )  # fmt: skip
     with dtype_policy(cfg.precision):
         model, loss = build_for_config(cfg, dataset.num_classes)
     speed = compile_for_config(model, loss, cfg, steps_per_epoch)
@@ -286,7 +297,7 @@ def _fit_and_export(
     raise_if_diverged(guard, run_dir, cfg.lr)
     x_test, y_test = dataset.test
     test = model.evaluate(
-        x_test, y_test, batch_size=max(cfg.batch_size, 256), verbose=0, return_dict=True
+        x_test, y_test, batch_size=eval_batch_size(cfg), verbose=0, return_dict=True
     )
     artifacts = _export(model, loss, run_dir, cfg)
     if plots:

@@ -98,3 +98,21 @@ def test_tf_data_parallel_records_the_accuracy_of_the_model_it_exports(tmp_path)
     assert result["devices"] == 2
     assert result["spread"] == 0.0
     assert result["recorded"] == pytest.approx(result["exported"], abs=1e-9)
+
+
+def test_jax_data_parallel_needs_every_batch_to_shard_evenly():
+    from kmnist_lab.distribute import check_even_batches
+
+    # mnist_5k at batch 128: train 31 x 128 + 32, val 3 x 128 + 116, test 500 (< 512).
+    splits = {"train": (4000, 128), "validation": (500, 128), "test": (500, 512)}
+    check_even_batches(splits, 2)
+    check_even_batches(splits, 4)
+    with pytest.raises(ConfigError, match=r"train split \(4000 samples in batches of 128\) has a "
+                       r"batch of 128, not a multiple of 3"):  # fmt: skip
+        check_even_batches(splits, 3)
+    # The full batches divide by 8, the last validation batch (116) does not.
+    with pytest.raises(
+        ConfigError, match="validation split .* a batch of 116, not a multiple of 8"
+    ):
+        check_even_batches(splits, 8)
+    check_even_batches({"test": (0, 256)}, 8)  # an empty split has no batch
