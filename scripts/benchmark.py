@@ -127,6 +127,21 @@ def _run_torch(path: str, arch: str, batch_size: int, steps: int) -> float:
         ) from None
 
 
+def _reference_archs(path) -> list[str]:
+    """The model names (`ARCHS`) the PyTorch reference script at `path` defines."""
+    import importlib.util
+
+    from kmnist_lab.errors import ConfigError
+
+    spec = importlib.util.spec_from_file_location("torch_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except ImportError as e:
+        raise ConfigError(f"--compare-torch: cannot import {path}: {e}") from None
+    return sorted(getattr(module, "ARCHS", {}))
+
+
 def main(argv=None) -> int:
     _cli.select_backend([])  # this process only measures the matmul rate
     args = build_parser().parse_args(argv)
@@ -163,6 +178,14 @@ def main(argv=None) -> int:
         raise ConfigError(
             f"--compare-torch needs {args.torch_reference}; pass --torch-reference PATH"
         )
+    if args.compare_torch:
+        theirs = _reference_archs(args.torch_reference)
+        missing = [a for a in archs if a not in theirs]
+        if missing:
+            raise ConfigError(
+                f"--compare-torch: the PyTorch reference {args.torch_reference} has no "
+                f"{missing[0]!r}. It has: {', '.join(theirs)}"
+            )
     from kmnist_lab.config import auto_backend
 
     def arch_backends(arch):

@@ -46,13 +46,19 @@ def test_benchmark_json_schema(tmp_path, capsys):
     (["--compare-torch", "--torch-reference", "/nope.py"], "--compare-torch needs"),
     (["--backend", "tensorflow", "--input-pipeline", "device"], "device needs the jax backend"),
     (["--backend", "torch", "--steps-per-execution", "10"], "torch backend runs one step"),
+    (["--arch", "relu_mlp", "--compare-torch", "--torch-reference", "{ref}"],
+     "reference {ref} has no 'relu_mlp'. It has: bn_mlp"),
     (["--from-json", "{list}"], "cannot read benchmark results"),
     (["--from-json", "{rowless}"], "is not a benchmark.py --json file"),
 ])  # fmt: skip
 def test_benchmark_bad_input(argv, match, capsys, tmp_path):
     (tmp_path / "list.json").write_text("[1, 2]")
     (tmp_path / "rowless.json").write_text('{"results": [{"arch": "x"}], "batch_size": 128}')
-    argv = [a.format(list=tmp_path / "list.json", rowless=tmp_path / "rowless.json") for a in argv]
+    (tmp_path / "ref.py").write_text('ARCHS = {"bn_mlp": None}\n')  # a reference of one model
+    names = {"list": tmp_path / "list.json", "rowless": tmp_path / "rowless.json",
+             "ref": tmp_path / "ref.py"}  # fmt: skip
+    argv = [a.format(**names) for a in argv]
+    match = match.format(**names)
     assert _cli.run(benchmark.main, argv) == 2
     err = capsys.readouterr().err
     assert match in err and len(err.strip().splitlines()) == 1
