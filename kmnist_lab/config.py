@@ -126,6 +126,10 @@ class TrainConfig:
             pipeline on TensorFlow, a Python iterator on JAX and torch), or
             `auto`: `device` on JAX without `distribute`, else `iterator`.
         distribute: `none` or `data-parallel` (JAX DataParallel / TF MirroredStrategy).
+        precise_bn: after training, recompute BatchNorm's moving statistics over up to
+            200 training batches of the final weights
+            (`kmnist_lab.callbacks.precise_batchnorm`); for full-batch or other
+            large-step training, whose moving averages lag the weights.
         tensorboard: also write TensorBoard logs to `<run>/tensorboard`.
         export: write the SavedModel (and model.keras).
         overwrite: replace an existing complete run folder.
@@ -159,6 +163,7 @@ class TrainConfig:
     steps_per_execution: int | None = None
     input_pipeline: str = "auto"
     distribute: str = "none"
+    precise_bn: bool = False
     tensorboard: bool = False
     export: bool = True
     overwrite: bool = False
@@ -254,7 +259,12 @@ class TrainConfig:
         defaults = ARCH_DEFAULTS.get(self.arch, FALLBACK_DEFAULTS)
         check_warmup(self.warmup_epochs, self.epochs or defaults.epochs)
         get_optimizer(self.optimizer or defaults.optimizer, **self.optimizer_kwargs())
-        for name in ("augment", "tensorboard", "export", "overwrite"):
+        if self.precise_bn and self.distribute != "none":
+            raise ConfigError(
+                "`precise_bn` runs on one device; it cannot be combined with `distribute` "
+                f"{self.distribute!r}"
+            )
+        for name in ("augment", "precise_bn", "tensorboard", "export", "overwrite"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, bool):
                 raise ConfigError(f"`{name}` must be true or false. Received: {name}={value!r}")

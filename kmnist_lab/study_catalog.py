@@ -167,18 +167,30 @@ _A_OPT = (
     ("rprop", "rprop", 1e-2, 128, 15, _acc(93.00, 4.18)),
     # Rprop is a full-batch method: one batch of the whole training set, more epochs.
     ("rprop_fullbatch", "rprop", 1e-2, 60000, 100, {}),
+    # The same, with BatchNorm's moving statistics recomputed at the end (precise BN):
+    # 100 large full-batch steps leave the moving averages behind the weights.
+    ("rprop_fullbatch_precise_bn", "rprop", 1e-2, 60000, 100, {}),
 )
 A_OPTIMIZERS = Study(
     "a_optimizers",
     "A",
     "Update rules on bn_mlp + CE, 15 epochs, batch 128, constant lr, no augmentation; "
-    "plus Rprop on full batches (100 epochs), the way it is meant to be used.",
+    "plus Rprop on full batches (100 epochs), the way it is meant to be used, with and without "
+    "BatchNorm's statistics recomputed at the end (precise BN).",
     runs=tuple(
         StudyRun(
             name,
-            _cfg("bn_mlp", epochs=ep, batch_size=bs, optimizer=opt, lr=lr),
+            {
+                **_cfg("bn_mlp", epochs=ep, batch_size=bs, optimizer=opt, lr=lr),
+                "precise_bn": name.endswith("precise_bn"),
+            },
             orig,
-            {"optimizer": opt, "lr": lr, "batch_size": bs},
+            {
+                "optimizer": opt,
+                "lr": lr,
+                "batch_size": bs,
+                "precise_bn": name.endswith("precise_bn"),
+            },
         )
         for name, opt, lr, bs, ep, orig in _A_OPT
     ),  # fmt: skip

@@ -112,6 +112,9 @@ def build_parser():
                    help="learning-rate schedule over the epochs (default: the arch's, table above)")  # fmt: skip
     o.add_argument("--warmup-epochs", type=_cli.nonneg_int, default=None,
                    help="linear lr warm-up from 0 over this many epochs (default 0)")  # fmt: skip
+    o.add_argument("--precise-bn", action="store_true", default=None,
+                   help="after training, recompute BatchNorm's moving statistics over up to 200 "
+                   "training batches (for full-batch or other large-step training)")  # fmt: skip
     o.add_argument("--seed", type=int, default=None,
                    help="seed of the weights, shuffling, augmentation and split (default 0)")  # fmt: skip
     r = p.add_argument_group("run")
@@ -188,7 +191,7 @@ def config_from_args(args):
         "arch", "dataset", "data_dir", "val_fraction", "loss", "l2", "augment", "epochs",
         "batch_size", "lr", "optimizer", "momentum", "weight_decay", "lr_schedule",
         "warmup_epochs", "seed", "run_name", "output_dir", "overwrite", "jit", "precision",
-        "steps_per_execution", "input_pipeline", "tensorboard", "export", "distribute",
+        "steps_per_execution", "input_pipeline", "tensorboard", "export", "distribute", "precise_bn",
     )  # fmt: skip
     for name in fields:
         value = getattr(args, name)

@@ -287,3 +287,49 @@ def test_a_config_with_tuples_resumes(tmp_path, tiny_dataset, monkeypatch):
         train(cfg, dataset=tiny_dataset)
     monkeypatch.undo()
     assert train(cfg, dataset=tiny_dataset).metrics["resumed"] is True
+
+
+def test_precise_batchnorm_sets_moving_statistics_to_the_average_of_batch_statistics():
+    import keras
+
+    inputs = keras.Input((3,))
+    hidden = keras.layers.Dense(4, name="dense")(inputs)
+    model = keras.Model(inputs, keras.layers.BatchNormalization(name="bn")(hidden))
+    x = np.random.default_rng(0).normal(2.0, 3.0, size=(50, 3)).astype("float32")
+    h = x @ model.get_layer("dense").kernel.numpy() + model.get_layer("dense").bias.numpy()
+    batches = [h[i : i + 16] for i in range(0, 48, 16)]  # max_batches=3: rows 0-47
+    assert callbacks.precise_batchnorm(model, x, batch_size=16, max_batches=3) == 1
+    bn = model.get_layer("bn")
+    np.testing.assert_allclose(
+        bn.moving_mean.numpy(), np.mean([b.mean(0) for b in batches], 0), rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        bn.moving_variance.numpy(), np.mean([b.var(0) for b in batches], 0), rtol=1e-4
+    )
+    assert bn.momentum == 0.99  # restored
+    no_bn = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    assert callbacks.precise_batchnorm(no_bn, x, batch_size=16) == 0
+
+
+def test_precise_bn_run_records_the_validation_accuracy_of_the_model_it_exports(
+    tmp_path, tiny_dataset
+):
+    import keras
+
+    # Full-batch steps, the case precise BN is for: the moving averages lag the weights.
+    plain = train(_config(tmp_path, batch_size=72, run_name="plain"), dataset=tiny_dataset)
+    result = train(_config(tmp_path, batch_size=72, precise_bn=True), dataset=tiny_dataset)
+    model = keras.saving.load_model(tmp_path / "run" / "model.keras", compile=False)
+    x_val, y_val = tiny_dataset.val
+    val = float(np.mean(np.argmax(model.predict(x_val, verbose=0), -1) == y_val))
+    assert result.metrics["val_accuracy"] == pytest.approx(val)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["precise_bn"]
+    # The same weights; only BatchNorm's moving statistics were recomputed.
+    for name in ("dense1", "bn1"):
+        ours, theirs = result.model.get_layer(name), plain.model.get_layer(name)
+        if name.startswith("dense"):
+            np.testing.assert_allclose(ours.kernel.numpy(), theirs.kernel.numpy(), atol=1e-6)
+        else:
+            assert np.abs(ours.moving_mean.numpy() - theirs.moving_mean.numpy()).max() > 1e-2
+    with pytest.raises(ConfigError, match="precise_bn` runs on one device"):
+        _config(tmp_path, precise_bn=True, distribute="data-parallel")
