@@ -115,6 +115,17 @@ def test_study_on_another_dataset_is_not_set_beside_the_reports_mnist_numbers(tm
     assert not (study_dir / "report_files" / "a_models_vs_report.png").exists()
 
 
+@pytest.mark.parametrize("dataset, compared", [("fashion_mnist", False), ("mnist_5k", True)])
+def test_run_report_of_a_study_run_compares_like_its_study_report(dataset, compared, tmp_path):
+    """A study run's own report (report.py RUN) must leave the report's MNIST numbers
+    out on another dataset, as the study's report does."""
+    study_dir = fake_study(tmp_path, "a_models", dataset=dataset)
+    run = study_dir / get_study("a_models").runs[0].name
+    text = write_report(run)[0].read_text()
+    assert "Part of study `a_models`" in text
+    assert ("Δ points" in text) is compared and ("report %" in text) is compared
+
+
 def test_html_embeds_decodable_pngs(tmp_path):
     study_dir = fake_study(tmp_path, "c_optimizers")
     _, page = write_report(study_dir, tmp_path / "elsewhere")

@@ -9,7 +9,7 @@ from pathlib import Path
 from kmnist_lab import plots, runs
 from kmnist_lab.report.common import read_json_or_empty
 from kmnist_lab.report.document import Document
-from kmnist_lab.report.study import figures, regression_table, runs_table
+from kmnist_lab.report.study import REPORT_DATASETS, figures, regression_table, runs_table
 
 
 def render_run(path: Path, doc: Document) -> str:
@@ -23,10 +23,14 @@ def render_run(path: Path, doc: Document) -> str:
         f"config: `{json.dumps(config, sort_keys=True)}`"
     )
     original = {}
-    study = read_json_or_empty(path.parent / "study.json").get("study", {})
+    record = read_json_or_empty(path.parent / "study.json")
+    study = record.get("study", {})
+    # As the study's own report: the report's MNIST numbers only beside a full (not
+    # quick) run on the datasets they describe.
+    comparable = not record.get("quick") and record.get("dataset") in REPORT_DATASETS
     for r in study.get("runs", []):
         if r["name"] == path.name:
-            original = r.get("original", {})
+            original = r.get("original", {}) if comparable else {}
             doc.para(f"Part of study `{study['name']}` (report {study.get('report')}).")
     entry = {"name": path.name, "dir": path, "status": runs.run_status(path), "metrics": metrics,
              "original": original, "factors": {}}  # fmt: skip
