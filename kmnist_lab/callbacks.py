@@ -334,7 +334,9 @@ def precise_batchnorm(model: keras.Model, x: np.ndarray, batch_size: int,
             statistics).
         x: training inputs, in order (shuffle them beforehand for a random subset).
         batch_size: the training batch size (batch statistics depend on it).
-        max_batches: K at most; the first `max_batches` batches of `x` are used.
+        max_batches: K at most; the first `max_batches` full batches of `x` are used
+            (a trailing partial batch is left out; all of `x` when it is smaller than
+            one batch).
 
     Returns:
         The number of BatchNormalization layers updated (0: nothing to do).
@@ -347,7 +349,11 @@ def precise_batchnorm(model: keras.Model, x: np.ndarray, batch_size: int,
     if not layers or len(x) == 0:
         return 0
     momenta = [layer.momentum for layer in layers]
-    starts = range(0, len(x), batch_size)[:max_batches]
+    # Full batches only (one smaller batch when `x` holds less than one): an equal-weight
+    # average would give a trailing partial batch, down to a single row (variance 0, the
+    # mean that row's), as much say as a full one.
+    full = len(x) // batch_size
+    starts = range(0, full * batch_size if full else len(x), batch_size)[:max_batches]
     try:
         for k, start in enumerate(starts):
             for layer in layers:

@@ -311,6 +311,30 @@ def test_precise_batchnorm_sets_moving_statistics_to_the_average_of_batch_statis
     assert callbacks.precise_batchnorm(no_bn, x, batch_size=16) == 0
 
 
+def test_precise_batchnorm_leaves_out_a_trailing_partial_batch():
+    """33 rows in batches of 16: the 1-row remainder (variance 0) must not weigh as much as
+    a full batch (it cut the moving variance by a third and pulled the mean to one row)."""
+    import keras
+
+    inputs = keras.Input((3,))
+    hidden = keras.layers.Dense(4, name="dense")(inputs)
+    model = keras.Model(inputs, keras.layers.BatchNormalization(name="bn")(hidden))
+    x = np.random.default_rng(0).normal(2.0, 3.0, size=(33, 3)).astype("float32")
+    h = x @ model.get_layer("dense").kernel.numpy() + model.get_layer("dense").bias.numpy()
+    callbacks.precise_batchnorm(model, x, batch_size=16)
+    bn = model.get_layer("bn")
+    full = [h[0:16], h[16:32]]
+    np.testing.assert_allclose(
+        bn.moving_mean.numpy(), np.mean([b.mean(0) for b in full], 0), rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        bn.moving_variance.numpy(), np.mean([b.var(0) for b in full], 0), rtol=1e-4
+    )
+    # Less than one batch: all rows, as one batch.
+    callbacks.precise_batchnorm(model, x[:10], batch_size=16)
+    np.testing.assert_allclose(bn.moving_mean.numpy(), h[:10].mean(0), rtol=1e-5, atol=1e-5)
+
+
 def test_precise_bn_run_records_the_validation_accuracy_of_the_model_it_exports(
     tmp_path, tiny_dataset
 ):
