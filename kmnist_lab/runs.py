@@ -351,10 +351,14 @@ def _proc_state(pid: int) -> str | None:
 # ----------------------------------------------------------------------------- folder
 
 
-def prepare_run_dir(run_dir: str | os.PathLike, overwrite: bool, config: dict) -> bool:
+def prepare_run_dir(
+    run_dir: str | os.PathLike, overwrite: bool, config: dict, defaults: dict | None = None
+) -> bool:
     """Checks a run folder before a run writes to it; returns True when it resumes.
 
     Call it while holding the folder's `RunLock`. Nothing is deleted here.
+    `defaults`: the values of settings that a recorded config may lack because it was
+    written before they existed (a run interrupted under an older version).
 
     - missing or empty: fresh run.
     - interrupted run of the same config with a backup: resumed (returns True),
@@ -403,6 +407,8 @@ def prepare_run_dir(run_dir: str | os.PathLike, overwrite: bool, config: dict) -
     previous = run_dir / "config.json"
     if previous.is_file():
         old = (read_json(previous) or {}).get("config")
+        if isinstance(old, dict):
+            old = {**(defaults or {}), **old}
         same = isinstance(old, dict) and _comparable(old) == _comparable(config)
         if same:
             return (run_dir / BACKUP_DIR).is_dir()

@@ -357,3 +357,27 @@ def test_precise_bn_run_records_the_validation_accuracy_of_the_model_it_exports(
             assert np.abs(ours.moving_mean.numpy() - theirs.moving_mean.numpy()).max() > 1e-2
     with pytest.raises(ConfigError, match="precise_bn` runs on one device"):
         _config(tmp_path, precise_bn=True, distribute="data-parallel")
+
+
+def test_a_run_interrupted_before_a_setting_existed_resumes(tmp_path, tiny_dataset, monkeypatch):
+    """A run interrupted under the previous version has no `precise_bn` in config.json;
+    resuming it with the new default (false) is the same run, not "a different config
+    (precise_bn None -> False)"."""
+    cfg = _config(tmp_path, arch="mlp", epochs=3)
+    original = callbacks.DivergenceGuard.on_epoch_end
+
+    def crash(self, epoch, logs=None):
+        if epoch == 1:
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, epoch, logs)
+
+    monkeypatch.setattr(callbacks.DivergenceGuard, "on_epoch_end", crash, raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, dataset=tiny_dataset)
+    monkeypatch.undo()
+    path = tmp_path / "run" / "config.json"
+    recorded = json.loads(path.read_text())
+    del recorded["config"]["precise_bn"]  # as the previous version wrote it
+    path.write_text(json.dumps(recorded))
+    assert train(cfg, dataset=tiny_dataset).metrics["resumed"] is True
+
