@@ -323,10 +323,14 @@ def _fit_and_export(
     history = _read_history(run_dir / "history.csv")
     raise_if_diverged(guard, run_dir, cfg.lr)
     val_accuracy = float(history[-1]["val_accuracy"]) if has_val and history else None
-    if cfg.precise_bn and precise_batchnorm(
+    updated = cfg.precise_bn and precise_batchnorm(
         model, _sample(x_train, PRECISE_BN_BATCHES * cfg.batch_size, cfg.seed), cfg.batch_size,
         max_batches=PRECISE_BN_BATCHES,
-    ):  # fmt: skip
+    )  # fmt: skip
+    if cfg.precise_bn and not updated:
+        log.warning("--precise-bn: %s has no BatchNormalization layer; nothing to recompute",
+                    cfg.arch)  # fmt: skip
+    if updated:
         # The last epoch's validation scored the old statistics: score the model exported.
         if has_val:
             val_accuracy = float(model.evaluate(*val, batch_size=eval_batch_size(cfg),

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -380,4 +381,12 @@ def test_a_run_interrupted_before_a_setting_existed_resumes(tmp_path, tiny_datas
     del recorded["config"]["precise_bn"]  # as the previous version wrote it
     path.write_text(json.dumps(recorded))
     assert train(cfg, dataset=tiny_dataset).metrics["resumed"] is True
+
+
+def test_precise_bn_on_a_model_without_batchnorm_says_so(tmp_path, tiny_dataset, caplog):
+    """`--precise-bn` on `mlp` (no BatchNormalization) used to do nothing, silently."""
+    with caplog.at_level(logging.WARNING, logger="kmnist_lab.training"):
+        train(_config(tmp_path, arch="mlp", epochs=1, precise_bn=True), dataset=tiny_dataset,
+              plots=False)  # fmt: skip
+    assert "--precise-bn: mlp has no BatchNormalization layer" in caplog.text
 
