@@ -389,4 +389,3 @@ def test_precise_bn_on_a_model_without_batchnorm_says_so(tmp_path, tiny_dataset,
         train(_config(tmp_path, arch="mlp", epochs=1, precise_bn=True), dataset=tiny_dataset,
               plots=False)  # fmt: skip
     assert "--precise-bn: mlp has no BatchNormalization layer" in caplog.text
-
