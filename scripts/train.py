@@ -112,9 +112,9 @@ def build_parser():
                    help="learning-rate schedule over the epochs (default: the arch's, table above)")  # fmt: skip
     o.add_argument("--warmup-epochs", type=_cli.nonneg_int, default=None,
                    help="linear lr warm-up from 0 over this many epochs (default 0)")  # fmt: skip
-    o.add_argument("--precise-bn", action="store_true", default=None,
+    o.add_argument("--precise-bn", action=argparse.BooleanOptionalAction, default=None,
                    help="after training, recompute BatchNorm's moving statistics over up to 200 "
-                   "training batches (for full-batch or other large-step training)")  # fmt: skip
+                   "training batches (for full-batch or other large-step training; default off)")  # fmt: skip
     o.add_argument("--seed", type=int, default=None,
                    help="seed of the weights, shuffling, augmentation and split (default 0)")  # fmt: skip
     r = p.add_argument_group("run")

@@ -254,6 +254,9 @@ def test_config_file_neither_inherits_overwrite_nor_pins_the_derived_run_name(tm
     custom = {**recorded.to_dict(), "run_name": "mine"}
     path.write_text(json.dumps({"config": custom}))
     assert parse("--seed", "1").run_name == "mine"
+    # A recorded switch can be turned off again on the command line.
+    path.write_text(json.dumps({"config": {**custom, "precise_bn": True}}))
+    assert parse().precise_bn is True and parse("--no-precise-bn").precise_bn is False
 
 
 def test_cpu_devices_splits_the_cpu_before_the_backend_initialises(tmp_path):
