@@ -900,7 +900,7 @@ BAD_INPUT = [
     ("existing-run", "train", T + ["--run-name", "done"], 2,
      "already holds a finished run; pass --overwrite"),
     ("interrupted-other-config", "train", T + ["--run-name", "interrupted"], 2,
-     "interrupted run with a different config (arch 'relu_mlp' -> 'bn_mlp', dataset None"),
+     "interrupted run with a different config (arch 'relu_mlp' -> 'bn_mlp', dataset 'auto'"),
     ("not-a-run-folder", "train", T + ["--output-dir", "{root}", "--run-name", "data"], 2,
      "is not a kmnist_lab run folder"),
     # divergence
