@@ -21,15 +21,20 @@ from kmnist_lab.speed import resolve_input_pipeline
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def report():
+def _jax_check(script: str, timeout: int) -> dict:
+    """Runs `backend_parity/SCRIPT` on the JAX backend; its last stdout line is JSON."""
     pytest.importorskip("jax")
     env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(ROOT)}
-    script = Path(__file__).parent / "backend_parity" / "device_loop_check.py"
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                          env=env, timeout=600)  # fmt: skip
+    path = Path(__file__).parent / "backend_parity" / script
+    proc = subprocess.run([sys.executable, str(path)], capture_output=True, text=True,
+                          env=env, timeout=timeout)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def report():
+    return _jax_check("device_loop_check.py", timeout=600)
 
 
 def test_same_history_and_weights_as_keras_fit(report):
@@ -143,13 +148,7 @@ def test_device_fit_errors_on_jax(report):
 
 @pytest.fixture(scope="module")
 def compiled_report():
-    pytest.importorskip("jax")
-    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(ROOT)}
-    script = Path(__file__).parent / "backend_parity" / "device_loop_compiled_check.py"
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                          env=env, timeout=300)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return _jax_check("device_loop_compiled_check.py", timeout=300)
 
 
 def test_a_model_trained_on_the_device_pipeline_can_be_freed(compiled_report):

@@ -276,6 +276,12 @@ def test_a_config_with_tuples_resumes(tmp_path, tiny_dataset, monkeypatch):
     list, and the interrupted run must still count as the same config."""
     cfg = _config(tmp_path, arch="mlp", model_params={"hidden": (16,)}, epochs=3)
     assert cfg.to_dict()["model_params"] == {"hidden": [16]}
+    _interrupt_after_epoch_1(cfg, tiny_dataset, monkeypatch)
+    assert train(cfg, dataset=tiny_dataset).metrics["resumed"] is True
+
+
+def _interrupt_after_epoch_1(cfg, dataset, monkeypatch) -> None:
+    """Trains `cfg` and kills it (KeyboardInterrupt) right after epoch 1's backup."""
     original = callbacks.DivergenceGuard.on_epoch_end
 
     def crash(self, epoch, logs=None):
@@ -285,9 +291,8 @@ def test_a_config_with_tuples_resumes(tmp_path, tiny_dataset, monkeypatch):
 
     monkeypatch.setattr(callbacks.DivergenceGuard, "on_epoch_end", crash, raising=False)
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, dataset=tiny_dataset)
+        train(cfg, dataset=dataset)
     monkeypatch.undo()
-    assert train(cfg, dataset=tiny_dataset).metrics["resumed"] is True
 
 
 def test_precise_batchnorm_sets_moving_statistics_to_the_average_of_batch_statistics():
@@ -365,17 +370,7 @@ def test_a_run_interrupted_before_a_setting_existed_resumes(tmp_path, tiny_datas
     resuming it with the new default (false) is the same run, not "a different config
     (precise_bn None -> False)"."""
     cfg = _config(tmp_path, arch="mlp", epochs=3)
-    original = callbacks.DivergenceGuard.on_epoch_end
-
-    def crash(self, epoch, logs=None):
-        if epoch == 1:
-            raise KeyboardInterrupt("simulated kill")
-        return original(self, epoch, logs)
-
-    monkeypatch.setattr(callbacks.DivergenceGuard, "on_epoch_end", crash, raising=False)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, dataset=tiny_dataset)
-    monkeypatch.undo()
+    _interrupt_after_epoch_1(cfg, tiny_dataset, monkeypatch)
     path = tmp_path / "run" / "config.json"
     recorded = json.loads(path.read_text())
     del recorded["config"]["precise_bn"]  # as the previous version wrote it
