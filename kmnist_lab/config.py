@@ -172,6 +172,15 @@ class TrainConfig:
     def __post_init__(self):
         self.validate()
 
+    @classmethod
+    def field_defaults(cls) -> dict:
+        """Every field's default, without building (and validating) an instance."""
+        return {
+            f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            for f in dataclasses.fields(cls)
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        }
+
     def validate(self) -> None:
         """Checks every field; raises `ConfigError` on the first bad one."""
         from kmnist_lab.data import list_datasets

@@ -196,18 +196,12 @@ def train(
         _require_tensorboard()
     # Lock first: the folder's state cannot change between the check and the run.
     with runs.RunLock(run_dir):
-        resume = runs.prepare_run_dir(run_dir, cfg.overwrite, cfg.to_dict(), _field_defaults())
+        # A config.json written before a setting existed (e.g. `precise_bn`) lacks it:
+        # its default stands in, so such an interrupted run still resumes.
+        resume = runs.prepare_run_dir(
+            run_dir, cfg.overwrite, cfg.to_dict(), TrainConfig.field_defaults()
+        )
         return _train_locked(cfg, run_dir, resume, dataset, after_fit, plots)
-
-
-def _field_defaults() -> dict:
-    """`TrainConfig`'s defaults: the settings a config.json written before they existed
-    lacks (e.g. `precise_bn`), so that such an interrupted run still resumes."""
-    return {
-        f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        for f in dataclasses.fields(TrainConfig)
-        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-    }
 
 
 def _train_locked(

@@ -9,7 +9,7 @@ from pathlib import Path
 from kmnist_lab import plots, runs
 from kmnist_lab.report.common import read_json_or_empty
 from kmnist_lab.report.document import Document
-from kmnist_lab.report.study import REPORT_DATASETS, figures, regression_table, runs_table
+from kmnist_lab.report.study import compares_with_report, figures, regression_table, runs_table
 
 
 def render_run(path: Path, doc: Document) -> str:
@@ -25,9 +25,7 @@ def render_run(path: Path, doc: Document) -> str:
     original = {}
     record = read_json_or_empty(path.parent / "study.json")
     study = record.get("study", {})
-    # As the study's own report: the report's MNIST numbers only beside a full (not
-    # quick) run on the datasets they describe.
-    comparable = not record.get("quick") and record.get("dataset") in REPORT_DATASETS
+    comparable = compares_with_report(record)  # as in the study's own report
     for r in study.get("runs", []):
         if r["name"] == path.name:
             original = r.get("original", {}) if comparable else {}

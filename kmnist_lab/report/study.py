@@ -30,6 +30,12 @@ from kmnist_lab.report.document import Document
 REPORT_DATASETS = ("mnist", "mnist_5k", "sin")
 
 
+def compares_with_report(record: dict) -> bool:
+    """Whether a study's runs (its `study.json` record) are set beside the report's
+    numbers: full runs (not `--quick`) on a dataset in `REPORT_DATASETS`."""
+    return not record.get("quick") and record.get("dataset") in REPORT_DATASETS
+
+
 def render_study(path: Path, doc: Document) -> str:
     record = runs.read_json(path / "study.json")
     if record is None:
@@ -49,7 +55,7 @@ def render_study(path: Path, doc: Document) -> str:
         else "full"
     )
     doc.para(f"Dataset **{dataset}**, {mode}, epochs scale {record.get('epochs_scale', 1)}.")
-    comparable = not quick and dataset in REPORT_DATASETS
+    comparable = compares_with_report(record)
     if not quick and not comparable:
         doc.para(
             f"The report's numbers are on MNIST digits, so they are not compared with "
