@@ -11,7 +11,8 @@ uint8 images with the model's own rescaling, compiled under the requested policy
 - `epoch_s`: one epoch of `epoch_samples` training images plus validation on
   `epoch_samples / 6` images (the 60k/10k MNIST ratio).
 - `infer_samples_per_s`: `model.predict` in batches of 1024.
-- `peak_rss_mb`: the process's peak resident memory (`ru_maxrss`).
+- `peak_rss_mb`: the process's peak resident memory (`ru_maxrss`; host memory only).
+- `accelerator`: whether the backend trained on a GPU/TPU rather than the CPU.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from kmnist_lab.device_loop import fit
 from kmnist_lab.models import build_model
 from kmnist_lab.speed import (
     dtype_policy,
+    has_accelerator,
     resolve_input_pipeline,
     resolve_jit,
     resolve_steps_per_execution,
@@ -147,6 +149,7 @@ def measure(
         "jit": jit,
         "jit_compile": bool(jit_compile),
         "precision": precision,
+        "accelerator": has_accelerator(),
         "input_pipeline": pipeline,
         "steps_per_execution": spe,
         "train_samples_per_s": rate,

@@ -31,7 +31,8 @@ DISTRIBUTE_MODES = ("none", "data-parallel")
 # 128: for ~2 ms steps TensorFlow's per-step overhead dominates), while TensorFlow's
 # oneDNN convolutions beat XLA's (`residual_cnn`: ~7.5k samples/s on TensorFlow
 # without XLA, ~2.5k on JAX). `--backend auto`, the default of `scripts/train.py`
-# and `scripts/benchmark.py`, picks from this table when KERAS_BACKEND is not set.
+# and `scripts/benchmark.py`, picks from this table when KERAS_BACKEND is not set
+# and no GPU is there (`auto_backend`).
 FAST_BACKEND = {
     "plain_mlp": "jax",
     "relu_mlp": "jax",
@@ -43,25 +44,33 @@ FAST_BACKEND = {
 
 
 def auto_backend(arch: str | None) -> str:
-    """The backend `--backend auto` picks for `arch` (`FAST_BACKEND`).
+    """The backend `--backend auto` picks for `arch`.
 
-    Falls back to TensorFlow for unknown archs, when the preferred backend's package
-    is not installed, and on an NVIDIA machine whose JAX lacks its CUDA plugin.
-    Importing nothing heavy, so it can run before Keras is imported.
+    - On an NVIDIA machine whose JAX has its CUDA plugin: JAX for every arch (XLA on
+      the GPU; measured on an H100 at 2.2-15x the PyTorch eager reference,
+      docs/performance.md).
+    - Otherwise `FAST_BACKEND[arch]` (TensorFlow for unknown archs), measured on CPU.
+    - When the chosen backend's package is not installed, the first installed of
+      TensorFlow, JAX and torch (TensorFlow when none is, for Keras' own error).
+
+    Imports nothing heavy, so it can run before Keras is imported.
     """
     import importlib.util
     import os
 
+    def installed(name):
+        return importlib.util.find_spec(name) is not None
+
     backend = FAST_BACKEND.get(arch or "", "tensorflow")
-    if backend != "tensorflow" and importlib.util.find_spec(backend) is None:
-        return "tensorflow"
-    if backend == "jax" and os.path.exists("/dev/nvidiactl"):
-        # An NVIDIA GPU: JAX only uses it with its CUDA plugin; without it, JAX would
-        # train on the CPU while TensorFlow could use the GPU.
+    if os.path.exists("/dev/nvidiactl") and installed("jax"):
+        # JAX uses an NVIDIA GPU only with its CUDA plugin; without it, JAX would train
+        # on the CPU while TensorFlow could use the GPU.
         plugins = ("jax_cuda12_plugin", "jax_cuda13_plugin")
-        if all(importlib.util.find_spec(p) is None for p in plugins):
-            return "tensorflow"
-    return backend
+        cuda = any(installed(p) for p in plugins)
+        backend = "jax" if cuda else "tensorflow"
+    if installed(backend):
+        return backend
+    return next((b for b in BACKENDS if installed(b)), "tensorflow")
 
 
 @dataclasses.dataclass(frozen=True)

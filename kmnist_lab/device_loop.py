@@ -90,6 +90,12 @@ def _compiled(model: keras.Model):
     return functions
 
 
+def _as_int32(labels):
+    """`labels` as a NumPy array, int64 narrowed to int32 (class indices fit)."""
+    labels = np.asarray(labels)
+    return labels.astype(np.int32) if labels.dtype == np.int64 else labels
+
+
 def _calls(n: int, batch_size: int, per_call: int):
     """`(first_step, last_step, parts)` for each group of `per_call` steps of one epoch.
 
@@ -214,6 +220,10 @@ def device_fit(
         raise ConfigError(
             f"x and y need the same, non-zero number of samples. Received: {len(x)} and {n}"
         )
+    # JAX computes in 32 bits (x64 off) and truncates int64 arrays with a warning.
+    y = _as_int32(y)
+    if validation_data is not None:
+        validation_data = (validation_data[0], _as_int32(validation_data[1]))
     per_call = max(1, int(model.steps_per_execution or 1))
     steps_per_epoch = math.ceil(n / batch_size)
     model._symbolic_build(data_batch=(x[:batch_size], y[:batch_size]))

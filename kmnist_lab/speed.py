@@ -3,7 +3,7 @@
 Measured on a 2-core CPU (see `docs/performance.md` and `scripts/benchmark.py`):
 XLA speeds the MLPs up but slows convolutional nets down on CPU, and running
 several steps per compiled call removes per-step Python overhead for small models.
-On GPU, XLA is used for every model.
+On a GPU, XLA is used for every model and every model runs several steps per call.
 """
 
 from __future__ import annotations
@@ -21,6 +21,11 @@ from kmnist_lab.models import model_family
 XLA_ON_CPU = {"mlp"}  # families
 # Steps per compiled call on CPU by family (capped at the steps of one epoch).
 STEPS_PER_EXECUTION = {"mlp": 10, "cnn": 1}
+# Steps per compiled call on a GPU/TPU, every family: one call per step leaves an H100
+# waiting on the host (JAX, batch 128, samples/s at 1 / 10 / 50 steps per call: bn_mlp
+# 184k / 696k / 1.19M, residual_cnn 96k / 244k / 205k, resnet18 32k / 58k / 58k;
+# docs/performance.md, "On a GPU").
+ACCELERATOR_STEPS_PER_EXECUTION = 10
 
 
 @functools.lru_cache(maxsize=1)
@@ -81,9 +86,15 @@ def resolve_jit(policy: str, arch: str) -> bool | str:
 
 
 def resolve_steps_per_execution(arch: str, steps_per_epoch: int) -> int:
-    """Steps per compiled call for `arch`, never more than one epoch's steps."""
+    """Steps per compiled call for `arch`, never more than one epoch's steps.
+
+    1 on torch (Keras runs one step per call there); on a GPU/TPU
+    `ACCELERATOR_STEPS_PER_EXECUTION`; on CPU `STEPS_PER_EXECUTION` by model family.
+    """
     if keras.backend.backend() == "torch":
         return 1
+    if has_accelerator():
+        return max(1, min(ACCELERATOR_STEPS_PER_EXECUTION, steps_per_epoch))
     return max(1, min(STEPS_PER_EXECUTION.get(model_family(arch), 1), steps_per_epoch))
 
 

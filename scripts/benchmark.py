@@ -71,6 +71,12 @@ def build_parser():
         "--compare-torch", action="store_true", help="interleave the PyTorch eager reference"
     )
     p.add_argument(
+        "--torch-device",
+        default="cpu",
+        help="device the PyTorch reference trains on: cpu (default), or cuda on an NVIDIA "
+        "GPU (its clock then waits for the GPU's queued work)",
+    )
+    p.add_argument(
         "--torch-reference",
         default=str(DEFAULT_TORCH_REFERENCE),
         help="the PyTorch reference script (default: scripts/torch_reference.py)",
@@ -109,11 +115,28 @@ def _run_worker(spec: dict, backend: str) -> dict:
     return json.loads(lines[-1])
 
 
-def _run_torch(path: str, arch: str, batch_size: int, steps: int) -> float:
-    proc = subprocess.run(
-        [sys.executable, path, "--arch", arch, "--batch-size", str(batch_size), "--steps", str(steps)],
-        capture_output=True, text=True,
-    )  # fmt: skip
+# Runs the unmodified reference script on DEVICE: every tensor it creates goes
+# there (`torch.set_default_device`), and, since CUDA runs asynchronously, each read of
+# its clock first waits for the queued GPU work, so it times the GPU's work, not the
+# launches. Arguments: DEVICE SCRIPT [SCRIPT ARGS...].
+_TORCH_ON_DEVICE = """
+import runpy, sys, time, torch
+torch.set_default_device(sys.argv[1])
+_clock = time.perf_counter
+def _synced_clock():
+    torch.cuda.synchronize()
+    return _clock()
+if torch.device(sys.argv[1]).type == "cuda":
+    time.perf_counter = _synced_clock
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def _run_torch(path: str, arch: str, batch_size: int, steps: int, device: str = "cpu") -> float:
+    args = ["--arch", arch, "--batch-size", str(batch_size), "--steps", str(steps)]
+    proc = subprocess.run([sys.executable, "-c", _TORCH_ON_DEVICE, device, path, *args],
+                          capture_output=True, text=True)  # fmt: skip
     from kmnist_lab.errors import KmnistLabError
 
     if proc.returncode != 0:
@@ -125,6 +148,17 @@ def _run_torch(path: str, arch: str, batch_size: int, steps: int) -> float:
         raise KmnistLabError(
             f"torch reference {path} printed no 'samples_per_s RATE' line for {arch}"
         ) from None
+
+
+def _check_torch_device(device: str) -> None:
+    """Raises `ConfigError` unless PyTorch can put a tensor on `device` here."""
+    from kmnist_lab.errors import ConfigError
+
+    code = "import sys, torch; torch.zeros(1, device=sys.argv[1]) + 1"
+    proc = subprocess.run([sys.executable, "-c", code, device], capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ConfigError(f"--torch-device {device!r}: PyTorch cannot use it here: {tail}")
 
 
 def _reference_archs(path) -> list[str]:
@@ -180,6 +214,8 @@ def main(argv=None) -> int:
         )
     if args.compare_torch:
         theirs = _reference_archs(args.torch_reference)
+        if args.torch_device != "cpu":
+            _check_torch_device(args.torch_device)
         missing = [a for a in archs if a not in theirs]
         if missing:
             raise ConfigError(
@@ -225,7 +261,9 @@ def main(argv=None) -> int:
                       f"spe={result['steps_per_execution']} input={result['input_pipeline']}: "
                       f"{result['train_samples_per_s']:.0f} samples/s", file=sys.stderr)  # fmt: skip
             if args.compare_torch:
-                rate = _run_torch(args.torch_reference, arch, args.batch_size, steps)
+                rate = _run_torch(
+                    args.torch_reference, arch, args.batch_size, steps, args.torch_device
+                )
                 torch_rates.setdefault(arch, []).append(rate)
                 print(
                     f"[{rep + 1}/{args.repeats}] {arch} torch: {rate:.0f} samples/s",
@@ -244,11 +282,14 @@ def main(argv=None) -> int:
         def share(rate, flops=flops):
             return rate * flops / 1e9 / gflops if flops and rate else None
 
-        row["matmul_share"] = share(med["train_samples_per_s"])
-        row["torch_matmul_share"] = share(torch)
-        target = TORCH_RATIO_TARGETS.get(arch) if args.batch_size == 128 else None
+        # The shares compare with the CPU's matmul rate: none for work done on a GPU.
+        row["matmul_share"] = None if row.get("accelerator") else share(med["train_samples_per_s"])
+        row["torch_matmul_share"] = share(torch) if args.torch_device == "cpu" else None
+        # The targets are for the CPU (both sides), at batch 128.
+        on_cpu = not row.get("accelerator") and args.torch_device == "cpu"
+        target = TORCH_RATIO_TARGETS.get(arch) if args.batch_size == 128 and on_cpu else None
         row["target_ratio"] = target
-        row["target_matmul_share"] = share(torch and target and torch * target)
+        row["target_matmul_share"] = share(torch * target) if torch and target else None
         rows.append(row)
     (_print_markdown if args.markdown else _print_table)(rows, args.batch_size)
     if args.json:
@@ -259,6 +300,7 @@ def main(argv=None) -> int:
             "machine": {"cpu_count": os.cpu_count(), "matmul_gflops": gflops},
             "batch_size": args.batch_size,
             "repeats": args.repeats,
+            "torch_device": args.torch_device,
             "results": rows,
             "torch": torch_rates,
         })  # fmt: skip
@@ -271,8 +313,10 @@ def fmt(value, spec):
 
 
 def _precision(rows):
-    """The precision every row of one benchmark command shares (float32 before it was recorded)."""
-    return rows[0].get("precision", "float32") if rows else "float32"
+    """The precision every row of one benchmark command shares (float32 before it was
+    recorded), and where the rows trained when that was a GPU/TPU."""
+    precision = rows[0].get("precision", "float32") if rows else "float32"
+    return precision + (", on a GPU/TPU" if any(r.get("accelerator") for r in rows) else "")
 
 
 def _pct(share):

@@ -16,15 +16,17 @@ def test_benchmark_json_schema(tmp_path, capsys):
     assert "plain_mlp" in table and "train/s" in table
     data = json.loads(out.read_text())
     assert data["schema"] == 1 and data["machine"]["matmul_gflops"] > 0
+    assert data["torch_device"] == "cpu"
     (row,) = data["results"]
     expected = {"arch", "backend", "batch_size", "jit", "jit_compile", "steps_per_execution",
                 "train_samples_per_s", "compile_s", "epoch_s", "infer_samples_per_s", "peak_rss_mb",
                 "torch_samples_per_s", "ratio_vs_torch", "matmul_share", "runs",
                 "train_flops_per_sample", "precision", "torch_matmul_share", "target_ratio",
-                "target_matmul_share"}  # fmt: skip
+                "target_matmul_share", "accelerator"}  # fmt: skip
     assert expected <= set(row)
     assert row["arch"] == "plain_mlp" and row["jit_compile"] is False and row["batch_size"] == 32
     assert row["backend"] == "tensorflow" and row["precision"] == "float32"
+    assert row["accelerator"] is False  # no GPU in the test run: the CPU shares apply
     # 784-512-128-10: 2 * (3 * (784*512 + 512*128 + 128*10) - 784*512) FLOPs per sample.
     assert row["train_flops_per_sample"] == 2_006_528
     assert (
@@ -49,6 +51,7 @@ def test_benchmark_json_schema(tmp_path, capsys):
     (["--arch", "relu_mlp", "--compare-torch", "--torch-reference", "{ref}"],
      "reference {ref} has no 'relu_mlp'. It has: bn_mlp"),
     (["--from-json", "{list}"], "cannot read benchmark results"),
+    (["--compare-torch", "--torch-device", "nosuch"], "--torch-device 'nosuch': PyTorch cannot"),
     (["--from-json", "{rowless}"], "is not a benchmark.py --json file"),
 ])  # fmt: skip
 def test_benchmark_bad_input(argv, match, capsys, tmp_path):
@@ -97,3 +100,20 @@ def test_the_torch_reference_ships_with_the_repository():
     assert benchmark.DEFAULT_TORCH_REFERENCE.is_relative_to(benchmark.ROOT)
     text = benchmark.DEFAULT_TORCH_REFERENCE.read_text()
     assert "def mlp(" in text and "torch.optim.SGD(model.parameters(), lr=0.01)" in text
+
+
+def test_the_torch_reference_runs_through_the_device_launcher():
+    # `--torch-device` runs the unmodified reference script under a launcher that sets
+    # torch's default device (and, for CUDA, times the GPU's work): here, the CPU.
+    rate = benchmark._run_torch(str(benchmark.DEFAULT_TORCH_REFERENCE), "bn_mlp", 8, 3, "cpu")
+    assert rate > 0
+
+
+def test_the_published_gpu_results_print_as_tables(capsys):
+    # docs/performance.md's H100 tables come from these files; --from-json reprints them.
+    files = sorted((benchmark.ROOT / "docs" / "bench").glob("*.json"))
+    assert files
+    for path in files:
+        assert _cli.run(benchmark.main, ["--from-json", str(path), "--markdown"]) == 0
+        table = capsys.readouterr().out
+        assert "on a GPU/TPU" in table and "| resnet18 | jax |" in table

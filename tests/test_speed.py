@@ -1,0 +1,90 @@
+"""The compile policy (`kmnist_lab.speed`) and `--backend auto`: the measured defaults.
+
+The numbers behind each rule are in docs/performance.md; these tests pin the rules
+themselves, on CPU and, with the accelerator check patched, on a GPU.
+"""
+
+import importlib.util
+import os
+
+import keras
+import pytest
+
+from kmnist_lab import speed
+from kmnist_lab.config import auto_backend
+from kmnist_lab.errors import ConfigError
+
+
+@pytest.fixture
+def on(monkeypatch):
+    """`on(backend, gpu)`: makes the policy see that Keras backend, with or without a GPU."""
+
+    def set_machine(backend, gpu=False):
+        monkeypatch.setattr(keras.backend, "backend", lambda: backend)
+        monkeypatch.setattr(speed, "has_accelerator", lambda: gpu)
+
+    return set_machine
+
+
+@pytest.mark.parametrize("backend, gpu, arch, steps_per_epoch, expected", [
+    ("tensorflow", False, "bn_mlp", 430, 10),      # CPU: MLPs 10 steps per call
+    ("tensorflow", False, "resnet18", 430, 1),     # CPU: CNNs one
+    ("jax", False, "relu_mlp", 4, 4),              # never more than one epoch's steps
+    ("jax", True, "resnet18", 860, 10),            # GPU: every family 10
+    ("jax", True, "residual_cnn", 3, 3),
+    ("torch", True, "bn_mlp", 430, 1),             # Keras' torch backend: one step per call
+])  # fmt: skip
+def test_steps_per_execution_defaults(on, backend, gpu, arch, steps_per_epoch, expected):
+    on(backend, gpu)
+    assert speed.resolve_steps_per_execution(arch, steps_per_epoch) == expected
+
+
+@pytest.mark.parametrize("policy, backend, gpu, arch, expected", [
+    ("auto", "tensorflow", False, "bn_mlp", True),     # XLA measured faster for MLPs on CPU
+    ("auto", "tensorflow", False, "resnet18", False),  # and slower for CNNs
+    ("auto", "tensorflow", True, "resnet18", True),    # a GPU: XLA for every model
+    ("auto", "jax", False, "resnet18", True),          # JAX always compiles
+    ("off", "jax", False, "bn_mlp", True),
+    ("auto", "torch", True, "bn_mlp", False),          # torch runs eagerly
+    ("on", "torch", False, "bn_mlp", True),
+    ("off", "tensorflow", True, "bn_mlp", False),
+])  # fmt: skip
+def test_jit_policy(on, policy, backend, gpu, arch, expected):
+    on(backend, gpu)
+    assert speed.resolve_jit(policy, arch) is expected
+
+
+def test_jit_policy_refuses_unknown_values():
+    with pytest.raises(ConfigError, match=r"one of auto, on, off. Received: jit='xla'"):
+        speed.resolve_jit("xla", "bn_mlp")
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """`machine(nvidia, installed)`: an NVIDIA device node or not, and the installed packages."""
+
+    def set_machine(nvidia, installed):
+        real_exists = os.path.exists
+        monkeypatch.setattr(
+            os.path, "exists", lambda p: nvidia if p == "/dev/nvidiactl" else real_exists(p)
+        )
+        monkeypatch.setattr(
+            importlib.util, "find_spec", lambda name: object() if name in installed else None
+        )
+
+    return set_machine
+
+
+@pytest.mark.parametrize("nvidia, installed, arch, expected", [
+    (False, {"tensorflow", "jax"}, "bn_mlp", "jax"),            # CPU: the measured table
+    (False, {"tensorflow", "jax"}, "resnet18", "tensorflow"),
+    (True, {"tensorflow", "jax", "jax_cuda12_plugin"}, "resnet18", "jax"),  # GPU: JAX, all
+    (True, {"jax", "jax_cuda13_plugin"}, "residual_cnn", "jax"),
+    (True, {"tensorflow", "jax"}, "bn_mlp", "tensorflow"),      # JAX here would run on the CPU
+    (False, {"jax", "torch"}, "resnet18", "jax"),               # TensorFlow not installed
+    (False, {"torch"}, "bn_mlp", "torch"),
+    (False, set(), "bn_mlp", "tensorflow"),                     # nothing: Keras' own error
+])  # fmt: skip
+def test_auto_backend(machine, nvidia, installed, arch, expected):
+    machine(nvidia, installed)
+    assert auto_backend(arch) == expected
