@@ -96,7 +96,32 @@ def select_backend(argv, auto: bool = False) -> str:
                 )
         os.environ["KERAS_BACKEND"] = backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if os.environ.get("KERAS_BACKEND") == "jax":
+        jax_compilation_cache()
     return os.environ.get("KERAS_BACKEND", "tensorflow")
+
+
+def jax_compilation_cache() -> None:
+    """Turns on JAX's persistent compilation cache for this process, unless configured.
+
+    Most of a short run's first epoch is compilation: Keras and the training loop
+    compile dozens of small XLA programs (`bn_mlp`: 36), each under JAX's default
+    1-second threshold for caching. With every program cached, a later run of the
+    same model and shapes loads them instead: `train.py --arch bn_mlp` on 2 CPU cores,
+    first epoch 3.9 s -> 0.9 s, whole run 9 s -> 5 s (docs/performance.md). A hit is
+    the same executable: JAX keys the cache on the program, the compile options, the
+    device and the jax version.
+
+    Sets, unless already set: `JAX_COMPILATION_CACHE_DIR` to
+    `$XDG_CACHE_HOME/kmnist_lab/jax` (default `~/.cache/kmnist_lab/jax`) and
+    `JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS` to 0. `JAX_ENABLE_COMPILATION_CACHE=false`
+    turns the cache off. Must run before jax is imported (JAX reads these at import).
+    """
+    cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    os.environ.setdefault(
+        "JAX_COMPILATION_CACHE_DIR", os.path.join(cache_home, "kmnist_lab", "jax")
+    )
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
 def fail(message: str, code: int = 2):

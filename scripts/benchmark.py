@@ -101,7 +101,9 @@ def _suppress():
 
 
 def _run_worker(spec: dict, backend: str) -> dict:
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    # Cold compiles: `compile_s` is the time a first run pays, so no persistent cache.
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3",
+           "JAX_ENABLE_COMPILATION_CACHE": "false"}  # fmt: skip
     proc = subprocess.run(
         [sys.executable, __file__, "--worker", json.dumps(spec)],
         capture_output=True, text=True, env=env,

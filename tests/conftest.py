@@ -10,6 +10,12 @@ os.environ.setdefault("KMNIST_LAB_NO_DOWNLOAD", "1")
 # with like; `train.py`'s per-arch `--backend auto` and the other backends are tested
 # explicitly (test_scripts.py, test_backends.py, ...).
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# Scripts on JAX cache compiled programs (`_cli.jax_compilation_cache`): in the tests,
+# in a folder of this session's own, not the user's ~/.cache.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="kmnist_lab_jax_cache_")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -276,3 +276,32 @@ def test_cpu_devices_splits_the_cpu_before_the_backend_initialises(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, timeout=300)  # fmt: skip
     assert "devices 2" in out.stdout, out.stdout + out.stderr[-2000:]
+
+
+def test_scripts_on_jax_cache_compiled_programs(tmp_path):
+    """`_cli.select_backend` turns on JAX's persistent cache, every program included; a
+    user's own setting wins; TensorFlow runs are left alone."""
+    import os
+    from pathlib import Path
+
+    pytest.importorskip("jax")
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "KERAS_"))}
+
+    def run(argv, **env):
+        code = (f"import sys, os; sys.path.insert(0, {str(scripts)!r}); import _cli; "
+                f"b = _cli.select_backend({argv!r}); "
+                "print(os.environ.get('JAX_COMPILATION_CACHE_DIR'))\n"
+                "if b == 'jax':\n"
+                "    import jax, jax.numpy as jnp\n"
+                "    jax.jit(lambda x: jnp.sin(x) * 2)(jnp.ones(3)).block_until_ready()")  # fmt: skip
+        out = subprocess.run([sys.executable, "-c", code], env={**clean, **env},
+                             capture_output=True, text=True, check=True)  # fmt: skip
+        return out.stdout.strip().splitlines()[-1]
+
+    cache = tmp_path / "kmnist_lab" / "jax"
+    assert run(["--backend", "jax"], XDG_CACHE_HOME=str(tmp_path)) == str(cache)
+    assert any(cache.iterdir())  # a sub-second compile was written
+    own = tmp_path / "own"
+    assert run(["--backend", "jax"], JAX_COMPILATION_CACHE_DIR=str(own)) == str(own)
+    assert run(["--backend", "tensorflow"], XDG_CACHE_HOME=str(tmp_path / "tf")) == "None"
