@@ -68,9 +68,20 @@ def auto_backend(arch: str | None) -> str:
         plugins = ("jax_cuda12_plugin", "jax_cuda13_plugin")
         cuda = any(installed(p) for p in plugins)
         backend = "jax" if cuda else "tensorflow"
-    if installed(backend):
-        return backend
-    return next((b for b in BACKENDS if installed(b)), "tensorflow")
+    return installed_backend(backend)
+
+
+def installed_backend(preferred: str) -> str:
+    """`preferred` if its package is installed, else the first installed of `BACKENDS`.
+
+    TensorFlow when none is, so that Keras raises its own error about it.
+    """
+    import importlib.util
+
+    for backend in (preferred, *BACKENDS):
+        if importlib.util.find_spec(backend) is not None:
+            return backend
+    return "tensorflow"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -66,7 +66,8 @@ def select_backend(argv, auto: bool = False) -> str:
     records (so a run is re-run as it was); else the KERAS_BACKEND environment
     variable; else, with `auto=True`, the fastest measured
     backend for the command line's `--arch` (`kmnist_lab.config.auto_backend`);
-    else TensorFlow. When Keras is already loaded (tests, notebooks) its backend
+    else TensorFlow (or, where it is not installed, the first installed of JAX and
+    torch). When Keras is already loaded (tests, notebooks) its backend
     is kept, and asking for another one fails with a message.
     """
     argv = list(argv if argv is not None else sys.argv[1:])
@@ -85,6 +86,10 @@ def select_backend(argv, auto: bool = False) -> str:
             from kmnist_lab.config import auto_backend
 
             backend = auto_backend(peek_arch(argv))
+    elif backend is None and "KERAS_BACKEND" not in os.environ and "keras" not in sys.modules:
+        from kmnist_lab.config import installed_backend
+
+        backend = installed_backend("tensorflow")  # Keras' default, when it is installed
     if backend is not None:
         if "keras" in sys.modules and os.environ.get("KERAS_BACKEND", "tensorflow") != backend:
             import keras

@@ -88,3 +88,17 @@ def machine(monkeypatch):
 def test_auto_backend(machine, nvidia, installed, arch, expected):
     machine(nvidia, installed)
     assert auto_backend(arch) == expected
+
+
+@pytest.mark.parametrize("installed, expected", [
+    ({"tensorflow", "jax"}, "tensorflow"),
+    ({"jax", "torch"}, "jax"),   # a GPU image without TensorFlow: the scripts still start
+    ({"torch"}, "torch"),
+    (set(), "tensorflow"),
+])  # fmt: skip
+def test_scripts_default_to_an_installed_backend(machine, installed, expected):
+    # study.py, tune.py and evaluate.py default to TensorFlow, Keras' own default.
+    from kmnist_lab.config import installed_backend
+
+    machine(False, installed)
+    assert installed_backend("tensorflow") == expected
