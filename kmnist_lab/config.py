@@ -48,7 +48,8 @@ def auto_backend(arch: str | None) -> str:
 
     - On an NVIDIA machine whose JAX has its CUDA plugin: JAX for every arch (XLA on
       the GPU; measured on an H100 at 2.2-15x the PyTorch eager reference,
-      docs/performance.md).
+      docs/performance.md). A GPU hidden by `CUDA_VISIBLE_DEVICES` ("" or "-1") counts
+      as none; `JAX_PLATFORMS` without `cuda`/`gpu` counts as JAX lacking its plugin.
     - Otherwise `FAST_BACKEND[arch]` (TensorFlow for unknown archs), measured on CPU.
     - When the chosen backend's package is not installed, the first installed of
       TensorFlow, JAX and torch (TensorFlow when none is, for Keras' own error).
@@ -62,11 +63,16 @@ def auto_backend(arch: str | None) -> str:
         return importlib.util.find_spec(name) is not None
 
     backend = FAST_BACKEND.get(arch or "", "tensorflow")
-    if os.path.exists("/dev/nvidiactl") and installed("jax"):
-        # JAX uses an NVIDIA GPU only with its CUDA plugin; without it, JAX would train
-        # on the CPU while TensorFlow could use the GPU.
+    # "" and "-1" hide every GPU from CUDA (JAX and TensorFlow alike): the CPU table.
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES", "0").strip() in ("", "-1")
+    if os.path.exists("/dev/nvidiactl") and not hidden and installed("jax"):
+        # JAX uses an NVIDIA GPU only with its CUDA plugin, and not when JAX_PLATFORMS
+        # leaves CUDA out; then JAX would train on the CPU while TensorFlow could use
+        # the GPU.
         plugins = ("jax_cuda12_plugin", "jax_cuda13_plugin")
-        cuda = any(installed(p) for p in plugins)
+        platforms = os.environ.get("JAX_PLATFORMS", "").lower().replace(" ", "")
+        allowed = not platforms or bool({"cuda", "gpu"} & set(platforms.split(",")))
+        cuda = allowed and any(installed(p) for p in plugins)
         backend = "jax" if cuda else "tensorflow"
     return installed_backend(backend)
 

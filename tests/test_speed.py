@@ -61,9 +61,14 @@ def test_jit_policy_refuses_unknown_values():
 
 @pytest.fixture
 def machine(monkeypatch):
-    """`machine(nvidia, installed)`: an NVIDIA device node or not, and the installed packages."""
+    """`machine(nvidia, installed, **env)`: an NVIDIA device node or not, the installed
+    packages, and environment variables (CUDA_VISIBLE_DEVICES, JAX_PLATFORMS)."""
 
-    def set_machine(nvidia, installed):
+    def set_machine(nvidia, installed, **env):
+        for name in ("CUDA_VISIBLE_DEVICES", "JAX_PLATFORMS"):
+            monkeypatch.delenv(name, raising=False)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
         real_exists = os.path.exists
         monkeypatch.setattr(
             os.path, "exists", lambda p: nvidia if p == "/dev/nvidiactl" else real_exists(p)
@@ -102,3 +107,19 @@ def test_scripts_default_to_an_installed_backend(machine, installed, expected):
 
     machine(False, installed)
     assert installed_backend("tensorflow") == expected
+
+
+@pytest.mark.parametrize("env, arch, expected", [
+    ({}, "resnet18", "jax"),                                   # the GPU: JAX for every arch
+    ({"CUDA_VISIBLE_DEVICES": "0"}, "resnet18", "jax"),
+    ({"CUDA_VISIBLE_DEVICES": ""}, "resnet18", "tensorflow"),  # GPU hidden: the CPU table
+    ({"CUDA_VISIBLE_DEVICES": "-1"}, "resnet18", "tensorflow"),
+    ({"CUDA_VISIBLE_DEVICES": "-1"}, "bn_mlp", "jax"),
+    ({"JAX_PLATFORMS": "cpu"}, "bn_mlp", "tensorflow"),        # JAX kept off the GPU
+    ({"JAX_PLATFORMS": "cuda,cpu"}, "resnet18", "jax"),
+])  # fmt: skip
+def test_auto_backend_follows_a_hidden_gpu(machine, env, arch, expected):
+    # A GPU hidden from CUDA, or JAX limited to the CPU, must not put the CNNs on JAX's
+    # CPU convolutions (~3x slower than TensorFlow's, docs/performance.md).
+    machine(True, {"tensorflow", "jax", "jax_cuda12_plugin"}, **env)
+    assert auto_backend(arch) == expected
