@@ -113,7 +113,7 @@ def jax_compilation_cache() -> None:
     compile dozens of small XLA programs (`bn_mlp`: 36), each under JAX's default
     1-second threshold for caching. With every program cached, a later run of the
     same model and shapes loads them instead: `train.py --arch bn_mlp` on 2 CPU cores,
-    first epoch 3.9 s -> 0.9 s, whole run 9 s -> 5 s (docs/performance.md). A hit is
+    first epoch 4.05 s -> 0.92 s, whole run 12 s -> 7 s (docs/performance.md). A hit is
     the same executable: JAX keys the cache on the program, the compile options, the
     device and the jax version.
 
@@ -121,11 +121,17 @@ def jax_compilation_cache() -> None:
     `$XDG_CACHE_HOME/kmnist_lab/jax` (default `~/.cache/kmnist_lab/jax`) and
     `JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS` to 0. `JAX_ENABLE_COMPILATION_CACHE=false`
     turns the cache off. Must run before jax is imported (JAX reads these at import).
+    With no home directory to resolve (no $HOME, no passwd entry) and no absolute
+    $XDG_CACHE_HOME, no folder is chosen and the cache stays off: "~" would otherwise
+    be a folder named `~` in the working directory.
     """
-    cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    os.environ.setdefault(
-        "JAX_COMPILATION_CACHE_DIR", os.path.join(cache_home, "kmnist_lab", "jax")
-    )
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        cache_home = os.environ.get("XDG_CACHE_HOME", "")
+        if not os.path.isabs(cache_home):  # unset, or relative (invalid per XDG)
+            cache_home = os.path.join(os.path.expanduser("~"), ".cache")
+        if not os.path.isabs(cache_home):
+            return
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(cache_home, "kmnist_lab", "jax")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 

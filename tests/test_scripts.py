@@ -305,3 +305,22 @@ def test_scripts_on_jax_cache_compiled_programs(tmp_path):
     own = tmp_path / "own"
     assert run(["--backend", "jax"], JAX_COMPILATION_CACHE_DIR=str(own)) == str(own)
     assert run(["--backend", "tensorflow"], XDG_CACHE_HOME=str(tmp_path / "tf")) == "None"
+
+
+def test_no_jax_cache_folder_without_a_home(monkeypatch):
+    """With no home directory, `os.path.expanduser("~")` returns "~": the cache folder
+    would be `./~/.cache/kmnist_lab/jax` in the working directory. It stays off instead;
+    an absolute $XDG_CACHE_HOME still works, a relative one (invalid per XDG) is ignored."""
+    import os
+
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setattr(os.path, "expanduser", lambda path: path)  # no home to expand
+    _cli.jax_compilation_cache()
+    assert "JAX_COMPILATION_CACHE_DIR" not in os.environ
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")
+    _cli.jax_compilation_cache()
+    assert "JAX_COMPILATION_CACHE_DIR" not in os.environ
+    monkeypatch.setenv("XDG_CACHE_HOME", "/var/cache/me")
+    _cli.jax_compilation_cache()
+    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == "/var/cache/me/kmnist_lab/jax"
