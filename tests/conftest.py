@@ -11,11 +11,14 @@ os.environ.setdefault("KMNIST_LAB_NO_DOWNLOAD", "1")
 # explicitly (test_scripts.py, test_backends.py, ...).
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 # Scripts on JAX cache compiled programs (`_cli.jax_compilation_cache`): in the tests,
-# in a folder of this session's own, not the user's ~/.cache.
+# in a folder of this session's own, not the user's ~/.cache, removed at the end.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
     import tempfile
 
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="kmnist_lab_jax_cache_")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -324,3 +324,21 @@ def test_no_jax_cache_folder_without_a_home(monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", "/var/cache/me")
     _cli.jax_compilation_cache()
     assert os.environ["JAX_COMPILATION_CACHE_DIR"] == "/var/cache/me/kmnist_lab/jax"
+
+
+def test_the_test_sessions_jax_cache_folder_is_removed(tmp_path):
+    """conftest.py gives each test session a JAX cache folder of its own in the temp
+    directory; it goes when the session ends (each full run left one behind)."""
+    import os
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent
+    (tmp_path / "test_one.py").write_text("def test_one():\n    pass\n")
+    (tmp_path / "conftest.py").write_text((tests / "conftest.py").read_text())
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                    str(tmp_path / "test_one.py")], env={**env, "TMPDIR": str(temp)},
+                   cwd=tmp_path, capture_output=True, text=True, check=True, timeout=120)  # fmt: skip
+    assert list(temp.glob("kmnist_lab_jax_cache_*")) == []
