@@ -129,7 +129,8 @@ def build_parser():
         "--backend",
         choices=(*_cli.BACKENDS, "auto"),
         help="Keras backend (default auto: KERAS_BACKEND if set, else the fastest measured "
-        "for --arch: jax for the MLPs when installed, tensorflow for the CNNs)",
+        "for --arch: on CPU jax for the MLPs when installed, tensorflow for the CNNs; on an "
+        "NVIDIA GPU with JAX's CUDA plugin jax for every arch)",
     )
     r.add_argument(
         "--jit",

@@ -123,3 +123,12 @@ def test_auto_backend_follows_a_hidden_gpu(machine, env, arch, expected):
     # CPU convolutions (~3x slower than TensorFlow's, docs/performance.md).
     machine(True, {"tensorflow", "jax", "jax_cuda12_plugin"}, **env)
     assert auto_backend(arch) == expected
+
+
+def test_train_help_names_the_gpu_rule():
+    # `--backend auto` picks JAX for every arch on an NVIDIA GPU (`auto_backend`): the
+    # help text says so, not only the CPU table.
+    import train
+
+    (action,) = [a for a in train.build_parser()._actions if "--backend" in a.option_strings]
+    assert "NVIDIA GPU" in action.help and "every arch" in action.help
