@@ -152,6 +152,11 @@ def _run_torch(path: str, arch: str, batch_size: int, steps: int, device: str = 
         ) from None
 
 
+def _is_cpu(device: str) -> bool:
+    """Whether the PyTorch device string `device` names the CPU (`cpu`, `cpu:0`)."""
+    return device.split(":")[0] == "cpu"
+
+
 def _check_torch_device(device: str) -> None:
     """Raises `ConfigError` unless PyTorch can put a tensor on `device` here."""
     from kmnist_lab.errors import ConfigError
@@ -214,6 +219,8 @@ def main(argv=None) -> int:
         raise ConfigError(
             f"--compare-torch needs {args.torch_reference}; pass --torch-reference PATH"
         )
+    if args.torch_device != "cpu" and not args.compare_torch:
+        raise ConfigError(f"--torch-device {args.torch_device} needs --compare-torch")
     if args.compare_torch:
         theirs = _reference_archs(args.torch_reference)
         if args.torch_device != "cpu":
@@ -286,9 +293,10 @@ def main(argv=None) -> int:
 
         # The shares compare with the CPU's matmul rate: none for work done on a GPU.
         row["matmul_share"] = None if row.get("accelerator") else share(med["train_samples_per_s"])
-        row["torch_matmul_share"] = share(torch) if args.torch_device == "cpu" else None
+        torch_on_cpu = _is_cpu(args.torch_device)
+        row["torch_matmul_share"] = share(torch) if torch_on_cpu else None
         # The targets are for the CPU (both sides), at batch 128.
-        on_cpu = not row.get("accelerator") and args.torch_device == "cpu"
+        on_cpu = not row.get("accelerator") and torch_on_cpu
         target = TORCH_RATIO_TARGETS.get(arch) if args.batch_size == 128 and on_cpu else None
         row["target_ratio"] = target
         row["target_matmul_share"] = share(torch * target) if torch and target else None

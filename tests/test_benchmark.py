@@ -52,6 +52,7 @@ def test_benchmark_json_schema(tmp_path, capsys):
      "reference {ref} has no 'relu_mlp'. It has: bn_mlp"),
     (["--from-json", "{list}"], "cannot read benchmark results"),
     (["--compare-torch", "--torch-device", "nosuch"], "--torch-device 'nosuch': PyTorch cannot"),
+    (["--torch-device", "cuda"], "--torch-device cuda needs --compare-torch"),
     (["--from-json", "{rowless}"], "is not a benchmark.py --json file"),
 ])  # fmt: skip
 def test_benchmark_bad_input(argv, match, capsys, tmp_path):
@@ -117,3 +118,11 @@ def test_the_published_gpu_results_print_as_tables(capsys):
         assert _cli.run(benchmark.main, ["--from-json", str(path), "--markdown"]) == 0
         table = capsys.readouterr().out
         assert "on a GPU/TPU" in table and "| resnet18 | jax |" in table
+
+
+@pytest.mark.parametrize("device, cpu", [("cpu", True), ("cpu:0", True), ("cuda", False),
+                                         ("cuda:1", False)])  # fmt: skip
+def test_cpu_torch_devices_keep_the_cpu_columns(device, cpu):
+    # The matmul shares and CPU targets apply when the reference ran on the CPU, however
+    # the device is spelled.
+    assert benchmark._is_cpu(device) is cpu
