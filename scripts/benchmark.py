@@ -122,7 +122,7 @@ def _run_worker(spec: dict, backend: str) -> dict:
 # its clock first waits for the queued GPU work, so it times the GPU's work, not the
 # launches. Arguments: DEVICE SCRIPT [SCRIPT ARGS...].
 _TORCH_ON_DEVICE = """
-import runpy, sys, time, torch
+import os, runpy, sys, time, torch
 torch.set_default_device(sys.argv[1])
 _clock = time.perf_counter
 def _synced_clock():
@@ -131,6 +131,7 @@ def _synced_clock():
 if torch.device(sys.argv[1]).type == "cuda":
     time.perf_counter = _synced_clock
 sys.argv = sys.argv[2:]
+sys.path[0] = os.path.dirname(os.path.abspath(sys.argv[0]))  # as `python SCRIPT` sets it
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 

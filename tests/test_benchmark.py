@@ -110,6 +110,16 @@ def test_the_torch_reference_runs_through_the_device_launcher():
     assert rate > 0
 
 
+def test_the_device_launcher_runs_a_reference_as_python_would(tmp_path):
+    # `python ref.py` puts ref.py's folder first on sys.path, so a reference may import
+    # a module beside it; the launcher (used for every --torch-device) must too.
+    (tmp_path / "helper_mod.py").write_text("RATE = 123\n")
+    (tmp_path / "ref.py").write_text(
+        "import helper_mod\nprint(f'torch x bs=1 samples_per_s {helper_mod.RATE}')\n"
+    )
+    assert benchmark._run_torch(str(tmp_path / "ref.py"), "x", 1, 1, "cpu") == 123
+
+
 def test_the_published_gpu_results_print_as_tables(capsys):
     # docs/performance.md's H100 tables come from these files; --from-json reprints them.
     files = sorted((benchmark.ROOT / "docs" / "bench").glob("*.json"))
