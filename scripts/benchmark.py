@@ -177,10 +177,14 @@ def _reference_archs(path) -> list[str]:
 
     spec = importlib.util.spec_from_file_location("torch_reference", path)
     module = importlib.util.module_from_spec(spec)
+    folder = os.path.dirname(os.path.abspath(path))
+    sys.path.insert(0, folder)  # its own folder first, as when it runs (`_TORCH_ON_DEVICE`)
     try:
         spec.loader.exec_module(module)
     except ImportError as e:
         raise ConfigError(f"--compare-torch: cannot import {path}: {e}") from None
+    finally:
+        sys.path.remove(folder)
     return sorted(getattr(module, "ARCHS", {}))
 
 

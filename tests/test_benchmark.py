@@ -1,6 +1,7 @@
 """The benchmark's JSON schema on a tiny run (no timing assertions: timing is for the benchmark)."""
 
 import json
+import sys
 
 import _cli
 import benchmark
@@ -118,6 +119,10 @@ def test_the_device_launcher_runs_a_reference_as_python_would(tmp_path):
         "import helper_mod\nprint(f'torch x bs=1 samples_per_s {helper_mod.RATE}')\n"
     )
     assert benchmark._run_torch(str(tmp_path / "ref.py"), "x", 1, 1, "cpu") == 123
+    # and `--compare-torch` reads its ARCHS the same way before running it
+    (tmp_path / "ref.py").write_text("from helper_mod import RATE\nARCHS = {'x': RATE}\n")
+    assert benchmark._reference_archs(tmp_path / "ref.py") == ["x"]
+    assert str(tmp_path) not in sys.path
 
 
 def test_the_published_gpu_results_print_as_tables(capsys):
