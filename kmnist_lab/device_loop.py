@@ -220,7 +220,10 @@ def device_fit(
         raise ConfigError(
             f"x and y need the same, non-zero number of samples. Received: {len(x)} and {n}"
         )
-    # JAX computes in 32 bits (x64 off) and truncates int64 arrays with a warning.
+    # JAX computes in 32 bits (x64 off) and narrows int64 arrays to int32; jax 0.11
+    # warns each time it does so for the model's symbolic build ("Explicitly requested
+    # dtype int64 requested in ShapeDtypeStruct is not available", seen on the H100
+    # machine; jax 0.10 narrows silently). The labels are class indices: int32 holds them.
     y = _as_int32(y)
     if validation_data is not None:
         validation_data = (validation_data[0], _as_int32(validation_data[1]))

@@ -169,8 +169,8 @@ def test_a_one_step_call_runs_no_loop(compiled_report):
 
 
 def test_labels_reach_jax_as_int32():
-    # JAX computes in 32 bits and warns when it truncates int64 arrays (the label
-    # arrays NumPy and the data loaders make); narrower labels are kept as they are.
+    # JAX computes in 32 bits and (jax 0.11) warns when it narrows int64 arrays, the
+    # label arrays NumPy and the data loaders make; narrower labels are kept as they are.
     assert device_loop._as_int32(np.array([0, 9], dtype=np.int64)).dtype == np.int32
     assert device_loop._as_int32([3, 1]).tolist() == [3, 1]
     assert device_loop._as_int32(np.array([7], dtype=np.uint8)).dtype == np.uint8
