@@ -47,7 +47,7 @@ def auto_backend(arch: str | None) -> str:
     """The backend `--backend auto` picks for `arch`.
 
     - On an NVIDIA machine whose JAX has its CUDA plugin: JAX for every arch (XLA on
-      the GPU; measured on an H100 at 2.2-15x the PyTorch eager reference,
+      the GPU; measured on an H100 at about 2-15x the PyTorch eager reference,
       docs/performance.md). A GPU hidden by `CUDA_VISIBLE_DEVICES` ("" or "-1") counts
       as none; `JAX_PLATFORMS` without `cuda`/`gpu` counts as JAX lacking its plugin.
     - Otherwise `FAST_BACKEND[arch]` (TensorFlow for unknown archs), measured on CPU.

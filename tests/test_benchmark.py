@@ -1,6 +1,7 @@
 """The benchmark's JSON schema on a tiny run (no timing assertions: timing is for the benchmark)."""
 
 import json
+import subprocess
 import sys
 
 import _cli
@@ -104,21 +105,41 @@ def test_the_torch_reference_ships_with_the_repository():
     assert "def mlp(" in text and "torch.optim.SGD(model.parameters(), lr=0.01)" in text
 
 
-def test_the_torch_reference_runs_through_the_device_launcher():
-    # `--torch-device` runs the unmodified reference script under a launcher that sets
-    # torch's default device (and, for CUDA, times the GPU's work): here, the CPU.
-    rate = benchmark._run_torch(str(benchmark.DEFAULT_TORCH_REFERENCE), "bn_mlp", 8, 3, "cpu")
-    assert rate > 0
+def test_the_torch_reference_runs_off_the_cpu_through_the_device_launcher():
+    # `--torch-device` runs the unmodified reference under a launcher that sets torch's
+    # default device (and, for CUDA, times the GPU's work). The meta device runs it here:
+    # the model, data and steps are shapes only, but the launcher's whole path runs.
+    ref = str(benchmark.DEFAULT_TORCH_REFERENCE)
+    assert benchmark._run_torch(ref, "bn_mlp", 8, 3, "meta") > 0
+    assert benchmark._run_torch(ref, "bn_mlp", 8, 3, "cpu") > 0  # the script as it is
+
+
+def test_the_device_launcher_stops_the_default_device_mode_before_timing(tmp_path):
+    # The default-device mode intercepts every torch call (10-13 % of the reference's
+    # CPU rate): it must be off for the timed steps, which start at the first clock read.
+    (tmp_path / "ref.py").write_text(
+        "import time, torch\n"
+        "before = torch.zeros(1).device.type\n"
+        "time.perf_counter()\n"
+        "after = torch.zeros(1).device.type\n"
+        "print(f'{before} {after} samples_per_s 1')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", benchmark._TORCH_ON_DEVICE, "meta", str(tmp_path / "ref.py")],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert proc.stdout.split()[:2] == ["meta", "cpu"]
 
 
 def test_the_device_launcher_runs_a_reference_as_python_would(tmp_path):
     # `python ref.py` puts ref.py's folder first on sys.path, so a reference may import
-    # a module beside it; the launcher (used for every --torch-device) must too.
+    # a module beside it; the launcher must too, and the CPU path runs it directly.
     (tmp_path / "helper_mod.py").write_text("RATE = 123\n")
     (tmp_path / "ref.py").write_text(
         "import helper_mod\nprint(f'torch x bs=1 samples_per_s {helper_mod.RATE}')\n"
     )
     assert benchmark._run_torch(str(tmp_path / "ref.py"), "x", 1, 1, "cpu") == 123
+    assert benchmark._run_torch(str(tmp_path / "ref.py"), "x", 1, 1, "meta") == 123
     # and `--compare-torch` reads its ARCHS the same way before running it
     (tmp_path / "ref.py").write_text("from helper_mod import RATE\nARCHS = {'x': RATE}\n")
     assert benchmark._reference_archs(tmp_path / "ref.py") == ["x"]
