@@ -89,7 +89,10 @@ def select_backend(argv, auto: bool = False) -> str:
     elif backend is None and "KERAS_BACKEND" not in os.environ and "keras" not in sys.modules:
         from kmnist_lab.config import installed_backend
 
-        backend = installed_backend("tensorflow")  # Keras' default, when it is installed
+        # Keras defaults to TensorFlow by itself; name a backend only where it is missing
+        # (KERAS_BACKEND stays unset otherwise, as callers read it as the user's choice).
+        fallback = installed_backend("tensorflow")
+        backend = fallback if fallback != "tensorflow" else None
     if backend is not None:
         if "keras" in sys.modules and os.environ.get("KERAS_BACKEND", "tensorflow") != backend:
             import keras

@@ -196,6 +196,7 @@ def _reference_archs(path) -> list[str]:
 
 
 def main(argv=None) -> int:
+    user_backend = os.environ.get("KERAS_BACKEND")  # before select_backend may set it
     _cli.select_backend([])  # this process only measures the matmul rate
     args = build_parser().parse_args(argv)
     if args.worker:
@@ -246,7 +247,7 @@ def main(argv=None) -> int:
     from kmnist_lab.config import auto_backend
 
     def arch_backends(arch):
-        chosen = args.backend or [os.environ.get("KERAS_BACKEND", "auto")]
+        chosen = args.backend or [user_backend or "auto"]
         return list(dict.fromkeys(auto_backend(arch) if b == "auto" else b for b in chosen))
 
     for arch in archs:  # refuse impossible settings before measuring anything

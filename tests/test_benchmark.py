@@ -162,3 +162,21 @@ def test_cpu_torch_devices_keep_the_cpu_columns(device, cpu):
     # The matmul shares and CPU targets apply when the reference ran on the CPU, however
     # the device is spelled.
     assert benchmark._is_cpu(device) is cpu
+
+
+def test_without_a_backend_choice_each_arch_gets_its_auto_backend(tmp_path):
+    # With neither --backend nor KERAS_BACKEND, the benchmark measures what train.py
+    # runs: `auto_backend(arch)`. (A regression once set KERAS_BACKEND in the parent
+    # process first, and every arch was then measured on TensorFlow.)
+    import os
+
+    from kmnist_lab.config import auto_backend
+
+    out = tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    argv = ["--arch", "plain_mlp", "--batch-size", "8", "--steps", "1", "--repeats", "1",
+            "--json", str(out)]  # fmt: skip
+    subprocess.run([sys.executable, str(benchmark.ROOT / "scripts" / "benchmark.py"), *argv],
+                   env=env, capture_output=True, text=True, check=True)  # fmt: skip
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["backend"] == auto_backend("plain_mlp")
