@@ -56,23 +56,19 @@ def auto_backend(arch: str | None) -> str:
 
     Imports nothing heavy, so it can run before Keras is imported.
     """
-    import importlib.util
     import os
-
-    def installed(name):
-        return importlib.util.find_spec(name) is not None
 
     backend = FAST_BACKEND.get(arch or "", "tensorflow")
     # "" and "-1" hide every GPU from CUDA (JAX and TensorFlow alike): the CPU table.
     hidden = os.environ.get("CUDA_VISIBLE_DEVICES", "0").strip() in ("", "-1")
-    if os.path.exists("/dev/nvidiactl") and not hidden and installed("jax"):
+    if os.path.exists("/dev/nvidiactl") and not hidden and _installed("jax"):
         # JAX uses an NVIDIA GPU only with its CUDA plugin, and not when JAX_PLATFORMS
         # leaves CUDA out; then JAX would train on the CPU while TensorFlow could use
         # the GPU.
         plugins = ("jax_cuda12_plugin", "jax_cuda13_plugin")
         platforms = os.environ.get("JAX_PLATFORMS", "").lower().replace(" ", "")
         allowed = not platforms or bool({"cuda", "gpu"} & set(platforms.split(",")))
-        cuda = allowed and any(installed(p) for p in plugins)
+        cuda = allowed and any(_installed(p) for p in plugins)
         backend = "jax" if cuda else "tensorflow"
     return installed_backend(backend)
 
@@ -82,12 +78,14 @@ def installed_backend(preferred: str) -> str:
 
     TensorFlow when none is, so that Keras raises its own error about it.
     """
+    return next((b for b in (preferred, *BACKENDS) if _installed(b)), "tensorflow")
+
+
+def _installed(package: str) -> bool:
+    """Whether the top-level `package` can be imported (found without importing it)."""
     import importlib.util
 
-    for backend in (preferred, *BACKENDS):
-        if importlib.util.find_spec(backend) is not None:
-            return backend
-    return "tensorflow"
+    return importlib.util.find_spec(package) is not None
 
 
 @dataclasses.dataclass(frozen=True)
