@@ -1,7 +1,7 @@
 """Throughput measurements of kmnist_lab models (used by `scripts/benchmark.py`).
 
 Every number is measured the way training runs: `model.fit` (or, with the
-`device` input pipeline on JAX, `kmnist_lab.device_loop.device_fit`) on in-memory
+`device` input pipeline on JAX and TensorFlow, `kmnist_lab.device_loop.device_fit`) on in-memory
 uint8 images with the model's own rescaling, compiled under the requested policy.
 
 - `train_samples_per_s`: steady state, after a warm-up epoch that absorbs tracing

@@ -144,11 +144,12 @@ class TrainConfig:
         precision: `float32`, or `mixed`: bfloat16 compute with float32 weights,
             head output and losses (Keras' `mixed_bfloat16` policy).
         steps_per_execution: training steps per compiled call (None: auto).
-        input_pipeline: how batches reach the model: `device` (JAX: the dataset
-            copied to the device once, the batch loop compiled, see
+        input_pipeline: how batches reach the model: `device` (JAX and TensorFlow:
+            the dataset copied to the device once, the batch loop compiled, see
             `kmnist_lab.device_loop`), `iterator` (Keras' own: a `tf.data`
             pipeline on TensorFlow, a Python iterator on JAX and torch), or
-            `auto`: `device` on JAX without `distribute`, else `iterator`.
+            `auto`: `device` on JAX and TensorFlow without `distribute`, else
+            `iterator`.
         distribute: `none` or `data-parallel` (JAX DataParallel / TF MirroredStrategy).
         precise_bn: after training, recompute BatchNorm's moving statistics over up to
             200 training batches of the final weights

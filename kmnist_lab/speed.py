@@ -2,8 +2,9 @@
 
 Measured on a 2-core CPU (see `docs/performance.md` and `scripts/benchmark.py`):
 XLA speeds the MLPs up but slows convolutional nets down on CPU, and running
-several steps per compiled call removes per-step Python overhead for small models.
-On a GPU, XLA is used for every model and every model runs several steps per call.
+several steps per compiled call removes per-step overhead (10 steps for every
+model, except the CNNs on JAX's CPU backend, whose convolutions XLA runs slowly
+inside a loop). On a GPU, XLA is used for every model.
 """
 
 from __future__ import annotations
@@ -14,19 +15,22 @@ import functools
 import keras
 
 from kmnist_lab.config import INPUT_PIPELINES, JIT_POLICIES, PRECISIONS
+from kmnist_lab.device_loop import DEVICE_BACKENDS
 from kmnist_lab.errors import ConfigError
 from kmnist_lab.models import model_family
 
 # Architectures for which XLA measured faster on CPU (TensorFlow backend).
 XLA_ON_CPU = {"mlp"}  # families
-# Steps per compiled call on CPU by family (capped at the steps of one epoch).
-STEPS_PER_EXECUTION = {"mlp": 10, "cnn": 1}
-# Steps per compiled call on a GPU/TPU, every family: one call per step leaves an H100
-# waiting on the host (JAX, batch 128, samples/s at 1 / 10 / 50 steps per call: bn_mlp
-# 184k / 696k / 1.19M, residual_cnn 96k / 244k / 205k, resnet18 32k / 58k / 58k;
-# docs/performance.md, "On a GPU").
-ACCELERATOR_STEPS_PER_EXECUTION = 10
-
+# Steps per compiled call (capped at the steps of one epoch). On a 2-core CPU, batch
+# 128, samples/s at 1 / 10 steps per call: JAX bn_mlp 58k / 60k (Keras' iterator);
+# TensorFlow residual_cnn 8.9k / 10.9k, resnet18 244 / 239 (`device` pipeline). On an
+# H100 one call per step leaves the GPU waiting on the host (JAX, 1 / 10 / 50: bn_mlp
+# 184k / 696k / 1.19M, residual_cnn 96k / 244k / 205k, resnet18 32k / 58k / 58k).
+# docs/performance.md, "The defaults" and "On a GPU".
+STEPS_PER_EXECUTION = 10
+# ...except the CNNs on JAX without an accelerator: XLA:CPU runs convolutions several
+# times slower inside a loop (`lax.scan`), so one step per call there.
+CPU_LOOP_AVERSE = {("jax", "cnn")}  # (backend, family)
 
 @functools.lru_cache(maxsize=1)
 def has_accelerator() -> bool:
@@ -88,23 +92,26 @@ def resolve_jit(policy: str, arch: str) -> bool | str:
 def resolve_steps_per_execution(arch: str, steps_per_epoch: int) -> int:
     """Steps per compiled call for `arch`, never more than one epoch's steps.
 
-    1 on torch (Keras runs one step per call there); on a GPU/TPU
-    `ACCELERATOR_STEPS_PER_EXECUTION`; on CPU `STEPS_PER_EXECUTION` by model family.
+    1 on torch (Keras runs one step per call there) and for `CPU_LOOP_AVERSE`
+    (backend, family) pairs on a CPU; `STEPS_PER_EXECUTION` otherwise.
     """
-    if keras.backend.backend() == "torch":
+    backend = keras.backend.backend()
+    if backend == "torch":
         return 1
-    if has_accelerator():
-        return max(1, min(ACCELERATOR_STEPS_PER_EXECUTION, steps_per_epoch))
-    return max(1, min(STEPS_PER_EXECUTION.get(model_family(arch), 1), steps_per_epoch))
+    if not has_accelerator() and (backend, model_family(arch)) in CPU_LOOP_AVERSE:
+        return 1
+    return max(1, min(STEPS_PER_EXECUTION, steps_per_epoch))
 
 
 def resolve_input_pipeline(policy: str, distributed: bool = False) -> str:
     """How batches reach the model: `device` or `iterator` (see `TrainConfig.input_pipeline`).
 
-    `auto` picks `device` on JAX (measured 10-15 % faster for the MLPs, whose steps
-    are short enough for Keras' per-batch Python work to show) unless the run is
-    distributed, and Keras' `iterator` otherwise (on TensorFlow it is a `tf.data`
-    pipeline, already free of Python per batch).
+    `auto` picks `device` on JAX and TensorFlow unless the run is distributed, and
+    Keras' `iterator` on torch (`kmnist_lab.device_loop`; measured faster on both:
+    10-15 % for the MLPs on JAX, whose steps are short enough for Keras' per-batch
+    Python work to show; on TensorFlow, where Keras' iterator is a `tf.data`
+    pipeline, `residual_cnn` ~11k samples/s against 6-9k and the MLPs 40-55k
+    against 22-37k, docs/performance.md).
     """
     if policy not in INPUT_PIPELINES:
         raise ConfigError(
@@ -112,13 +119,15 @@ def resolve_input_pipeline(policy: str, distributed: bool = False) -> str:
             f"Received: input_pipeline={policy!r}"
         )
     backend = keras.backend.backend()
-    if policy == "device" and (backend != "jax" or distributed):
-        why = f"backend={backend!r}" if backend != "jax" else "distribute='data-parallel'"
+    supported = backend in DEVICE_BACKENDS and not distributed
+    if policy == "device" and not supported:
+        why = f"backend={backend!r}" if backend not in DEVICE_BACKENDS else "distribute='data-parallel'"
         raise ConfigError(
-            f"input_pipeline 'device' needs the jax backend without distribute. Received: {why}"
+            "input_pipeline 'device' needs the jax or tensorflow backend without "
+            f"distribute. Received: {why}"
         )
     if policy == "auto":
-        return "device" if backend == "jax" and not distributed else "iterator"
+        return "device" if supported else "iterator"
     return policy
 
 

@@ -55,8 +55,8 @@ def build_parser():
     p.add_argument("--precision", choices=PRECISIONS, default="float32",
                    help="float32 (default) or mixed (bfloat16 compute)")  # fmt: skip
     p.add_argument("--input-pipeline", nargs="+", choices=INPUT_PIPELINES, default=["auto"],
-                   help="how batches reach the model (default auto: device on JAX, Keras' "
-                        "iterator elsewhere; see docs/performance.md)")  # fmt: skip
+                   help="how batches reach the model (default auto: device on JAX and TensorFlow, "
+                        "Keras' iterator on torch; see docs/performance.md)")  # fmt: skip
     p.add_argument("--steps-per-execution", nargs="+", type=_cli.positive_int, default=[None],
                    metavar="K", help="steps per compiled call (default: the policy's)")  # fmt: skip
     p.add_argument(
@@ -245,6 +245,7 @@ def main(argv=None) -> int:
                 f"{missing[0]!r}. It has: {', '.join(theirs)}"
             )
     from kmnist_lab.config import auto_backend
+    from kmnist_lab.device_loop import DEVICE_BACKENDS
 
     def arch_backends(arch):
         chosen = args.backend or [user_backend or "auto"]
@@ -252,11 +253,12 @@ def main(argv=None) -> int:
 
     for arch in archs:  # refuse impossible settings before measuring anything
         runnable = [(b, p) for b in arch_backends(arch) for p in args.input_pipeline
-                    if p != "device" or b == "jax"]  # fmt: skip
+                    if p != "device" or b in DEVICE_BACKENDS]  # fmt: skip
         if not runnable:
             raise ConfigError(
-                f"--input-pipeline device needs the jax backend; {arch} would run on "
-                f"{', '.join(arch_backends(arch))}: add --backend jax or --input-pipeline iterator"
+                f"--input-pipeline device needs the {' or '.join(DEVICE_BACKENDS)} backend; "
+                f"{arch} would run on {', '.join(arch_backends(arch))}: add --backend jax or "
+                "--input-pipeline iterator"
             )
         if "torch" in arch_backends(arch):
             for k in args.steps_per_execution:
@@ -272,8 +274,8 @@ def main(argv=None) -> int:
             for backend, jit, spe, pipeline in itertools.product(
                 arch_backends(arch), args.jit, args.steps_per_execution, args.input_pipeline
             ):
-                if pipeline == "device" and backend != "jax":
-                    continue  # JAX only; the table shows Keras' iterator for the others
+                if pipeline == "device" and backend not in DEVICE_BACKENDS:
+                    continue  # not on torch; the table shows Keras' iterator there
                 spec = {"arch": arch, "batch_size": args.batch_size, "jit": jit,
                         "steps_per_execution": spe, "steps": steps,
                         "precision": args.precision, "input_pipeline": pipeline}  # fmt: skip

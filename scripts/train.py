@@ -154,8 +154,9 @@ def build_parser():
         "--input-pipeline",
         choices=INPUT_PIPELINES,
         default=None,
-        help="how batches reach the model: device (JAX: data copied to the device once, "
-        "batch loop compiled), iterator (Keras'), or auto (default: device on JAX)",
+        help="how batches reach the model: device (JAX, TensorFlow: data copied to the "
+        "device once, batch loop compiled), iterator (Keras'), or auto (default: device "
+        "on JAX and TensorFlow, iterator on torch and with --distribute)",
     )
     r.add_argument("--distribute", choices=("none", "data-parallel"), default=None,
                    help="data-parallel: JAX DataParallel / TF MirroredStrategy over all devices")  # fmt: skip

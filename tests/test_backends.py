@@ -79,7 +79,8 @@ def test_short_training_run_and_cross_backend_model_keras(backend, tmp_path):
     metrics = json.loads((tmp_path / "out" / "run" / "metrics.json").read_text())
     config = json.loads((tmp_path / "out" / "run" / "config.json").read_text())
     assert config["backend"] == backend and metrics["epochs"] == 2
-    # JAX trains through device_fit by default (input_pipeline auto); torch through fit.
+    # JAX (and TensorFlow) train through device_fit by default (input_pipeline auto);
+    # torch through Keras' fit.
     assert config["speed"]["input_pipeline"] == ("device" if backend == "jax" else "iterator")
     assert ("saved_model" in metrics["artifacts"]) == (backend == "jax")
     from kmnist_lab.data import load_dataset

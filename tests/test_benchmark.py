@@ -48,7 +48,8 @@ def test_benchmark_json_schema(tmp_path, capsys):
 @pytest.mark.parametrize("argv, match", [
     (["--arch", "vgg"], "unknown arch 'vgg'"),
     (["--compare-torch", "--torch-reference", "/nope.py"], "--compare-torch needs"),
-    (["--backend", "tensorflow", "--input-pipeline", "device"], "device needs the jax backend"),
+    (["--backend", "torch", "--input-pipeline", "device"],
+     "device needs the jax or tensorflow backend; bn_mlp would run on torch"),
     (["--backend", "torch", "--steps-per-execution", "10"], "torch backend runs one step"),
     (["--arch", "relu_mlp", "--compare-torch", "--torch-reference", "{ref}"],
      "reference {ref} has no 'relu_mlp'. It has: bn_mlp"),

@@ -27,8 +27,10 @@ def on(monkeypatch):
 
 
 @pytest.mark.parametrize("backend, gpu, arch, steps_per_epoch, expected", [
-    ("tensorflow", False, "bn_mlp", 430, 10),      # CPU: MLPs 10 steps per call
-    ("tensorflow", False, "resnet18", 430, 1),     # CPU: CNNs one
+    ("tensorflow", False, "bn_mlp", 430, 10),      # CPU: 10 steps per call
+    ("tensorflow", False, "resnet18", 430, 10),
+    ("jax", False, "relu_mlp", 430, 10),
+    ("jax", False, "residual_cnn", 430, 1),        # CPU, JAX, CNN: XLA is slow in loops
     ("jax", False, "relu_mlp", 4, 4),              # never more than one epoch's steps
     ("jax", True, "resnet18", 860, 10),            # GPU: every family 10
     ("jax", True, "residual_cnn", 3, 3),

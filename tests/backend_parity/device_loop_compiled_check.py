@@ -1,7 +1,7 @@
 """What `device_fit`'s compiled functions hold on to; prints a JSON report.
 
-`KERAS_BACKEND=jax python device_loop_compiled_check.py`; `tests/test_device_loop.py`
-asserts.
+`KERAS_BACKEND=jax python device_loop_compiled_check.py` (or `=tensorflow`);
+`tests/test_device_loop.py` asserts.
 """
 
 import gc
@@ -33,24 +33,51 @@ def model_freed_after_device_fit() -> bool:
 
 
 def while_loops(length: int) -> int:
-    """`while` ops in the compiled training call of `length` steps (`lax.scan`'s loop)."""
+    """While loops in the compiled training call of `length` steps: `lax.scan`'s on
+    JAX, the `tf.while_loop` of the `tf.function` on TensorFlow."""
     model = build_model("residual_cnn")
     model.compile(
         optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     )
     model._symbolic_build(data_batch=(X[:8], Y[:8]))
+    order = np.arange(len(Y), dtype=np.int32)
+    if keras.backend.backend() == "tensorflow":
+        train_chunk, _ = device_loop._tf_compiled(model)
+        graph = train_chunk.get_concrete_function(X, Y, order, 0, length, 8).graph
+        return sum(op.type in ("While", "StatelessWhile") for op in graph.get_operations())
     state = device_loop._read(device_loop._train_variables(model))
     train_chunk, _ = device_loop._compiled(model)
-    order = np.arange(len(Y), dtype=np.int32)
     hlo = train_chunk.lower(state, X, Y, order, 0, length=length, batch=8).as_text()
     return hlo.count("stablehlo.while")
 
 
-print(
-    json.dumps(
-        {
-            "model_freed": model_freed_after_device_fit(),
-            "while_loops": {str(k): while_loops(k) for k in (1, 3)},
-        }
-    )
-)
+def tf_xla_placement() -> dict:
+    """Where XLA runs in a 3-step call of an XLA-compiled model (TensorFlow): calls of
+    the XLA-compiled step, in the graph and in the while loop's body, and whether
+    the whole call is under XLA."""
+    model = build_model("bn_mlp")
+    model.compile(optimizer="sgd", jit_compile=True,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))  # fmt: skip
+    model._symbolic_build(data_batch=(X[:8], Y[:8]))
+    train_chunk, _ = device_loop._tf_compiled(model)
+    order = np.arange(len(Y), dtype=np.int32)
+    graph = train_chunk.get_concrete_function(X, Y, order, 0, 3, 8).graph.as_graph_def()
+
+    def xla_calls(nodes):
+        return sum(n.attr["_XlaMustCompile"].b for n in nodes if "_XlaMustCompile" in n.attr)
+
+    return {
+        "graph": xla_calls(graph.node),
+        "loop_body": sum(xla_calls(f.node_def) for f in graph.library.function
+                         if f.signature.name.startswith("while_body")),  # fmt: skip
+        "whole_call": bool(train_chunk._jit_compile),
+    }
+
+
+report = {
+    "model_freed": model_freed_after_device_fit(),
+    "while_loops": {str(k): while_loops(k) for k in (1, 3)},
+}
+if keras.backend.backend() == "tensorflow":
+    report["xla"] = tf_xla_placement()
+print(json.dumps(report))
