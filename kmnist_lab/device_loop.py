@@ -29,6 +29,7 @@ metrics and optimizer before the first step), as `model.fit` itself does.
 
 from __future__ import annotations
 
+import logging
 import math
 import weakref
 
@@ -113,6 +114,9 @@ def _tf_compiled(model: keras.Model):
     if cached is not None and cached[0] == key:
         return cached[1]
     ref = weakref.ref(model)  # as in `_compiled`: no strong reference to the key
+    tf_logger = logging.getLogger("tensorflow")
+    if _EXPECTED_RETRACING not in tf_logger.filters:
+        tf_logger.addFilter(_EXPECTED_RETRACING)
 
     def make(name):
         def step(x, y):
@@ -137,6 +141,25 @@ def _tf_compiled(model: keras.Model):
     functions = (make("train_step"), make("test_step"))
     _COMPILED[model] = (key, functions)
     return functions
+
+
+class _ExpectedRetracing(logging.Filter):
+    """Drops TensorFlow's "triggered tf.function retracing" warning for `_tf_compiled`'s
+    functions, and only for them.
+
+    Their traces are bounded by design (at most three per function and model), but
+    TensorFlow counts the traces of every function made from the same Python code
+    together: the train and test functions of every model trained in the process
+    (each run of a study, each trial of a search). After a few models it warns, with
+    advice (pass tensors, use `reduce_retracing`) that does not apply.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("triggered tf.function retracing" in message and "_tf_compiled" in message)
+
+
+_EXPECTED_RETRACING = _ExpectedRetracing()
 
 
 class _JaxCalls:
@@ -331,6 +354,13 @@ def device_fit(
         raise ConfigError(
             "the device input pipeline takes validation_data=(x_val, y_val). Received: "
             f"a {type(validation_data).__name__} of {len(validation_data)} items"
+        )
+    if validation_data is not None and (
+        len(validation_data[0]) != len(validation_data[1]) or len(validation_data[1]) == 0
+    ):
+        raise ConfigError(
+            "validation_data needs x_val and y_val of the same, non-zero number of samples. "
+            f"Received: {len(validation_data[0])} and {len(validation_data[1])}"
         )
     backend = keras.backend.backend()
     if backend not in DEVICE_BACKENDS:

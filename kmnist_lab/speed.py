@@ -106,8 +106,8 @@ def resolve_steps_per_execution(arch: str, steps_per_epoch: int) -> int:
 def resolve_input_pipeline(policy: str, distributed: bool = False) -> str:
     """How batches reach the model: `device` or `iterator` (see `TrainConfig.input_pipeline`).
 
-    `auto` picks `device` on JAX and TensorFlow unless the run is distributed, and
-    Keras' `iterator` on torch (`kmnist_lab.device_loop`; measured faster on both:
+    `auto` picks `device` on JAX and on TensorFlow without a GPU, unless the run is
+    distributed, and Keras' `iterator` otherwise (`kmnist_lab.device_loop`; measured faster on both:
     10-15 % for the MLPs on JAX, whose steps are short enough for Keras' per-batch
     Python work to show; on TensorFlow, where Keras' iterator is a `tf.data`
     pipeline, `residual_cnn` ~11k samples/s against 6-9k and the MLPs 40-55k
@@ -127,7 +127,11 @@ def resolve_input_pipeline(policy: str, distributed: bool = False) -> str:
             f"distribute. Received: {why}"
         )
     if policy == "auto":
-        return "device" if supported else "iterator"
+        # TensorFlow's `device` loop is measured on CPUs only: TensorFlow on a GPU is
+        # unmeasured here, and its GPU gather kernels may not take uint8 images (the
+        # batches would then be gathered on the host and copied every step).
+        tf_gpu = backend == "tensorflow" and has_accelerator()
+        return "device" if supported and not tf_gpu else "iterator"
     return policy
 
 

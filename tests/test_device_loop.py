@@ -6,6 +6,7 @@ On JAX and on TensorFlow, each in a subprocess of its own (see
 
 import functools
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -136,6 +137,15 @@ def test_device_pipeline_backends(monkeypatch):
     model.compile(loss="mse")
     with pytest.raises(ConfigError, match="Received: pipeline='gpu'"):
         device_loop.fit(model, np.zeros((4, 2)), np.zeros(4), pipeline="gpu")
+    # TensorFlow's device loop is measured on CPUs only: a GPU keeps Keras' iterator
+    # (unless asked for), and JAX keeps the device loop there.
+    from kmnist_lab import speed
+
+    monkeypatch.setattr(speed, "has_accelerator", lambda: True)
+    assert resolve_input_pipeline("auto") == "iterator"
+    assert resolve_input_pipeline("device") == "device"
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    assert resolve_input_pipeline("auto") == "device"
     # Keras' torch backend runs its steps eagerly, one per call: no device loop there.
     monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
     assert resolve_input_pipeline("auto") == "iterator"
@@ -199,6 +209,60 @@ def test_xla_compiles_the_step_not_the_loop_on_tensorflow():
     step compiled by XLA inside TensorFlow's loop, as Keras' `fit` compiles it."""
     report = _check("device_loop_compiled_check.py", "tensorflow", timeout=300)
     assert report["xla"] == {"graph": 1, "loop_body": 1, "whole_call": False}
+
+
+def _tiny_model():
+    model = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(),
+                              keras.layers.Rescaling(1 / 255), keras.layers.Dense(10)])  # fmt: skip
+    model.compile(optimizer="sgd", steps_per_execution=4,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))  # fmt: skip
+    return model
+
+
+def test_tensorflow_traces_are_bounded():
+    """300 samples in batches of 32 at 4 steps per call: the training function traces
+    for 4 full steps, 1 full step and the partial batch of 12, no more, epoch after
+    epoch; validation (70 samples) for 2 full steps and the partial batch of 6."""
+    x = np.random.default_rng(0).integers(0, 256, size=(300, 28, 28), dtype=np.uint8)
+    y = np.arange(300) % 10
+    for _ in range(2):
+        model = _tiny_model()
+        device_loop.device_fit(model, x, y, batch_size=32, epochs=3, verbose=0,
+                               validation_data=(x[:70], y[:70]))  # fmt: skip
+        train_chunk, test_chunk = device_loop._tf_compiled(model)
+        assert train_chunk.experimental_get_tracing_count() == 3
+        assert test_chunk.experimental_get_tracing_count() == 2
+
+
+def _record(message: str) -> logging.LogRecord:
+    return logging.LogRecord("tensorflow", logging.WARNING, "x.py", 1, message, None, None)
+
+
+def test_the_expected_retracing_warning_is_dropped_and_no_other():
+    """TensorFlow counts the traces of every function made from the same code together
+    (the train and test functions of every model: each run of a study, each trial of a
+    search) and warns about "retracing" after a few models (seen in studies and
+    searches). Our traces are bounded (above): that warning is dropped, for
+    `_tf_compiled`'s functions only."""
+    advice = (" triggered tf.function retracing. Tracing is expensive and the excessive "
+              "number of tracings could be due to (1) creating @tf.function repeatedly")  # fmt: skip
+    ours = ("5 out of the last 6 calls to <function _tf_compiled.<locals>.make.<locals>.chunk "
+            "at 0x7f168e738e00>" + advice)  # fmt: skip
+    keras_own = ("5 out of the last 20 calls to <function TensorFlowTrainer._make_function."
+                 "<locals>.multi_step_on_iterator at 0x7f16560b0220>" + advice)  # fmt: skip
+    check = device_loop._EXPECTED_RETRACING.filter
+    assert check(_record(ours)) is False
+    assert check(_record(keras_own)) is True
+    assert check(_record("_tf_compiled: some other warning")) is True
+    device_loop.device_fit(_tiny_model(), np.zeros((8, 28, 28), np.uint8), np.zeros(8), verbose=0)
+    assert logging.getLogger("tensorflow").filters.count(device_loop._EXPECTED_RETRACING) == 1
+
+
+def test_validation_arrays_must_match():
+    model = _tiny_model()
+    x, y = np.zeros((40, 28, 28), np.uint8), np.zeros(40, np.int32)
+    with pytest.raises(ConfigError, match="x_val and y_val of the same.*Received: 40 and 39"):
+        device_loop.device_fit(model, x, y, validation_data=(x, y[:39]))
 
 
 def test_labels_reach_jax_as_int32():
