@@ -31,11 +31,13 @@ def build_parser():
         TrainConfig,
     )
     from kmnist_lab.data import DATASETS
-    from kmnist_lab.losses import list_losses, loss_head
-    from kmnist_lab.models import list_models
-    from kmnist_lab.models.blocks import ACTIVATIONS
-    from kmnist_lab.models.resnet import RESNET_ACTIVATIONS
-    from kmnist_lab.optimizers import list_optimizers
+    from kmnist_lab.names import (  # not the registries: they import Keras (seconds)
+        ACTIVATIONS,
+        ARCHS,
+        CLASSIFICATION_LOSSES,
+        OPTIMIZERS,
+        RESNET_ACTIVATIONS,
+    )
 
     defaults = "\n".join(
         f"  {arch:<13} epochs={d.epochs} batch={d.batch_size} {d.optimizer} lr={d.lr:g} {d.lr_schedule}"
@@ -58,7 +60,7 @@ def build_parser():
         help="read options from a JSON file (a run's config.json works); flags override it",
     )
     g.add_argument(
-        "--arch", choices=list_models(), default=None, help=f"architecture (default {c.arch})"
+        "--arch", choices=ARCHS, default=None, help=f"architecture (default {c.arch})"
     )
     g.add_argument(
         "--dataset", choices=DATASETS.names(), default=None, help=f"dataset (default {c.dataset})"
@@ -70,7 +72,7 @@ def build_parser():
     g.add_argument(
         "--loss",
         # Regression losses (mse) need float targets: only report E's sin fit uses them.
-        choices=[name for name in list_losses() if loss_head(name) != "regression"],
+        choices=CLASSIFICATION_LOSSES,
         default=None,
         help=f"loss; it picks the model head (default {c.loss})",
     )
@@ -101,7 +103,7 @@ def build_parser():
     o.add_argument("--lr", type=_cli.positive_float,
                    help="(peak) learning rate (default: the arch's with its own optimizer, "
                         "else the optimizer's default lr, docs/optimizers.md)")  # fmt: skip
-    o.add_argument("--optimizer", choices=list_optimizers(), default=None,
+    o.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
                    help="update rule (default: the arch's, table above; docs/optimizers.md)")  # fmt: skip
     o.add_argument("--momentum", type=_cli.nonneg_float, help="momentum (sgdm, nesterov, rmsprop)")
     o.add_argument("--weight-decay", type=_cli.nonneg_float,

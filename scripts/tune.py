@@ -29,16 +29,15 @@ import _cli
 def build_parser():
     from kmnist_lab.config import JIT_POLICIES
     from kmnist_lab.data import list_datasets
-    from tuning.hypermodels import SPACES
-    from tuning.search import TUNER_NAMES
+    from kmnist_lab.names import SEARCH_SPACES, TUNERS  # not tuning's: Keras (seconds)
 
-    spaces = "\n".join(f"  {name:<13} {SPACES.get(name).summary}" for name in SPACES.names())
+    spaces = "\n".join(f"  {name:<13} {summary}" for name, summary in SEARCH_SPACES.items())
     p = _cli.Parser(prog="tune.py", description=__doc__, epilog=f"search spaces:\n{spaces}")
     g = p.add_argument_group("what to search")
-    g.add_argument("--space", required=True, choices=SPACES.names(), help="search space")
+    g.add_argument("--space", required=True, choices=list(SEARCH_SPACES), help="search space")
     g.add_argument(
         "--tuner",
-        choices=TUNER_NAMES,
+        choices=TUNERS,
         default="hyperband",
         help="search algorithm (default hyperband)",
     )
