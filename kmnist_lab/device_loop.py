@@ -227,17 +227,18 @@ class _TensorFlowCalls:
     def begin_epoch(self) -> None:
         pass
 
-    def train(self, x, y, order, parts):
+    def _run(self, chunk, x, y, order, parts):
         for steps, batch, offset in parts:
-            logs = self.train_chunk(x, y, order, self.tf.constant(offset, "int32"), steps, batch)
+            logs = chunk(x, y, order, self.tf.constant(offset, "int32"), steps, batch)
         return logs
 
-    end_epoch = begin_test = end_test = begin_epoch
+    def train(self, x, y, order, parts):
+        return self._run(self.train_chunk, x, y, order, parts)
 
     def test(self, x, y, order, parts):
-        for steps, batch, offset in parts:
-            logs = self.test_chunk(x, y, order, self.tf.constant(offset, "int32"), steps, batch)
-        return logs
+        return self._run(self.test_chunk, x, y, order, parts)
+
+    end_epoch = begin_test = end_test = begin_epoch
 
 
 DEVICE_BACKENDS = {"jax": _JaxCalls, "tensorflow": _TensorFlowCalls}

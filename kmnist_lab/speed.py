@@ -32,6 +32,7 @@ STEPS_PER_EXECUTION = 10
 # times slower inside a loop (`lax.scan`), so one step per call there.
 CPU_LOOP_AVERSE = {("jax", "cnn")}  # (backend, family)
 
+
 @functools.lru_cache(maxsize=1)
 def has_accelerator() -> bool:
     """True when the Keras backend sees a GPU/TPU."""
@@ -106,12 +107,12 @@ def resolve_steps_per_execution(arch: str, steps_per_epoch: int) -> int:
 def resolve_input_pipeline(policy: str, distributed: bool = False) -> str:
     """How batches reach the model: `device` or `iterator` (see `TrainConfig.input_pipeline`).
 
-    `auto` picks `device` on JAX and on TensorFlow without a GPU, unless the run is
-    distributed, and Keras' `iterator` otherwise (`kmnist_lab.device_loop`; measured faster on both:
-    10-15 % for the MLPs on JAX, whose steps are short enough for Keras' per-batch
-    Python work to show; on TensorFlow, where Keras' iterator is a `tf.data`
-    pipeline, `residual_cnn` ~11k samples/s against 6-9k and the MLPs 40-55k
-    against 22-37k, docs/performance.md).
+    `auto` picks `device` (`kmnist_lab.device_loop`) on JAX, and on TensorFlow without
+    a GPU, unless the run is distributed; Keras' `iterator` otherwise. Measured faster
+    on both: 10-15 % for the MLPs on JAX, whose steps are short enough for Keras'
+    per-batch Python work to show; on TensorFlow, where Keras' iterator is a `tf.data`
+    pipeline, `residual_cnn` 8.8-11k samples/s against 6-9k and the MLPs 40-55k
+    against 22-37k (docs/performance.md).
     """
     if policy not in INPUT_PIPELINES:
         raise ConfigError(
@@ -121,10 +122,11 @@ def resolve_input_pipeline(policy: str, distributed: bool = False) -> str:
     backend = keras.backend.backend()
     supported = backend in DEVICE_BACKENDS and not distributed
     if policy == "device" and not supported:
-        why = f"backend={backend!r}" if backend not in DEVICE_BACKENDS else "distribute='data-parallel'"
+        wrong_backend = backend not in DEVICE_BACKENDS
+        why = f"backend={backend!r}" if wrong_backend else "distribute='data-parallel'"
         raise ConfigError(
-            "input_pipeline 'device' needs the jax or tensorflow backend without "
-            f"distribute. Received: {why}"
+            f"input_pipeline 'device' needs the {' or '.join(DEVICE_BACKENDS)} backend "
+            f"without distribute. Received: {why}"
         )
     if policy == "auto":
         # TensorFlow's `device` loop is measured on CPUs only: TensorFlow on a GPU is

@@ -55,8 +55,9 @@ def build_parser():
     p.add_argument("--precision", choices=PRECISIONS, default="float32",
                    help="float32 (default) or mixed (bfloat16 compute)")  # fmt: skip
     p.add_argument("--input-pipeline", nargs="+", choices=INPUT_PIPELINES, default=["auto"],
-                   help="how batches reach the model (default auto: device on JAX and TensorFlow, "
-                        "Keras' iterator on torch; see docs/performance.md)")  # fmt: skip
+                   help="how batches reach the model (default auto: device on JAX, and on "
+                        "TensorFlow without a GPU; Keras' iterator otherwise; see "
+                        "docs/performance.md)")  # fmt: skip
     p.add_argument("--steps-per-execution", nargs="+", type=_cli.positive_int, default=[None],
                    metavar="K", help="steps per compiled call (default: the policy's)")  # fmt: skip
     p.add_argument(

@@ -59,9 +59,7 @@ def build_parser():
         metavar="JSON",
         help="read options from a JSON file (a run's config.json works); flags override it",
     )
-    g.add_argument(
-        "--arch", choices=ARCHS, default=None, help=f"architecture (default {c.arch})"
-    )
+    g.add_argument("--arch", choices=ARCHS, default=None, help=f"architecture (default {c.arch})")
     g.add_argument(
         "--dataset", choices=DATASETS.names(), default=None, help=f"dataset (default {c.dataset})"
     )

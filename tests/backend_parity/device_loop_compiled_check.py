@@ -68,8 +68,11 @@ def tf_xla_placement() -> dict:
 
     return {
         "graph": xla_calls(graph.node),
-        "loop_body": sum(xla_calls(f.node_def) for f in graph.library.function
-                         if f.signature.name.startswith("while_body")),  # fmt: skip
+        "loop_body": sum(
+            xla_calls(f.node_def)
+            for f in graph.library.function
+            if f.signature.name.startswith("while_body")
+        ),  # fmt: skip
         "whole_call": bool(train_chunk._jit_compile),
     }
 
