@@ -109,6 +109,19 @@ def test_mlp_options():
     assert np.std(cosine.get_layer("head").kernel.numpy()) == pytest.approx(0.01, rel=0.15)
 
 
+def test_mlp_init_std_draws_each_kernel_independently():
+    # One shared unseeded RandomNormal instance repeats its draws: every kernel was a
+    # copy of the start of the first one (dense2 == dense1[:128], head == its first values).
+    keras.utils.set_random_seed(0)
+    model = build_model("mlp", hidden=(128, 128), init_std=0.01)
+    w1, w2, head = (model.get_layer(n).kernel.numpy() for n in ("dense1", "dense2", "head"))
+    assert abs(np.corrcoef(w2.ravel(), w1[:128].ravel())[0, 1]) < 0.05
+    assert abs(np.corrcoef(head.ravel(), w1.ravel()[: head.size])[0, 1]) < 0.1
+    keras.utils.set_random_seed(0)
+    again = build_model("mlp", hidden=(128, 128), init_std=0.01)
+    np.testing.assert_array_equal(again.get_layer("dense2").kernel.numpy(), w2)  # still seeded
+
+
 def test_mlp_on_feature_vectors_is_a_regressor():
     # Report E's sin(x) fit: 1 float feature in, 1 linear output, no pixel rescaling.
     model = build_model("mlp", num_classes=1, hidden=[50, 50, 50], activation="tanh",

@@ -71,7 +71,13 @@ def mlp(
         raise ConfigError(f"`init_std` must be a positive number. Received: init_std={init_std!r}")
     if not isinstance(batchnorm, bool):
         raise ConfigError(f"`batchnorm` must be true or false. Received: batchnorm={batchnorm!r}")
-    init = keras.initializers.RandomNormal(stddev=init_std) if init_std else "glorot_uniform"
+
+    def init():
+        # A new initializer per layer: an unseeded Keras initializer fixes its seed when
+        # it is built, so one instance shared by every layer gives each kernel the same
+        # draws (dense2 a copy of dense1's first rows, the head a copy of its first values).
+        return keras.initializers.RandomNormal(stddev=init_std) if init_std else "glorot_uniform"
+
     if input_features is None:
         inputs, x = image_input(channels_axis=False, augment=augment)
     elif not _is_width(input_features):
@@ -88,7 +94,7 @@ def mlp(
         inputs = x = keras.Input(shape=(int(input_features),), name="features")
     for i, width in enumerate(hidden, start=1):
         x = layers.Dense(
-            width, kernel_initializer=init, kernel_regularizer=regularizer(l2), name=f"dense{i}"
+            width, kernel_initializer=init(), kernel_regularizer=regularizer(l2), name=f"dense{i}"
         )(x)
         if batchnorm:
             x = layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"bn{i}")(x)
@@ -96,7 +102,7 @@ def mlp(
             x = layers.Activation(activation, name=f"act{i}")(x)
         if dropout:
             x = layers.Dropout(dropout, name=f"dropout{i}")(x)
-    outputs = classifier_head(x, num_classes, head, l2, kernel_initializer=init)
+    outputs = classifier_head(x, num_classes, head, l2, kernel_initializer=init())
     return keras.Model(inputs, outputs, name=name)
 
 
