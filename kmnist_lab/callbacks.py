@@ -317,8 +317,8 @@ def precise_batchnorm(model: keras.Model, x: np.ndarray, batch_size: int,
                       max_batches: int = 200) -> int:  # fmt: skip
     """Recomputes every BatchNormalization layer's moving statistics ("precise BN").
 
-    Keras' moving mean and variance are exponential averages (momentum 0.99, so over
-    roughly the last 100 steps) of batch statistics taken while the weights were
+    Keras' moving mean and variance are exponential averages (momentum 0.9 in every
+    model here, so over roughly the last 10 steps) of batch statistics taken while the weights were
     still changing. When the weights move a lot per step, as in full-batch training,
     they describe no model that exists, and inference-mode accuracy collapses while
     training accuracy is fine (report A's full-batch Rprop on Fashion-MNIST: 21.9 %
