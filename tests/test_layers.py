@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from kmnist_lab.errors import ConfigError
-from kmnist_lab.layers import CosineDense, l2_normalize
+from kmnist_lab.layers import CosineDense, SmallMapConv2D, l2_normalize
 
 _spec = importlib.util.spec_from_file_location(
     "losses_parity", Path(__file__).parent / "backend_parity" / "losses_parity.py"
@@ -143,3 +143,136 @@ def test_explicit_half_precision_policy_still_outputs_float32():
 def test_invalid_arguments_raise_config_error(kwargs, message):
     with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
         CosineDense(**kwargs)
+
+
+# SmallMapConv2D: the same function as Conv2D (on the explicitly padded input), the same
+# kernel, other arithmetic. Geometries: (size, channels, filters, kernel, stride, padding,
+# zero_padding), ResNet-18's small stages first.
+SMALL_MAP_CASES = [
+    (2, 8, 6, 3, 1, "valid", 1),  # stage 4: 2x2, 3x3, padding 1 (reads 4 of 9 taps)
+    (4, 5, 7, 3, 2, "valid", 1),  # stage 4's stride-2 entry, PyTorch padding=1
+    (4, 3, 4, 3, 1, "same", 0),
+    (4, 3, 4, 3, 2, "same", 0),  # Keras' asymmetric "same": bottom/right only
+    (5, 3, 2, 3, 1, "valid", 0),  # no padding: every window complete
+    (3, 2, 3, 2, 1, "same", 0),  # even kernel
+    (1, 4, 3, 3, 1, "valid", 1),  # one pixel: only the centre tap
+]
+
+
+def _conv_pair(size, channels, filters, kernel, stride, padding, zero_padding, use_bias=True):
+    rng = np.random.default_rng(size * 100 + kernel * 10 + stride)
+    x = rng.normal(size=(3, size, size, channels)).astype("float32")
+    small = SmallMapConv2D(filters, kernel, strides=stride, padding=padding,
+                           zero_padding=zero_padding, use_bias=use_bias)  # fmt: skip
+    small.build(x.shape)
+    small.set_weights([rng.normal(size=w.shape).astype("float32") for w in small.get_weights()])
+    conv = keras.layers.Conv2D(filters, kernel, strides=stride, padding=padding, use_bias=use_bias)
+    pad = [(0, 0), (zero_padding, zero_padding), (zero_padding, zero_padding), (0, 0)]
+    x_padded = np.pad(x, pad)
+    conv.build(x_padded.shape)
+    conv.set_weights(small.get_weights())
+    return small, conv, x, x_padded
+
+
+@pytest.mark.parametrize("case", SMALL_MAP_CASES)
+def test_small_map_conv_equals_conv2d_on_the_padded_input(case):
+    small, conv, x, x_padded = _conv_pair(*case)
+    expected = keras.ops.convert_to_numpy(conv(x_padded))
+    got = keras.ops.convert_to_numpy(small(x))
+    assert got.shape == expected.shape == small.compute_output_shape(x.shape)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_small_map_conv_matches_a_numpy_reference():
+    # stride 2 from 4x4 with padding 1: output (i, j) reads padded rows 2i..2i+2.
+    small, _, x, _ = _conv_pair(4, 5, 7, 3, 2, "valid", 1, use_bias=False)
+    kernel = keras.ops.convert_to_numpy(small.kernel).astype(np.float64)
+    padded = np.pad(x.astype(np.float64), [(0, 0), (1, 1), (1, 1), (0, 0)])
+    expected = np.empty((3, 2, 2, 7))
+    for i in range(2):
+        for j in range(2):
+            patch = padded[:, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3]
+            expected[:, i, j] = np.einsum("nabc,abcf->nf", patch, kernel)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(small(x)), expected, atol=1e-5)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="GradientTape")
+@pytest.mark.parametrize("case", SMALL_MAP_CASES[:2])
+def test_small_map_conv_gradients_equal_conv2d_gradients(case):
+    import tensorflow as tf
+
+    small, conv, x, x_padded = _conv_pair(*case)
+    seed = np.random.default_rng(7).normal(size=small.compute_output_shape(x.shape))
+    grads = []
+    for layer, inputs in ((small, x), (conv, x_padded)):
+        inputs = tf.constant(inputs)
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            loss = tf.reduce_sum(layer(inputs) * seed)
+        grads.append(tape.gradient(loss, [inputs, *layer.trainable_weights]))
+    pad = case[-1]
+    grad_x_small, grad_x_conv = (
+        grads[0][0],
+        grads[1][0][:, pad : pad + case[0], pad : pad + case[0]],
+    )
+    np.testing.assert_allclose(grad_x_small, grad_x_conv, rtol=1e-4, atol=1e-4)
+    for a, b in zip(grads[0][1:], grads[1][1:]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_small_map_conv_saves_and_loads(tmp_path):
+    inputs = keras.Input((4, 4, 3))
+    outputs = SmallMapConv2D(5, 3, strides=2, zero_padding=1, name="conv")(inputs)
+    model = keras.Model(inputs, outputs)
+    config = model.get_layer("conv").get_config()
+    assert config["zero_padding"] == 1
+    assert SmallMapConv2D.from_config(config).get_config() == config
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    x = np.random.default_rng(0).normal(size=(2, 4, 4, 3)).astype("float32")
+    assert isinstance(loaded.get_layer("conv"), SmallMapConv2D)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"zero_padding": -1}, "`zero_padding` must be an integer >= 0. Received: zero_padding=-1"),
+        ({"zero_padding": 1, "padding": "same"},
+         "`zero_padding` applies to padding='valid' only. Received: padding='same', zero_padding=1"),
+        ({"dilation_rate": 2},
+         "SmallMapConv2D supports dilation_rate=(1, 1) only. Received: dilation_rate=(2, 2)"),
+        ({"data_format": "channels_first"}, "SmallMapConv2D supports data_format='channels_last' "
+         "only. Received: data_format='channels_first'"),
+    ],
+)  # fmt: skip
+def test_small_map_conv_refuses_what_it_does_not_implement(kwargs, message):
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        SmallMapConv2D(4, 3, **kwargs)
+
+
+def test_small_map_conv_needs_a_static_map_size():
+    with pytest.raises(ConfigError, match=r"needs a static height and width"):
+        SmallMapConv2D(4, 3)(keras.Input((None, None, 3)))
+
+
+def test_small_map_conv_refuses_padding_that_hides_the_input():
+    # 1x1 input padded by 3: output 5x5, whose border rows/columns read only zeros.
+    with pytest.raises(
+        ConfigError, match=r"output pixels \[0, 1, 2, 3, 4, 5, 9, .* of a 1x1 input"
+    ):
+        SmallMapConv2D(4, 3, zero_padding=3)(keras.Input((1, 1, 3)))
+    SmallMapConv2D(4, 3, zero_padding=2)(keras.Input((1, 1, 3)))  # every window reaches it
+
+
+def test_small_map_conv_under_mixed_bfloat16_computes_in_bfloat16():
+    small, conv, x, x_padded = _conv_pair(2, 8, 6, 3, 1, "valid", 1)
+    half = SmallMapConv2D(6, 3, zero_padding=1, dtype="mixed_bfloat16")
+    half.build(x.shape)
+    half.set_weights(small.get_weights())
+    out = half(x)
+    assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
+    expected = keras.ops.convert_to_numpy(conv(x_padded))
+    got = keras.ops.convert_to_numpy(keras.ops.cast(out, "float32"))
+    np.testing.assert_allclose(got, expected, rtol=0.05, atol=0.1 * np.abs(expected).max())

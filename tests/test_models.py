@@ -92,6 +92,26 @@ def test_keras_and_savedmodel_round_trips_predict_the_same(model_name, tmp_path)
         np.testing.assert_array_equal(out["class_ids"].numpy(), expected.argmax(1))
 
 
+def test_resnet18_small_maps_compute_what_conv2d_computes(monkeypatch):
+    """Stage 4's 2x2 maps use SmallMapConv2D: same weights, same predictions as Conv2D."""
+    from kmnist_lab.layers import SmallMapConv2D
+    from kmnist_lab.models import blocks
+
+    model = build_model("resnet18")
+    small = [layer.name for layer in model.layers if isinstance(layer, SmallMapConv2D)]
+    assert small == [f"stage4_block{b}_conv{c}" for b, c in ((1, 1), (1, 2), (2, 1), (2, 2))], (
+        "the layers on maps of <= SMALL_MAP_PIXELS pixels"
+    )
+    monkeypatch.setattr(blocks, "SMALL_MAP_PIXELS", 0)
+    reference = build_model("resnet18")
+    assert not any(isinstance(layer, SmallMapConv2D) for layer in reference.layers)
+    reference.set_weights(model.get_weights())
+    x = _images(4)
+    np.testing.assert_allclose(
+        model.predict(x, verbose=0), reference.predict(x, verbose=0), rtol=1e-4, atol=1e-5
+    )
+
+
 def test_augmentation_is_inactive_at_inference():
     model = build_model("bn_mlp", augment=True)
     x = _images(4)

@@ -87,6 +87,35 @@ def activation(x, name: str, kind: str = "relu"):
     return layers.Activation(kind, name=name)(x)
 
 
+# Convolutions whose output map has at most this many pixels use `SmallMapConv2D` (one
+# matrix product per output pixel) instead of `Conv2D`: measured faster there
+# (docs/performance.md, "Small feature maps").
+SMALL_MAP_PIXELS = 4
+
+
+def conv3x3(x, filters: int, stride: int, name: str, use_bias: bool = True):
+    """3x3 convolution padding one pixel on every side, as PyTorch's `padding=1`.
+
+    Stride 1 is Keras' `"same"`; stride 2 pads explicitly first (`{name}` with
+    `conv` replaced by `pad`), since Keras' `"same"` would pad the bottom/right only.
+    Output maps of at most `SMALL_MAP_PIXELS` pixels use `SmallMapConv2D`, which
+    computes the same function with the same kernel.
+    """
+    out_pixels = ((x.shape[1] - 1) // stride + 1) * ((x.shape[2] - 1) // stride + 1)
+    if out_pixels <= SMALL_MAP_PIXELS:
+        from kmnist_lab.layers import SmallMapConv2D
+
+        return SmallMapConv2D(
+            filters, 3, strides=stride, zero_padding=1, use_bias=use_bias, name=name
+        )(x)
+    if stride != 1:
+        x = layers.ZeroPadding2D(1, name=name.replace("conv", "pad"))(x)
+    return layers.Conv2D(
+        filters, 3, strides=stride, padding="valid" if stride != 1 else "same",
+        use_bias=use_bias, name=name,
+    )(x)  # fmt: skip
+
+
 def basic_block(x, filters: int, stride: int, act: str, name: str):
     """ResNet basic block (He et al. 2016, arXiv:1512.03385), PyTorch layout.
 
@@ -102,15 +131,10 @@ def basic_block(x, filters: int, stride: int, act: str, name: str):
         # momentum 0.9 == PyTorch's BatchNorm2d(momentum=0.1), as report B's model.
         bn = layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"{name}_down_bn")
         shortcut = bn(shortcut)
-    if stride != 1:
-        x = layers.ZeroPadding2D(1, name=f"{name}_pad1")(x)
-    y = layers.Conv2D(
-        filters, 3, strides=stride, padding="valid" if stride != 1 else "same", use_bias=False,
-        name=f"{name}_conv1",
-    )(x)  # fmt: skip
+    y = conv3x3(x, filters, stride, name=f"{name}_conv1", use_bias=False)
     y = layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"{name}_bn1")(y)
     y = activation(y, f"{name}_act1", act)
-    y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
+    y = conv3x3(y, filters, 1, name=f"{name}_conv2", use_bias=False)
     y = layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"{name}_bn2")(y)
     y = layers.Add(name=f"{name}_add")([y, shortcut])
     return activation(y, f"{name}_out", act)
@@ -119,8 +143,8 @@ def basic_block(x, filters: int, stride: int, act: str, name: str):
 def residual_block(x, name: str, act: str = "relu"):
     """Report C's residual block: `act(x + conv3x3(act(conv3x3(x))))`, same width."""
     filters = x.shape[-1]
-    y = layers.Conv2D(filters, 3, padding="same", name=f"{name}_conv1")(x)
+    y = conv3x3(x, filters, 1, name=f"{name}_conv1")
     y = activation(y, f"{name}_act1", act)
-    y = layers.Conv2D(filters, 3, padding="same", name=f"{name}_conv2")(y)
+    y = conv3x3(y, filters, 1, name=f"{name}_conv2")
     y = layers.Add(name=f"{name}_add")([x, y])
     return activation(y, f"{name}_out", act)
