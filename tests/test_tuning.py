@@ -493,6 +493,21 @@ def test_other_settings_in_an_existing_search_folder_are_refused(tmp_path, capsy
     _one_line_error(capsys, _cli.run(tune_script.main, argv), "--overwrite")
 
 
+@pytest.mark.parametrize(
+    "tuner, refused", [("grid", False), ("random", False), ("hyperband", True)]
+)
+def test_hyperband_settings_refuse_a_resumed_search_only_for_hyperband(tuner, refused):
+    # `--factor 4 --tuner grid` once, then the same grid search without --factor: the
+    # factor never reached the grid tuner, so the search is the same one.
+    stored = SearchConfig(space="a_grid", tuner=tuner, factor=4, hyperband_iterations=2).identity()
+    again = SearchConfig(space="a_grid", tuner=tuner)
+    expected = ["factor", "hyperband_iterations"] if refused else []
+    assert again.identity_differences(stored) == expected
+    other = SearchConfig(space="a_grid", tuner=tuner, seed=1)
+    assert "seed" in other.identity_differences(stored)
+    assert again.identity_differences(None) != []
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="factor"):
         SearchConfig(space="a_grid", factor=1)

@@ -104,7 +104,9 @@ def export_best(tuner, trial, cfg, dataset, epochs: int, out: Path) -> dict:
     metrics_path = out / "metrics.json"
     if metrics_path.is_file():
         old = runs.read_json(metrics_path) or {}
-        same = old.get("trial_id") == trial.trial_id and old.get("identity") == cfg.identity()
+        same = old.get("trial_id") == trial.trial_id and not cfg.identity_differences(
+            old.get("identity")
+        )
         if same and (old.get("retrained") or not cfg.retrain):
             if not cfg.export or old.get("artifacts"):
                 return old

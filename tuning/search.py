@@ -48,6 +48,9 @@ IDENTITY = (
     "space", "tuner", "dataset", "data_dir", "val_fraction", "seed", "max_epochs", "factor",
     "hyperband_iterations",
 )  # fmt: skip
+# Identity settings only Hyperband reads: another tuner ignores them, so they must not
+# refuse a resumed grid/random/Bayesian search (`--factor 4 --tuner grid`, re-run without).
+HYPERBAND_ONLY = ("factor", "hyperband_iterations")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -173,6 +176,16 @@ class SearchConfig:
         cfg = self.resolved().to_dict()
         return {k: cfg[k] for k in IDENTITY}
 
+    def identity_differences(self, old: dict | None) -> list[str]:
+        """The identity settings in which this search differs from `old`, a stored identity.
+
+        Empty when `old` describes this search. Hyperband's own settings count only for
+        `tuner="hyperband"`.
+        """
+        new, old = self.identity(), old or {}
+        ignored = () if new["tuner"] == "hyperband" else HYPERBAND_ONLY
+        return sorted(k for k in new if k not in ignored and old.get(k) != new[k])
+
     @classmethod
     def from_json(cls, path) -> SearchConfig:
         data = runs.read_json(path)
@@ -221,9 +234,8 @@ def prepare_project_dir(cfg: SearchConfig) -> Path:
         raise RunFolderError(f"cannot create search folder {project}: {e.strerror}") from None
     marker = project / "search.json"
     if marker.is_file():
-        old = (runs.read_json(marker) or {}).get("identity")
-        if old != cfg.identity():
-            diff = sorted(k for k in cfg.identity() if (old or {}).get(k) != cfg.identity()[k])
+        diff = cfg.identity_differences((runs.read_json(marker) or {}).get("identity"))
+        if diff:
             raise RunFolderError(
                 f"{project} holds a search with other settings ({', '.join(diff)}); pass "
                 "--overwrite to start over or choose another --project-name"
