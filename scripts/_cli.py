@@ -153,6 +153,9 @@ class Parser(argparse.ArgumentParser):
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        # `select_backend` reads --backend, --arch and --config from argv before Keras
+        # loads: an abbreviation (`--back torch`) would parse but pick another backend.
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
     def error(self, message):

@@ -128,6 +128,26 @@ def test_bad_train_arguments_exit_2_with_one_line(argv, match, capsys, tmp_path)
     _one_line_error(capsys, code, match=match)
 
 
+@pytest.mark.parametrize(
+    "script, argv",
+    [
+        ("train", ["--back", "torch"]),  # would train on the auto backend, not torch
+        ("train", ["--arc", "resnet18"]),  # would pick bn_mlp's backend
+        ("train", ["--conf", "run/config.json"]),
+        ("tune", ["--space", "mlp", "--back", "jax"]),
+        ("study", ["e_sweeps", "--back", "jax"]),
+    ],
+)
+def test_abbreviated_flags_are_refused(script, argv, capsys):
+    # The backend is chosen from argv before argparse runs, and only from full flag names.
+    module = __import__(script)
+    with pytest.raises(SystemExit) as exit_info:
+        module.build_parser().parse_args(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"unrecognized arguments: {argv[-2]}" in err, err
+
+
 def test_corrupt_data_file_is_named(tmp_path, capsys):
     d = write_idx_dataset(tmp_path / "d")
     (d / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03garbage")
