@@ -10,7 +10,8 @@ PATH is a run folder or its saved_model/ folder. Dataset, data dir, validation
 fraction and seed default to the run's config.json, so `--split val` is the same
 validation split the run used. Prints accuracy, per-class accuracy and the
 classification report; writes evaluation.json, confusion.png, per_class.png and
-wrong.png to --output-dir (default RUN/evaluation/DATASET-SPLIT).
+wrong.png to --output-dir (default RUN/evaluation/DATASET-SPLIT; for a SavedModel
+folder outside a run, evaluation/DATASET-SPLIT beside that folder).
 """
 
 from __future__ import annotations
@@ -29,11 +30,13 @@ def build_parser():
         "--dataset", choices=list_datasets(), help="default: the run's dataset, else auto"
     )
     p.add_argument("--data-dir", help="folder with IDX/.npz files")
-    p.add_argument("--split", choices=("test", "val", "train"), default="test")
+    p.add_argument("--split", choices=("test", "val", "train"), default="test",
+                   help="split to score (default test)")  # fmt: skip
     p.add_argument("--val-fraction", type=_cli.fraction, help="default: the run's")
     p.add_argument("--seed", type=int, help="validation-split seed (default: the run's)")
-    p.add_argument("--batch-size", type=_cli.positive_int, default=1024)
-    p.add_argument("--output-dir", help="where evaluation.json and figures go")
+    p.add_argument("--batch-size", type=_cli.positive_int, default=1024,
+                   help="inference batch size (default 1024)")  # fmt: skip
+    p.add_argument("--output-dir", help="where evaluation.json and figures go (default: see above)")
     p.add_argument("--backend", choices=_cli.BACKENDS, help=argparse_suppress())
     return p
 
