@@ -152,7 +152,11 @@ class RunLock:
     file whose PID still runs (and started when the lock was written) is honoured
     even without `flock` (file systems without it, locks written by other tools).
     Acquiring creates the folder; releasing removes the folders it created when
-    they are still empty (a refused or failed run leaves nothing behind).
+    they are still empty (a refused or failed run leaves nothing behind). Leaving
+    the `with` block on an exception (Ctrl-C included) turns a `status.json` that
+    still says `running` into `interrupted`, so that tools reading the file alone
+    do not take a dead run for a live one (a SIGKILL leaves `running`; `run_status`
+    asks the lock instead).
 
     Raises:
         RunFolderError: another live process holds the lock, or the folder
@@ -263,8 +267,16 @@ class RunLock:
     def __enter__(self) -> RunLock:
         return self.acquire()
 
-    def __exit__(self, *exc) -> None:
-        self.release()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is not None and self.held:
+                status_file = self.run_dir / STATUS_FILE
+                if (read_json(status_file) or {}).get("status") == "running":
+                    atomic_write_json(
+                        status_file, {"status": "interrupted", "reason": exc_type.__name__}
+                    )
+        finally:
+            self.release()
 
 
 def _flock_with_retries(fd: int, tries: int = 4) -> bool:

@@ -964,3 +964,22 @@ def test_bad_input(case, world, capsys, request):
         shutil.rmtree(world["out"] / "diverging")
     else:
         assert created == [], f"{script} left {created} behind"
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
+def test_a_run_left_on_an_exception_says_interrupted_not_running(tmp_path, error):
+    status = tmp_path / "status.json"
+    with pytest.raises(error), runs.RunLock(tmp_path):
+        status.write_text('{"status": "running"}')
+        raise error()
+    assert json.loads(status.read_text()) == {"status": "interrupted", "reason": error.__name__}
+    assert runs.run_status(tmp_path) == "incomplete"
+    # A diverged run keeps its own status; a clean exit leaves the file alone.
+    status.write_text('{"status": "diverged", "epoch": 1}')
+    with pytest.raises(RuntimeError), runs.RunLock(tmp_path):
+        raise RuntimeError()
+    assert json.loads(status.read_text())["status"] == "diverged"
+    status.write_text('{"status": "running"}')
+    with runs.RunLock(tmp_path):
+        pass
+    assert json.loads(status.read_text()) == {"status": "running"}
