@@ -198,7 +198,9 @@ def run_study(
             statuses[run.name] = status
             continue
         cfg = effective_config(run, quick, epochs_scale)
-        log.info("[%d/%d] %s: training (%d epochs)", i, len(selected), run.name, cfg["epochs"])
+        epochs = cfg["epochs"]
+        log.info("[%d/%d] %s: training (%d epoch%s)", i, len(selected), run.name, epochs,
+                 "" if epochs == 1 else "s")  # fmt: skip
         start = time.perf_counter()
         try:
             if study.kind == "regression":

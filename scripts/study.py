@@ -60,7 +60,8 @@ def main(argv=None) -> int:
         width = max(map(len, list_studies()))
         for name in list_studies():
             study = get_study(name)
-            print(f"{name:<{width}}  {len(study.runs):>3} runs  report {study.report}")
+            runs = f"{len(study.runs)} run{'s' if len(study.runs) != 1 else ''}"
+            print(f"{name:<{width}}  {runs:>8}  report {study.report}")
         return 0
     if args.name is None:
         _cli.fail("a study NAME or --list is required (see --help)")
