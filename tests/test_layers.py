@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from kmnist_lab.errors import ConfigError
-from kmnist_lab.layers import CosineDense, SmallMapConv2D, l2_normalize
+from kmnist_lab.layers import CosineDense, FusedBatchNormalization, SmallMapConv2D, l2_normalize
 
 _spec = importlib.util.spec_from_file_location(
     "losses_parity", Path(__file__).parent / "backend_parity" / "losses_parity.py"
@@ -276,3 +276,124 @@ def test_small_map_conv_under_mixed_bfloat16_computes_in_bfloat16():
     expected = keras.ops.convert_to_numpy(conv(x_padded))
     got = keras.ops.convert_to_numpy(keras.ops.cast(out, "float32"))
     np.testing.assert_allclose(got, expected, rtol=0.05, atol=0.1 * np.abs(expected).max())
+
+
+# --- FusedBatchNormalization ---------------------------------------------------------
+
+tensorflow_only = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="the fused kernel is TensorFlow's"
+)
+
+
+def _bn_pair(channels=3, **kwargs):
+    """A FusedBatchNormalization and a Keras BatchNormalization with the same weights."""
+    rng = np.random.default_rng(channels)
+    fused = FusedBatchNormalization(epsilon=1e-5, momentum=0.9, **kwargs)
+    plain = keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.9, **kwargs)
+    for layer in (fused, plain):
+        layer.build((None, 5, 4, channels))
+    weights = [rng.uniform(0.5, 2.0, size=w.shape).astype("float32") for w in fused.get_weights()]
+    for layer in (fused, plain):
+        layer.set_weights(weights)
+    return fused, plain
+
+
+def _train_call(layer, x, seed):
+    """Output, input gradient and weight gradients of `sum(layer(x) * seed)`, training."""
+    import tensorflow as tf
+
+    x = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x, training=True)
+        loss = tf.reduce_sum(y * seed)
+    grads = tape.gradient(loss, [x, *[v.value for v in layer.trainable_variables]])
+    return [y.numpy(), *[g.numpy() for g in grads]]
+
+
+def _fused_ops(layer, shape, training=True, jit_compile=False):
+    import tensorflow as tf
+
+    function = tf.function(lambda x: layer(x, training=training), jit_compile=jit_compile)
+    graph = function.get_concrete_function(tf.TensorSpec(shape)).graph
+    return [op.type for op in graph.get_operations() if op.type.startswith("FusedBatchNorm")]
+
+
+@tensorflow_only
+@pytest.mark.parametrize("kwargs", [{}, {"center": False}, {"scale": False}])
+def test_fused_batchnorm_trains_as_keras_batchnorm(kwargs):
+    fused, plain = _bn_pair(**kwargs)
+    rng = np.random.default_rng(1)
+    seed = rng.normal(size=(6, 5, 4, 3)).astype("float32")
+    for step in range(2):  # the second call starts from moving statistics already moved
+        x = (rng.normal(size=(6, 5, 4, 3)) * 3 + step).astype("float32")
+        for got, expected in zip(_train_call(fused, x, seed), _train_call(plain, x, seed)):
+            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+        for got, expected in zip(fused.non_trainable_weights, plain.non_trainable_weights):
+            np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-5)
+
+
+@tensorflow_only
+def test_fused_batchnorm_matches_a_numpy_reference():
+    """Output `gamma (x - mean) / sqrt(var + eps) + beta`; moving variance from the biased var."""
+    fused, _ = _bn_pair()
+    gamma, beta, mean0, var0 = (w.astype(np.float64) for w in fused.get_weights())
+    x = np.random.default_rng(2).normal(size=(2, 3, 2, 3)).astype("float32") * 5
+    y = fused(x, training=True).numpy()
+    mean = x.astype(np.float64).mean(axis=(0, 1, 2))
+    var = x.astype(np.float64).var(axis=(0, 1, 2))  # biased: 12 values per channel
+    np.testing.assert_allclose(y, gamma * (x - mean) / np.sqrt(var + 1e-5) + beta, atol=1e-4)
+    np.testing.assert_allclose(fused.moving_mean.numpy(), 0.9 * mean0 + 0.1 * mean, rtol=1e-5)
+    np.testing.assert_allclose(fused.moving_variance.numpy(), 0.9 * var0 + 0.1 * var, rtol=1e-5)
+
+
+@tensorflow_only
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_fused_batchnorm_runs_the_fused_op_when_training_only(jit_compile):
+    fused, plain = _bn_pair()
+    assert _fused_ops(fused, (6, 5, 4, 3), jit_compile=jit_compile) == ["FusedBatchNormV3"]
+    assert _fused_ops(fused, (6, 5, 4, 3), training=False, jit_compile=jit_compile) == []
+    assert _fused_ops(plain, (6, 5, 4, 3), jit_compile=jit_compile) == []
+    dense = FusedBatchNormalization()
+    assert _fused_ops(dense, (6, 3)) == [], "2-D inputs keep Keras' computation"
+
+
+@tensorflow_only
+def test_fused_batchnorm_under_xla_trains_as_keras_batchnorm():
+    import tensorflow as tf
+
+    fused, plain = _bn_pair()
+    x = np.random.default_rng(3).normal(size=(6, 5, 4, 3)).astype("float32") * 2
+    outputs = [
+        tf.function(lambda x, layer=layer: layer(x, training=True), jit_compile=True)(x).numpy()
+        for layer in (fused, plain)
+    ]
+    np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(fused.moving_variance.numpy(), plain.moving_variance.numpy(),
+                               rtol=1e-5)  # fmt: skip
+
+
+def test_fused_batchnorm_inference_and_other_dtypes_are_keras_batchnorm():
+    fused, plain = _bn_pair()
+    x = np.random.default_rng(4).normal(size=(6, 5, 4, 3)).astype("float32")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(fused(x, training=False)),
+        keras.ops.convert_to_numpy(plain(x, training=False)),
+        rtol=1e-6,
+    )
+    half = FusedBatchNormalization(dtype="mixed_bfloat16")
+    y = half(keras.ops.cast(x, "bfloat16"), training=True)
+    assert keras.backend.standardize_dtype(y.dtype) == "bfloat16"
+    assert keras.backend.standardize_dtype(half.moving_mean.dtype) == "float32"
+
+
+def test_fused_batchnorm_saves_and_loads(tmp_path):
+    inputs = keras.Input((5, 4, 3))
+    model = keras.Model(inputs, FusedBatchNormalization(name="bn")(inputs))
+    x = np.random.default_rng(5).normal(size=(6, 5, 4, 3)).astype("float32")
+    model(x, training=True)  # move the statistics away from their initial values
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert isinstance(loaded.get_layer("bn"), FusedBatchNormalization)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0),
+                               rtol=1e-6)  # fmt: skip

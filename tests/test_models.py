@@ -112,6 +112,34 @@ def test_resnet18_small_maps_compute_what_conv2d_computes(monkeypatch):
     )
 
 
+def test_resnet18_fused_batchnorm_trains_as_keras_batchnorm(monkeypatch):
+    """Every BatchNorm is FusedBatchNormalization; one SGD step moves the same weights.
+
+    tanh, not ReLU: float rounding differences of ~1e-5 flip the odd ReLU whose input is
+    ~0, and one flipped unit moves a 2x2-map BatchNorm's beta gradient by a few percent.
+    """
+    from kmnist_lab import layers as kmnist_layers
+
+    fused = kmnist_layers.FusedBatchNormalization
+    keras.utils.set_random_seed(3)  # a seed whose ReLU version flips units (see above)
+    model = build_model("resnet18", activation="tanh")
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(bns) == 20  # stem + 2 per block x 8 + 3 downsampling shortcuts
+    assert all(isinstance(layer, fused) for layer in bns)
+    monkeypatch.setattr(kmnist_layers, "FusedBatchNormalization", keras.layers.BatchNormalization)
+    reference = build_model("resnet18", activation="tanh")
+    assert not any(isinstance(layer, fused) for layer in reference.layers)
+    reference.set_weights(model.get_weights())
+    x, y = _images(8), np.arange(8) % 10
+    for m in (model, reference):
+        m.compile(optimizer=keras.optimizers.SGD(0.1),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))  # fmt: skip
+        m.train_on_batch(x, y)
+    for got, expected in zip(model.weights, reference.weights):
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-4, atol=1e-5,
+                                   err_msg=got.path)  # fmt: skip
+
+
 def test_augmentation_is_inactive_at_inference():
     model = build_model("bn_mlp", augment=True)
     x = _images(4)

@@ -87,6 +87,18 @@ def activation(x, name: str, kind: str = "relu"):
     return layers.Activation(kind, name=name)(x)
 
 
+def batch_norm(x, name: str):
+    """BatchNorm over the channels, as report B's PyTorch `BatchNorm2d`.
+
+    epsilon 1e-5 and momentum 0.9 (PyTorch's `momentum=0.1` counts the other way).
+    `FusedBatchNormalization` is Keras' `BatchNormalization` that trains through
+    TensorFlow's fused kernel there (docs/performance.md, "Fused BatchNorm").
+    """
+    from kmnist_lab.layers import FusedBatchNormalization
+
+    return FusedBatchNormalization(epsilon=1e-5, momentum=0.9, name=name)(x)
+
+
 # Convolutions whose output map has at most this many pixels use `SmallMapConv2D` (one
 # matrix product per output pixel) instead of `Conv2D`: measured faster there
 # (docs/performance.md, "Small feature maps").
@@ -128,14 +140,12 @@ def basic_block(x, filters: int, stride: int, act: str, name: str):
         shortcut = layers.Conv2D(
             filters, 1, strides=stride, use_bias=False, name=f"{name}_down_conv"
         )(x)
-        # momentum 0.9 == PyTorch's BatchNorm2d(momentum=0.1), as report B's model.
-        bn = layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"{name}_down_bn")
-        shortcut = bn(shortcut)
+        shortcut = batch_norm(shortcut, f"{name}_down_bn")
     y = conv3x3(x, filters, stride, name=f"{name}_conv1", use_bias=False)
-    y = layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"{name}_bn1")(y)
+    y = batch_norm(y, f"{name}_bn1")
     y = activation(y, f"{name}_act1", act)
     y = conv3x3(y, filters, 1, name=f"{name}_conv2", use_bias=False)
-    y = layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"{name}_bn2")(y)
+    y = batch_norm(y, f"{name}_bn2")
     y = layers.Add(name=f"{name}_add")([y, shortcut])
     return activation(y, f"{name}_out", act)
 

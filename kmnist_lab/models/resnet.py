@@ -5,7 +5,13 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from kmnist_lab.models.blocks import basic_block, check_choice, classifier_head, image_input
+from kmnist_lab.models.blocks import (
+    basic_block,
+    batch_norm,
+    check_choice,
+    classifier_head,
+    image_input,
+)
 
 RESNET_ACTIVATIONS = ("relu", "sigmoid", "tanh")
 
@@ -38,7 +44,7 @@ def resnet(
     inputs, x = image_input(channels_axis=True, augment=augment)
     x = layers.ZeroPadding2D(3, name="stem_pad")(x)
     x = layers.Conv2D(widths[0], 7, strides=2, use_bias=False, name="stem_conv")(x)
-    x = layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name="stem_bn")(x)
+    x = batch_norm(x, "stem_bn")
     x = layers.Activation(activation, name="stem_act")(x)
     for s, (n_blocks, width) in enumerate(zip(blocks_per_stage, widths), start=1):
         for b in range(1, n_blocks + 1):
