@@ -1,6 +1,7 @@
 """Scripts end to end on tiny data, and every bad input: exit code 2, one line, no traceback."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -94,6 +95,47 @@ def test_existing_run_is_refused_without_overwrite(trained_run, data_dir, capsys
             "--batch-size", "16", "--output-dir", str(trained_run.parent), "--run-name", "r", "-q"]  # fmt: skip
     _one_line_error(capsys, _cli.run(train_script.main, argv), match="--overwrite")
     assert (trained_run / "metrics.json").read_text() == before
+
+
+@pytest.mark.parametrize(
+    "param, match",
+    [
+        ("dropout=1.5", "`dropout` must be in [0, 1). Received: dropout=1.5"),
+        ("init_std=-1", "`init_std` must be a positive number"),
+        ("augment=3", "`augment` must be true or false"),
+        ("hidden=[64]", "does not take hidden"),
+    ],
+)
+def test_bad_model_param_is_reported_before_the_finished_run(
+    param, match, trained_run, data_dir, capsys
+):
+    """The bad value is the error to fix first: refusing the finished run instead hides
+    it until the user has passed --overwrite or a new --run-name."""
+    argv = ["--arch", "bn_mlp", "--dataset", "kmnist", "--data-dir", str(data_dir), "--epochs", "2",
+            "--batch-size", "16", "--output-dir", str(trained_run.parent), "--run-name", "r", "-q",
+            "--model-param", param]  # fmt: skip
+    err = _one_line_error(capsys, _cli.run(train_script.main, argv), match=match)
+    assert "finished run" not in err
+
+
+@pytest.mark.parametrize(
+    "arch, params, match",
+    [
+        ("mlp", {"hidden": [0]}, "`hidden` must be a non-empty list of positive widths"),
+        ("mlp", {"activation": "swish2"}, "`activation` must be one of"),
+        ("mlp", {"batchnorm": "yes"}, "`batchnorm` must be true or false"),
+        ("relu_mlp", {"l2": -0.1}, "`l2` must be a finite number >= 0"),
+        ("resnet18", {"activation": "gelu"}, "`activation` must be one of relu, sigmoid, tanh"),
+        ("residual_cnn", {"augment": "no"}, "`augment` must be true or false"),
+    ],
+)
+def test_train_config_checks_model_param_values_without_building(arch, params, match):
+    from kmnist_lab.config import TrainConfig
+    from kmnist_lab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(match)):
+        TrainConfig(arch=arch, model_params=params)
+    TrainConfig(arch=arch, model_params={k: None for k in params})  # None: the default
 
 
 @pytest.mark.parametrize(

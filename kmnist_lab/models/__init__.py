@@ -18,17 +18,21 @@ from kmnist_lab.models import residual_cnn as _cnn
 from kmnist_lab.models import resnet as _resnet
 from kmnist_lab.registry import Registry
 
+# `check`: validates the user's keywords without building (Keras layers take seconds),
+# so a bad value is refused with the rest of the config, before any run folder is read.
 MODELS = Registry("arch")
-MODELS.register("plain_mlp", family="mlp")(_mlp.plain_mlp)
-MODELS.register("relu_mlp", family="mlp")(_mlp.relu_mlp)
-MODELS.register("bn_mlp", family="mlp")(_mlp.bn_mlp)
+MODELS.register("plain_mlp", family="mlp", check=_mlp.check_params)(_mlp.plain_mlp)
+MODELS.register("relu_mlp", family="mlp", check=_mlp.check_params)(_mlp.relu_mlp)
+MODELS.register("bn_mlp", family="mlp", check=_mlp.check_params)(_mlp.bn_mlp)
 MODELS.register(
-    "mlp", "Configurable MLP: hidden widths, activation, BatchNorm, dropout, L2", family="mlp"
-)(_mlp.mlp)
-MODELS.register("resnet18", family="cnn")(_resnet.resnet18)
+    "mlp", "Configurable MLP: hidden widths, activation, BatchNorm, dropout, L2", family="mlp",
+    check=_mlp.check_params,
+)(_mlp.mlp)  # fmt: skip
+MODELS.register("resnet18", family="cnn", check=_resnet.check_params)(_resnet.resnet18)
 MODELS.register(
-    "residual_cnn", "Report C's residual CNN (conv5x5-16, res, conv5x5-32, res)", family="cnn"
-)(_cnn.residual_cnn)
+    "residual_cnn", "Report C's residual CNN (conv5x5-16, res, conv5x5-32, res)", family="cnn",
+    check=_cnn.check_params,
+)(_cnn.residual_cnn)  # fmt: skip
 
 
 def list_models() -> list[str]:
@@ -59,13 +63,18 @@ def user_params(name: str) -> list[str]:
 
 
 def check_overrides(name: str, overrides) -> None:
-    """Raises `ConfigError` for a keyword the builder of arch `name` does not take."""
+    """Raises `ConfigError` for a keyword the builder of arch `name` does not take, or a
+    value it would refuse (checked without building; `None` values stand for defaults,
+    as in `build_model`)."""
     unknown = sorted(set(overrides) - set(model_params(name)))
     if unknown:
         raise ConfigError(
             f"arch {name!r} does not take {', '.join(unknown)}. "
             f"It takes: {', '.join(user_params(name))}"
         )
+    check = MODELS.get(name).meta.get("check")
+    if check is not None:
+        check(**{k: v for k, v in overrides.items() if v is not None and k not in RESERVED_PARAMS})
 
 
 def build_model(name: str, num_classes: int = 10, head: str = "logits", **overrides) -> keras.Model:

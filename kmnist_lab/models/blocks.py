@@ -27,6 +27,12 @@ def check_choice(arg: str, value, allowed) -> None:
         )
 
 
+def check_augment(augment) -> None:
+    """Raises `ConfigError` unless `augment` is a bool."""
+    if not isinstance(augment, bool):
+        raise ConfigError(f"`augment` must be true or false. Received: augment={augment!r}")
+
+
 def image_input(channels_axis: bool, augment: bool = False, name: str = "pixels"):
     """Model input taking raw pixels (uint8 or float 0-255) and owning the preprocessing.
 
@@ -39,8 +45,7 @@ def image_input(channels_axis: bool, augment: bool = False, name: str = "pixels"
         `(inputs, x)`: the `keras.Input` and the preprocessed tensor, (28, 28, 1)
         when `channels_axis` else flattened to (784,).
     """
-    if not isinstance(augment, bool):
-        raise ConfigError(f"`augment` must be true or false. Received: augment={augment!r}")
+    check_augment(augment)
     inputs = keras.Input(shape=(28, 28, 1), name=name)
     x = layers.Rescaling(PIXEL_SCALE, offset=PIXEL_OFFSET, name="rescale")(inputs)
     if augment:

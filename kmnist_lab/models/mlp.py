@@ -12,6 +12,7 @@ from keras import layers
 from kmnist_lab.errors import ConfigError
 from kmnist_lab.models.blocks import (
     ACTIVATIONS,
+    check_augment,
     check_choice,
     classifier_head,
     image_input,
@@ -55,22 +56,9 @@ def mlp(
             (report E's fit of sin x).
         name: model name.
     """
-    widths = tuple(hidden) if isinstance(hidden, (list, tuple)) else (hidden,)
-    if not widths or not all(_is_width(h) for h in widths):
-        raise ConfigError(
-            f"`hidden` must be a non-empty list of positive widths. Received: hidden={hidden!r}"
-        )
-    hidden = tuple(int(h) for h in widths)
-    if activation is not None:
-        check_choice("activation", activation, ACTIVATIONS)
-    if not _is_real(dropout) or not (0.0 <= dropout < 1.0) or math.isnan(dropout):
-        raise ConfigError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
-    if not _is_real(l2) or l2 < 0 or not math.isfinite(l2):
-        raise ConfigError(f"`l2` must be a finite number >= 0. Received: l2={l2!r}")
-    if init_std is not None and not (_is_real(init_std) and 0 < init_std < math.inf):
-        raise ConfigError(f"`init_std` must be a positive number. Received: init_std={init_std!r}")
-    if not isinstance(batchnorm, bool):
-        raise ConfigError(f"`batchnorm` must be true or false. Received: batchnorm={batchnorm!r}")
+    hidden = check_params(
+        hidden, activation, batchnorm, dropout, l2, init_std, augment, input_features
+    )
 
     def init():
         # A new initializer per layer: an unseeded Keras initializer fixes its seed when
@@ -80,16 +68,6 @@ def mlp(
 
     if input_features is None:
         inputs, x = image_input(channels_axis=False, augment=augment)
-    elif not _is_width(input_features):
-        raise ConfigError(
-            "`input_features` must be None (28x28 images) or a positive integer. "
-            f"Received: input_features={input_features!r}"
-        )
-    elif augment is not False:
-        raise ConfigError(
-            "`augment` needs images: with `input_features` it must be false. "
-            f"Received: augment={augment!r}, input_features={input_features!r}"
-        )
     else:
         inputs = x = keras.Input(shape=(int(input_features),), name="features")
     for i, width in enumerate(hidden, start=1):
@@ -104,6 +82,54 @@ def mlp(
             x = layers.Dropout(dropout, name=f"dropout{i}")(x)
     outputs = classifier_head(x, num_classes, head, l2, kernel_initializer=init())
     return keras.Model(inputs, outputs, name=name)
+
+
+def check_params(
+    hidden=(512, 128),
+    activation: str | None = "relu",
+    batchnorm: bool = False,
+    dropout: float = 0.0,
+    l2: float = 0.0,
+    init_std: float | None = None,
+    augment: bool = False,
+    input_features: int | None = None,
+) -> tuple[int, ...]:
+    """Checks `mlp`'s settings without building anything; returns the hidden widths.
+
+    Config validation calls it (through `check_overrides`) so a bad `--model-param`
+    value is refused before any run folder or data is looked at.
+
+    Raises:
+        ConfigError: the first setting `mlp` would refuse.
+    """
+    widths = tuple(hidden) if isinstance(hidden, (list, tuple)) else (hidden,)
+    if not widths or not all(_is_width(h) for h in widths):
+        raise ConfigError(
+            f"`hidden` must be a non-empty list of positive widths. Received: hidden={hidden!r}"
+        )
+    if activation is not None:
+        check_choice("activation", activation, ACTIVATIONS)
+    if not _is_real(dropout) or not (0.0 <= dropout < 1.0) or math.isnan(dropout):
+        raise ConfigError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
+    if not _is_real(l2) or l2 < 0 or not math.isfinite(l2):
+        raise ConfigError(f"`l2` must be a finite number >= 0. Received: l2={l2!r}")
+    if init_std is not None and not (_is_real(init_std) and 0 < init_std < math.inf):
+        raise ConfigError(f"`init_std` must be a positive number. Received: init_std={init_std!r}")
+    if not isinstance(batchnorm, bool):
+        raise ConfigError(f"`batchnorm` must be true or false. Received: batchnorm={batchnorm!r}")
+    if input_features is None:
+        check_augment(augment)
+    elif not _is_width(input_features):
+        raise ConfigError(
+            "`input_features` must be None (28x28 images) or a positive integer. "
+            f"Received: input_features={input_features!r}"
+        )
+    elif augment is not False:
+        raise ConfigError(
+            "`augment` needs images: with `input_features` it must be false. "
+            f"Received: augment={augment!r}, input_features={input_features!r}"
+        )
+    return tuple(int(h) for h in widths)
 
 
 def variant(base, name: str, doc: str, **fixed):

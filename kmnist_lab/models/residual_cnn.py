@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from kmnist_lab.models.blocks import classifier_head, image_input, residual_block
+from kmnist_lab.models.blocks import check_augment, classifier_head, image_input, residual_block
 
 
 def residual_cnn(num_classes: int = 10, head: str = "logits", augment: bool = False) -> keras.Model:
@@ -26,3 +26,8 @@ def residual_cnn(num_classes: int = 10, head: str = "logits", augment: bool = Fa
     x = layers.Flatten(name="flatten")(x)
     outputs = classifier_head(x, num_classes, head)
     return keras.Model(inputs, outputs, name="residual_cnn")
+
+
+def check_params(augment: bool = False) -> None:
+    """Checks `residual_cnn`'s settings without building it (see `mlp.check_params`)."""
+    check_augment(augment)

@@ -8,6 +8,7 @@ from keras import layers
 from kmnist_lab.models.blocks import (
     basic_block,
     batch_norm,
+    check_augment,
     check_choice,
     classifier_head,
     image_input,
@@ -62,3 +63,13 @@ def resnet18(
     return resnet(
         (2, 2, 2, 2), (64, 128, 256, 512), activation, num_classes, head, augment, name="resnet18"
     )
+
+
+def check_params(activation: str = "relu", augment: bool = False) -> None:
+    """Checks `resnet18`'s settings without building it (see `mlp.check_params`).
+
+    Raises:
+        ConfigError: an activation other than `RESNET_ACTIVATIONS`, a non-bool `augment`.
+    """
+    check_choice("activation", activation, RESNET_ACTIVATIONS)
+    check_augment(augment)
