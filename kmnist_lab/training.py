@@ -186,10 +186,20 @@ def train(
             merged into the metrics.
         plots: draw `plots/` (skipped by quick studies: reports redraw from the CSVs).
 
+    With `config.dataset="auto"` (and no `dataset`), the data is loaded first and the run
+    is named and recorded after the dataset `auto` found (`mnist` or `mnist_5k`), as
+    `tune.py` and `study.py` do: a derived run name reads `bn_mlp_mnist_5k_ce_s0`, not
+    `..._auto_...`, and a run on the full MNIST never shares a folder with one on the
+    subset. `config.json` keeps `"requested": "auto"` under `dataset`.
+
     Raises:
         ConfigError, DataError, RunFolderError: bad input (nothing is overwritten).
         DivergedError: the loss became non-finite; history is kept, status `diverged`.
     """
+    requested = config.dataset
+    if dataset is None and config.dataset == "auto":
+        dataset = load_dataset(config.dataset, config.data_dir, config.val_fraction, config.seed)
+        config = dataclasses.replace(config, dataset=dataset.name)
     cfg = config.resolved()
     run_dir = Path(cfg.output_dir) / cfg.run_name
     if cfg.tensorboard:
@@ -201,7 +211,7 @@ def train(
         resume = runs.prepare_run_dir(
             run_dir, cfg.overwrite, cfg.to_dict(), TrainConfig.field_defaults()
         )
-        return _train_locked(cfg, run_dir, resume, dataset, after_fit, plots)
+        return _train_locked(cfg, run_dir, resume, dataset, after_fit, plots, requested)
 
 
 def _train_locked(
@@ -211,6 +221,7 @@ def _train_locked(
     dataset: Dataset | None,
     after_fit=None,
     plots: bool = True,
+    requested: str | None = None,
 ) -> RunResult:
     start = time.perf_counter()
     keras.utils.set_random_seed(cfg.seed)
@@ -221,8 +232,9 @@ def _train_locked(
     # Data-parallel runs build, compile, fit and evaluate inside the distribution.
     with distribution_scope(cfg.distribute) as devices:
         return _fit_and_export(
-            cfg, run_dir, resume, dataset, steps_per_epoch, devices, start, after_fit, plots
-        )
+            cfg, run_dir, resume, dataset, steps_per_epoch, devices, start, after_fit, plots,
+            requested or cfg.dataset,
+        )  # fmt: skip
 
 
 # Training batches precise BatchNorm averages over (Wu & Johnson use ~200 batches).
@@ -240,7 +252,7 @@ def eval_batch_size(cfg: TrainConfig) -> int:
 
 
 def _fit_and_export(
-    cfg, run_dir, resume, dataset, steps_per_epoch, devices, start, after_fit, plots
+    cfg, run_dir, resume, dataset, steps_per_epoch, devices, start, after_fit, plots, requested
 ) -> RunResult:
     (x_train, y_train), val = dataset.train, dataset.val
     if devices and keras.backend.backend() == "jax":
@@ -268,7 +280,7 @@ def _fit_and_export(
             "versions": versions(),
             "dataset": {
                 "name": dataset.name,
-                "requested": cfg.dataset,
+                "requested": requested,
                 "sizes": {s: int(len(getattr(dataset, s)[1])) for s in ("train", "val", "test")},
                 "class_names": list(dataset.class_names),
                 "source": dataset.source,

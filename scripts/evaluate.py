@@ -2,8 +2,8 @@
 """Evaluate an exported SavedModel with TensorFlow alone (no model code needed).
 
 Examples:
-  python scripts/evaluate.py saved_models/bn_mlp_auto_ce_s0
-  python scripts/evaluate.py saved_models/bn_mlp_auto_ce_s0/saved_model --split val
+  python scripts/evaluate.py saved_models/bn_mlp_mnist_5k_ce_s0
+  python scripts/evaluate.py saved_models/bn_mlp_mnist_5k_ce_s0/saved_model --split val
   python scripts/evaluate.py RUN --dataset fashion_mnist --data-dir /usr/share/datasets/fashion-mnist
 
 PATH is a run folder or its saved_model/ folder. Dataset, data dir, validation

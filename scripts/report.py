@@ -3,7 +3,7 @@
 
 Examples:
   python scripts/report.py studies/mnist_5k/a_models        # a study: table vs the report, figures
-  python scripts/report.py saved_models/bn_mlp_auto_ce_s0    # one run
+  python scripts/report.py saved_models/bn_mlp_mnist_5k_ce_s0 # one run
   python scripts/report.py searches/a_grid_grid_mnist_5k     # a search folder (trials.csv)
 
 Figures are drawn from the folders' CSV/JSON files only, so a report is rebuilt

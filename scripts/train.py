@@ -121,7 +121,8 @@ def build_parser():
     o.add_argument("--seed", type=int, default=None,
                    help="seed of the weights, shuffling, augmentation and split (default 0)")  # fmt: skip
     r = p.add_argument_group("run")
-    r.add_argument("--run-name", help="run folder name (default: arch_dataset_loss_sSEED)")
+    r.add_argument("--run-name", help="run folder name (default: arch_dataset_loss_sSEED, "
+                   "dataset being what --dataset auto found: mnist or mnist_5k)")  # fmt: skip
     r.add_argument(
         "--output-dir", default=None, help=f"parent of run folders (default {c.output_dir})"
     )

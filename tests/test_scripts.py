@@ -118,6 +118,26 @@ def test_bad_model_param_is_reported_before_the_finished_run(
     assert "finished run" not in err
 
 
+def test_dataset_auto_names_the_run_after_the_dataset_it_found(tmp_path, monkeypatch, capsys):
+    """As tune.py's and study.py's folders: `auto` is not a dataset, what it found is."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    write_idx_dataset(tmp_path / "keras" / "datasets", n_train=120, n_test=20)
+    out = tmp_path / "runs"
+    argv = ["--arch", "bn_mlp", "--dataset", "auto", "--epochs", "1", "--batch-size", "16",
+            "--output-dir", str(out), "--no-export", "-q"]  # fmt: skip
+    assert _cli.run(train_script.main, argv) == 0
+    assert [p.name for p in out.iterdir()] == ["bn_mlp_mnist_ce_s0"]
+    recorded = json.loads((out / "bn_mlp_mnist_ce_s0" / "config.json").read_text())
+    assert recorded["config"]["dataset"] == "mnist" and recorded["config"]["run_name"] == (
+        "bn_mlp_mnist_ce_s0"
+    )
+    assert recorded["dataset"]["name"] == "mnist" and recorded["dataset"]["requested"] == "auto"
+    capsys.readouterr()
+    # The same command finds its run again (and would resume it, had it been killed).
+    code = _cli.run(train_script.main, argv)
+    _one_line_error(capsys, code, match="bn_mlp_mnist_ce_s0 already holds a finished run")
+
+
 @pytest.mark.parametrize(
     "arch, params, match",
     [
