@@ -29,7 +29,8 @@ def build_parser():
     p = _cli.Parser(prog="study.py", description=__doc__)
     p.add_argument("name", nargs="?", choices=list_studies(), metavar="NAME",
                    help="study to run: " + ", ".join(list_studies()))  # fmt: skip
-    p.add_argument("--list", action="store_true", help="list the studies with their run counts")
+    p.add_argument("--list", action="store_true",
+                   help="list the studies with their run counts (without NAME)")  # fmt: skip
     p.add_argument(
         "--dataset", choices=list_datasets(), default="auto", help="dataset (default auto)"
     )
@@ -53,9 +54,15 @@ def build_parser():
 
 def main(argv=None) -> int:
     backend = _cli.select_backend(argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     from kmnist_lab.studies import get_study, list_studies
 
+    if args.list and args.name is not None:
+        parser.error(
+            f"--list lists every study and runs none, so NAME {args.name!r} would be ignored; "
+            f"drop --list to run {args.name}, or drop NAME to list the studies"
+        )
     if args.list:
         width = max(map(len, list_studies()))
         for name in list_studies():

@@ -165,7 +165,8 @@ def build_parser():
     r.add_argument("--distribute", choices=("none", "data-parallel"), default=None,
                    help="data-parallel: JAX DataParallel / TF MirroredStrategy over all devices")  # fmt: skip
     r.add_argument("--cpu-devices", type=_cli.positive_int, metavar="N",
-                   help="split the CPU into N logical devices (to try --distribute without GPUs)")  # fmt: skip
+                   help="split the CPU into N logical devices (to try --distribute without GPUs; "
+                   "only with --distribute data-parallel)")  # fmt: skip
     r.add_argument(
         "--tensorboard", action="store_true", default=None, help="also write TensorBoard logs"
     )
@@ -226,7 +227,18 @@ def _derived_run_name(config: dict) -> str:
 
 def main(argv=None) -> int:
     backend = _cli.select_backend(argv, auto=True)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.cpu_devices:
+        argv_list = list(argv if argv is not None else sys.argv[1:])
+        distribute = args.distribute or _cli._config_value(argv_list, "distribute") or "none"
+        if distribute == "none":
+            # Without a distribution the run trains on the first device only.
+            parser.error(
+                f"--cpu-devices {args.cpu_devices} splits the CPU for --distribute data-parallel, "
+                "and this run trains on one device (distribute none); add --distribute "
+                "data-parallel or drop --cpu-devices"
+            )
     _cli.setup_logging(not args.quiet)
     logging.getLogger("kmnist_lab").info("Keras backend: %s", backend)
     if args.cpu_devices:

@@ -21,6 +21,7 @@ Exit codes: 0 ok, 1 a search process failed, 2 bad input (one line on stderr).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import _cli
@@ -88,13 +89,39 @@ def build_parser():
     r.add_argument("--workers", type=_cli.nonneg_int, default=0,
                    help="start a chief and N workers here (distributed)")  # fmt: skip
     r.add_argument("--expect-workers", type=_cli.nonneg_int, default=0,
-                   help="as chief: no trial until N workers asked (at most 120 s)")  # fmt: skip
+                   help="as the chief of a search started by hand (KERASTUNER_TUNER_ID=chief): "
+                   "no trial until N workers asked (at most 120 s)")  # fmt: skip
     r.add_argument("--recycle-mb", type=_cli.nonneg_int, default=300, metavar="MB",
                    help="restart between trials past MB of growth (300; 0: never)")  # fmt: skip
     r.add_argument("--backend", choices=_cli.BACKENDS, help="Keras backend (or set KERAS_BACKEND)")
     r.add_argument("--jit", choices=JIT_POLICIES, default="auto", help="XLA policy (default auto)")
     r.add_argument("-q", "--quiet", action="store_true", help="no per-trial tables")
     return p
+
+
+def _check_expect_workers(parser, args) -> None:
+    """Refuses --expect-workers where no chief would read it (it would do nothing)."""
+    from tuning.search import distributed_role
+
+    if args.workers:
+        parser.error(
+            f"--expect-workers {args.expect_workers} is for a chief started by hand; "
+            f"--workers {args.workers} already makes its chief wait for its own "
+            f"{args.workers} workers: drop --expect-workers"
+        )
+    role = distributed_role()
+    if role == "worker":
+        parser.error(
+            f"--expect-workers {args.expect_workers} makes a distributed search's chief wait for "
+            "its workers, and this process is a worker (KERASTUNER_TUNER_ID="
+            f"{os.environ['KERASTUNER_TUNER_ID']!r} has no 'chief'); pass it to the chief only"
+        )
+    if role is None:
+        parser.error(
+            f"--expect-workers {args.expect_workers} makes a distributed search's chief wait for "
+            "its workers, and this search is not distributed (KERASTUNER_ORACLE_IP is not set); "
+            "drop it, or pass --workers N to run a chief and N workers here"
+        )
 
 
 def config_from_args(args):
@@ -126,9 +153,12 @@ def config_from_args(args):
 
 def main(argv=None) -> int:
     backend = _cli.select_backend(argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.factor < 2:
         _cli.fail(f"--factor must be an integer >= 2, got {args.factor}")
+    if args.expect_workers:
+        _check_expect_workers(parser, args)
     _cli.setup_logging(not args.quiet)
     logging.getLogger("kmnist_lab").info("Keras backend: %s", backend)
     from tuning.search import run_search

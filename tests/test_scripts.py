@@ -180,6 +180,9 @@ def test_train_config_checks_model_param_values_without_building(arch, params, m
         (["--loss", "ce", "--loss-param", "margin=0.2"], "margin"),
         (["--optimizer", "adam", "--momentum", "0.5"], "momentum"),
         (["--dataset", "kmnist"], "--data-dir only"),
+        # Splitting the CPU changes nothing for a run on one device.
+        (["--cpu-devices", "2"], "--cpu-devices 2 splits the CPU for --distribute data-parallel"),
+        (["--cpu-devices", "2", "--distribute", "none"], "(distribute none)"),
     ],
 )
 def test_bad_train_arguments_exit_2_with_one_line(argv, match, capsys, tmp_path):
@@ -188,6 +191,21 @@ def test_bad_train_arguments_exit_2_with_one_line(argv, match, capsys, tmp_path)
     )
     code = _cli.run(train_script.main, argv + ["--output-dir", str(tmp_path)])
     _one_line_error(capsys, code, match=match)
+
+
+def test_study_list_with_a_name_is_refused_and_lists_nothing(capsys):
+    """--list lists every study and runs none: a NAME beside it would be ignored."""
+    import study as study_script
+
+    code = _cli.run(study_script.main, ["a_models", "--list"])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == "", captured.out
+    assert captured.err.strip().splitlines() == [
+        "study.py: error: --list lists every study and runs none, so NAME 'a_models' would be "
+        "ignored; drop --list to run a_models, or drop NAME to list the studies (see --help)"
+    ]
+    assert _cli.run(study_script.main, ["--list"]) == 0
+    assert "a_models" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -342,8 +360,9 @@ def test_config_file_neither_inherits_overwrite_nor_pins_the_derived_run_name(tm
 
 
 def test_cpu_devices_splits_the_cpu_before_the_backend_initialises(tmp_path):
-    """`train.py --cpu-devices 2` must give training two devices (README: try
-    --distribute on a CPU); building the parser used to initialise TensorFlow first."""
+    """`train.py --cpu-devices 2 --distribute data-parallel` must give training two devices
+    (README: try --distribute on a CPU); building the parser used to initialise TensorFlow
+    first."""
     import os
     from pathlib import Path
 
@@ -352,7 +371,8 @@ def test_cpu_devices_splits_the_cpu_before_the_backend_initialises(tmp_path):
         f"import sys; sys.path.insert(0, {str(scripts)!r}); import train; "
         "import kmnist_lab.training as t; from kmnist_lab.distribute import device_count; "
         "t.train = lambda cfg: (print('devices', device_count()), sys.exit(0)); "
-        "train.main(['--cpu-devices', '2', '--backend', 'tensorflow', '-q'])"
+        "train.main(['--cpu-devices', '2', '--distribute', 'data-parallel', "
+        "'--backend', 'tensorflow', '-q'])"
     )
     env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,

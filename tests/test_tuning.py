@@ -467,12 +467,28 @@ def _one_line_error(capsys, code, match):
         (["--space", "a_grid", "--project-name", "a/b"], "project_name"),
         (["--space", "a_grid", "--dataset", "kmnist"], "kmnist"),
         (["--space", "a_grid", "--dataset", "kmnist", "--workers", "1"], "kmnist"),
+        # --expect-workers where no chief reads it would do nothing.
+        (["--space", "a_grid", "--expect-workers", "2"], "this search is not distributed"),
+        (
+            ["--space", "a_grid", "--workers", "2", "--expect-workers", "2"],
+            "--workers 2 already makes its chief wait for its own 2 workers",
+        ),
     ],
 )
 def test_bad_tune_arguments_exit_2_with_one_line(argv, match, capsys, tmp_path):
     code = _cli.run(tune_script.main, argv + ["--directory", str(tmp_path), "-q"])
     _one_line_error(capsys, code, match)
     assert not any(tmp_path.iterdir())  # nothing left that would refuse the fixed command
+
+
+def test_expect_workers_is_for_the_chief_only(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
+    monkeypatch.setenv("KERASTUNER_ORACLE_PORT", "1")
+    monkeypatch.setenv("KERASTUNER_TUNER_ID", "tuner0")
+    argv = ["--space", "a_grid", "--expect-workers", "2", "--directory", str(tmp_path), "-q"]
+    code = _cli.run(tune_script.main, argv)
+    _one_line_error(capsys, code, "this process is a worker (KERASTUNER_TUNER_ID='tuner0'")
+    assert not any(tmp_path.iterdir())
 
 
 def test_other_settings_in_an_existing_search_folder_are_refused(tmp_path, capsys):
