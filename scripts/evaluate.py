@@ -8,7 +8,8 @@ Examples:
 
 PATH is a run folder or its saved_model/ folder. Dataset, data dir, validation
 fraction and seed default to the run's config.json, so `--split val` is the same
-validation split the run used. Prints accuracy, per-class accuracy and the
+validation split the run used; a --dataset other than the run's is scored with a
+warning on stderr naming both. Prints accuracy, per-class accuracy and the
 classification report; writes evaluation.json, confusion.png, per_class.png and
 wrong.png to --output-dir (default RUN/evaluation/DATASET-SPLIT; for a SavedModel
 folder outside a run, evaluation/DATASET-SPLIT beside that folder).
@@ -81,6 +82,15 @@ def main(argv=None) -> int:
         args.val_fraction if args.val_fraction is not None else cfg.get("val_fraction"),
         args.seed if args.seed is not None else cfg.get("seed", 0),
     )
+    trained_on = run_config(run_dir).get("dataset", {}).get("name") or cfg.get("dataset")
+    if trained_on and trained_on != "auto" and dataset.name != trained_on:
+        # Legitimate (e.g. transfer to another dataset), but easy to do by mistake.
+        print(
+            f"evaluate.py: warning: the model was trained on {trained_on} ({run_dir}) and is "
+            f"evaluated on {dataset.name} (--dataset {args.dataset}); its scores measure "
+            f"{trained_on} -> {dataset.name} transfer and do not compare with the run's own",
+            file=sys.stderr,
+        )
     x, y = getattr(dataset, args.split)
     loaded = load_saved_model(saved_dir)
     scores = predict_scores(loaded, x, args.batch_size)

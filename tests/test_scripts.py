@@ -58,6 +58,26 @@ def test_evaluate_writes_report_and_matches_training_metrics(trained_run, data_d
         assert (trained_run / "evaluation" / "kmnist-test" / fig).stat().st_size > 1000
 
 
+def test_evaluate_warns_when_the_dataset_is_not_the_one_trained_on(
+    trained_run, data_dir, tmp_path, capsys
+):
+    """Scoring a model on another dataset is allowed (transfer), but it says so."""
+    same = [str(trained_run), "--dataset", "kmnist", "--data-dir", str(data_dir),
+            "--output-dir", str(tmp_path / "same")]  # fmt: skip
+    assert _cli.run(evaluate_script.main, same) == 0
+    assert "warning" not in capsys.readouterr().err
+    other = [str(trained_run / "saved_model"), "--dataset", "mnist", "--data-dir", str(data_dir),
+             "--output-dir", str(tmp_path / "other")]  # fmt: skip
+    assert _cli.run(evaluate_script.main, other) == 0
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if "warning" in line]
+    assert len(warnings) == 1, captured.err
+    assert warnings[0].startswith("evaluate.py: warning: the model was trained on kmnist")
+    assert "evaluated on mnist (--dataset mnist)" in warnings[0]
+    assert "mnist test: accuracy" in captured.out  # and it was evaluated all the same
+    assert json.loads((tmp_path / "other" / "evaluation.json").read_text())["dataset"] == "mnist"
+
+
 def test_savedmodel_in_fresh_process_with_tensorflow_only(trained_run, data_dir, tmp_path):
     """A new interpreter that imports only TensorFlow predicts what Keras predicted."""
     from kmnist_lab.data import load_dataset
