@@ -343,6 +343,24 @@ def test_grid_search_writes_every_output_and_reruns_nothing(data_dir, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
 
+def test_a_search_reports_its_result_once(data_dir, tmp_path, capsys, caplog):
+    """One summary line at the end (stdout), not a second one in the log (stderr)."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+    argv = ["--dataset", "kmnist", "--data-dir", str(data_dir), "--directory", str(tmp_path),
+            "--jit", "off", "--space", "a_grid", "--tuner", "grid", "--max-epochs", "1",
+            "--max-trials", "1", "--no-export"]  # fmt: skip
+    assert _cli.run(tune_script.main, argv) == 0
+    captured = capsys.readouterr()
+    text = captured.out + captured.err + caplog.text
+    project = tmp_path / "a_grid_grid_kmnist"
+    summaries = [line for line in text.splitlines() if line.endswith(f"-> {project}")]
+    assert len(summaries) == 1, summaries
+    assert summaries[0] in captured.out.splitlines()
+    assert "1 trials, total epochs trained 1" in summaries[0]
+
+
 def test_dataset_auto_names_the_search_after_the_dataset_it_found(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     write_idx_dataset(tmp_path / "keras" / "datasets", n_train=120, n_test=20)

@@ -88,7 +88,7 @@ def finalize(tuner, cfg, dataset, elapsed_s: float = 0.0, memory: dict | None = 
         if best
         else ""
     )
-    log.info(
+    log.debug(  # scripts/tune.py prints the one-line result (it was printed twice)
         "search %s: %d trials, %d epochs trained in total%s -> %s",
         cfg.project_name, len(rows), summary["total_epochs"], best_text, project,
     )  # fmt: skip
