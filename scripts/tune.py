@@ -169,7 +169,8 @@ def main(argv=None) -> int:
     s = result.summary
     line = (
         f"{s['config']['space']}/{s['config']['tuner']} on {s['dataset']}: "
-        f"{s['trials_completed']} trials, total epochs trained {s['total_epochs']}"
+        f"{s['trials_completed']} trial{'' if s['trials_completed'] == 1 else 's'}, "
+        f"total epochs trained {s['total_epochs']}"
     )
     best, model = s.get("best"), s.get("best_model") or {}
     if best:
