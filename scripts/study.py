@@ -30,7 +30,7 @@ def build_parser():
     p.add_argument("name", nargs="?", choices=list_studies(), metavar="NAME",
                    help="study to run: " + ", ".join(list_studies()))  # fmt: skip
     p.add_argument("--list", action="store_true",
-                   help="list the studies with their run counts (without NAME)")  # fmt: skip
+                   help="list the studies with their run counts (no NAME or run flags)")  # fmt: skip
     p.add_argument(
         "--dataset", choices=list_datasets(), default="auto", help="dataset (default auto)"
     )
@@ -52,6 +52,19 @@ def build_parser():
     return p
 
 
+# The flags that only change how a study runs: `--list` runs none, so it refuses them.
+_RUN_FLAGS = (
+    ("dataset", "--dataset"),
+    ("data_dir", "--data-dir"),
+    ("epochs_scale", "--epochs-scale"),
+    ("quick", "--quick"),
+    ("only", "--only"),
+    ("output_dir", "--output-dir"),
+    ("export", "--no-export"),
+    ("report", "--report"),
+)
+
+
 def main(argv=None) -> int:
     backend = _cli.select_backend(argv)
     parser = build_parser()
@@ -64,6 +77,14 @@ def main(argv=None) -> int:
             f"drop --list to run {args.name}, or drop NAME to list the studies"
         )
     if args.list:
+        ignored = [
+            flag for dest, flag in _RUN_FLAGS if getattr(args, dest) != parser.get_default(dest)
+        ]
+        if ignored:
+            parser.error(
+                f"--list lists every study and runs none, so {', '.join(ignored)} would be "
+                "ignored; drop --list to run a study with them"
+            )
         width = max(map(len, list_studies()))
         for name in list_studies():
             study = get_study(name)

@@ -808,6 +808,8 @@ BAD_INPUT = [
      "`only` pattern 'bs999*' matches no run of a_grid"),
     ("study-name-with-list", "study", ["a_models", "--list"], 2,
      "--list lists every study and runs none, so NAME 'a_models' would be ignored"),
+    ("study-list-with-run-flags", "study", ["--list", "--quick"], 2,
+     "--list lists every study and runs none, so --quick would be ignored"),
     ("cpu-devices-without-distribute", "train", T + ["--cpu-devices", "2"], 2,
      "--cpu-devices 2 splits the CPU for --distribute data-parallel"),
     # malformed config files

@@ -229,6 +229,28 @@ def test_study_list_with_a_name_is_refused_and_lists_nothing(capsys):
 
 
 @pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--dataset", "fashion_mnist"], "--dataset"),
+        (["--quick"], "--quick"),
+        (["--only", "bs128_*", "--no-export"], "--only, --no-export"),
+        (["--epochs-scale", "0.5", "--report"], "--epochs-scale, --report"),
+    ],
+)
+def test_study_list_with_run_flags_is_refused_and_names_them(flags, named, capsys):
+    """--list runs nothing, so a flag that only changes how a study runs would be ignored."""
+    import study as study_script
+
+    code = _cli.run(study_script.main, ["--list", *flags])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == "", captured.out
+    assert captured.err.strip().splitlines() == [
+        f"study.py: error: --list lists every study and runs none, so {named} would be "
+        "ignored; drop --list to run a study with them (see --help)"
+    ]
+
+
+@pytest.mark.parametrize(
     "script, argv",
     [
         ("train", ["--back", "torch"]),  # would train on the auto backend, not torch
