@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import warnings
 from pathlib import Path
 
@@ -122,6 +123,9 @@ def export_best(tuner, trial, cfg, dataset, epochs: int, out: Path) -> dict:
                 log.info("exported the best model (trial %s) -> %s", trial.trial_id, out)
                 return old
         metrics_path.unlink()
+    # Scoring another model (a new best, or retrained): the files of the one exported
+    # before must go, or `--no-export` would leave them beside the new metrics.json.
+    _remove_artifacts(out)
     out.mkdir(parents=True, exist_ok=True)
     hp = trial.hyperparameters
     checkpoint = Path(tuner._get_checkpoint_fname(trial.trial_id))
@@ -166,6 +170,12 @@ def export_best(tuner, trial, cfg, dataset, epochs: int, out: Path) -> dict:
         origin, metrics["val_accuracy"], metrics["test_accuracy"], out,
     )  # fmt: skip
     return metrics
+
+
+def _remove_artifacts(out: Path) -> None:
+    """Deletes `out`'s exported model files (`model.keras`, `saved_model/`)."""
+    (out / "model.keras").unlink(missing_ok=True)
+    shutil.rmtree(out / "saved_model", ignore_errors=True)
 
 
 def _restore(tuner, trial):
