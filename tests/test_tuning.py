@@ -479,6 +479,20 @@ def test_distributed_search_chief_and_two_workers(data_dir, tmp_path):
         assert (project / "logs" / f"{name}.log").is_file()
 
 
+def test_workers_resolve_relative_paths_from_the_callers_folder(data_dir, tmp_path, monkeypatch):
+    """`--workers` started outside the repository, with a relative --directory (the
+    default `searches` is one) and --data-dir: the chief and workers read and write
+    the same folders the command named."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").symlink_to(data_dir)
+    argv = ["--dataset", "kmnist", "--data-dir", "data", "--directory", "s", "--jit", "off", "-q",
+            "--space", "a_grid", "--tuner", "grid", "--max-epochs", "1", "--max-trials", "1",
+            "--no-export", "--workers", "1"]  # fmt: skip
+    assert _cli.run(tune_script.main, argv) == 0
+    rows = _rows(tmp_path / "s" / "a_grid_grid_kmnist")
+    assert [r["status"] for r in rows] == ["COMPLETED"]
+
+
 # ------------------------------------------------------------------- bad input
 
 

@@ -25,6 +25,7 @@ from tuning.search import ROOT, SearchConfig, SearchError, SearchResult, _lock_p
 log = logging.getLogger(__name__)
 
 POLL_S = 0.2
+CWD_VARIABLE = "KMNIST_TUNING_CWD"
 WAIT_FOR_WORKERS_S = 120.0
 
 
@@ -82,8 +83,9 @@ def launch_local_cluster(cfg: SearchConfig) -> SearchResult:
     """Starts a chief and `cfg.workers` workers on 127.0.0.1, waits, returns the summary.
 
     Each process runs `python -m tuning CONFIG` with keras-tuner's
-    variables set and logs to `<search folder>/logs/<tuner id>.log`. If a worker
-    fails, the others are stopped; re-running resumes.
+    variables set, moves to this process's working folder (so relative paths
+    mean the same) and logs to `<search folder>/logs/<tuner id>.log`. If a
+    worker fails, the others are stopped; re-running resumes.
     """
     lock = _lock_project(cfg)
     project = cfg.project_dir
@@ -98,6 +100,9 @@ def launch_local_cluster(cfg: SearchConfig) -> SearchResult:
         KERASTUNER_ORACLE_PORT=str(_free_port()),
         PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p),
     )
+    # The processes start in ROOT (so `-m tuning` is this checkout's), then move to this
+    # folder, against which the command's relative paths (--directory, --data-dir) read.
+    env[CWD_VARIABLE] = os.getcwd()
     # N processes share the machine's cores.
     threads = str(max(1, (os.cpu_count() or 1) // (cfg.workers + 1)))
     env.setdefault("OMP_NUM_THREADS", threads)
@@ -144,6 +149,8 @@ def launch_local_cluster(cfg: SearchConfig) -> SearchResult:
 def child_main(argv) -> int:
     """Entry point of a chief/worker process (`python -m tuning CONFIG_JSON`)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    if CWD_VARIABLE in os.environ:  # the folder of the command that started this process
+        os.chdir(os.environ[CWD_VARIABLE])
     try:
         run_search(SearchConfig.from_json(argv[0]))
     except KmnistLabError as e:
