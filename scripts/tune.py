@@ -180,7 +180,8 @@ def main(argv=None) -> int:
         )
         line += (
             f"; best val accuracy {100 * best['val_accuracy']:.2f}% "
-            f"(trial {best['trial_id']}: {hps}, {best['epochs']} epochs)"
+            f"(trial {best['trial_id']}: {hps}, {best['epochs']} "
+            f"epoch{'' if best['epochs'] == 1 else 's'})"
         )
     if model.get("test_accuracy") is not None:
         line += f"; best model test accuracy {100 * model['test_accuracy']:.2f}%"

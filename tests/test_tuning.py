@@ -373,6 +373,7 @@ def test_a_search_reports_its_result_once(data_dir, tmp_path, capsys, caplog):
     assert len(summaries) == 1, summaries
     assert summaries[0] in captured.out.splitlines()
     assert "1 trial, total epochs trained 1" in summaries[0]
+    assert "epochs=1, 1 epoch)" in summaries[0]  # not "1 epochs"
 
 
 def test_dataset_auto_names_the_search_after_the_dataset_it_found(tmp_path, monkeypatch):
