@@ -158,13 +158,25 @@ class RunLock:
     do not take a dead run for a live one (a SIGKILL leaves `running`; `run_status`
     asks the lock instead).
 
+    Args:
+        run_dir: the folder to lock.
+        name_flag, dir_flag: the command-line flags that choose the folder's name and
+            its parent, named in the refusals (`train.py`'s by default; `tune.py`
+            passes `--project-name` and `--directory`).
+
     Raises:
         RunFolderError: another live process holds the lock, or the folder
             cannot be created or written.
     """
 
-    def __init__(self, run_dir: str | os.PathLike):
+    def __init__(
+        self,
+        run_dir: str | os.PathLike,
+        name_flag: str = "--run-name",
+        dir_flag: str = "--output-dir",
+    ):
         self.run_dir = Path(run_dir)
+        self.name_flag, self.dir_flag = name_flag, dir_flag
         self.path = self.run_dir / LOCK_NAME
         self.held = False
         self._fd: int | None = None
@@ -195,10 +207,10 @@ class RunLock:
         except OSError as e:
             raise RunFolderError(
                 f"cannot create run folder {self.run_dir}: {e.strerror}; "
-                "choose another --output-dir"
+                f"choose another {self.dir_flag}"
             ) from None
         if not self.run_dir.is_dir():
-            raise RunFolderError(f"{self.run_dir} is not a folder; choose another --run-name")
+            raise RunFolderError(f"{self.run_dir} is not a folder; choose another {self.name_flag}")
         self._created = missing
 
     def _try_acquire(self) -> bool:
@@ -206,7 +218,7 @@ class RunLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             raise RunFolderError(
-                f"cannot write to {self.run_dir}: {e.strerror}; choose another --output-dir"
+                f"cannot write to {self.run_dir}: {e.strerror}; choose another {self.dir_flag}"
             ) from None
         try:
             if fcntl is not None:
@@ -237,7 +249,8 @@ class RunLock:
     def _refuse(self, pid: int | None):
         who = f"process {pid}" if pid is not None else "another process"
         raise RunFolderError(
-            f"{self.run_dir} is in use by {who}; wait for it to finish or choose another --run-name"
+            f"{self.run_dir} is in use by {who}; wait for it to finish or choose another "
+            f"{self.name_flag}"
         )
 
     def release(self) -> None:

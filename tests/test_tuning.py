@@ -538,6 +538,16 @@ def test_expect_workers_is_for_the_chief_only(tmp_path, capsys, monkeypatch):
     assert not any(tmp_path.iterdir())
 
 
+def test_a_search_folder_in_use_is_refused_naming_tune_flags(data_dir, tmp_path, capsys):
+    """The refusal names tune.py's own flags (--project-name), not train.py's (--run-name)."""
+    from kmnist_lab import runs
+
+    argv = _argv(data_dir, tmp_path, "--space", "a_grid", "--tuner", "grid")
+    with runs.RunLock(tmp_path / "a_grid_grid_kmnist"):  # a search running there
+        code = _cli.run(tune_script.main, argv)
+    _one_line_error(capsys, code, "choose another --project-name")
+
+
 def test_other_settings_in_an_existing_search_folder_are_refused(tmp_path, capsys):
     cfg = SearchConfig(space="a_grid", tuner="grid", directory=str(tmp_path), project_name="p")
     project = tmp_path / "p"

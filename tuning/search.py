@@ -323,9 +323,14 @@ def run_search(config: SearchConfig) -> SearchResult | None:
 def _lock_project(cfg: SearchConfig):
     """Prepares the search folder and locks it against a second local search."""
     if cfg.project_dir.is_dir():  # refuse before `overwrite` deletes a running search
-        runs.RunLock(cfg.project_dir).acquire().release()
+        _project_lock(cfg).acquire().release()
     prepare_project_dir(cfg)
-    return runs.RunLock(cfg.project_dir).acquire()
+    return _project_lock(cfg).acquire()
+
+
+def _project_lock(cfg: SearchConfig) -> runs.RunLock:
+    """The search folder's lock; its refusals name tune.py's flags."""
+    return runs.RunLock(cfg.project_dir, name_flag="--project-name", dir_flag="--directory")
 
 
 def _search(cfg: SearchConfig, role: str | None, dataset) -> SearchResult | None:
