@@ -69,7 +69,8 @@ def build_parser():
         help="Hyperband sweeps (default 1)",
     )
     b.add_argument("--max-trials", type=_cli.positive_int,
-                   help="most trials (default: grid all cells, random/bayesian 10)")  # fmt: skip
+                   help="most trials (default: grid all cells, random/bayesian 10, "
+                   "hyperband as many as its brackets need)")  # fmt: skip
     o = p.add_argument_group("output")
     o.add_argument(
         "--directory", default="searches", help="parent of search folders (default searches)"
