@@ -566,6 +566,32 @@ def test_other_settings_in_an_existing_search_folder_are_refused(tmp_path, capsy
     _one_line_error(capsys, _cli.run(tune_script.main, argv), "--overwrite")
 
 
+def test_a_search_resumes_on_its_own_backend_only(tmp_path, capsys):
+    """Trials from two backends are not comparable: a resume on another one is refused."""
+    import keras
+
+    from tuning.search import prepare_project_dir
+
+    cfg = SearchConfig(
+        space="a_grid", tuner="grid", dataset="mnist_5k", directory=str(tmp_path), project_name="p"
+    )
+    prepare_project_dir(cfg)
+    marker = tmp_path / "p" / "search.json"
+    stored = json.loads(marker.read_text())
+    assert stored["backend"] == keras.backend.backend()
+    prepare_project_dir(cfg)  # the same backend resumes
+    other = "torch" if keras.backend.backend() != "torch" else "jax"
+    marker.write_text(json.dumps({**stored, "backend": other}))
+    argv = ["--space", "a_grid", "--tuner", "grid", "--dataset", "mnist_5k"]
+    code = _cli.run(tune_script.main, [*argv, "--directory", str(tmp_path), "--project-name", "p"])
+    _one_line_error(capsys, code, f"holds a search run on the {other} backend")
+    assert json.loads(marker.read_text())["backend"] == other  # nothing rewritten
+    # A folder from before the backend was recorded resumes on any backend.
+    marker.write_text(json.dumps({"identity": stored["identity"]}))
+    prepare_project_dir(cfg)
+    assert json.loads(marker.read_text())["backend"] == keras.backend.backend()
+
+
 @pytest.mark.parametrize(
     "tuner, refused", [("grid", False), ("random", False), ("hyperband", True)]
 )

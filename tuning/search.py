@@ -5,7 +5,7 @@ scores trials on the validation split, and writes into the search folder
 `<directory>/<project_name>/` (keras-tuner's own files live there too):
 
 ```
-search.json                the search's settings (a re-run with other settings is refused)
+search.json                the search's settings and backend (a re-run with others is refused)
 trials.csv                 one row per trial: hyperparameters, val metrics, epochs, time, worker
 best_hyperparameters.json  the best trial's hyperparameters and score
 best_model/                the best trial's model restored from its checkpoint (or retrained):
@@ -233,11 +233,22 @@ def prepare_project_dir(cfg: SearchConfig) -> Path:
     except OSError as e:
         raise RunFolderError(f"cannot create search folder {project}: {e.strerror}") from None
     marker = project / "search.json"
+    backend = keras_backend()
     if marker.is_file():
-        diff = cfg.identity_differences((runs.read_json(marker) or {}).get("identity"))
+        stored = runs.read_json(marker) or {}
+        diff = cfg.identity_differences(stored.get("identity"))
         if diff:
             raise RunFolderError(
                 f"{project} holds a search with other settings ({', '.join(diff)}); pass "
+                "--overwrite to start over or choose another --project-name"
+            )
+        # Trials on two backends are not comparable (another initialisation from the
+        # same seed, other kernels): a search resumes on its own backend only. Folders
+        # written before the backend was recorded resume on any.
+        if stored.get("backend", backend) != backend:
+            raise RunFolderError(
+                f"{project} holds a search run on the {stored['backend']} backend, and this "
+                f"process runs {backend}; pass --backend {stored['backend']} to resume it, "
                 "--overwrite to start over or choose another --project-name"
             )
     elif any(project.iterdir()):
@@ -245,8 +256,17 @@ def prepare_project_dir(cfg: SearchConfig) -> Path:
             f"{project} exists and is not a kmnist_lab search folder; choose another "
             "--project-name or pass --overwrite"
         )
-    runs.atomic_write_json(marker, {"identity": cfg.identity(), "config": cfg.to_dict()})
+    runs.atomic_write_json(
+        marker, {"identity": cfg.identity(), "backend": backend, "config": cfg.to_dict()}
+    )
     return project
+
+
+def keras_backend() -> str:
+    """The Keras backend of this process (imports Keras)."""
+    import keras
+
+    return keras.backend.backend()
 
 
 # ------------------------------------------------------------------- the search
