@@ -60,13 +60,10 @@ def build_parser():
                    help="most epochs one model trains (Hyperband's max_epochs; caps the epoch "
                    "choices of the other tuners; default: the space's largest)")  # fmt: skip
     b.add_argument(
-        "--factor", type=_cli.positive_int, default=3, help="Hyperband reduction factor (default 3)"
+        "--factor", type=_cli.positive_int, help="Hyperband reduction factor (default 3)"
     )
     b.add_argument(
-        "--hyperband-iterations",
-        type=_cli.positive_int,
-        default=1,
-        help="Hyperband sweeps (default 1)",
+        "--hyperband-iterations", type=_cli.positive_int, help="Hyperband sweeps (default 1)"
     )
     b.add_argument("--max-trials", type=_cli.positive_int,
                    help="most trials (default: grid all cells, random/bayesian 10, "
@@ -156,6 +153,17 @@ def main(argv=None) -> int:
     backend = _cli.select_backend(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    hyperband_flags = {"--factor": args.factor, "--hyperband-iterations": args.hyperband_iterations}
+    if args.tuner != "hyperband":
+        given = [flag for flag, value in hyperband_flags.items() if value is not None]
+        if given:
+            parser.error(
+                f"{', '.join(given)} set{'s' if len(given) == 1 else ''} Hyperband's schedule, "
+                f"and this search uses --tuner {args.tuner}: drop "
+                f"{'it' if len(given) == 1 else 'them'}, or pass --tuner hyperband"
+            )
+    args.factor = 3 if args.factor is None else args.factor
+    args.hyperband_iterations = args.hyperband_iterations or 1
     if args.factor < 2:
         _cli.fail(f"--factor must be an integer >= 2, got {args.factor}")
     if args.expect_workers:

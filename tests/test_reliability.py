@@ -924,6 +924,8 @@ BAD_INPUT = [
      "--max-trials: must be a positive integer"),
     ("tune-factor-one", "tune", ["--space", "losses", "--factor", "1"], 2,
      "--factor must be an integer >= 2"),
+    ("tune-factor-without-hyperband", "tune", ["--space", "losses", "--tuner", "random",
+     "--factor", "4"], 2, "--factor sets Hyperband's schedule"),
     ("tune-workers-negative", "tune", ["--space", "losses", "--workers", "-1"], 2,
      "--workers: must be an integer >= 0"),
     ("tune-expect-workers-alone", "tune", ["--space", "losses", "--expect-workers", "2"], 2,

@@ -511,6 +511,25 @@ def _one_line_error(capsys, code, match):
         (["--space", "a_grid", "--tuner", "annealing"], "--tuner"),
         (["--space", "a_grid", "--max-epochs", "0"], "--max-epochs"),
         (["--space", "a_grid", "--factor", "1"], "--factor"),
+        # Hyperband's schedule flags would be ignored by another tuner.
+        (
+            ["--space", "a_grid", "--tuner", "grid", "--factor", "4"],
+            "--factor sets Hyperband's schedule, and this search uses --tuner grid: drop it",
+        ),
+        (
+            [
+                "--space",
+                "a_grid",
+                "--tuner",
+                "random",
+                "--factor",
+                "3",
+                "--hyperband-iterations",
+                "2",
+            ],
+            "--factor, --hyperband-iterations set Hyperband's schedule, and this search uses "
+            "--tuner random: drop them",
+        ),  # fmt: skip
         (["--space", "a_grid", "--project-name", "a/b"], "project_name"),
         (["--space", "a_grid", "--dataset", "kmnist"], "kmnist"),
         (["--space", "a_grid", "--dataset", "kmnist", "--workers", "1"], "kmnist"),
