@@ -345,11 +345,13 @@ def test_grid_search_writes_every_output_and_reruns_nothing(data_dir, tmp_path):
 
 def test_no_export_never_leaves_an_earlier_best_models_files(data_dir, tmp_path):
     """An extended search whose best trial changed, run with --no-export: best_model/
-    holds only the new best's metrics.json, not the previous best's exported model."""
+    holds only the new best's metrics.json, not the previous best's exported model nor
+    evaluate.py's report of it."""
     argv = _argv(data_dir, tmp_path, "--space", "a_grid", "--tuner", "grid", "--max-epochs", "1")
     assert _cli.run(tune_script.main, [*argv, "--max-trials", "1"]) == 0
     best_model = tmp_path / "a_grid_grid_kmnist" / "best_model"
     assert (best_model / "model.keras").is_file() and (best_model / "saved_model").is_dir()
+    (best_model / "evaluation" / "kmnist-test").mkdir(parents=True)  # evaluate.py's report
     assert _cli.run(tune_script.main, [*argv, "--max-trials", "4", "--no-export"]) == 0
     metrics = json.loads((best_model / "metrics.json").read_text())
     assert metrics["trial_id"] != "0", "the scenario needs a new best trial"

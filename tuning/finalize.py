@@ -124,7 +124,8 @@ def export_best(tuner, trial, cfg, dataset, epochs: int, out: Path) -> dict:
                 return old
         metrics_path.unlink()
     # Scoring another model (a new best, or retrained): the files of the one exported
-    # before must go, or `--no-export` would leave them beside the new metrics.json.
+    # before, and evaluate.py's reports of it, must go, or `--no-export` would leave
+    # them beside the new metrics.json.
     _remove_artifacts(out)
     out.mkdir(parents=True, exist_ok=True)
     hp = trial.hyperparameters
@@ -173,9 +174,11 @@ def export_best(tuner, trial, cfg, dataset, epochs: int, out: Path) -> dict:
 
 
 def _remove_artifacts(out: Path) -> None:
-    """Deletes `out`'s exported model files (`model.keras`, `saved_model/`)."""
+    """Deletes what describes `out`'s previous model: its exported files (`model.keras`,
+    `saved_model/`) and `scripts/evaluate.py`'s reports of it (`evaluation/`)."""
     (out / "model.keras").unlink(missing_ok=True)
     shutil.rmtree(out / "saved_model", ignore_errors=True)
+    shutil.rmtree(out / "evaluation", ignore_errors=True)
 
 
 def _restore(tuner, trial):
