@@ -74,6 +74,48 @@ def test_every_space_builds_its_default_model_through_the_registry(name):
     assert model.compiled and model.output_shape == (None, 10)
 
 
+def _layer_configs(model):
+    return [
+        (type(layer).__name__, {k: v for k, v in layer.get_config().items() if k != "name"})
+        for layer in model.layers
+    ]
+
+
+@pytest.mark.parametrize("name", list_spaces())
+def test_best_train_config_trains_what_the_trial_trained(name):
+    """`train_config` as read by scripts/train.py builds the trial's model, loss and
+    optimizer (same classes and settings, constant lr), batch size and epochs."""
+    from kmnist_lab.config import TrainConfig
+    from kmnist_lab.training import build_for_config, compile_for_config
+
+    hypermodel = get_hypermodel(name, train_size=100, seed=3)
+    hp = kt.HyperParameters()
+    hypermodel.declare_hyperparameters(hp)
+    count = 2 if name in ("resnet18", "residual_cnn") else 3  # building the CNNs is slower
+    combos = enumerate_space(hp)
+    if combos is not None:
+        points = [combos[0], combos[-1], combos[len(combos) // 2]][:count]
+    else:  # a continuous space: random points
+        points = [{p.name: p.random_sample(seed) for p in hp.space} for seed in range(count)]
+    for point in points:
+        hp.values.update(point)
+        hp.ensure_active_values()
+        spec = hypermodel.space(hp)
+        config = TrainConfig.from_dict(hypermodel.train_config(hp, epochs=7)).resolved()
+        assert (config.batch_size, config.epochs, config.seed) == (spec.batch_size, 7, 3)
+        trial_model = hypermodel.build(hp)
+        model, loss = build_for_config(config, num_classes=10)
+        compile_for_config(model, loss, config, steps_per_epoch=10)
+        assert _layer_configs(model) == _layer_configs(trial_model), point
+        assert loss.get_config() == trial_model.loss.get_config(), point
+        ours, theirs = model.optimizer.get_config(), trial_model.optimizer.get_config()
+        assert type(model.optimizer) is type(trial_model.optimizer), point
+        assert ours.pop("learning_rate") == pytest.approx(theirs.pop("learning_rate")), point
+        assert {k: v for k, v in ours.items() if k != "name"} == {
+            k: v for k, v in theirs.items() if k != "name"
+        }, point
+
+
 def test_a_grid_is_report_a_grid():
     hp = kt.HyperParameters()
     get_hypermodel("a_grid").declare_hyperparameters(hp)
@@ -357,6 +399,34 @@ def test_no_export_never_leaves_an_earlier_best_models_files(data_dir, tmp_path)
     assert metrics["trial_id"] != "0", "the scenario needs a new best trial"
     assert metrics["artifacts"] == []
     assert sorted(p.name for p in best_model.iterdir()) == ["metrics.json"]
+
+
+def test_best_train_config_json_runs_with_train_py(data_dir, tmp_path):
+    """`train.py --config SEARCH/best_train_config.json` trains the best configuration on
+    the search's data, in a run named after the search."""
+    import train as train_script
+
+    argv = _argv(data_dir, tmp_path, "--space", "a_grid", "--tuner", "grid", "--max-epochs", "1")
+    assert _cli.run(tune_script.main, [*argv, "--max-trials", "2", "--no-export"]) == 0
+    project = tmp_path / "a_grid_grid_kmnist"
+    best = json.loads((project / "best_hyperparameters.json").read_text())
+    config_path = project / "best_train_config.json"
+    config = json.loads(config_path.read_text())
+    assert config["dataset"] == "kmnist" and config["data_dir"] == str(data_dir)
+    assert (config["batch_size"], config["lr"]) == (
+        best["hyperparameters"]["batch_size"],
+        best["hyperparameters"]["lr"],
+    )
+    out = tmp_path / "runs"
+    code = _cli.run(
+        train_script.main, ["--config", str(config_path), "--output-dir", str(out), "-q"]
+    )
+    assert code == 0
+    run = json.loads((out / "a_grid_grid_kmnist_best" / "config.json").read_text())["config"]
+    assert {k: run[k] for k in ("arch", "optimizer", "lr_schedule", "epochs", "augment")} == {
+        "arch": "plain_mlp", "optimizer": "sgd", "lr_schedule": "constant", "epochs": 1,
+        "augment": False,
+    }  # fmt: skip
 
 
 def test_a_search_reports_its_result_once(data_dir, tmp_path, capsys, caplog):

@@ -29,7 +29,8 @@ def _tuner_settings(cfg) -> str:
 
 
 def finalize(tuner, cfg, dataset, elapsed_s: float = 0.0, memory: dict | None = None) -> dict:
-    """Writes trials.csv, best_hyperparameters.json, best_model/, figures/, summary.*.
+    """Writes trials.csv, best_hyperparameters.json, best_train_config.json, best_model/,
+    figures/, summary.*.
 
     Returns:
         The contents of `summary.json`.
@@ -60,6 +61,7 @@ def finalize(tuner, cfg, dataset, elapsed_s: float = 0.0, memory: dict | None = 
                 if k in values
             }
         runs.atomic_write_json(project / "best_hyperparameters.json", best)
+        write_train_config(tuner, trial, cfg, dataset, best["epochs"], project)
         best_model = export_best(tuner, trial, cfg, dataset, best["epochs"], project / "best_model")
     figures = write_figures(rows, project / "figures", label=f"{cfg.space}/{cfg.tuner}")
     statuses = [r["status"] for r in rows]
@@ -94,6 +96,27 @@ def finalize(tuner, cfg, dataset, elapsed_s: float = 0.0, memory: dict | None = 
         cfg.project_name, len(rows), summary["total_epochs"], best_text, project,
     )  # fmt: skip
     return summary
+
+
+def write_train_config(tuner, trial, cfg, dataset, epochs: int, project: Path) -> dict:
+    """Writes `best_train_config.json`: the best trial as a `scripts/train.py --config`.
+
+    The search's data (dataset, split, seed) and backend, and a run named
+    `<project>_best`; the file is validated as a `TrainConfig` before it is written.
+    """
+    from kmnist_lab.config import TrainConfig
+
+    config = {
+        **tuner.hypermodel.train_config(trial.hyperparameters, epochs),
+        "dataset": dataset.name,
+        "data_dir": cfg.data_dir,
+        "val_fraction": cfg.val_fraction,
+        "backend": keras.backend.backend(),
+        "run_name": f"{cfg.project_name}_best",
+    }
+    TrainConfig.from_dict(config)  # raises ConfigError if train.py could not read it
+    runs.atomic_write_json(project / "best_train_config.json", config)
+    return config
 
 
 def export_best(tuner, trial, cfg, dataset, epochs: int, out: Path) -> dict:

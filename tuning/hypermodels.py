@@ -163,6 +163,34 @@ class SpaceHyperModel(kt.HyperModel):
             *args, batch_size=spec.batch_size, epochs=epochs, callbacks=callbacks, **kwargs
         )
 
+    def train_config(self, hp: kt.HyperParameters, epochs: int) -> dict:
+        """The point `hp` as `TrainConfig` fields: `scripts/train.py --config` trains it.
+
+        The same model, loss, optimizer, batch size and epochs as the trial, with a
+        constant learning rate (tuning uses no schedule): `augment` and `momentum`,
+        which a space passes in `model_params` / `optimizer_params`, become the
+        config's own fields.
+        """
+        spec = self.space(hp)
+        model_params = dict(spec.model_params)
+        optimizer_params = dict(spec.optimizer_params)
+        return {
+            "arch": spec.arch,
+            "epochs": int(epochs),
+            "batch_size": int(spec.batch_size),
+            "lr": float(spec.lr),
+            "lr_schedule": "constant",
+            "optimizer": spec.optimizer,
+            "momentum": optimizer_params.pop("momentum", None),
+            "optimizer_params": optimizer_params,
+            "loss": spec.loss,
+            "loss_params": dict(spec.loss_params),
+            "augment": bool(model_params.pop("augment", False)),
+            "model_params": model_params,
+            "seed": self.seed,
+            "jit": self.jit,
+        }
+
     def loss_for(self, hp: kt.HyperParameters) -> keras.losses.Loss:
         """The loss of the point `hp` (its `scale` sets the serving score scale)."""
         spec = self.space(hp)
