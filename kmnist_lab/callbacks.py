@@ -211,6 +211,9 @@ class RunBackup(keras.callbacks.Callback):
 
     Attributes:
         restored_epoch: number of completed epochs restored, or None.
+        first_epochs: the (1-based) epochs at which each process that trained this run
+            started, kept in the backups across resumptions: their times include
+            that process's compilation, so throughput leaves them out.
     """
 
     _PATTERN = re.compile(r"epoch-(\d+)")
@@ -222,6 +225,7 @@ class RunBackup(keras.callbacks.Callback):
         self.backup_dir = Path(backup_dir)
         self.keep = keep
         self.restored_epoch: int | None = None
+        self.first_epochs: list[int] = [1]
 
     def checkpoints(self) -> list[tuple[int, Path]]:
         """`(epoch, folder)` of the complete backups, newest first."""
@@ -236,22 +240,26 @@ class RunBackup(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.restored_epoch = None
+        self.first_epochs = [1]
         if self.backup_dir.is_dir():
             for leftover in self.backup_dir.glob(".tmp-*"):
                 shutil.rmtree(leftover, ignore_errors=True)
         for epoch, path in self.checkpoints():
             try:
-                self._load(path)
+                meta = self._load(path) or {}
             except Exception as e:  # h5py/Keras raise many types on damaged files
                 log.warning("backup %s is unreadable (%s: %s); trying an older one",
                             path, type(e).__name__, e)  # fmt: skip
                 continue
             self.model._initial_epoch = epoch  # the hook `BackupAndRestore` uses
             self.restored_epoch = epoch
+            earlier = [int(e) for e in meta.get("first_epochs", [1]) if int(e) <= epoch]
+            self.first_epochs = sorted({*earlier, epoch + 1})
             log.info("restored the training state after epoch %d from %s", epoch, path)
             return
 
-    def _load(self, path: Path) -> None:
+    def _load(self, path: Path) -> dict:
+        """Restores the state saved in `path`; returns its `meta.json`."""
         meta = json.loads((path / "meta.json").read_text())
         epoch = int(meta["epoch"])
         if f"epoch-{epoch:05d}" != path.name:
@@ -265,6 +273,7 @@ class RunBackup(keras.callbacks.Callback):
         if len(saved) == len(states):
             for variable, value in zip(states, saved, strict=True):
                 variable.assign(np.asarray(value, dtype=variable.dtype))
+        return meta
 
     def on_epoch_end(self, epoch, logs=None):
         loss = (logs or {}).get("loss")
@@ -283,7 +292,10 @@ class RunBackup(keras.callbacks.Callback):
         with open(weights, "rb+") as f:
             os.fsync(f.fileno())
         seeds = [keras.ops.convert_to_numpy(v).tolist() for v in _seed_states(self.model)]
-        atomic_write_json(tmp / "meta.json", {"epoch": epoch, "seed_states": seeds})
+        atomic_write_json(
+            tmp / "meta.json",
+            {"epoch": epoch, "seed_states": seeds, "first_epochs": self.first_epochs},
+        )
         fsync_dir(tmp)
         final = self.backup_dir / f"epoch-{epoch:05d}"
         if final.exists():  # this epoch re-ran after a kill; older backups remain meanwhile

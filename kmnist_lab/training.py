@@ -291,6 +291,7 @@ def _fit_and_export(
     )
     runs.atomic_write_json(run_dir / "status.json", {"status": "running"})
     guard = DivergenceGuard()
+    backup = RunBackup(run_dir / runs.BACKUP_DIR)
     callbacks = [
         EpochStats(),
         HistoryLogger(run_dir / "history.csv"),
@@ -298,7 +299,7 @@ def _fit_and_export(
         guard,
         # Last, so an epoch's CSV rows exist before its backup: a kill in between
         # re-runs that epoch and the loggers drop its rows (no duplicates, no gaps).
-        RunBackup(run_dir / runs.BACKUP_DIR),
+        backup,
     ]
     # ASGD: validate on the averaged weights (swapped in and out around validation).
     callbacks[-1:-1] = averaging_callbacks(model.optimizer)
@@ -348,8 +349,14 @@ def _fit_and_export(
     artifacts = _export(model, loss, run_dir, cfg)
     if plots:
         _plot(run_dir)
-    epoch_times = [float(r["epoch_time"]) for r in history if r.get("epoch_time")]
-    steady = epoch_times[1:] or epoch_times
+    # Steady epochs: not the first one a process trained (epoch 1, and the epoch each
+    # resumed process started at), whose time includes that process's compilation.
+    epoch_times = [
+        (int(r["epoch"]), float(r["epoch_time"])) for r in history if r.get("epoch_time")
+    ]
+    steady = [t for e, t in epoch_times if e not in backup.first_epochs] or [
+        t for _, t in epoch_times
+    ]
     metrics = {
         "status": "complete",
         "test_accuracy": float(test["accuracy"]),

@@ -384,3 +384,39 @@ def test_precise_bn_on_a_model_without_batchnorm_says_so(tmp_path, tiny_dataset,
         train(_config(tmp_path, arch="mlp", epochs=1, precise_bn=True), dataset=tiny_dataset,
               plots=False)  # fmt: skip
     assert "--precise-bn: mlp has no BatchNormalization layer" in caplog.text
+
+
+def test_samples_per_s_of_a_resumed_run_leaves_out_each_process_first_epoch(
+    tmp_path, tiny_dataset, monkeypatch
+):
+    """Throughput is measured on steady epochs: the first epoch each process trains
+    (epoch 1, and the one a resumed process restarts at, each compiling the model) is
+    left out, so a run resumed twice reports the rate of its steady epochs."""
+    original = callbacks.EpochStats.on_epoch_end
+    guard_end = callbacks.DivergenceGuard.on_epoch_end
+
+    def timed(self, epoch, logs=None):  # a process's first epoch takes 100 s, others 1 s
+        original(self, epoch, logs)
+        logs["epoch_time"] = 1.0 if getattr(self, "_seen", False) else 100.0
+        self._seen = True
+
+    def kill_at(stop):
+        def crash(self, epoch, logs=None):
+            if epoch + 1 == stop:  # after this epoch's CSV rows, before its backup
+                raise KeyboardInterrupt("simulated kill")
+            return guard_end(self, epoch, logs)
+
+        return crash
+
+    cfg = _config(tmp_path, epochs=6)
+    monkeypatch.setattr(callbacks.EpochStats, "on_epoch_end", timed)
+    for stop in (3, 5):  # first process: epochs 1-3, killed; second: 3-5, killed
+        with monkeypatch.context() as m:
+            m.setattr(callbacks.DivergenceGuard, "on_epoch_end", kill_at(stop), raising=False)
+            with pytest.raises(KeyboardInterrupt):
+                train(cfg, dataset=tiny_dataset)
+    result = train(cfg, dataset=tiny_dataset)  # third: epochs 5-6
+    times = {int(r["epoch"]): float(r["epoch_time"]) for r in result.history}
+    assert times == {1: 100.0, 2: 1.0, 3: 100.0, 4: 1.0, 5: 100.0, 6: 1.0}
+    assert result.metrics["resumed"] is True
+    assert result.metrics["samples_per_s"] == pytest.approx(70 / 1.0)  # 70 training images
