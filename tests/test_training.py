@@ -420,3 +420,26 @@ def test_samples_per_s_of_a_resumed_run_leaves_out_each_process_first_epoch(
     assert times == {1: 100.0, 2: 1.0, 3: 100.0, 4: 1.0, 5: 100.0, 6: 1.0}
     assert result.metrics["resumed"] is True
     assert result.metrics["samples_per_s"] == pytest.approx(70 / 1.0)  # 70 training images
+
+
+@pytest.mark.parametrize("how", ["overwrite", "resume"])
+def test_a_report_of_the_earlier_run_state_does_not_survive_training(
+    tmp_path, tiny_dataset, monkeypatch, how
+):
+    """`report.py RUN` writes report.md/.html and report_files/ into the run folder; once
+    the folder is trained again (replaced with --overwrite, or an interrupted run
+    resumed) they describe a run that no longer exists, and are removed."""
+    from kmnist_lab.report import write_report
+
+    run = tmp_path / "run"
+    if how == "overwrite":
+        train(_config(tmp_path, epochs=1), dataset=tiny_dataset)
+        cfg = _config(tmp_path, epochs=1, overwrite=True)
+    else:
+        cfg = _config(tmp_path, epochs=3)
+        _interrupt_after_epoch_1(cfg, tiny_dataset, monkeypatch)
+    write_report(run)
+    assert (run / "report.md").is_file() and (run / "report_files").is_dir()
+    train(cfg, dataset=tiny_dataset)
+    for stale in ("report.md", "report.html", "report_files"):
+        assert not (run / stale).exists(), stale
