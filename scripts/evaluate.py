@@ -8,8 +8,9 @@ Examples:
 
 PATH is a run folder or its saved_model/ folder. Dataset, data dir, validation
 fraction and seed default to the run's config.json, so `--split val` is the same
-validation split the run used; a --dataset other than the run's is scored with a
-warning on stderr naming both. Prints accuracy, per-class accuracy and the
+validation split the run used (the run's data dir applies unless --dataset names
+another dataset); a --dataset other than the run's is scored with a warning on
+stderr naming both. Prints accuracy, per-class accuracy and the
 classification report; writes evaluation.json, confusion.png, per_class.png and
 wrong.png to --output-dir (default RUN/evaluation/DATASET-SPLIT; for a SavedModel
 folder outside a run, evaluation/DATASET-SPLIT beside that folder).
@@ -66,15 +67,13 @@ def main(argv=None) -> int:
 
     saved_dir, run_dir = resolve_saved_model(args.path)
     cfg = run_config(run_dir).get("config", {})
-    dataset_name = (
-        args.dataset
-        or run_config(run_dir).get("dataset", {}).get("name")
-        or cfg.get("dataset", "auto")
-    )
+    trained_on = run_config(run_dir).get("dataset", {}).get("name") or cfg.get("dataset")
+    dataset_name = args.dataset or trained_on or "auto"
+    # The run's data folder holds the run's dataset: it applies unless another is named.
     data_dir = (
         args.data_dir
         if args.data_dir is not None
-        else (cfg.get("data_dir") if not args.dataset else None)
+        else (cfg.get("data_dir") if args.dataset in (None, trained_on) else None)
     )
     dataset = load_dataset(
         dataset_name,
@@ -82,7 +81,6 @@ def main(argv=None) -> int:
         args.val_fraction if args.val_fraction is not None else cfg.get("val_fraction"),
         args.seed if args.seed is not None else cfg.get("seed", 0),
     )
-    trained_on = run_config(run_dir).get("dataset", {}).get("name") or cfg.get("dataset")
     if trained_on and trained_on != "auto" and dataset.name != trained_on:
         # Legitimate (e.g. transfer to another dataset), but easy to do by mistake.
         print(

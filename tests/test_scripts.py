@@ -58,6 +58,14 @@ def test_evaluate_writes_report_and_matches_training_metrics(trained_run, data_d
         assert (trained_run / "evaluation" / "kmnist-test" / fig).stat().st_size > 1000
 
 
+def test_evaluate_naming_the_run_own_dataset_reads_the_run_data_dir(trained_run, tmp_path, capsys):
+    """`--dataset kmnist` on a run trained on kmnist changes nothing: the run's --data-dir
+    still applies (kmnist can be read from nowhere else)."""
+    argv = [str(trained_run), "--dataset", "kmnist", "--output-dir", str(tmp_path)]
+    assert _cli.run(evaluate_script.main, argv) == 0, capsys.readouterr().err
+    assert "kmnist test: accuracy" in capsys.readouterr().out
+
+
 def test_evaluate_warns_when_the_dataset_is_not_the_one_trained_on(
     trained_run, data_dir, tmp_path, capsys
 ):
