@@ -182,6 +182,17 @@ def test_corrupt_study_record_is_an_error_not_an_empty_report(tmp_path):
         write_report(tmp_path)
 
 
+@pytest.mark.parametrize(
+    "record", ['{"study": 5}', '{"study": {"runs": 3}}', '{"study": {"runs": [{"epochs": 1}]}}']
+)
+def test_a_study_record_of_another_shape_is_an_error_not_a_traceback(tmp_path, record):
+    """A study.json that parses but is not what study.py writes (edited by hand, another
+    tool's file) is refused with a ReportError (one line, exit 2 from report.py)."""
+    (tmp_path / "study.json").write_text(record)
+    with pytest.raises(ReportError, match=r"study\.json is not a study record"):
+        write_report(tmp_path)
+
+
 def test_not_a_report_folder(tmp_path):
     with pytest.raises(ReportError, match="not a run"):
         write_report(tmp_path)

@@ -41,7 +41,13 @@ def render_study(path: Path, doc: Document) -> str:
     if record is None:
         raise ReportError(f"cannot read {path / 'study.json'}: not a readable JSON object")
     study = record.get("study", {})
-    runs_ = study.get("runs", [])
+    runs_ = study.get("runs", []) if isinstance(study, dict) else None
+    if not isinstance(runs_, list) or not all(
+        isinstance(r, dict) and isinstance(r.get("name"), str) for r in runs_
+    ):
+        raise ReportError(
+            f"{path / 'study.json'} is not a study record (as scripts/study.py writes it)"
+        )
     dataset = record.get("dataset", "?")
     title = (
         f"Study `{study.get('name', path.name)}` (report {study.get('report', '?')}) on {dataset}"
