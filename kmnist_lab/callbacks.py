@@ -17,6 +17,8 @@ import math
 import os
 import re
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -146,6 +148,50 @@ class BatchLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self._kept.extend(self._pending)
         _write_rows(self.path, self._fields, self._kept)
+
+
+class InterruptCheck(keras.callbacks.Callback):
+    """Makes a Ctrl-C stop training even where a library swallowed its KeyboardInterrupt.
+
+    Keras 3.15 converts every step's logs to Python numbers inside a bare `except:`
+    (`keras.src.utils.python_utils.pythonify_logs`). On JAX that conversion is where the
+    host waits for the device, so a Ctrl-C often raises its KeyboardInterrupt there, where
+    it is dropped: training went on to the end and the run completed. Used as a context
+    manager in the main thread, this also records SIGINT (before raising as Python's own
+    handler does); every callback hook and `check()` then raise KeyboardInterrupt once one
+    was recorded. Elsewhere (another thread, a custom SIGINT handler) it does nothing.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.pending = False
+        self._installed = False
+
+    def __enter__(self) -> InterruptCheck:
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        ):
+            signal.signal(signal.SIGINT, self._on_sigint)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            self._installed = False
+
+    def _on_sigint(self, signum, frame):
+        self.pending = True
+        raise KeyboardInterrupt
+
+    def check(self, *args, **kwargs) -> None:
+        """Raises KeyboardInterrupt if a Ctrl-C arrived (even one swallowed since)."""
+        if self.pending:
+            raise KeyboardInterrupt
+
+    on_epoch_begin = on_epoch_end = on_train_batch_begin = on_train_batch_end = check
+    on_test_batch_end = on_test_end = check
 
 
 class DivergenceGuard(keras.callbacks.Callback):

@@ -35,6 +35,7 @@ from kmnist_lab.callbacks import (
     DivergenceGuard,
     EpochStats,
     HistoryLogger,
+    InterruptCheck,
     RunBackup,
     precise_batchnorm,
 )
@@ -230,10 +231,11 @@ def _train_locked(
     log.info("%s", dataset.summary())
     steps_per_epoch = math.ceil(len(dataset.train[1]) / cfg.batch_size)
     # Data-parallel runs build, compile, fit and evaluate inside the distribution.
-    with distribution_scope(cfg.distribute) as devices:
+    # A Ctrl-C that Keras swallows (see InterruptCheck) still stops the run, uncompleted.
+    with distribution_scope(cfg.distribute) as devices, InterruptCheck() as interrupts:
         return _fit_and_export(
             cfg, run_dir, resume, dataset, steps_per_epoch, devices, start, after_fit, plots,
-            requested or cfg.dataset,
+            requested or cfg.dataset, interrupts,
         )  # fmt: skip
 
 
@@ -256,7 +258,17 @@ def eval_batch_size(cfg: TrainConfig) -> int:
 
 
 def _fit_and_export(
-    cfg, run_dir, resume, dataset, steps_per_epoch, devices, start, after_fit, plots, requested
+    cfg,
+    run_dir,
+    resume,
+    dataset,
+    steps_per_epoch,
+    devices,
+    start,
+    after_fit,
+    plots,
+    requested,
+    interrupts=None,
 ) -> RunResult:
     (x_train, y_train), val = dataset.train, dataset.val
     if devices and keras.backend.backend() == "jax":
@@ -302,6 +314,7 @@ def _fit_and_export(
     guard = DivergenceGuard()
     backup = RunBackup(run_dir / runs.BACKUP_DIR)
     callbacks = [
+        *([interrupts] if interrupts is not None else []),
         EpochStats(),
         HistoryLogger(run_dir / "history.csv"),
         BatchLogger(run_dir / "batches.csv", len(y_train), cfg.batch_size),
@@ -382,6 +395,8 @@ def _fit_and_export(
     }
     if after_fit is not None:
         metrics.update(after_fit(model, dataset, run_dir) or {})
+    if interrupts is not None:
+        interrupts.check()  # a Ctrl-C swallowed during the test evaluation or export
     runs.atomic_write_json(run_dir / "status.json", {"status": "complete"})
     runs.atomic_write_json(run_dir / runs.COMPLETE_MARKER, metrics)
     shutil.rmtree(run_dir / runs.BACKUP_DIR, ignore_errors=True)
