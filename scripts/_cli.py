@@ -238,8 +238,12 @@ def setup_logging(verbose: bool = True) -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
-def run(main_fn, argv=None) -> int:
-    """Calls `main_fn(argv)`; user errors become one stderr line and exit code 2 (or 3)."""
+def run(main_fn, argv=None, resumable: bool = True) -> int:
+    """Calls `main_fn(argv)`; user errors become one stderr line and exit code 2 (or 3).
+
+    A Ctrl-C exits 130 with one line, which tells how to resume when the command
+    resumes (`resumable`: train, study, tune) and just says "interrupted" otherwise.
+    """
     from kmnist_lab.errors import KmnistLabError
 
     try:
@@ -251,4 +255,5 @@ def run(main_fn, argv=None) -> int:
             str(e).splitlines()[0] if str(e) else type(e).__name__, getattr(e, "exit_code", 2)
         )
     except KeyboardInterrupt:
-        return _one_line("interrupted; re-run the same command to resume", 130)
+        text = "interrupted; re-run the same command to resume" if resumable else "interrupted"
+        return _one_line(text, 130)

@@ -386,4 +386,4 @@ def _print_markdown(rows, batch_size):
 
 
 if __name__ == "__main__":
-    sys.exit(_cli.run(main))
+    sys.exit(_cli.run(main, resumable=False))

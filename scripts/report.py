@@ -7,7 +7,7 @@ Examples:
   python scripts/report.py searches/a_grid_grid_mnist_5k     # a search folder (trials.csv)
 
 Figures are drawn from the folders' CSV/JSON files only, so a report is rebuilt
-without retraining. Exit codes: 0 ok, 2 bad input (one line on stderr).
+without retraining. Exit codes: 0 ok, 2 bad input (one line on stderr), 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -37,4 +37,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_cli.run(main))
+    sys.exit(_cli.run(main, resumable=False))

@@ -9,7 +9,8 @@ Examples:
 
 Defaults per architecture (epochs, batch size, optimizer, learning rate, schedule)
 are listed at the end of --help. Re-running an interrupted command resumes it.
-Exit codes: 0 ok, 2 bad input (one line on stderr), 3 training diverged.
+Exit codes: 0 ok, 2 bad input (one line on stderr), 3 training diverged,
+130 interrupted (Ctrl-C; re-run the same command to resume).
 """
 
 from __future__ import annotations

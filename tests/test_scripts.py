@@ -494,3 +494,18 @@ def test_the_test_sessions_jax_cache_folder_is_removed(tmp_path):
                     str(tmp_path / "test_one.py")], env={**env, "TMPDIR": str(temp)},
                    cwd=tmp_path, capture_output=True, text=True, check=True, timeout=120)  # fmt: skip
     assert list(temp.glob("kmnist_lab_jax_cache_*")) == []
+
+
+@pytest.mark.parametrize(
+    ("resumable", "expected"),
+    [(True, "interrupted; re-run the same command to resume"), (False, "interrupted")],
+)
+def test_ctrl_c_exits_130_and_offers_a_resume_only_where_one_exists(resumable, expected, capsys):
+    """train/study/tune resume on a re-run; evaluate/report/benchmark just stop."""
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    code = _cli.run(interrupted, [], resumable=resumable)
+    err = _one_line_error(capsys, code, expected_code=130)
+    assert err.endswith(f"error: {expected}"), err

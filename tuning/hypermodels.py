@@ -97,6 +97,8 @@ class SpaceHyperModel(kt.HyperModel):
         self.jit = jit
         self.seed = seed
         self.verbose = verbose
+        # Set by the search while it runs: `kmnist_lab.callbacks.InterruptCheck`.
+        self.interrupts = None
 
     # ------------------------------------------------------------------ the space
 
@@ -153,6 +155,7 @@ class SpaceHyperModel(kt.HyperModel):
         if epochs is None:
             epochs = self.epochs(hp)
         callbacks = [
+            *([self.interrupts] if self.interrupts is not None else []),
             *(callbacks or []),
             *averaging_callbacks(model.optimizer),
             keras.callbacks.TerminateOnNaN(),

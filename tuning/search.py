@@ -369,10 +369,18 @@ def _search(cfg: SearchConfig, role: str | None, dataset) -> SearchResult | None
 
         serve_oracle(tuner, expect_workers=cfg.expect_workers)
     else:
-        try:
-            tuner.search(x_train, y_train, validation_data=(x_val, y_val))
-        except RecycleProcess as e:
-            restart(str(e), memory["before_search_mb"])
+        from kmnist_lab.callbacks import InterruptCheck
+
+        # A Ctrl-C that Keras swallows mid-trial (see InterruptCheck) still stops the
+        # search; the hypermodel adds the check to every trial's callbacks.
+        with InterruptCheck() as interrupts:
+            tuner.hypermodel.interrupts = interrupts
+            try:
+                tuner.search(x_train, y_train, validation_data=(x_val, y_val))
+            except RecycleProcess as e:
+                restart(str(e), memory["before_search_mb"])
+            finally:
+                tuner.hypermodel.interrupts = None
     memory["after_search_mb"] = resident_memory_mb()
     memory["peak_mb"] = peak_memory_mb()  # kept across restarts (same process)
     memory["peak_growth_mb"] = memory["peak_mb"] - memory["before_search_mb"]
