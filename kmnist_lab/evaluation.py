@@ -30,7 +30,7 @@ def resolve_saved_model(path) -> tuple[Path, Path | None]:
         return path / "saved_model", path
     if (path / "saved_model.pb").is_file():
         parent = path.parent
-        return path, parent if (parent / "config.json").is_file() else None
+        return path, parent if run_config(parent) else None
     if not path.exists():
         raise ModelLoadError(f"{path} does not exist")
     if (path / "config.json").is_file():
@@ -180,7 +180,21 @@ def write_report(result: dict, x: np.ndarray, class_names, out_dir, title: str =
 
 
 def run_config(run_dir: Path | None) -> dict:
-    """The `config.json` of a run folder, or {}."""
+    """The `config.json` of a run folder, or {}.
+
+    A search's `best_model/` has none: its `metrics.json` names the search's data
+    (`identity`: dataset, data dir, validation fraction, seed), returned in
+    `config.json`'s shape, so that its model is scored on the splits it was tuned on.
+    """
     from kmnist_lab.runs import read_json
 
-    return (read_json(run_dir / "config.json") if run_dir is not None else None) or {}
+    if run_dir is None:
+        return {}
+    config = read_json(run_dir / "config.json")
+    if config:
+        return config
+    identity = (read_json(run_dir / "metrics.json") or {}).get("identity")
+    if not isinstance(identity, dict) or "space" not in identity:
+        return {}
+    keys = ("dataset", "data_dir", "val_fraction", "seed")
+    return {"config": {k: identity.get(k) for k in keys}, "dataset": {"name": identity["dataset"]}}

@@ -6,8 +6,9 @@ Examples:
   python scripts/evaluate.py saved_models/bn_mlp_mnist_5k_ce_s0/saved_model --split val
   python scripts/evaluate.py RUN --dataset fashion_mnist --data-dir /usr/share/datasets/fashion-mnist
 
-PATH is a run folder or its saved_model/ folder. Dataset, data dir, validation
-fraction and seed default to the run's config.json, so `--split val` is the same
+PATH is a run folder, a search's best_model/ folder, or their saved_model/ folder.
+Dataset, data dir, validation fraction and seed default to the run's config.json (a
+best_model/'s metrics.json: the search's), so `--split val` is the same
 validation split the run used (the run's data dir applies unless --dataset names
 another dataset); a --dataset other than the run's is scored with a warning on
 stderr naming both. Prints accuracy, per-class accuracy and the

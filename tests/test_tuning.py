@@ -450,6 +450,27 @@ def test_a_ctrl_c_that_keras_swallows_still_stops_the_search(data_dir, tmp_path,
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
 
 
+def test_evaluate_py_scores_a_best_model_on_the_searchs_own_splits(data_dir, tmp_path, capsys):
+    """best_model/ has no config.json: evaluate.py reads the search's dataset, data dir
+    and seed from its metrics.json, so `--split val` is the split the trial was tuned on."""
+    import evaluate as evaluate_script
+
+    argv = _argv(data_dir, tmp_path, "--space", "a_grid", "--tuner", "grid", "--max-epochs", "1")
+    assert _cli.run(tune_script.main, [*argv, "--max-trials", "1", "--seed", "3"]) == 0
+    best_model = tmp_path / "a_grid_grid_kmnist" / "best_model"
+    metrics = json.loads((best_model / "metrics.json").read_text())
+    capsys.readouterr()
+    for path, split in ((best_model, "val"), (best_model / "saved_model", "test")):
+        assert _cli.run(evaluate_script.main, [str(path), "--split", split]) == 0
+        out = capsys.readouterr()
+        assert "warning" not in out.err, out.err
+        result = json.loads(
+            (best_model / "evaluation" / f"kmnist-{split}" / "evaluation.json").read_text()
+        )
+        assert result["dataset"] == "kmnist"
+        assert result["accuracy"] == pytest.approx(metrics[f"{split}_accuracy"], abs=1e-6)
+
+
 def test_a_search_reports_its_result_once(data_dir, tmp_path, capsys, caplog):
     """One summary line at the end (stdout), not a second one in the log (stderr)."""
     import logging
