@@ -198,6 +198,15 @@ def test_not_a_report_folder(tmp_path):
         write_report(tmp_path)
 
 
+def test_a_search_stopped_before_its_first_summary_says_how_to_finish_it(tmp_path):
+    """A search folder holds search.json from its start and trials.csv only once it
+    finishes: report.py names the search and the way on, not "not a search folder"."""
+    (tmp_path / "search.json").write_text('{"identity": {"space": "a_grid"}}')
+    with pytest.raises(ReportError, match="holds a search that has written no trials.csv yet"):
+        write_report(tmp_path)
+    assert not (tmp_path / "report.md").exists()
+
+
 @pytest.mark.parametrize("argv, match", [(["/no/such/dir"], "not a folder"), ([], "required")])
 def test_script_bad_input_is_one_line_exit_2(argv, match, capsys):
     code = _cli.run(report_script.main, argv)

@@ -50,6 +50,11 @@ def detect(path: Path) -> str:
         return "search"
     if (path / "config.json").is_file() or (path / runs.COMPLETE_MARKER).is_file():
         return "run"
+    if (path / "search.json").is_file():
+        raise ReportError(
+            f"{path} holds a search that has written no trials.csv yet (it writes one when "
+            "it finishes); re-run its scripts/tune.py command to resume it, then report"
+        )
     raise ReportError(
         f"{path} is not a run (config.json), study (study.json) or search (trials.csv) folder"
     )
