@@ -113,16 +113,25 @@ def _check_settings(study_dir: Path, record: dict) -> None:
 
 
 def _after_fit(study: Study):
-    """Per-class scores of the trained model, written before the run is marked complete."""
+    """Per-class scores of the trained model on the test split (and the train split for
+    studies with `per_class_train`), written before the run is marked complete.
+
+    A cosine head's outputs are multiplied by the loss's scale first, as the exported
+    model serves them (`kmnist_lab.losses.serving_scale`), so the cross-entropy is the
+    served scores' and not that of the bare cosines.
+    """
 
     def after_fit(model, dataset, run_dir):
         from kmnist_lab.evaluation import score
+        from kmnist_lab.losses import serving_scale
 
         splits = ("test", "train") if "per_class_train" in study.extras else ("test",)
+        scale = serving_scale(model.loss)
         summary = {}
         for split in splits:
             x, y = getattr(dataset, split)
-            result = score(y, model.predict(x, batch_size=512, verbose=0), dataset.class_names)
+            scores = model.predict(x, batch_size=512, verbose=0) * scale
+            result = score(y, scores, dataset.class_names)
             result["split"] = split
             runs.atomic_write_json(Path(run_dir) / f"evaluation_{split}.json", result)
             summary[f"{split}_accuracy_eval"] = result["accuracy"]

@@ -217,3 +217,33 @@ def test_script_bad_input_is_one_line_exit_2(argv, match, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2, err
     assert len(err.splitlines()) == 1 and "Traceback" not in err and match in err, err
+
+
+def test_per_class_scores_of_a_cosine_head_use_the_served_scale(tmp_path):
+    """evaluation_test.json scores what the exported model serves, `s * cos`: its
+    cross-entropy is that of the scaled cosines, not of the bare ones."""
+    import types
+
+    import keras
+    import numpy as np
+
+    from kmnist_lab.evaluation import score
+    from kmnist_lab.losses import get_loss
+    from kmnist_lab.models import build_model
+    from kmnist_lab.studies import _after_fit, get_study
+
+    keras.utils.set_random_seed(0)
+    model = build_model("mlp", hidden=[16], head="cosine", augment=False)
+    model.compile(optimizer="sgd", loss=get_loss("am_softmax", scale=30.0))
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (64, 28, 28), dtype=np.uint8)
+    y = rng.integers(0, 10, 64)
+    dataset = types.SimpleNamespace(test=(x, y), class_names=[str(i) for i in range(10)])
+    _after_fit(get_study("a_losses"))(model, dataset, tmp_path)
+    written = json.loads((tmp_path / "evaluation_test.json").read_text())
+    cosines = model.predict(x, verbose=0)
+    served = score(y, 30.0 * cosines, dataset.class_names)
+    bare = score(y, cosines, dataset.class_names)
+    assert written["cross_entropy"] == pytest.approx(served["cross_entropy"], rel=1e-5)
+    assert abs(served["cross_entropy"] - bare["cross_entropy"]) > 0.1  # the test can tell
+    assert written["accuracy"] == served["accuracy"] == bare["accuracy"]
