@@ -144,6 +144,24 @@ def test_run_report(tmp_path):
     assert "`r`" in text and "Training loss vs iteration" in text and page.is_file()
 
 
+def test_run_report_of_a_study_run_keeps_evaluate_py_results_on_other_splits(tmp_path):
+    """A study run's own test evaluation (evaluation_test.json) is in the report once; what
+    scripts/evaluate.py added on other splits or datasets is reported too."""
+    fake_run(tmp_path / "r", 0)  # with evaluation_test.json, on dataset "fake"
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(10), 5)
+    for name in ("fake-test", "fake-val", "mnist-test"):
+        scores = rng.normal(size=(50, 10)) + 3 * np.eye(10)[y]
+        (tmp_path / "r" / "evaluation" / name).mkdir(parents=True)
+        runs.atomic_write_json(
+            tmp_path / "r" / "evaluation" / name / "evaluation.json",
+            score(y, scores, [str(i) for i in range(10)]),
+        )
+    text = write_report(tmp_path / "r")[0].read_text()
+    assert "Evaluation fake-val" in text and "Evaluation mnist-test" in text
+    assert "Evaluation fake-test" not in text  # the run's own test evaluation, shown already
+
+
 def test_search_report_sorts_trials_and_embeds_figures(tmp_path):
     search = tmp_path / "search"
     (search / "figures").mkdir(parents=True)

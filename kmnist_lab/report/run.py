@@ -43,7 +43,11 @@ def render_run(path: Path, doc: Document) -> str:
     if (path / "history.csv").is_file():
         figures(doc, [entry], colors, fake_study)
     evaluated = sorted((path / "evaluation").glob("*/evaluation.json"))
-    for ev_path in evaluated if not (path / "evaluation_test.json").is_file() else []:
+    if (path / "evaluation_test.json").is_file():
+        # A study run's own test evaluation is in the figures above already; evaluate.py's
+        # other splits and datasets are not.
+        evaluated = [p for p in evaluated if p.parent.name != f"{dataset}-test"]
+    for ev_path in evaluated:
         ev = read_json_or_empty(ev_path)
         names = list(ev.get("per_class_accuracy", {}))
         if names:
