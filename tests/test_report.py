@@ -137,6 +137,16 @@ def test_html_embeds_decodable_pngs(tmp_path):
     assert "report_files" not in html
 
 
+def test_a_regenerated_report_leaves_no_figure_of_the_earlier_one(tmp_path):
+    fake_run(tmp_path / "r", 0)
+    write_report(tmp_path / "r")
+    files = tmp_path / "r" / "report_files"
+    first = sorted(p.name for p in files.iterdir())
+    (files / "confusion_old-evaluation.png").write_bytes(b"\x89PNG")  # a figure gone since
+    write_report(tmp_path / "r")
+    assert sorted(p.name for p in files.iterdir()) == first
+
+
 def test_run_report(tmp_path):
     fake_run(tmp_path / "r", 0)
     md, page = write_report(tmp_path / "r")

@@ -82,5 +82,6 @@ def write_report(path, out_dir=None) -> tuple[Path, Path]:
     runs.atomic_write_text(md, f"# {title}\n\n" + doc.markdown())
     doc.blocks.insert(0, ("h", 1, title))
     runs.atomic_write_text(page, doc.html(title))
+    doc.remove_stale_files()  # figures of an earlier report that this one no longer has
     log.debug("report written: %s, %s", md, page)  # the scripts print it
     return md, page

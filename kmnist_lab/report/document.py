@@ -63,6 +63,19 @@ class Document:
             path = Path(shutil.copyfile(path, self._new_file(path.stem, path.suffix)))
         self.blocks.append(("img", path, caption))
 
+    def remove_stale_files(self) -> list[Path]:
+        """Deletes the files in `report_files/` that this report does not show (figures
+        of an earlier report of the folder); returns them."""
+        folder = self.out_dir / FIG_DIR
+        shown = {Path(block[1]).resolve() for block in self.blocks if block[0] == "img"}
+        stale = [
+            p for p in (folder.iterdir() if folder.is_dir() else ()) if p.resolve() not in shown
+        ]
+        for path in stale:
+            if path.is_file():
+                path.unlink()
+        return stale
+
     def markdown(self) -> str:
         out = []
         for block in self.blocks:
