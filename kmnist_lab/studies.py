@@ -273,7 +273,13 @@ def _run_regression(cfg: dict, run_dir: Path) -> dict:
 
     import keras
 
-    from kmnist_lab.callbacks import BatchLogger, DivergenceGuard, EpochStats, HistoryLogger
+    from kmnist_lab.callbacks import (
+        BatchLogger,
+        DivergenceGuard,
+        EpochStats,
+        HistoryLogger,
+        InterruptCheck,
+    )
     from kmnist_lab.losses import get_loss
     from kmnist_lab.models import build_model
     from kmnist_lab.optimizers import get_optimizer
@@ -281,7 +287,8 @@ def _run_regression(cfg: dict, run_dir: Path) -> dict:
     from kmnist_lab.training import raise_if_diverged, versions
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    with runs.RunLock(run_dir):
+    # InterruptCheck: a Ctrl-C that Keras swallows still stops the run (as in `train`).
+    with runs.RunLock(run_dir), InterruptCheck() as interrupts:
         for stale in ("history.csv", "batches.csv", "fit.csv", "status.json"):
             (run_dir / stale).unlink(missing_ok=True)
         start = time.perf_counter()
@@ -310,7 +317,7 @@ def _run_regression(cfg: dict, run_dir: Path) -> dict:
         model.fit(
             x, np.sin(x), batch_size=cfg["batch_size"], epochs=cfg["epochs"], verbose=0,
             validation_data=(x_val, np.sin(x_val)),
-            callbacks=[EpochStats(), HistoryLogger(run_dir / "history.csv"),
+            callbacks=[interrupts, EpochStats(), HistoryLogger(run_dir / "history.csv"),
                        BatchLogger(run_dir / "batches.csv", len(x), cfg["batch_size"]), guard],
         )  # fmt: skip
         raise_if_diverged(guard, run_dir, cfg["lr"])
@@ -335,6 +342,7 @@ def _run_regression(cfg: dict, run_dir: Path) -> dict:
             "samples_per_s": len(x) / (sum(steady) / len(steady)) if steady else None,
             "dataset": "sin",
         }
+        interrupts.check()  # a Ctrl-C swallowed while predicting
         runs.atomic_write_json(run_dir / "status.json", {"status": "complete"})
         runs.atomic_write_json(run_dir / runs.COMPLETE_MARKER, metrics)
     return metrics
