@@ -196,6 +196,9 @@ def main(argv=None) -> int:
     if model.get("test_accuracy") is not None:
         line += f"; best model test accuracy {100 * model['test_accuracy']:.2f}%"
     print(f"{line} -> {result.project_dir}")
+    train_config = result.project_dir / "best_train_config.json"
+    if best and train_config.is_file():
+        print(f"train the best configuration: python scripts/train.py --config {train_config}")
     return 0
 
 

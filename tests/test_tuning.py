@@ -487,6 +487,10 @@ def test_a_search_reports_its_result_once(data_dir, tmp_path, capsys, caplog):
     assert len(summaries) == 1, summaries
     assert summaries[0] in captured.out.splitlines()
     assert "1 trial, total epochs trained 1" in summaries[0]
+    assert (
+        f"train the best configuration: python scripts/train.py --config "
+        f"{project / 'best_train_config.json'}"
+    ) in captured.out.splitlines()
     assert "epochs=1, 1 epoch)" in summaries[0]  # not "1 epochs"
 
 
