@@ -291,7 +291,11 @@ class TrainConfig:
         if self.l2 and "l2" not in model_params(self.arch):
             raise ConfigError(f"arch {self.arch!r} does not take l2. Received: l2={self.l2!r}")
         defaults = ARCH_DEFAULTS.get(self.arch, FALLBACK_DEFAULTS)
-        check_warmup(self.warmup_epochs, self.epochs or defaults.epochs)
+        check_warmup(
+            self.warmup_epochs,
+            self.epochs or defaults.epochs,
+            self.lr_schedule or defaults.lr_schedule,
+        )
         get_optimizer(self.optimizer or defaults.optimizer, **self.optimizer_kwargs())
         if self.precise_bn and self.distribute != "none":
             raise ConfigError(

@@ -11,12 +11,14 @@ from kmnist_lab.errors import ConfigError
 
 @keras.saving.register_keras_serializable(package="kmnist_lab")
 class Warmup(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up to `schedule(warmup_steps)` over `warmup_steps`, then `schedule`.
+    """Linear warm-up over `warmup_steps` up to the schedule's value there, then `schedule`.
 
-    `lr(t) = schedule(warmup_steps) * (t + 1) / warmup_steps` for `t < warmup_steps`
-    (Goyal et al. 2017, arXiv:1706.02677), else `schedule(t)`. The first step already
-    moves (`lr(0) = peak / warmup_steps`), unlike Keras' `CosineDecay` warm-up, which
-    starts at 0 and is the one the cosine schedule uses.
+    `lr(t) = schedule(warmup_steps - 1) * (t + 1) / warmup_steps` for `t < warmup_steps`
+    (Goyal et al. 2017, arXiv:1706.02677), else `schedule(t)`: the last warm-up step
+    trains at the schedule's own value for that step (the peak, when the schedule has
+    not decayed yet). The first step already moves (`lr(0) = peak / warmup_steps`),
+    unlike Keras' `CosineDecay` warm-up, which starts at 0 and is the one the cosine
+    schedule uses.
     """
 
     def __init__(self, schedule, warmup_steps: int):
@@ -27,7 +29,7 @@ class Warmup(keras.optimizers.schedules.LearningRateSchedule):
         step = ops.cast(step, "float32")
         warm = ops.cast(self.warmup_steps, "float32")
         after = self.schedule(step)
-        ramp = self.schedule(warm) * (step + 1.0) / warm
+        ramp = self.schedule(warm - 1.0) * (step + 1.0) / warm
         return ops.where(step < warm, ramp, after)
 
     def get_config(self):
@@ -43,11 +45,19 @@ class Warmup(keras.optimizers.schedules.LearningRateSchedule):
         return cls(**config)
 
 
-def check_warmup(warmup_epochs: int, epochs: int) -> None:
-    """Raises `ConfigError` unless the warm-up ends before the last epoch (or is 0)."""
+def check_warmup(warmup_epochs: int, epochs: int, kind: str | None = None) -> None:
+    """Raises `ConfigError` unless the warm-up ends before the last epoch (or is 0), and,
+    for the `step` schedule (`kind`), by its first decay at 50% of the epochs (a longer
+    warm-up would ramp to an already decayed rate and never train at the peak `lr`)."""
     if warmup_epochs and warmup_epochs >= epochs:
         raise ConfigError(
             "`warmup_epochs` must be smaller than `epochs`. "
+            f"Received: warmup_epochs={warmup_epochs}, epochs={epochs}"
+        )
+    if kind == "step" and 2 * warmup_epochs > epochs:
+        raise ConfigError(
+            "with `lr_schedule` step, `warmup_epochs` must be at most half of `epochs` (the "
+            "warm-up must end by the first decay, or the peak lr is never reached). "
             f"Received: warmup_epochs={warmup_epochs}, epochs={epochs}"
         )
 
@@ -61,13 +71,14 @@ def make_schedule(kind: str, lr: float, steps_per_epoch: int, epochs: int, warmu
       from `lr` down to 1% of `lr` at `t = T` (Keras' `CosineDecay` with `alpha`;
       Loshchilov & Hutter 2016, arXiv:1608.03983).
 
-    `warmup_epochs` adds a linear ramp over that many epochs (counted within `epochs`).
+    `warmup_epochs` adds a linear ramp over that many epochs (counted within `epochs`);
+    with `step` it must end by the first decay (at most half the epochs).
     """
     if kind not in LR_SCHEDULES:
         raise ConfigError(
             f"`lr_schedule` must be one of {', '.join(LR_SCHEDULES)}. Received: {kind!r}"
         )
-    check_warmup(warmup_epochs, epochs)
+    check_warmup(warmup_epochs, epochs, kind)
     total = steps_per_epoch * epochs
     warmup = steps_per_epoch * warmup_epochs
     if kind == "cosine":

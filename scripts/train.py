@@ -115,7 +115,8 @@ def build_parser():
     o.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
                    help="learning-rate schedule over the epochs (default: the arch's, table below)")  # fmt: skip
     o.add_argument("--warmup-epochs", type=_cli.nonneg_int, default=None,
-                   help="linear lr warm-up from 0 over this many epochs (default 0)")  # fmt: skip
+                   help="linear lr warm-up from 0 over this many epochs (default 0; with "
+                   "--lr-schedule step at most half the epochs)")  # fmt: skip
     o.add_argument("--precise-bn", action=argparse.BooleanOptionalAction, default=None,
                    help="after training, recompute BatchNorm's moving statistics over up to 200 "
                    "training batches (for full-batch or other large-step training; default off)")  # fmt: skip

@@ -65,3 +65,23 @@ def test_schedules_serialize_and_give_the_same_values(kind):
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(schedule))
     steps = [0, 5, 15, 25, 35, 45]
     np.testing.assert_allclose(lrs(restored, steps), lrs(schedule, steps))
+
+
+def test_step_warm_up_of_half_the_epochs_reaches_the_peak_before_the_first_decay():
+    # 4 epochs of 10 steps, warm-up 2: the ramp must end at LR (step 19), and the
+    # first decay applies from step 20 (50% of the epochs), not a ramp to LR / 10.
+    schedule = make_schedule("step", LR, STEPS, EPOCHS, warmup_epochs=2)
+    np.testing.assert_allclose(
+        lrs(schedule, [0, 19, 20, 30]), [LR / 20, LR, LR / 10, LR / 100], rtol=1e-6
+    )
+
+
+def test_step_warm_up_past_the_first_decay_is_refused():
+    from kmnist_lab.config import TrainConfig
+    from kmnist_lab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="at most half"):
+        make_schedule("step", LR, STEPS, EPOCHS, warmup_epochs=3)
+    with pytest.raises(ConfigError, match="at most half"):
+        TrainConfig(lr_schedule="step", epochs=4, warmup_epochs=3)
+    TrainConfig(lr_schedule="cosine", epochs=4, warmup_epochs=3)  # cosine decays after it
