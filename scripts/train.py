@@ -58,7 +58,8 @@ def build_parser():
     g.add_argument(
         "--config",
         metavar="JSON",
-        help="read options from a JSON file (a run's config.json works); flags override it",
+        help="read options from a JSON file (a run's config.json works); flags override it, "
+        "and settings the run took by default follow them (e.g. a new --optimizer's lr)",
     )
     g.add_argument("--arch", choices=ARCHS, default=None, help=f"architecture (default {c.arch})")
     g.add_argument(
@@ -196,6 +197,17 @@ def config_from_args(args):
     # run into RUN's `..._s0` folder); a name chosen with --run-name is kept.
     if base and base.get("run_name") == _derived_run_name(base):
         base.pop("run_name")
+    # config.json also records the per-arch defaults the run resolved (epochs, batch size,
+    # optimizer, lr, schedule, augment). A recorded value equal to the one derived without
+    # it was a default: it is derived again from the final settings, so that `--config
+    # RUN/config.json --optimizer lion` trains at Lion's default lr, not the Adam lr RUN
+    # recorded, and `--arch X` takes X's defaults; values set explicitly are kept.
+    if base:
+        defaulted = [
+            name for name in _RESOLVED if name in base and base[name] == _derived(base, name)
+        ]
+        for name in defaulted:
+            base.pop(name)
     fields = (
         "arch", "dataset", "data_dir", "val_fraction", "loss", "l2", "augment", "epochs",
         "batch_size", "lr", "optimizer", "momentum", "weight_decay", "lr_schedule",
@@ -218,6 +230,18 @@ def config_from_args(args):
 
     base["backend"] = keras.backend.backend()
     return TrainConfig.from_dict(base)
+
+
+# The fields `TrainConfig.resolved` fills in from the architecture's defaults.
+_RESOLVED = ("epochs", "batch_size", "optimizer", "lr", "lr_schedule", "augment")
+
+
+def _derived(config: dict, name: str):
+    """The value `TrainConfig.resolved` gives field `name` of a (valid) config dict when
+    the dict leaves it unset."""
+    from kmnist_lab.config import TrainConfig
+
+    return getattr(TrainConfig.from_dict({**config, name: None}).resolved(), name)
 
 
 def _derived_run_name(config: dict) -> str:

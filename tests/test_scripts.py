@@ -509,3 +509,29 @@ def test_ctrl_c_exits_130_and_offers_a_resume_only_where_one_exists(resumable, e
     code = _cli.run(interrupted, [], resumable=resumable)
     err = _one_line_error(capsys, code, expected_code=130)
     assert err.endswith(f"error: {expected}"), err
+
+
+def test_config_file_rederives_the_defaults_a_run_recorded(tmp_path):
+    """config.json records resolved defaults (Adam's lr 0.001): `--config RUN/config.json
+    --optimizer lion` must train at Lion's default lr as `--optimizer lion` does
+    (docs/optimizers.md), and `--arch` must bring its own defaults; explicit values stay."""
+    from kmnist_lab.config import TrainConfig
+
+    path = tmp_path / "config.json"
+
+    def parse(recorded, *flags):
+        path.write_text(json.dumps({"config": recorded.to_dict(), "backend": "tensorflow"}))
+        args = train_script.build_parser().parse_args(["--config", str(path), *flags])
+        return train_script.config_from_args(args).resolved()
+
+    run = TrainConfig(arch="bn_mlp", dataset="mnist_5k", epochs=1).resolved()
+    assert (run.optimizer, run.lr, run.batch_size) == ("adam", 0.001, 128)
+    assert parse(run, "--optimizer", "lion").lr == pytest.approx(1e-4)
+    assert parse(run, "--optimizer", "adadelta").lr == pytest.approx(1.0)
+    assert parse(run).lr == pytest.approx(0.001) and parse(run).epochs == 1
+    assert parse(run, "--arch", "resnet18").batch_size == 64
+    sgd = TrainConfig(arch="bn_mlp", dataset="mnist_5k", optimizer="sgd").resolved()
+    assert parse(sgd, "--optimizer", "lion").lr == pytest.approx(1e-4)
+    explicit = TrainConfig(arch="bn_mlp", dataset="mnist_5k", lr=0.05, batch_size=32).resolved()
+    chosen = parse(explicit, "--optimizer", "lion", "--arch", "resnet18")
+    assert (chosen.lr, chosen.batch_size) == (0.05, 32)
