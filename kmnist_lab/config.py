@@ -285,6 +285,15 @@ class TrainConfig:
                     f"`{name}` cannot set {', '.join(clash)}: kmnist_lab sets it itself "
                     f"({why}). Received: {given}"
                 )
+        # `augment` and `l2` are fields and builder keywords too: one run, one value (the
+        # builder takes `model_params`', so a differing field would be recorded, not used).
+        for name, unset in (("augment", None), ("l2", 0.0)):
+            field, param = getattr(self, name), self.model_params.get(name)
+            if field is not unset and field != unset and param is not None and param != field:
+                raise ConfigError(
+                    f"`{name}` is given twice with different values: {name}={field!r} and "
+                    f"model_params {name}={param!r}; give it once"
+                )
         # Unknown keys and bad values fail here, before any data is loaded.
         check_overrides(self.arch, self.model_params)
         get_loss(self.loss, **self.loss_params)
@@ -341,7 +350,9 @@ class TrainConfig:
             "optimizer": self.optimizer or d.optimizer,
             "lr": self.lr or _default_lr(self.optimizer or d.optimizer, d),
             "lr_schedule": self.lr_schedule or d.lr_schedule,
-            "augment": d.augment if self.augment is None else self.augment,
+            "augment": self.augment
+            if self.augment is not None
+            else self.model_params.get("augment", d.augment),
         }
         if self.run_name is None:
             changes["run_name"] = f"{self.arch}_{self.dataset}_{self.loss}_s{self.seed}"

@@ -470,3 +470,21 @@ def test_a_ctrl_c_that_keras_swallows_still_stops_the_run(tmp_path, tiny_dataset
     assert json.loads((run / "status.json").read_text())["status"] == "interrupted"
     assert len(_rows(run / "history.csv")) == 1
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
+def test_augment_and_l2_given_as_model_params_are_the_ones_recorded():
+    """`--model-param augment=false` builds the model without augmentation: config.json's
+    `augment` must say so; a field contradicting its model_params twin is refused."""
+    from kmnist_lab.config import TrainConfig
+    from kmnist_lab.errors import ConfigError
+
+    assert TrainConfig(model_params={"augment": False}).resolved().augment is False
+    assert TrainConfig(augment=False, model_params={"augment": False}).resolved().augment is False
+    assert TrainConfig().resolved().augment is True
+    with pytest.raises(ConfigError, match="given twice"):
+        TrainConfig(augment=True, model_params={"augment": False})
+    with pytest.raises(ConfigError, match="given twice"):
+        TrainConfig(augment=False, model_params={"augment": True})
+    with pytest.raises(ConfigError, match="given twice"):
+        TrainConfig(l2=0.1, model_params={"l2": 0.5})
+    TrainConfig(l2=0.1, model_params={"l2": 0.1})
