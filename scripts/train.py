@@ -87,7 +87,7 @@ def build_parser():
     g.add_argument("--activation", choices=ACTIVATIONS, metavar="ACTIVATION",
                    help=f"activation (arch mlp: {', '.join(ACTIVATIONS)}; "
                    f"resnet18: {', '.join(RESNET_ACTIVATIONS)})")  # fmt: skip
-    g.add_argument("--dropout", type=_cli.nonneg_float, help="dropout rate (arch mlp)")
+    g.add_argument("--dropout", type=_cli.nonneg_float, help="dropout rate (MLPs)")
     g.add_argument(
         "--l2", type=_cli.nonneg_float, default=None, help="L2 penalty on kernels (MLPs)"
     )
