@@ -116,6 +116,7 @@ ARCH_DEFAULTS = {
 }
 FALLBACK_DEFAULTS = _MLP
 _RESERVED_LOSS = frozenset({"name", "reduction", "dtype"})
+_RESERVED_OPTIMIZER = frozenset({"learning_rate"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,6 +278,8 @@ class TrainConfig:
             ("model_params", RESERVED_PARAMS,
              "num_classes from the dataset, head from the loss; runs take 28x28 images"),
             ("loss_params", _RESERVED_LOSS, "the training loop owns reduction, dtype and name"),
+            ("optimizer_params", _RESERVED_OPTIMIZER,
+             "from `lr` (--lr) and `lr_schedule`; set the learning rate there"),
         ):  # fmt: skip
             clash = sorted(set(getattr(self, name)) & reserved)
             if clash:

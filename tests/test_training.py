@@ -499,3 +499,13 @@ def test_a_null_model_param_is_refused_not_silently_replaced_by_the_default():
     with pytest.raises(ConfigError, match="cannot be null.*activation"):
         TrainConfig(arch="mlp", model_params={"activation": None})
     TrainConfig(arch="mlp", model_params={"activation": "linear"})
+
+
+def test_learning_rate_as_an_optimizer_param_is_a_config_error_not_a_crash():
+    """`--optimizer-param learning_rate=0.1` passed validation and then crashed in
+    compile with a TypeError (two learning_rate keywords); the lr is `lr`'s."""
+    from kmnist_lab.config import TrainConfig
+    from kmnist_lab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="optimizer_params.*learning_rate.*lr"):
+        TrainConfig(optimizer_params={"learning_rate": 0.1})
