@@ -288,15 +288,6 @@ class TrainConfig:
                     f"`{name}` cannot set {', '.join(clash)}: kmnist_lab sets it itself "
                     f"({why}). Received: {given}"
                 )
-        # `build_model` reads a None keyword as "the builder's default": a null here would
-        # be recorded and silently not used (`activation: null` would train with ReLU).
-        nulls = sorted(k for k, v in self.model_params.items() if v is None)
-        if nulls:
-            raise ConfigError(
-                f"`model_params` cannot be null ({', '.join(nulls)}): leave a key out for the "
-                'arch\'s default (an MLP without activation: activation="linear"). '
-                f"Received: {', '.join(f'{k}=None' for k in nulls)}"
-            )
         # `augment` and `l2` are fields and builder keywords too: one run, one value (the
         # builder takes `model_params`', so a differing field would be recorded, not used).
         for name, unset in (("augment", None), ("l2", 0.0)):

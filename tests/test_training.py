@@ -490,17 +490,6 @@ def test_augment_and_l2_given_as_model_params_are_the_ones_recorded():
     TrainConfig(l2=0.1, model_params={"l2": 0.1})
 
 
-def test_a_null_model_param_is_refused_not_silently_replaced_by_the_default():
-    """`--model-param activation=null` used to train `mlp` with ReLU while config.json
-    recorded `activation: null` (build_model reads None as "the default")."""
-    from kmnist_lab.config import TrainConfig
-    from kmnist_lab.errors import ConfigError
-
-    with pytest.raises(ConfigError, match="cannot be null.*activation"):
-        TrainConfig(arch="mlp", model_params={"activation": None})
-    TrainConfig(arch="mlp", model_params={"activation": "linear"})
-
-
 def test_learning_rate_as_an_optimizer_param_is_a_config_error_not_a_crash():
     """`--optimizer-param learning_rate=0.1` passed validation and then crashed in
     compile with a TypeError (two learning_rate keywords); the lr is `lr`'s."""
