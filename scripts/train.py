@@ -110,7 +110,8 @@ def build_parser():
                    help="update rule (default: the arch's, table below; docs/optimizers.md)")  # fmt: skip
     o.add_argument("--momentum", type=_cli.nonneg_float, help="momentum (sgdm, nesterov, rmsprop)")
     o.add_argument("--weight-decay", type=_cli.nonneg_float,
-                   help="decoupled weight decay (Keras optimizers' weight_decay; default none)")  # fmt: skip
+                   help="weight decay: Keras' decoupled weight_decay (asgd: PyTorch's coupled "
+                   "one; rprop takes none); default: the optimizer's, none but adamw's 0.004")  # fmt: skip
     o.add_argument("--optimizer-param", action="append", type=_cli.key_value, default=[], metavar="K=V",
                    help="optimizer keyword, e.g. eta_plus=1.1 for rprop (repeatable)")  # fmt: skip
     o.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,

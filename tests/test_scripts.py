@@ -313,6 +313,17 @@ def test_help_lists_registries_and_defaults(capsys):
     assert "per-architecture defaults" in out and "resnet18" in out and "mnist_5k" in out
 
 
+def test_help_gives_the_weight_decay_default_adamw_trains_with(capsys):
+    """--help said `--weight-decay` defaults to none, while adamw decays at 0.004 without it."""
+    from kmnist_lab.optimizers import optimizer_defaults
+
+    with pytest.raises(SystemExit):
+        train_script.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    decay = optimizer_defaults("adamw")["weight_decay"]
+    assert f"adamw's {decay:g}" in out and "default none)" not in out
+
+
 @pytest.mark.parametrize(
     "argv, env, expected",
     [
