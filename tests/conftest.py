@@ -37,6 +37,21 @@ def make_images(n, seed=0, num_classes=10):
 
 
 @pytest.fixture
+def python_sigint():
+    """Python's own SIGINT handler (KeyboardInterrupt) for the test, restored after.
+
+    A process started in the background by a shell (`cmd &`, `nohup`) inherits SIGINT
+    ignored, and Python then keeps it ignored: tests of Ctrl-C handling set it.
+    """
+    import signal
+
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.fixture
 def tiny_arrays():
     """(x, y) with 60 learnable synthetic images."""
     return make_images(60)

@@ -36,3 +36,21 @@ def write_idx_dataset(directory: Path, n_train=80, n_test=40, gz=False, seed=0) 
         else:
             (directory / name).write_bytes(raw)
     return directory
+
+
+def swallow_a_ctrl_c_after_the_first_epoch(monkeypatch, callback_class) -> None:
+    """Patches `callback_class.on_epoch_end` to raise SIGINT after epoch 0 and drop the
+    KeyboardInterrupt, as Keras 3.15's `pythonify_logs` does with whatever it raised."""
+    import signal
+
+    original = callback_class.on_epoch_end
+
+    def swallow_a_ctrl_c(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if epoch == 0:
+            try:
+                signal.raise_signal(signal.SIGINT)
+            except BaseException:
+                pass
+
+    monkeypatch.setattr(callback_class, "on_epoch_end", swallow_a_ctrl_c)

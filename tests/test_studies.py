@@ -156,24 +156,18 @@ def test_a_diverging_regression_run_is_recorded_not_raised(tmp_path, monkeypatch
     assert run_study("e_regression", quick=True, output_dir=tmp_path).statuses == result.statuses
 
 
-def test_a_ctrl_c_that_keras_swallows_still_stops_a_regression_run(tmp_path, monkeypatch):
+def test_a_ctrl_c_that_keras_swallows_still_stops_a_regression_run(
+    tmp_path, monkeypatch, python_sigint
+):
     """e_regression fits outside `train`: it carries the same InterruptCheck, so a Ctrl-C
     dropped inside Keras' `fit` leaves the run interrupted, not complete."""
     import signal
 
+    from helpers import swallow_a_ctrl_c_after_the_first_epoch
+
     from kmnist_lab import callbacks
 
-    original = callbacks.EpochStats.on_epoch_end
-
-    def swallow_a_ctrl_c(self, epoch, logs=None):
-        original(self, epoch, logs)
-        if epoch == 0:
-            try:  # as Keras' pythonify_logs does with whatever it raised
-                signal.raise_signal(signal.SIGINT)
-            except BaseException:
-                pass
-
-    monkeypatch.setattr(callbacks.EpochStats, "on_epoch_end", swallow_a_ctrl_c)
+    swallow_a_ctrl_c_after_the_first_epoch(monkeypatch, callbacks.EpochStats)
     with pytest.raises(KeyboardInterrupt):
         run_study("e_regression", quick=True, output_dir=tmp_path, only=["sin_3x50"])
     run = tmp_path / "e_regression" / "sin_3x50"

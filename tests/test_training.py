@@ -445,24 +445,18 @@ def test_a_report_of_the_earlier_run_state_does_not_survive_training(
         assert not (run / stale).exists(), stale
 
 
-def test_a_ctrl_c_that_keras_swallows_still_stops_the_run(tmp_path, tiny_dataset, monkeypatch):
+def test_a_ctrl_c_that_keras_swallows_still_stops_the_run(
+    tmp_path, tiny_dataset, monkeypatch, python_sigint
+):
     """Keras converts each step's logs inside a bare `except:` (`pythonify_logs`); on JAX
     that is where the host waits for the device, so a Ctrl-C raised there was dropped and
     the run trained to the end. A swallowed Ctrl-C must still interrupt: the run stops,
     incomplete and resumable, and says so in status.json."""
     import signal
 
-    original = callbacks.EpochStats.on_epoch_end
+    from helpers import swallow_a_ctrl_c_after_the_first_epoch
 
-    def swallow_a_ctrl_c(self, epoch, logs=None):
-        original(self, epoch, logs)
-        if epoch == 0:
-            try:  # as Keras' pythonify_logs does with whatever it raised
-                signal.raise_signal(signal.SIGINT)
-            except BaseException:
-                pass
-
-    monkeypatch.setattr(callbacks.EpochStats, "on_epoch_end", swallow_a_ctrl_c)
+    swallow_a_ctrl_c_after_the_first_epoch(monkeypatch, callbacks.EpochStats)
     with pytest.raises(KeyboardInterrupt):
         train(_config(tmp_path, epochs=3), dataset=tiny_dataset)
     run = tmp_path / "run"

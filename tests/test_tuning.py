@@ -429,19 +429,16 @@ def test_best_train_config_json_runs_with_train_py(data_dir, tmp_path):
     }  # fmt: skip
 
 
-def test_a_ctrl_c_that_keras_swallows_still_stops_the_search(data_dir, tmp_path, monkeypatch):
+def test_a_ctrl_c_that_keras_swallows_still_stops_the_search(
+    data_dir, tmp_path, monkeypatch, python_sigint
+):
     """As for train.py (tests/test_training.py): a Ctrl-C dropped inside Keras' `fit`
     still stops the trial and the search (exit 130), leaving it to resume."""
     import signal
 
-    def swallow_a_ctrl_c(self, epoch, logs=None):
-        if epoch == 0:
-            try:  # as Keras' pythonify_logs does with whatever it raised
-                signal.raise_signal(signal.SIGINT)
-            except BaseException:
-                pass
+    from helpers import swallow_a_ctrl_c_after_the_first_epoch
 
-    monkeypatch.setattr(keras.callbacks.TerminateOnNaN, "on_epoch_end", swallow_a_ctrl_c)
+    swallow_a_ctrl_c_after_the_first_epoch(monkeypatch, keras.callbacks.TerminateOnNaN)
     argv = _argv(data_dir, tmp_path, "--space", "a_grid", "--tuner", "grid", "--max-epochs", "3")
     with pytest.raises(KeyboardInterrupt):
         tune_script.main([*argv, "--max-trials", "2", "--no-export"])
