@@ -292,7 +292,7 @@ class TrainConfig:
         # builder takes `model_params`', so a differing field would be recorded, not used).
         for name, unset in (("augment", None), ("l2", 0.0)):
             field, param = getattr(self, name), self.model_params.get(name)
-            if field is not unset and field != unset and param is not None and param != field:
+            if field != unset and param is not None and param != field:
                 raise ConfigError(
                     f"`{name}` is given twice with different values: {name}={field!r} and "
                     f"model_params {name}={param!r}; give it once"
