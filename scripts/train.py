@@ -82,7 +82,9 @@ def build_parser():
     g.add_argument("--loss-param", action="append", type=_cli.key_value, default=[], metavar="K=V",
                    help="loss keyword, e.g. margin=0.3 (repeatable)")  # fmt: skip
     g.add_argument("--model-param", action="append", type=_cli.key_value, default=[], metavar="K=V",
-                   help="builder keyword, e.g. hidden=[256,64] (repeatable)")  # fmt: skip
+                   help="builder keyword, e.g. hidden=[256,64] (repeatable); K=null means the "
+                   "arch's default (it drops a value --config gave): mlp with no activation "
+                   "is activation=linear")  # fmt: skip
     g.add_argument("--hidden", type=_cli.positive_int, nargs="+", help="hidden widths (arch mlp)")
     g.add_argument("--activation", choices=ACTIVATIONS, metavar="ACTIVATION",
                    help=f"activation (arch mlp: {', '.join(ACTIVATIONS)}; "
@@ -117,8 +119,9 @@ def build_parser():
     o.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
                    help="learning-rate schedule over the epochs (default: the arch's, table below)")  # fmt: skip
     o.add_argument("--warmup-epochs", type=_cli.nonneg_int, default=None,
-                   help="linear lr warm-up from 0 over this many epochs (default 0; with "
-                   "--lr-schedule step at most half the epochs)")  # fmt: skip
+                   help="linear lr warm-up to the peak lr over this many epochs (cosine: "
+                   "from 0; constant and step: from lr/warm-up steps); default 0; with "
+                   "--lr-schedule step at most half the epochs")  # fmt: skip
     o.add_argument("--precise-bn", action=argparse.BooleanOptionalAction, default=None,
                    help="after training, recompute BatchNorm's moving statistics over up to 200 "
                    "training batches (for full-batch or other large-step training; default off)")  # fmt: skip

@@ -546,3 +546,24 @@ def test_config_file_rederives_the_defaults_a_run_recorded(tmp_path):
     explicit = TrainConfig(arch="bn_mlp", dataset="mnist_5k", lr=0.05, batch_size=32).resolved()
     chosen = parse(explicit, "--optimizer", "lion", "--arch", "resnet18")
     assert (chosen.lr, chosen.batch_size) == (0.05, 32)
+
+
+def test_a_null_model_param_means_the_archs_default_even_over_a_config_file(tmp_path):
+    """`--model-param K=null` drops a value `--config` gave, so the builder's default
+    applies: `mlp` with activation=null is ReLU again (activation=linear is none)."""
+    from kmnist_lab.config import TrainConfig
+    from kmnist_lab.training import build_for_config
+
+    recorded = TrainConfig(arch="mlp", dataset="mnist_5k", epochs=1, output_dir=str(tmp_path),
+                           model_params={"hidden": [8], "activation": "tanh"})  # fmt: skip
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"config": recorded.resolved().to_dict()}))
+
+    def activation_of(*flags):
+        args = train_script.build_parser().parse_args(["--config", str(path), *flags])
+        model, _ = build_for_config(train_script.config_from_args(args).resolved(), 10)
+        return model.get_layer("act1").get_config()["activation"]
+
+    assert activation_of() == "tanh"
+    assert activation_of("--model-param", "activation=null") == "relu"
+    assert activation_of("--model-param", "activation=linear") == "linear"

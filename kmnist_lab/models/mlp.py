@@ -41,6 +41,8 @@ def mlp(
     Args:
         hidden: widths of the hidden layers (report D: `(128,)`; report E: depth x width).
         activation: one of `ACTIVATIONS`, or None for none (report A's `plain_mlp`).
+            Through `build_model` a None override means the arch's default (ReLU
+            for `mlp`); ask for `"linear"` there.
         batchnorm: BatchNorm after each hidden Dense (report A's `bn_mlp`).
         dropout: dropout rate after each hidden layer, in [0, 1).
         l2: L2 penalty `l2 * sum(w**2)` on every kernel.
