@@ -59,7 +59,8 @@ def build_parser():
         "--config",
         metavar="JSON",
         help="read options from a JSON file (a run's config.json works); flags override it, "
-        "and settings the run took by default follow them (e.g. a new --optimizer's lr)",
+        "settings the run took by default follow them (e.g. a new --optimizer's lr), and a "
+        "new --loss, --optimizer or --arch starts without the file's keywords for the old one",
     )
     g.add_argument("--arch", choices=ARCHS, default=None, help=f"architecture (default {c.arch})")
     g.add_argument(
@@ -80,11 +81,10 @@ def build_parser():
         help=f"loss; it picks the model head (default {c.loss})",
     )
     g.add_argument("--loss-param", action="append", type=_cli.key_value, default=[], metavar="K=V",
-                   help="loss keyword, e.g. margin=0.3 (repeatable)")  # fmt: skip
+                   help="loss keyword, e.g. margin=0.3 (repeatable; K=null drops a --config value)")  # fmt: skip
     g.add_argument("--model-param", action="append", type=_cli.key_value, default=[], metavar="K=V",
-                   help="builder keyword, e.g. hidden=[256,64] (repeatable); K=null means the "
-                   "arch's default (it drops a value --config gave): mlp with no activation "
-                   "is activation=linear")  # fmt: skip
+                   help="builder keyword, e.g. hidden=[256,64] (repeatable); K=null: the arch's "
+                   "default (drops a --config value); mlp with no activation: activation=linear")  # fmt: skip
     g.add_argument("--hidden", type=_cli.positive_int, nargs="+", help="hidden widths (arch mlp)")
     g.add_argument("--activation", choices=ACTIVATIONS, metavar="ACTIVATION",
                    help=f"activation (arch mlp: {', '.join(ACTIVATIONS)}; "
@@ -115,7 +115,8 @@ def build_parser():
                    help="weight decay: Keras' decoupled weight_decay (asgd: PyTorch's coupled "
                    "one; rprop takes none); default: the optimizer's, none but adamw's 0.004")  # fmt: skip
     o.add_argument("--optimizer-param", action="append", type=_cli.key_value, default=[], metavar="K=V",
-                   help="optimizer keyword, e.g. eta_plus=1.1 for rprop (repeatable)")  # fmt: skip
+                   help="optimizer keyword, e.g. eta_plus=1.1 for rprop (repeatable; K=null drops a "
+                   "--config value)")  # fmt: skip
     o.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
                    help="learning-rate schedule over the epochs (default: the arch's, table below)")  # fmt: skip
     o.add_argument("--warmup-epochs", type=_cli.nonneg_int, default=None,
@@ -218,17 +219,32 @@ def config_from_args(args):
         "warmup_epochs", "seed", "run_name", "output_dir", "overwrite", "jit", "precision",
         "steps_per_execution", "input_pipeline", "tensorboard", "export", "distribute", "precise_bn",
     )  # fmt: skip
+    # The keywords a config file gave its loss, optimizer or arch belong to that component:
+    # a different one on the command line starts from none (`--config RUN/config.json
+    # --loss ce` of an AM-Softmax run must not hand `margin` to cross-entropy).
+    for field, params in (("loss", "loss_params"), ("optimizer", "optimizer_params"),
+                          ("arch", "model_params")):  # fmt: skip
+        changed = getattr(args, field) is not None and getattr(args, field) != base.get(field)
+        if changed and base.get(params):
+            dropped = ", ".join(f"{k}={v!r}" for k, v in base[params].items())
+            logging.getLogger("kmnist_lab").info(
+                "--%s %s: not reusing the config file's %s (%s)",
+                field, getattr(args, field), params, dropped,
+            )  # fmt: skip
+            base[params] = {}
     for name in fields:
         value = getattr(args, name)
         if value is not None:
             base[name] = value
-    base["loss_params"] = {**base.get("loss_params", {}), **dict(args.loss_param)}
     model_params = {**base.get("model_params", {}), **dict(args.model_param)}
     for name in ("hidden", "activation", "dropout"):
         if getattr(args, name) is not None:
             model_params[name] = getattr(args, name)
-    base["model_params"] = model_params
-    base["optimizer_params"] = {**base.get("optimizer_params", {}), **dict(args.optimizer_param)}
+    # K=null on the command line drops K: the component's own default applies.
+    for params, given in (("loss_params", dict(args.loss_param)), ("model_params", model_params),
+                          ("optimizer_params", dict(args.optimizer_param))):  # fmt: skip
+        merged = {**base.get(params, {}), **given}
+        base[params] = {k: v for k, v in merged.items() if not (k in given and v is None)}
     base["verbose"] = 0 if args.quiet else (1 if sys.stdout.isatty() else 2)
     import keras
 
@@ -242,10 +258,18 @@ _RESOLVED = ("epochs", "batch_size", "optimizer", "lr", "lr_schedule", "augment"
 
 def _derived(config: dict, name: str):
     """The value `TrainConfig.resolved` gives field `name` of a (valid) config dict when
-    the dict leaves it unset."""
+    the dict leaves it unset; `_NOT_DERIVABLE` when the dict is invalid without it (an
+    `optimizer` that `optimizer_params` or `momentum` need was set explicitly)."""
     from kmnist_lab.config import TrainConfig
+    from kmnist_lab.errors import ConfigError
 
-    return getattr(TrainConfig.from_dict({**config, name: None}).resolved(), name)
+    try:
+        return getattr(TrainConfig.from_dict({**config, name: None}).resolved(), name)
+    except ConfigError:
+        return _NOT_DERIVABLE
+
+
+_NOT_DERIVABLE = object()
 
 
 def _derived_run_name(config: dict) -> str:

@@ -1,6 +1,7 @@
 """Scripts end to end on tiny data, and every bad input: exit code 2, one line, no traceback."""
 
 import json
+import logging
 import re
 import subprocess
 import sys
@@ -567,3 +568,38 @@ def test_a_null_model_param_means_the_archs_default_even_over_a_config_file(tmp_
     assert activation_of() == "tanh"
     assert activation_of("--model-param", "activation=null") == "relu"
     assert activation_of("--model-param", "activation=linear") == "linear"
+
+
+def test_a_new_loss_optimizer_or_arch_does_not_inherit_the_old_ones_keywords(tmp_path, caplog):
+    """`--config RUN/config.json --loss ce` of an AM-Softmax run failed with "Unknown
+    parameter(s) margin for loss 'ce'", a keyword the user never typed and could not
+    remove; the same for --optimizer and --arch. The file's keywords now go with its
+    component (and say so); the same component keeps them, and K=null drops one.
+    Regression too: a file with `optimizer_params` failed on any command line ("`eta_plus`
+    does not apply to optimizer 'adam'"), since re-deriving a defaulted optimizer raised."""
+    from kmnist_lab.config import TrainConfig
+
+    recorded = TrainConfig(
+        arch="mlp", dataset="mnist_5k", epochs=1, output_dir=str(tmp_path), loss="am_softmax",
+        loss_params={"margin": 0.3}, optimizer="rprop", optimizer_params={"eta_plus": 1.1},
+        model_params={"hidden": [8]},
+    ).resolved()  # fmt: skip
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"config": recorded.to_dict()}))
+
+    def parse(*flags):
+        args = train_script.build_parser().parse_args(["--config", str(path), *flags])
+        cfg = train_script.config_from_args(args).resolved()
+        return cfg.loss_params, cfg.optimizer_params, cfg.model_params
+
+    kept = ({"margin": 0.3}, {"eta_plus": 1.1}, {"hidden": [8]})
+    assert parse() == kept
+    assert parse("--loss", "am_softmax", "--optimizer", "rprop", "--arch", "mlp") == kept
+    with caplog.at_level(logging.INFO, logger="kmnist_lab"):
+        assert parse("--loss", "ce") == ({}, *kept[1:])
+    assert "--loss ce: not reusing the config file's loss_params (margin=0.3)" in caplog.text
+    assert parse("--optimizer", "adam") == (kept[0], {}, kept[2])
+    assert parse("--arch", "bn_mlp") == (*kept[:2], {})
+    assert parse("--loss-param", "margin=null", "--optimizer-param", "eta_plus=null") == (
+        {}, {}, kept[2])  # fmt: skip
+    assert parse("--loss", "ce", "--loss-param", "margin=null")[0] == {}
