@@ -60,7 +60,8 @@ def build_parser():
         metavar="JSON",
         help="read options from a JSON file (a run's config.json works); flags override it, "
         "settings the run took by default follow them (e.g. a new --optimizer's lr), and a "
-        "new --loss, --optimizer or --arch starts without the file's keywords for the old one",
+        "new --loss, --optimizer or --arch starts without the file's keywords for the old one "
+        "(its params; an optimizer's momentum and weight decay too)",
     )
     g.add_argument("--arch", choices=ARCHS, default=None, help=f"architecture (default {c.arch})")
     g.add_argument(
@@ -222,16 +223,18 @@ def config_from_args(args):
     # The keywords a config file gave its loss, optimizer or arch belong to that component:
     # a different one on the command line starts from none (`--config RUN/config.json
     # --loss ce` of an AM-Softmax run must not hand `margin` to cross-entropy).
-    for field, params in (("loss", "loss_params"), ("optimizer", "optimizer_params"),
-                          ("arch", "model_params")):  # fmt: skip
-        changed = getattr(args, field) is not None and getattr(args, field) != base.get(field)
-        if changed and base.get(params):
-            dropped = ", ".join(f"{k}={v!r}" for k, v in base[params].items())
-            logging.getLogger("kmnist_lab").info(
-                "--%s %s: not reusing the config file's %s (%s)",
-                field, getattr(args, field), params, dropped,
-            )  # fmt: skip
-            base[params] = {}
+    for field, owned in (("loss", ("loss_params",)), ("arch", ("model_params",)),
+                         ("optimizer", ("optimizer_params", "momentum", "weight_decay"))):  # fmt: skip
+        new = getattr(args, field)
+        dropped = [k for k in owned if base.get(k) not in (None, {})] if base else []
+        if new is None or new == base.get(field) or not dropped:
+            continue
+        logging.getLogger("kmnist_lab").info(
+            "--%s %s: not reusing the config file's %s", field, new,
+            ", ".join(f"{k} {base[k]!r}" for k in dropped),
+        )  # fmt: skip
+        for k in dropped:
+            base[k] = {} if k.endswith("_params") else None
     for name in fields:
         value = getattr(args, name)
         if value is not None:

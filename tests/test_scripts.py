@@ -597,8 +597,16 @@ def test_a_new_loss_optimizer_or_arch_does_not_inherit_the_old_ones_keywords(tmp
     assert parse("--loss", "am_softmax", "--optimizer", "rprop", "--arch", "mlp") == kept
     with caplog.at_level(logging.INFO, logger="kmnist_lab"):
         assert parse("--loss", "ce") == ({}, *kept[1:])
-    assert "--loss ce: not reusing the config file's loss_params (margin=0.3)" in caplog.text
+    assert "--loss ce: not reusing the config file's loss_params {'margin': 0.3}" in caplog.text
     assert parse("--optimizer", "adam") == (kept[0], {}, kept[2])
+    # momentum and weight decay are the optimizer's keywords too
+    sgdm = {**recorded.to_dict(), "optimizer": "sgdm", "optimizer_params": {}, "momentum": 0.5}
+    path.write_text(json.dumps({"config": sgdm}))
+    args = train_script.build_parser().parse_args(["--config", str(path), "--optimizer", "adam"])
+    assert train_script.config_from_args(args).resolved().momentum is None
+    args = train_script.build_parser().parse_args(["--config", str(path)])
+    assert train_script.config_from_args(args).resolved().momentum == 0.5
+    path.write_text(json.dumps({"config": recorded.to_dict()}))
     assert parse("--arch", "bn_mlp") == (*kept[:2], {})
     assert parse("--loss-param", "margin=null", "--optimizer-param", "eta_plus=null") == (
         {}, {}, kept[2])  # fmt: skip
