@@ -26,7 +26,7 @@ OPTIMIZERS = Registry("optimizer")
 class Rprop(keras.optimizers.Optimizer):
     """Resilient backpropagation: sign-based steps with one adaptive size per weight.
 
-    Per weight, with `s = sign(g * g_prev)`:
+    Per weight, with `s = sign(g) * sign(g_prev)`:
     `step = clip(step * (eta_plus if s > 0 else eta_minus if s < 0 else 1), min, max)`;
     on a sign change (`s < 0`) the gradient is taken as 0, so that weight does not move
     this step and the next step does not shrink it again; then `w -= sign(g) * step`.
@@ -97,7 +97,10 @@ class Rprop(keras.optimizers.Optimizer):
             ops.cast(learning_rate, dtype),
             ops.convert_to_tensor(step_size),
         )
-        sign = ops.sign(grad * prev)
+        # sign(g) * sign(g_prev), not sign(g * g_prev): the product of two gradients
+        # below ~1e-19 underflows to 0 in float32 (TensorFlow and XLA flush subnormals),
+        # which would read as "no sign information" and neither grow nor shrink the step.
+        sign = ops.sign(grad) * ops.sign(prev)
         factor = ops.where(
             sign > 0,
             ops.cast(self.eta_plus, dtype),

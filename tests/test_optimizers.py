@@ -280,6 +280,18 @@ def test_rprop_steps_by_hand():
     np.testing.assert_allclose(w[2], [0.636, -1.95, 0.28], atol=1e-7)
 
 
+def test_rprop_reads_the_signs_of_tiny_gradients():
+    # Gradients of 1e-20 (a converged full-batch loss): their product, 1e-40, is a
+    # float32 subnormal that TensorFlow and XLA flush to 0. The step must still grow
+    # while the sign holds and skip on a sign change, as with gradients of any size.
+    tiny = 1e-20
+    grads = [[tiny, -tiny], [tiny, tiny], [tiny, -tiny]]
+    w = run_steps(get_optimizer("rprop", learning_rate=0.1), [1.0, 1.0], grads)
+    # Weight 1: steps 0.1, 0.12, 0.144 (sign held). Weight 2: 0.1 up, a sign change
+    # (step halved, no move), then the stored 0 keeps the step at 0.05.
+    np.testing.assert_allclose(w, [[0.9, 1.1], [0.78, 1.1], [0.636, 1.15]], atol=1e-6)
+
+
 def test_rprop_bounds_and_schedule():
     schedule = keras.optimizers.schedules.ExponentialDecay(0.1, 1, 0.5)
     optimizer = Rprop(schedule, eta_plus=2.0, step_size_max=0.25)
