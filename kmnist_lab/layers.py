@@ -8,6 +8,9 @@ the loss's scale `s` alone sets the logit range.
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import keras
 import numpy as np
 from keras import ops
@@ -15,6 +18,11 @@ from keras import ops
 from kmnist_lab.errors import ConfigError
 
 _HALF_DTYPES = ("float16", "bfloat16")
+
+
+def _is_number(value) -> bool:
+    """A real number, not a bool (NaN and infinities included)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def l2_normalize(x, axis=-1, epsilon=1e-7):
@@ -151,13 +159,19 @@ class RandomAffine(keras.layers.Layer):
         self, max_rotation=10.0, max_translation=0.1, fill_value=-1.0, seed=None, **kwargs
     ):
         super().__init__(**kwargs)
-        if not max_rotation >= 0:
+        if not _is_number(max_rotation) or not 0 <= max_rotation < math.inf:
             raise ConfigError(
-                f"`max_rotation` must be >= 0 degrees. Received: max_rotation={max_rotation}"
+                "`max_rotation` must be a finite number >= 0 (degrees). "
+                f"Received: max_rotation={max_rotation!r}"
             )
-        if not 0 <= max_translation < 1:
+        if not _is_number(max_translation) or not 0 <= max_translation < 1:
             raise ConfigError(
-                f"`max_translation` must be in [0, 1). Received: max_translation={max_translation}"
+                "`max_translation` must be a number in [0, 1). "
+                f"Received: max_translation={max_translation!r}"
+            )
+        if not _is_number(fill_value) or not math.isfinite(fill_value):
+            raise ConfigError(
+                f"`fill_value` must be a finite number. Received: fill_value={fill_value!r}"
             )
         self.max_rotation = float(max_rotation)
         self.max_translation = float(max_translation)

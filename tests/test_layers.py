@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from kmnist_lab.errors import ConfigError
-from kmnist_lab.layers import CosineDense, FusedBatchNormalization, SmallMapConv2D, l2_normalize
+from kmnist_lab.layers import (
+    CosineDense,
+    FusedBatchNormalization,
+    RandomAffine,
+    SmallMapConv2D,
+    l2_normalize,
+)
 
 _spec = importlib.util.spec_from_file_location(
     "losses_parity", Path(__file__).parent / "backend_parity" / "losses_parity.py"
@@ -143,6 +149,38 @@ def test_explicit_half_precision_policy_still_outputs_float32():
 def test_invalid_arguments_raise_config_error(kwargs, message):
     with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
         CosineDense(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"max_rotation": float("inf")},
+            "`max_rotation` must be a finite number >= 0 (degrees). Received: max_rotation=inf",
+        ),
+        (
+            {"max_rotation": -1.0},
+            "`max_rotation` must be a finite number >= 0 (degrees). Received: max_rotation=-1.0",
+        ),
+        (
+            {"max_rotation": "10"},
+            "`max_rotation` must be a finite number >= 0 (degrees). Received: max_rotation='10'",
+        ),
+        (
+            {"max_translation": float("nan")},
+            "`max_translation` must be a number in [0, 1). Received: max_translation=nan",
+        ),
+        (
+            {"fill_value": float("nan")},
+            "`fill_value` must be a finite number. Received: fill_value=nan",
+        ),
+    ],
+)
+def test_random_affine_refuses_values_that_give_nan_or_garbage_pixels(kwargs, message):
+    # max_rotation=inf drew infinite angles: NaN source coordinates, cast to int32 gather
+    # indices (TensorFlow: "indices[0,0] = -2147483612 is not in [0, 36)").
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        RandomAffine(**kwargs)
 
 
 # SmallMapConv2D: the same function as Conv2D (on the explicitly padded input), the same
