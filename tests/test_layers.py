@@ -183,6 +183,48 @@ def test_random_affine_refuses_values_that_give_nan_or_garbage_pixels(kwargs, me
         RandomAffine(**kwargs)
 
 
+def test_random_affine_shifts_and_rotates_as_documented():
+    # Output pixel p samples the input at R(-a) (p - c - t) + c, bilinear, fill outside.
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(2, 5, 5, 2)).astype("float32")
+    layer = RandomAffine(fill_value=-1.0)
+    zero = np.zeros(2, "float32")
+    # Integer shifts move the content by (dx, dy) pixels, the uncovered border is filled.
+    shifted = keras.ops.convert_to_numpy(
+        layer.transform(
+            images, zero, np.array([1.0, -2.0], "float32"), np.array([0.0, 1.0], "float32")
+        )
+    )
+    expected = np.full_like(images, -1.0)
+    expected[0, :, 1:] = images[0, :, :-1]
+    expected[1, 1:, :-2] = images[1, :-1, 2:]
+    np.testing.assert_allclose(shifted, expected, atol=1e-6)
+    # A quarter turn of a square image is a permutation: out[y, x] = in[w - 1 - x, y].
+    turned = keras.ops.convert_to_numpy(
+        layer.transform(images, np.full(2, np.pi / 2, "float32"), zero, zero)
+    )
+    np.testing.assert_allclose(turned, images[:, ::-1].transpose(0, 2, 1, 3), atol=1e-5)
+    # Half a pixel right: the mean of horizontal neighbours, half fill at the left edge.
+    half = keras.ops.convert_to_numpy(layer.transform(images, zero, zero + 0.5, zero))
+    np.testing.assert_allclose(
+        half[:, :, 1:], (images[:, :, 1:] + images[:, :, :-1]) / 2, atol=1e-6
+    )
+    np.testing.assert_allclose(half[:, :, 0], (images[:, :, 0] - 1.0) / 2, atol=1e-6)
+
+
+def test_random_affine_is_the_identity_at_inference_only():
+    images = np.random.default_rng(1).normal(size=(3, 8, 8, 1)).astype("float32")
+    layer = RandomAffine(seed=0)
+    assert np.array_equal(keras.ops.convert_to_numpy(layer(images)), images)
+    assert np.array_equal(keras.ops.convert_to_numpy(layer(images, training=False)), images)
+    trained = keras.ops.convert_to_numpy(layer(images, training=True))
+    assert trained.shape == images.shape and not np.allclose(trained, images)
+    still = RandomAffine(max_rotation=0.0, max_translation=0.0)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(still(images, training=True)), images, atol=1e-6
+    )
+
+
 # SmallMapConv2D: the same function as Conv2D (on the explicitly padded input), the same
 # kernel, other arithmetic. Geometries: (size, channels, filters, kernel, stride, padding,
 # zero_padding), ResNet-18's small stages first.
