@@ -57,7 +57,7 @@ class CosineDense(keras.layers.Layer):
 
     Args:
         units: number of classes (output width), a positive integer.
-        epsilon: positive constant added to squared norms; a zero input row or
+        epsilon: positive finite constant added to squared norms; a zero input row or
             weight column then gives finite outputs (0) and finite gradients.
         kernel_initializer: initializer of the `(input_dim, units)` kernel.
         kernel_regularizer: optional regularizer of the kernel.
@@ -72,17 +72,19 @@ class CosineDense(keras.layers.Layer):
         kernel_regularizer=None,
         **kwargs,
     ):
-        if isinstance(units, bool) or not isinstance(units, int) or units < 1:
-            raise ConfigError(f"`units` must be a positive integer. Received: units={units}")
-        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not epsilon > 0:
-            raise ConfigError(f"`epsilon` must be a number > 0. Received: epsilon={epsilon!r}")
+        if isinstance(units, bool) or not isinstance(units, numbers.Integral) or units < 1:
+            raise ConfigError(f"`units` must be a positive integer. Received: units={units!r}")
+        if not _is_number(epsilon) or not 0 < epsilon < math.inf:
+            raise ConfigError(
+                f"`epsilon` must be a finite number > 0. Received: epsilon={epsilon!r}"
+            )
         if kwargs.get("dtype") is None:
             # Mixed precision: keep the head (and its output) in float32.
             global_policy = keras.config.dtype_policy()
             if global_policy.compute_dtype in _HALF_DTYPES:
                 kwargs["dtype"] = "float32"
         super().__init__(**kwargs)
-        self.units = units
+        self.units = int(units)
         self.epsilon = float(epsilon)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)

@@ -142,13 +142,30 @@ def test_explicit_half_precision_policy_still_outputs_float32():
     [
         ({"units": 0}, "`units` must be a positive integer. Received: units=0"),
         ({"units": 2.5}, "`units` must be a positive integer. Received: units=2.5"),
-        ({"units": 3, "epsilon": 0}, "`epsilon` must be a number > 0. Received: epsilon=0"),
-        ({"units": 3, "epsilon": "x"}, "`epsilon` must be a number > 0. Received: epsilon='x'"),
+        ({"units": 3, "epsilon": 0}, "`epsilon` must be a finite number > 0. Received: epsilon=0"),
+        (
+            {"units": 3, "epsilon": "x"},
+            "`epsilon` must be a finite number > 0. Received: epsilon='x'",
+        ),
+        (
+            # x / sqrt(|x|^2 + inf) = 0: every cosine and every gradient would be 0.
+            {"units": 3, "epsilon": float("inf")},
+            "`epsilon` must be a finite number > 0. Received: epsilon=inf",
+        ),
     ],
 )
 def test_invalid_arguments_raise_config_error(kwargs, message):
     with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
         CosineDense(**kwargs)
+
+
+def test_numpy_numbers_are_accepted_and_stored_as_python_numbers():
+    # np.int64 units (e.g. a class count from np.unique) were refused with the
+    # contradictory "`units` must be a positive integer. Received: units=10".
+    layer = CosineDense(np.int64(10), epsilon=np.float32(1e-6))
+    assert (layer.units, type(layer.units)) == (10, int)
+    assert layer.epsilon == pytest.approx(1e-6) and type(layer.epsilon) is float
+    assert CosineDense.from_config(layer.get_config()).get_config() == layer.get_config()
 
 
 @pytest.mark.parametrize(
