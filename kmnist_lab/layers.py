@@ -276,10 +276,15 @@ class SmallMapConv2D(keras.layers.Conv2D):
 
     def __init__(self, filters, kernel_size, strides=1, padding="valid", zero_padding=0, **kwargs):
         super().__init__(filters, kernel_size, strides=strides, padding=padding, **kwargs)
-        if not isinstance(zero_padding, int) or zero_padding < 0:
+        if (
+            isinstance(zero_padding, bool)
+            or not isinstance(zero_padding, numbers.Integral)
+            or zero_padding < 0
+        ):
             raise ConfigError(
                 f"`zero_padding` must be an integer >= 0. Received: zero_padding={zero_padding!r}"
             )
+        zero_padding = int(zero_padding)
         if zero_padding and self.padding != "valid":
             raise ConfigError(
                 "`zero_padding` applies to padding='valid' only. "

@@ -336,6 +336,8 @@ def test_small_map_conv_saves_and_loads(tmp_path):
     ("kwargs", "message"),
     [
         ({"zero_padding": -1}, "`zero_padding` must be an integer >= 0. Received: zero_padding=-1"),
+        ({"zero_padding": True},  # a bool was taken as 1
+         "`zero_padding` must be an integer >= 0. Received: zero_padding=True"),
         ({"zero_padding": 1, "padding": "same"},
          "`zero_padding` applies to padding='valid' only. Received: padding='same', zero_padding=1"),
         ({"dilation_rate": 2},
@@ -347,6 +349,12 @@ def test_small_map_conv_saves_and_loads(tmp_path):
 def test_small_map_conv_refuses_what_it_does_not_implement(kwargs, message):
     with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
         SmallMapConv2D(4, 3, **kwargs)
+
+
+def test_small_map_conv_takes_a_numpy_integer_zero_padding():
+    # np.int64(1) was refused: "`zero_padding` must be an integer >= 0".
+    layer = SmallMapConv2D(4, 3, zero_padding=np.int64(1))
+    assert (layer.zero_padding, type(layer.zero_padding)) == (1, int)
 
 
 def test_small_map_conv_needs_a_static_map_size():
