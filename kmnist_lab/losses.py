@@ -122,7 +122,9 @@ def focal_loss(y_true, logits, gamma=2.0, alpha=1.0):
 
     `L = -alpha * (1 - p_y)^gamma * log p_y` with `p = softmax(z)`; equals
     `keras.losses.CategoricalFocalCrossentropy(from_logits=True)` on one-hot labels
-    (without its probability clipping) and softmax CE for `gamma=0, alpha=1`.
+    (without its probability clipping) and softmax CE for `gamma=0, alpha=1`. For
+    `p_y > 1/2`, `1 - p_y` and `log p_y` come from `r = sum_{j != y} e^{z_j - z_y}`,
+    so the loss and its gradient keep their relative precision as `p_y -> 1`.
 
     Args:
         y_true: integer labels, shape (N,) or (N, 1).
@@ -134,9 +136,19 @@ def focal_loss(y_true, logits, gamma=2.0, alpha=1.0):
         Per-sample loss, shape (N,).
     """
     z = _compute(logits)
-    log_p_y = _target(_one_hot(y_true, z), ops.log_softmax(z, axis=-1))[:, 0]
-    # expm1 keeps 1 - p_y accurate when p_y is close to 1.
-    one_minus_p = ops.maximum(-ops.expm1(log_p_y), _FOCAL_FLOOR)
+    onehot = _one_hot(y_true, z)
+    log_p_y = _target(onehot, ops.log_softmax(z, axis=-1))[:, 0]
+    one_minus_p = -ops.expm1(log_p_y)
+    # Near p_y = 1, log_softmax = -log(1 + r) has rounded away the digits of
+    # r = sum_{j != y} e^{z_j - z_y} (all of them for r < float eps), and with them
+    # 1 - p_y and the loss. For p_y > 1/2 (r < 1) take both from r itself:
+    # log p_y = -log1p(r), 1 - p_y = r / (1 + r). `minimum` keeps e^x <= 1 in the
+    # branch `where` leaves out (any z_j >= z_y makes r >= 1 there).
+    r = ops.sum(ops.exp(ops.minimum(z - _target(onehot, z), 0.0)) * (1.0 - onehot), axis=-1)
+    confident = r < 1.0
+    log_p_y = ops.where(confident, -ops.log1p(r), log_p_y)
+    one_minus_p = ops.where(confident, r / (1.0 + r), one_minus_p)
+    one_minus_p = ops.maximum(one_minus_p, _FOCAL_FLOOR)
     return -alpha * ops.power(one_minus_p, gamma) * log_p_y
 
 

@@ -620,6 +620,34 @@ def test_focal_with_gamma_below_1_is_finite_when_p_y_rounds_to_1(gamma):
     assert np.all(np.isfinite(grad))
 
 
+@pytest.mark.parametrize("gamma", [0.5, 2.0])
+def test_focal_keeps_its_relative_precision_as_p_y_approaches_1(gamma):
+    # 1 - p_y from 6e-5 down to 3e-10. Taken from log_softmax = -log(1 + r), float32
+    # lost its digits: relative errors of 1e-3 (gap 12) to 100 % (gap 20: loss and
+    # gradient 0). The float64 NumPy reference is good to ~1e-6 here.
+    gaps = np.array([12.0, 14.0, 16.0, 20.0, 22.0])
+    z = np.zeros((len(gaps), NUM_CLASSES), "float32")
+    z[:, 0] = gaps
+    z[:, 1] = -0.5
+    y = np.zeros(len(gaps), "int64")
+    loss = get_loss("focal", gamma=gamma, reduction="sum")
+    values = per_sample(loss, y, z)
+    np.testing.assert_allclose(values, ref_focal(y, z.astype(np.float64), gamma), rtol=1e-5)
+    # Gradients against central differences of the reference, relative to each row's
+    # largest entry (where float64 differences are still accurate: gaps up to 16).
+    _, grad = value_and_grad(lambda p: loss(y, p), z)
+    zz, eps = z[:3].astype(np.float64), 1e-4
+    numeric = np.zeros(zz.shape)
+    for index in np.ndindex(zz.shape):
+        step = np.zeros(zz.shape)
+        step[index] = eps
+        diff = ref_focal(y[:3], zz + step, gamma) - ref_focal(y[:3], zz - step, gamma)
+        numeric[index] = diff.sum() / (2 * eps)
+    scale = np.abs(numeric).max(axis=1, keepdims=True)
+    assert np.all(np.abs(np.asarray(grad)[:3] - numeric) <= 1e-4 * scale)
+    assert np.all(np.asarray(grad)[3:, 0] < 0)  # the target is still pulled up
+
+
 @pytest.mark.parametrize("name", [n for n in list_losses() if loss_head(n) != "regression"])
 @pytest.mark.parametrize("batch", [1, 3])
 def test_one_hot_labels_are_refused_with_a_clear_error(name, batch):
