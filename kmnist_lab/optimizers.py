@@ -36,7 +36,7 @@ class Rprop(keras.optimizers.Optimizer):
 
     Args:
         learning_rate: initial step size of every weight (PyTorch's `lr`). Only the
-            value at the first step is used; later steps adapt on their own.
+            value at a weight's first update is used; later steps adapt on their own.
         eta_minus: step-size factor on a sign change, in (0, 1).
         eta_plus: step-size factor while the sign holds, > 1.
         step_size_min: lower bound of the step sizes, > 0.
@@ -90,13 +90,14 @@ class Rprop(keras.optimizers.Optimizer):
         grad = ops.cast(gradient, dtype)
         index = self._get_variable_index(variable)
         prev, step_size = self._prev_gradients[index], self._step_sizes[index]
-        # Step sizes start at the learning rate of the first step (not at build time),
-        # so a schedule or a learning rate set after `build` is honoured.
-        step = ops.where(
-            ops.equal(self.iterations, 0),
-            ops.cast(learning_rate, dtype),
-            ops.convert_to_tensor(step_size),
-        )
+        # Step sizes start at the learning rate of the weight's first update (not at
+        # build time), so a schedule or a learning rate set after `build` is honoured.
+        # An updated step size is >= step_size_min > 0, so 0 means "never updated": a
+        # weight whose first gradient comes after the optimizer's first step (PyTorch
+        # creates its state then) starts at the learning rate too, not at 0 (which the
+        # clip below would turn into step_size_min).
+        step_size_value = ops.convert_to_tensor(step_size)
+        step = ops.where(step_size_value > 0, step_size_value, ops.cast(learning_rate, dtype))
         # sign(g) * sign(g_prev), not sign(g * g_prev): the product of two gradients
         # below ~1e-19 underflows to 0 in float32 (TensorFlow and XLA flush subnormals),
         # which would read as "no sign information" and neither grow nor shrink the step.

@@ -292,6 +292,19 @@ def test_rprop_reads_the_signs_of_tiny_gradients():
     np.testing.assert_allclose(w, [[0.9, 1.1], [0.78, 1.1], [0.636, 1.15]], atol=1e-6)
 
 
+def test_rprop_weight_first_updated_after_step_0_starts_at_the_learning_rate():
+    # As torch.optim.Rprop, whose per-weight state is created at its first gradient:
+    # the second weight's first step is lr = 0.1, not step_size_min = 1e-6.
+    a, b = keras.Variable(np.ones(1, np.float32)), keras.Variable(np.ones(1, np.float32))
+    optimizer = get_optimizer("rprop", learning_rate=0.1)
+    optimizer.build([a, b])
+    grad = ops.convert_to_tensor(np.ones(1, np.float32))
+    optimizer.apply([grad], [a])
+    optimizer.apply([grad, grad], [a, b])
+    np.testing.assert_allclose(ops.convert_to_numpy(a), [0.78], atol=1e-6)
+    np.testing.assert_allclose(ops.convert_to_numpy(b), [0.9], atol=1e-6)
+
+
 def test_rprop_bounds_and_schedule():
     schedule = keras.optimizers.schedules.ExponentialDecay(0.1, 1, 0.5)
     optimizer = Rprop(schedule, eta_plus=2.0, step_size_max=0.25)
