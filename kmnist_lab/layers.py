@@ -340,6 +340,14 @@ class SmallMapConv2D(keras.layers.Conv2D):
                 "SmallMapConv2D needs a static height and width (its matrix products are "
                 f"laid out per output pixel). Received input shape {tuple(input_shape)}"
             )
+        out_h, out_w, _, _ = self._geometry(*input_shape[1:3])
+        if out_h < 1 or out_w < 1:
+            raise ConfigError(
+                f"SmallMapConv2D: a {input_shape[1]}x{input_shape[2]} input gives no output "
+                f"pixels with kernel_size={self.kernel_size}, strides={self.strides}, "
+                f"padding={self.padding!r}, zero_padding={self.zero_padding} (the output "
+                "must be at least 1x1)"
+            )
         empty = [
             i for i, (pixels, _) in enumerate(self._windows(*input_shape[1:3])[2]) if not pixels
         ]

@@ -357,6 +357,17 @@ def test_small_map_conv_takes_a_numpy_integer_zero_padding():
     assert (layer.zero_padding, type(layer.zero_padding)) == (1, int)
 
 
+def test_small_map_conv_refuses_an_input_smaller_than_its_kernel():
+    # A 1x1 input and a 3x3 valid kernel give a -1x-1 output: it failed in `call` with
+    # a bare IndexError (Conv2D: "Computed output size would be zero or negative").
+    message = (
+        "SmallMapConv2D: a 1x1 input gives no output pixels with kernel_size=(3, 3), "
+        "strides=(1, 1), padding='valid', zero_padding=0 (the output must be at least 1x1)"
+    )
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        SmallMapConv2D(4, 3)(np.zeros((2, 1, 1, 3), "float32"))
+
+
 def test_small_map_conv_needs_a_static_map_size():
     with pytest.raises(ConfigError, match=r"needs a static height and width"):
         SmallMapConv2D(4, 3)(keras.Input((None, None, 3)))
