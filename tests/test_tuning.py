@@ -726,6 +726,17 @@ def test_a_search_resumes_on_its_own_backend_only(tmp_path, capsys):
     assert json.loads(marker.read_text())["backend"] == keras.backend.backend()
 
 
+def test_a_resume_with_other_settings_names_the_stored_and_the_asked_values(tmp_path):
+    """The refusal says what the folder holds and what was asked, as train.py's does."""
+    from kmnist_lab.errors import RunFolderError
+    from tuning.search import prepare_project_dir
+
+    common = dict(space="a_grid", tuner="grid", dataset="mnist_5k", directory=str(tmp_path))
+    prepare_project_dir(SearchConfig(**common, max_epochs=2, project_name="p"))
+    with pytest.raises(RunFolderError, match=r"other settings \(max_epochs 2 -> 3, seed 0 -> 1\)"):
+        prepare_project_dir(SearchConfig(**common, max_epochs=3, seed=1, project_name="p"))
+
+
 @pytest.mark.parametrize(
     "tuner, refused", [("grid", False), ("random", False), ("hyperband", True)]
 )

@@ -239,7 +239,8 @@ def prepare_project_dir(cfg: SearchConfig) -> Path:
         diff = cfg.identity_differences(stored.get("identity"))
         if diff:
             raise RunFolderError(
-                f"{project} holds a search with other settings ({', '.join(diff)}); pass "
+                f"{project} holds a search with other settings "
+                f"({_identity_changes(stored.get('identity'), cfg.identity(), diff)}); pass "
                 "--overwrite to start over or choose another --project-name"
             )
         # Trials on two backends are not comparable (another initialisation from the
@@ -260,6 +261,19 @@ def prepare_project_dir(cfg: SearchConfig) -> Path:
         marker, {"identity": cfg.identity(), "backend": backend, "config": cfg.to_dict()}
     )
     return project
+
+
+def _identity_changes(old: dict | None, new: dict, keys: list[str]) -> str:
+    """`key stored -> asked` for each differing identity setting, e.g. `seed 0 -> 1`.
+
+    Args:
+        old: the identity stored in the folder's search.json (None: unreadable).
+        new: this search's identity.
+        keys: the settings that differ, as `SearchConfig.identity_differences` lists them.
+    """
+    if not isinstance(old, dict):
+        return "its search.json records no settings"
+    return ", ".join(f"{k} {old.get(k)!r} -> {new[k]!r}" for k in keys)
 
 
 def keras_backend() -> str:
