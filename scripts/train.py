@@ -16,6 +16,7 @@ Exit codes: 0 ok, 2 bad input (one line on stderr), 3 training diverged,
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
@@ -239,6 +240,7 @@ def config_from_args(args):
         value = getattr(args, name)
         if value is not None:
             base[name] = value
+    _check_given_once(args)
     model_params = {**base.get("model_params", {}), **dict(args.model_param)}
     for name in ("hidden", "activation", "dropout"):
         if getattr(args, name) is not None:
@@ -253,6 +255,29 @@ def config_from_args(args):
 
     base["backend"] = keras.backend.backend()
     return TrainConfig.from_dict(base)
+
+
+def _check_given_once(args) -> None:
+    """Refuses `--hidden`, `--activation` or `--dropout` contradicting `--model-param`.
+
+    Both set the same builder keyword; the dedicated flag would silently win. (A value
+    from `--config` is different: flags override the file.)
+
+    Raises:
+        ConfigError: one of them is given on the command line with two different values.
+    """
+    from kmnist_lab.errors import ConfigError
+
+    given = dict(args.model_param)
+    for name in ("hidden", "activation", "dropout"):
+        flag = getattr(args, name)
+        if flag is not None and given.get(name) is not None and given[name] != flag:
+            shown = " ".join(map(str, flag)) if isinstance(flag, list) else flag
+            param = given[name] if isinstance(given[name], str) else json.dumps(given[name])
+            raise ConfigError(
+                f"`{name}` is given twice with different values: --{name} {shown} and "
+                f"--model-param {name}={param}; give it once"
+            )
 
 
 # The fields `TrainConfig.resolved` fills in from the architecture's defaults.
