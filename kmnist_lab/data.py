@@ -178,8 +178,22 @@ def _read_npz(path: Path, keys: tuple[str, ...]) -> list[np.ndarray]:
 
 
 def _check_sha(name: str, path: Path, digest: str) -> None:
+    """Refuses a file with a published name whose sha256 is not the published one.
+
+    A file that is another dataset's published one (Fashion-MNIST's files read as
+    `mnist`) is named as such, with the `--dataset` that reads it.
+
+    Raises:
+        DataError: the digest is not `name`'s published one for that file name.
+    """
     known = KNOWN_SHA256.get(name, {}).get(path.name)
     if known is not None and known != digest:
+        other = [n for n, files in KNOWN_SHA256.items() if files.get(path.name) == digest]
+        if other:
+            raise DataError(
+                f"{path} is {other[0]}'s published file, not {name}'s; pass --dataset "
+                f"{other[0]}, or point --data-dir at {name}'s files"
+            )
         raise DataError(
             f"{path}: sha256 {digest[:12]}... does not match the published {known[:12]}... "
             "(corrupt or a different dataset); delete it or point --data-dir elsewhere"

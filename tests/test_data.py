@@ -1,6 +1,7 @@
 """Dataset loading: IDX/npz readers, checksums, splits, sources and their failure modes."""
 
 import gzip
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -82,6 +83,19 @@ def test_known_file_with_wrong_checksum_is_refused_and_named(tmp_path):
     write_idx_dataset(tmp_path, gz=True)
     with pytest.raises(DataError, match=r"train-images-idx3-ubyte\.gz: sha256 .* does not match"):
         data.load_dataset("mnist", data_dir=tmp_path)
+
+
+def test_another_datasets_published_file_is_named_not_called_corrupt():
+    """Fashion-MNIST's files read as `mnist` (Debian's /usr/share/datasets/fashion-mnist
+    passed as --data-dir) were called corrupt, with advice to delete them."""
+    fashion = data.KNOWN_SHA256["fashion_mnist"]["train-images-idx3-ubyte.gz"]
+    path = Path("fashion") / "train-images-idx3-ubyte.gz"
+    with pytest.raises(DataError) as e:
+        data._check_sha("mnist", path, fashion)
+    assert str(e.value) == (
+        f"{path} is fashion_mnist's published file, not mnist's; pass --dataset "
+        "fashion_mnist, or point --data-dir at mnist's files"
+    )
 
 
 def test_image_label_count_mismatch_names_the_folder(tmp_path):
