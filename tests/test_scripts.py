@@ -611,3 +611,19 @@ def test_a_new_loss_optimizer_or_arch_does_not_inherit_the_old_ones_keywords(tmp
     assert parse("--loss-param", "margin=null", "--optimizer-param", "eta_plus=null") == (
         {}, {}, kept[2])  # fmt: skip
     assert parse("--loss", "ce", "--loss-param", "margin=null")[0] == {}
+
+
+def test_a_null_model_param_drops_a_config_value_the_new_arch_does_not_take(tmp_path):
+    """`--config MLP_RUN/config.json --arch bn_mlp --model-param hidden=null`: the null
+    drops the file's `hidden` (bn_mlp takes none); it was refused as "does not take"."""
+    from kmnist_lab.config import TrainConfig
+    from kmnist_lab.training import build_for_config
+
+    recorded = TrainConfig(arch="mlp", dataset="mnist_5k", epochs=1, output_dir=str(tmp_path),
+                           model_params={"hidden": [8], "activation": "tanh"})  # fmt: skip
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"config": recorded.resolved().to_dict()}))
+    flags = ["--arch", "bn_mlp", "--model-param", "hidden=null", "--model-param", "activation=null"]
+    args = train_script.build_parser().parse_args(["--config", str(path), *flags])
+    model, _ = build_for_config(train_script.config_from_args(args).resolved(), 10)
+    assert [layer.units for layer in model.layers if hasattr(layer, "units")] == [512, 128, 10]

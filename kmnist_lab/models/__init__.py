@@ -65,7 +65,8 @@ def user_params(name: str) -> list[str]:
 def check_overrides(name: str, overrides) -> None:
     """Raises `ConfigError` for a keyword the builder of arch `name` does not take, or a
     value it would refuse (checked without building; `None` values stand for defaults,
-    as in `build_model`)."""
+    as in `build_model`, even for a keyword the arch does not take)."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
     unknown = sorted(set(overrides) - set(model_params(name)))
     if unknown:
         raise ConfigError(
@@ -74,7 +75,7 @@ def check_overrides(name: str, overrides) -> None:
         )
     check = MODELS.get(name).meta.get("check")
     if check is not None:
-        check(**{k: v for k, v in overrides.items() if v is not None and k not in RESERVED_PARAMS})
+        check(**{k: v for k, v in overrides.items() if k not in RESERVED_PARAMS})
 
 
 def build_model(name: str, num_classes: int = 10, head: str = "logits", **overrides) -> keras.Model:
