@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 COLORS = [
     "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd",
@@ -82,6 +83,7 @@ def learning_curves(histories, title: str = "Learning curves", colors=None) -> F
         handles.append(Line2D([], [], color=color, label=label))
     for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy")):
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.2 on short runs
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
         if ax.lines and not several:

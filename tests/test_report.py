@@ -302,6 +302,17 @@ def test_learning_curves_switch_to_log_scale_only_when_one_loss_dwarfs_the_rest(
     assert spiky.axes[0].get_yscale() == "log" and spiky.axes[1].get_yscale() == "linear"
 
 
+def test_learning_curves_tick_whole_epochs_only(tmp_path):
+    # A 2-epoch run's curves were ticked 1.0, 1.2, ..., 2.0: epochs that do not exist.
+    from kmnist_lab.plots import learning_curves
+
+    fig = learning_curves(_history(tmp_path / "a.csv", [0.4, 0.3]))
+    for ax in fig.axes:
+        lo, hi = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
 def test_grid_study_tabulates_every_cell_and_marks_the_best_val_cell(tmp_path):
     # Report A's hand grid: a row per (batch, lr), a column per epochs, for test
     # accuracy, test loss and val accuracy; the best *validation* cell is bold.
