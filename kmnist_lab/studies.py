@@ -89,12 +89,15 @@ def _subset(dataset, seed: int = 0):
 
 
 def _study_record(study: Study, dataset: str, quick: bool, epochs_scale: float) -> dict:
+    import keras
+
     record = study.to_dict()
     record["runs"] = [
         {**dataclasses.asdict(r), "effective": effective_config(r, quick, epochs_scale)}
         for r in study.runs
     ]
-    return {"study": record, "dataset": dataset, "quick": quick, "epochs_scale": epochs_scale}
+    return {"study": record, "dataset": dataset, "quick": quick, "epochs_scale": epochs_scale,
+            "backend": keras.backend.backend()}  # fmt: skip
 
 
 def _check_settings(study_dir: Path, record: dict) -> None:
@@ -110,6 +113,14 @@ def _check_settings(study_dir: Path, record: dict) -> None:
                 f"{study_dir} holds this study with {key}={old.get(key)!r}, not {record[key]!r}; "
                 "choose another --output-dir"
             )
+    # Runs on two backends do not compare (other kernels and batch orders, other wall
+    # times). Folders written before the backend was recorded continue on any.
+    if old.get("backend", record["backend"]) != record["backend"]:
+        raise ConfigError(
+            f"{study_dir} holds this study trained on the {old['backend']} backend, and this "
+            f"process runs {record['backend']}; pass --backend {old['backend']} to continue it "
+            "or choose another --output-dir"
+        )
 
 
 def _after_fit(study: Study):

@@ -210,6 +210,24 @@ def test_a_study_folder_refuses_other_settings(mnist_5k, tmp_path):
         run_study("e_regression", quick=True, output_dir=tmp_path, epochs_scale=2.0)
 
 
+def test_a_study_folder_refuses_another_backend(tmp_path):
+    """Runs of one study on two backends were mixed silently (c_optimizers: three runs
+    on jax, one re-trained on tensorflow), and the report compared them."""
+    import keras
+
+    first = run_study("e_regression", quick=True, output_dir=tmp_path)
+    record = json.loads((first.study_dir / "study.json").read_text())
+    assert record["backend"] == keras.backend.backend()
+    other = "torch" if keras.backend.backend() != "torch" else "jax"
+    (first.study_dir / "study.json").write_text(json.dumps({**record, "backend": other}))
+    with pytest.raises(ConfigError, match=f"trained on the {other} backend.*--backend {other}"):
+        run_study("e_regression", quick=True, output_dir=tmp_path)
+    # A folder from before the backend was recorded continues on any backend.
+    del record["backend"]
+    (first.study_dir / "study.json").write_text(json.dumps(record))
+    run_study("e_regression", quick=True, output_dir=tmp_path)
+
+
 def test_script_lists_and_runs(tmp_path, capsys):
     assert _cli.run(study_script.main, ["--list"]) == 0
     out = capsys.readouterr().out
