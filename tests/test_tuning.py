@@ -760,3 +760,15 @@ def test_config_validation():
     cfg = SearchConfig(space="a_grid", tuner="grid", dataset="mnist_5k").resolved()
     assert cfg.max_epochs == 15 and cfg.project_name == "a_grid_grid_mnist_5k"
     assert np.isfinite(cfg.factor)
+
+
+def test_trial_ends_write_no_notebook_escape_codes_outside_ipython(capsys):
+    """With IPython installed, keras-tuner took scripts for notebooks and wrote
+    `ESC[2K` (IPython's clear_output) into tune.py's output and log files."""
+    from keras_tuner.src import utils as kt_utils
+
+    import tuning.tuners  # noqa: F401  (applies the fix on import)
+
+    kt_utils.try_clear()
+    out = capsys.readouterr().out
+    assert out == "\n" and "\x1b" not in out

@@ -18,6 +18,9 @@
   spinning on gRPC.
 - keras-tuner's state files (`oracle.json`, `trial_*/trial.json`, `tuner0.json`)
   are written atomically, so a search killed at any moment can be resumed.
+- keras-tuner takes any process with IPython installed for a notebook and wrote
+  IPython's `clear_output` escape codes (`ESC[2K`) into terminals and log files at
+  every trial's end: outside IPython it prints a blank line instead.
 """
 
 from __future__ import annotations
@@ -41,6 +44,26 @@ from kmnist_lab import runs
 OBJECTIVE = kt.Objective("val_accuracy", direction="max")
 # Above this many configurations a space is sampled like a continuous one.
 MAX_ENUMERATED = 200_000
+
+
+def _not_a_notebook_outside_ipython() -> None:
+    """Sets keras-tuner's `IS_NOTEBOOK` to False when no IPython shell is running.
+
+    keras-tuner 1.4.8 computes it as `"Terminal" not in
+    IPython.get_ipython().__class__.__name__`, which is True for `NoneType`, so any
+    script run where IPython is merely installed counted as a notebook.
+    """
+    try:
+        import IPython
+
+        shell = IPython.get_ipython()
+    except ImportError:
+        shell = None
+    if shell is None:
+        kt_utils.IS_NOTEBOOK = False
+
+
+_not_a_notebook_outside_ipython()
 
 
 def resident_memory_mb() -> float:
