@@ -176,10 +176,15 @@ class InterruptCheck(keras.callbacks.Callback):
             self._installed = True
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         if self._installed:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             self._installed = False
+        # A library may turn the KeyboardInterrupt into another error: TensorFlow, hit
+        # while it traces a step, raised `TypeError: Failed to convert elements of
+        # (None, 784) to Tensor`, and the script exited 1 with a traceback. It is a Ctrl-C.
+        if self.pending and exc_type is not None and issubclass(exc_type, Exception):
+            raise KeyboardInterrupt from exc
 
     def _on_sigint(self, signum, frame):
         self.pending = True

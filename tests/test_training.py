@@ -466,6 +466,20 @@ def test_a_ctrl_c_that_keras_swallows_still_stops_the_run(
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
 
 
+def test_a_ctrl_c_that_a_library_turns_into_another_error_is_still_a_ctrl_c(python_sigint):
+    """study.py, Ctrl-C while TensorFlow traced a step: TensorFlow raised `TypeError:
+    Failed to convert elements ...` instead, and the script exited 1 with a traceback."""
+    import signal
+
+    with pytest.raises(KeyboardInterrupt), callbacks.InterruptCheck():
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            raise TypeError("Failed to convert elements of (None, 784) to Tensor") from None
+    with pytest.raises(TypeError), callbacks.InterruptCheck():  # no Ctrl-C: left alone
+        raise TypeError("a real error")
+
+
 def test_augment_and_l2_given_as_model_params_are_the_ones_recorded():
     """`--model-param augment=false` builds the model without augmentation: config.json's
     `augment` must say so; a field contradicting its model_params twin is refused."""
