@@ -76,6 +76,13 @@ def main(argv=None) -> int:
         if args.data_dir is not None
         else (cfg.get("data_dir") if args.dataset in (None, trained_on) else None)
     )
+    if args.data_dir is None and data_dir is not None and not Path(data_dir).is_dir():
+        from kmnist_lab.errors import DataError
+
+        raise DataError(
+            f"the run's data dir {data_dir} (its config.json) does not exist or is not a "
+            "directory; pass --data-dir with the folder that holds its files now"
+        )
     dataset = load_dataset(
         dataset_name,
         data_dir,

@@ -627,3 +627,19 @@ def test_a_null_model_param_drops_a_config_value_the_new_arch_does_not_take(tmp_
     args = train_script.build_parser().parse_args(["--config", str(path), *flags])
     model, _ = build_for_config(train_script.config_from_args(args).resolved(), 10)
     assert [layer.units for layer in model.layers if hasattr(layer, "units")] == [512, 128, 10]
+
+
+def test_evaluate_says_when_the_runs_own_data_dir_is_gone(trained_run, data_dir, tmp_path, capsys):
+    """A run whose data folder moved was refused as `--data-dir X does not exist`,
+    naming a flag the user never passed; it names the run's config.json instead."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("evaluation"))
+    record = json.loads((run / "config.json").read_text())
+    record["config"]["data_dir"] = str(tmp_path / "moved")
+    (run / "config.json").write_text(json.dumps(record))
+    code = _cli.run(evaluate_script.main, [str(run)])
+    err = _one_line_error(capsys, code, match=f"the run's data dir {tmp_path / 'moved'}")
+    assert "pass --data-dir" in err
+    assert _cli.run(evaluate_script.main, [str(run), "--data-dir", str(data_dir)]) == 0
