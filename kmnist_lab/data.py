@@ -15,9 +15,11 @@ Files with a known name are checked against their published sha256.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import hashlib
+import io
 import logging
 import math
 import os
@@ -290,10 +292,17 @@ def _keras_cache_dir(name: str) -> Path:
 
 
 def _download(name: str) -> tuple[dict, dict]:
+    """`keras.datasets.<name>.load_data()`. Keras prints "Downloading data from URL" and
+    a progress bar on stdout; where logging is set up with kmnist_lab's INFO messages
+    off (the scripts' `-q`) they are dropped too, so that an offline `--dataset auto -q`
+    prints nothing of a download it never made."""
     import keras  # deferred: importing Keras costs seconds
 
     loader = {"mnist": keras.datasets.mnist, "fashion_mnist": keras.datasets.fashion_mnist}[name]
-    (xtr, ytr), (xte, yte) = loader.load_data()
+    log.info("%s is not on this machine: downloading it with keras.datasets", name)
+    quiet = logging.getLogger().hasHandlers() and not log.isEnabledFor(logging.INFO)
+    with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+        (xtr, ytr), (xte, yte) = loader.load_data()
     splits = {"train": _check_images(xtr, ytr, name), "test": _check_images(xte, yte, name)}
     return splits, {}
 

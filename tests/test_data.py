@@ -226,3 +226,26 @@ def test_gzip_reader_reads_what_was_written(tmp_path):
     with gzip.open(tmp_path / "a.gz", "wb") as f:
         f.write(idx_bytes(arr))
     np.testing.assert_array_equal(data.parse_idx(data._read_bytes(tmp_path / "a.gz")), arr)
+
+
+@pytest.mark.parametrize("level, shown", [("INFO", True), ("WARNING", False)])
+def test_keras_download_messages_follow_kmnist_labs_log_level(
+    level, shown, tmp_path, monkeypatch, caplog, capsys
+):
+    """An offline `train.py -q` (`--dataset auto`) printed Keras' "Downloading data from
+    https://..." on stdout before falling back to mnist_5k: a download it never made, in
+    a run asked to be quiet. Keras' download output now shows only with INFO messages."""
+    import keras
+
+    def offline_load_data():
+        print("Downloading data from https://storage.googleapis.com/mnist.npz")
+        raise Exception("URL fetch failure: no network")
+
+    monkeypatch.delenv("KMNIST_LAB_NO_DOWNLOAD", raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setitem(data._DEBIAN_DIRS, "mnist", str(tmp_path / "none"))
+    monkeypatch.setattr(keras.datasets.mnist, "load_data", offline_load_data)
+    caplog.set_level(level, logger="kmnist_lab")
+    with pytest.raises(DataError, match="download failed .URL fetch failure: no network"):
+        data.load_dataset("mnist")
+    assert ("Downloading data from" in capsys.readouterr().out) is shown
