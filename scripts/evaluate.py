@@ -32,7 +32,8 @@ def build_parser():
     p.add_argument(
         "--dataset", choices=list_datasets(), help="default: the run's dataset, else auto"
     )
-    p.add_argument("--data-dir", help="folder with IDX/.npz files")
+    p.add_argument("--data-dir", help="folder with IDX/.npz files (default: the run's, "
+                   "when --dataset is the run's dataset)")  # fmt: skip
     p.add_argument("--split", choices=("test", "val", "train"), default="test",
                    help="split to score (default test)")  # fmt: skip
     p.add_argument("--val-fraction", type=_cli.fraction, help="default: the run's")
