@@ -83,7 +83,8 @@ def learning_curves(histories, title: str = "Learning curves", colors=None) -> F
         handles.append(Line2D([], [], color=color, label=label))
     for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy")):
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.2 on short runs
+        # No epoch 1.2 on short runs; min_n_ticks=1: a one-epoch run gets tick 1, not 0.945-1.05.
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
         if ax.lines and not several:

@@ -302,11 +302,13 @@ def test_learning_curves_switch_to_log_scale_only_when_one_loss_dwarfs_the_rest(
     assert spiky.axes[0].get_yscale() == "log" and spiky.axes[1].get_yscale() == "linear"
 
 
-def test_learning_curves_tick_whole_epochs_only(tmp_path):
-    # A 2-epoch run's curves were ticked 1.0, 1.2, ..., 2.0: epochs that do not exist.
+@pytest.mark.parametrize("losses", [[0.4, 0.3], [0.4]])
+def test_learning_curves_tick_whole_epochs_only(losses, tmp_path):
+    # A 2-epoch run's curves were ticked 1.0, 1.2, ..., 2.0: epochs that do not exist;
+    # a one-epoch run's (every --quick study run) 0.945, 0.96, ..., 1.05.
     from kmnist_lab.plots import learning_curves
 
-    fig = learning_curves(_history(tmp_path / "a.csv", [0.4, 0.3]))
+    fig = learning_curves(_history(tmp_path / "a.csv", losses))
     for ax in fig.axes:
         lo, hi = ax.get_xlim()
         ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
