@@ -107,6 +107,22 @@ def test_study_report_lists_every_run_beside_the_report(name, tmp_path):
         assert "mean error" in text and (study_dir / "report_files" / "sin_3x50_fit.png").is_file()
 
 
+def test_b_resnet_report_sets_train_accuracy_beside_the_reports_99_48(tmp_path):
+    # Report B gave train 99.48 % beside test 99.05 %; the catalog holds it, the table showed none.
+    study_dir = fake_study(tmp_path, "b_resnet")
+    text = write_report(study_dir)[0].read_text()
+    ours = runs.read_json(study_dir / "baseline" / "evaluation_train.json")["accuracy"]
+    row = next(line for line in text.splitlines() if line.startswith("| `baseline`"))
+    assert "train acc %" in text and f"{100 * ours:.2f} (report 99.48)" in row
+    sigmoid = next(line for line in text.splitlines() if line.startswith("| `sigmoid`"))
+    assert "(report" not in sigmoid  # the report gave no train accuracy for it
+    # Studies without train-split evaluations get no such column.
+    other = fake_study(tmp_path, "a_models")
+    for path in other.glob("*/evaluation_train.json"):
+        path.unlink()
+    assert "train acc" not in write_report(other)[0].read_text()
+
+
 def test_study_on_another_dataset_is_not_set_beside_the_reports_mnist_numbers(tmp_path):
     study_dir = fake_study(tmp_path, "a_models", dataset="fashion_mnist")
     text = write_report(study_dir)[0].read_text()

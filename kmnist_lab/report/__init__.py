@@ -3,8 +3,8 @@
 `write_report(path)` detects what `path` holds:
 
 - a study (`study.json`, written by `kmnist_lab.studies.run_study`): a table of every
-  run (test accuracy and loss, wall time, samples/s) beside the original report's
-  numbers and the difference; overlaid loss-vs-iteration and loss/accuracy-vs-epoch
+  run (test accuracy and loss, train accuracy where the train split is evaluated,
+  wall time, samples/s) beside the original report's numbers and the difference; overlaid loss-vs-iteration and loss/accuracy-vs-epoch
   curves; a heatmap for two-factor studies; confusion matrices, classification
   reports and per-class bars where the study has them; the fit plot of a regression;
 - a run (`config.json` / `metrics.json`): the same for one run;

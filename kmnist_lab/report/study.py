@@ -1,11 +1,11 @@
 """Study reports, from `study.json` and the run folders beside it.
 
-A table of every run (test accuracy and loss, wall time, samples/s) beside the
-original report's numbers and the difference; overlaid loss-vs-iteration and
-loss/accuracy-vs-epoch curves; a heatmap for two-factor studies and a table per
-metric plus a faceted heatmap for three-factor grids; confusion matrices,
-classification reports and per-class bars where the study has them; the fit plot of a
-regression. The tables and figures also serve the report of a single run.
+A table of every run (test accuracy and loss, train accuracy where the train split
+is evaluated, wall time, samples/s) beside the original report's numbers and the
+difference; overlaid loss-vs-iteration and loss/accuracy-vs-epoch curves; a heatmap
+for two-factor studies and a table per metric plus a faceted heatmap for three-factor
+grids; confusion matrices, classification reports and per-class bars where the study
+has them; the fit plot of a regression. The tables and figures also serve the report of a single run.
 """
 
 from __future__ import annotations
@@ -97,8 +97,12 @@ def runs_table(doc: Document, entries: list[dict]) -> None:
     has_loss = any("test_loss" in e.get("original", {}) for e in entries)
     # A study whose report gave no accuracies gets no empty "report"/"Δ" columns.
     has_acc = any(original_acc(e.get("original", {})) != "—" for e in entries)
+    # Report B's train accuracy: the final model on the whole train split.
+    train = {e["name"]: _train_accuracy(e) for e in entries}
+    has_train = any(v is not None for v in train.values())
     headers = ["run", *factor_keys, "status", "epochs", "test acc %"]
     headers += ["report %", "Δ points"] if has_acc else []
+    headers += ["train acc %"] if has_train else []
     headers += ["test loss"]
     headers += ["report loss"] if has_loss else []
     headers += ["wall time s"] + (["report wall s"] if has_wall else []) + ["samples/s"]
@@ -112,6 +116,10 @@ def runs_table(doc: Document, entries: list[dict]) -> None:
         epochs = m.get("epochs", planned)
         row = [f"`{e['name']}`", *factors, e["status"], epochs, pct(acc)]
         row += [original_acc(orig), diff_points(acc, orig)] if has_acc else []
+        if has_train:
+            theirs = orig.get("train_accuracy")
+            ours = pct(train[e["name"]])
+            row.append(f"{ours} (report {pct(theirs)})" if theirs is not None else ours)
         row += [num(m.get("test_loss"))]
         if has_loss:
             row.append(num(orig.get("test_loss")))
@@ -127,11 +135,25 @@ def runs_table(doc: Document, entries: list[dict]) -> None:
         if has_acc
         else ""
     )
+    train_note = (
+        "train acc: the final model on the whole train split (`evaluation_train.json`); "
+        if has_train
+        else ""
+    )
     doc.para(
         "test acc: accuracy on the test split after the last epoch (the test split is used once); "
-        f"{delta}wall time: the whole run (data, compile, fit, test, export; for a resumed run, the "
+        f"{delta}{train_note}wall time: the whole run (data, compile, fit, test, export; for a resumed run, the "
         "last process only); samples/s: training throughput in steady epochs."
     )
+
+
+def _train_accuracy(entry: dict):
+    """A complete run's accuracy on the whole train split (`evaluation_train.json`, written
+    for studies with `per_class_train`), or None."""
+    if entry.get("status") != "complete":
+        return None
+    ev = read_json_or_empty(Path(entry["dir"]) / "evaluation_train.json")
+    return ev.get("accuracy", entry["metrics"].get("train_accuracy_eval"))
 
 
 def _grid(doc: Document, entries: list[dict], study: dict) -> None:
