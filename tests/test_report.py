@@ -123,6 +123,23 @@ def test_b_resnet_report_sets_train_accuracy_beside_the_reports_99_48(tmp_path):
     assert "train acc" not in write_report(other)[0].read_text()
 
 
+def test_a_partly_run_study_report_names_its_unfinished_runs(tmp_path, caplog):
+    # The table listed the statuses, but neither the report nor report.py said the study
+    # was unfinished, or how to finish it.
+    study_dir = fake_study(tmp_path, "b_resnet", incomplete=("sigmoid",))
+    shutil.rmtree(study_dir / "tanh")
+    with caplog.at_level("WARNING", logger="kmnist_lab"):
+        text = write_report(study_dir)[0].read_text()
+    said = "3 of 5 runs finished; not yet: `sigmoid` (incomplete), `tanh` (missing)"
+    command = f"python scripts/study.py b_resnet --dataset mnist_5k --output-dir {tmp_path}"
+    assert said in text and f"`{command}` finishes them" in text
+    assert said.replace("`", "") in caplog.text and command in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="kmnist_lab"):
+        text = write_report(fake_study(tmp_path / "done", "b_resnet"))[0].read_text()
+    assert "Unfinished" not in text and not caplog.text
+
+
 def test_study_on_another_dataset_is_not_set_beside_the_reports_mnist_numbers(tmp_path):
     study_dir = fake_study(tmp_path, "a_models", dataset="fashion_mnist")
     text = write_report(study_dir)[0].read_text()

