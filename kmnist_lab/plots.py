@@ -125,6 +125,7 @@ def batch_losses(
         marker = "o" if len(iteration) < 3 else None  # a one-point line would be invisible
         ax.plot(iteration, b["loss"], color=color, lw=0.8, marker=marker, ms=3, label=label)
     ax.set_xlabel("iteration")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # no iteration 3.8
     ax.set_ylabel("training loss")
     if log_y and ax.lines and all(np.nanmax(line.get_ydata()) > 0 for line in ax.lines):
         ax.set_yscale("log", nonpositive="mask")  # a loss of exactly 0 is left out, not -inf

@@ -348,6 +348,20 @@ def test_learning_curves_tick_whole_epochs_only(losses, tmp_path):
         assert ticks and all(float(t).is_integer() for t in ticks), ticks
 
 
+@pytest.mark.parametrize("steps", [[4], [10, 10, 10]])
+def test_batch_losses_tick_whole_iterations_only(steps, tmp_path):
+    # A --quick run's one logged row (iteration 4) was ticked 3.80, 3.85, ..., 4.20.
+    from kmnist_lab.plots import batch_losses
+
+    rows = [{"epoch": 1, "step": sum(steps[: i + 1]), "steps": n, "loss": 1.0 / (i + 1)}
+            for i, n in enumerate(steps)]  # fmt: skip
+    _write_csv(tmp_path / "b.csv", rows)
+    ax = batch_losses({"a": tmp_path / "b.csv"}).axes[0]
+    lo, hi = ax.get_xlim()
+    ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
 def test_grid_study_tabulates_every_cell_and_marks_the_best_val_cell(tmp_path):
     # Report A's hand grid: a row per (batch, lr), a column per epochs, for test
     # accuracy, test loss and val accuracy; the best *validation* cell is bold.
