@@ -44,7 +44,8 @@ class Study:
         description: one paragraph: what it asks and the settings.
         runs: the runs, in table order.
         extras: `"confusion"` (confusion matrix + classification report of the test
-            split) and/or `"per_class_train"` (per-class accuracy on train and test).
+            split), `"per_class_train"` (per-class accuracy on train and test) and/or
+            `"epoch_loss"` (a table of each run's training loss per epoch).
         heatmap: `(row_factor, col_factor)` for two-factor studies.
         heatmap_where: `((factor, value), ...)` a run must match to enter the heatmap.
         grid: `(row_factor, col_factor, panel_factor)` for three-factor grids: the
@@ -237,7 +238,7 @@ B_RESNET = Study(
             {"change": "batch 1000"},
         ),
     ),  # fmt: skip
-    extras=("confusion", "per_class_train"),
+    extras=("confusion", "per_class_train", "epoch_loss"),
     notes="The reports' summary does not name report B's optimizer; we use Adam (lr 0.01 as reported). "
     "Sigmoid and tanh were reported only as slower-converging epoch-loss tables.",
 )

@@ -123,6 +123,15 @@ def test_b_resnet_report_sets_train_accuracy_beside_the_reports_99_48(tmp_path):
     assert "train acc" not in write_report(other)[0].read_text()
 
 
+def test_b_resnet_report_has_the_reports_epoch_loss_table(tmp_path):
+    # Report B compared the activations by epoch-loss tables; the report drew only curves.
+    study_dir = fake_study(tmp_path, "b_resnet")
+    text = write_report(study_dir)[0].read_text()
+    assert "| run | epoch 1 | epoch 2 | epoch 3 |" in text
+    assert "| `sigmoid` | 1.000 | 0.500 | 0.333 |" in text  # fake_run's loss 1 / epoch
+    assert "epoch 1 |" not in write_report(fake_study(tmp_path, "a_models"))[0].read_text()
+
+
 def test_a_partly_run_study_report_names_its_unfinished_runs(tmp_path, caplog):
     # The table listed the statuses, but neither the report nor report.py said the study
     # was unfinished, or how to finish it.

@@ -326,6 +326,8 @@ def figures(doc: Document, entries: list[dict], colors: dict, study: dict) -> No
         )
         caption = f"Loss and accuracy per epoch, train (solid) and validation (dashed){suffix}."
         doc.figure(fig, f"{name}_{group}_epochs", caption)
+    if "epoch_loss" in study.get("extras", []):
+        _epoch_losses(doc, done)
     if study.get("heatmap"):
         _heatmap(doc, entries, study)
     if study.get("kind") == "regression":
@@ -338,6 +340,21 @@ def figures(doc: Document, entries: list[dict], colors: dict, study: dict) -> No
     extras = study.get("extras", [])
     if extras:
         _evaluations(doc, done, extras, colors)
+
+
+def _epoch_losses(doc: Document, done: list[dict]) -> None:
+    """Report B's epoch-loss table: each run's training loss per epoch (`history.csv`)."""
+    losses = {e["name"]: list(plots.read_csv(e["dir"] / "history.csv").get("loss", []))
+              for e in done}  # fmt: skip
+    width = max(map(len, losses.values()), default=0)
+    if not width:
+        return
+    doc.para("Training loss per epoch (the mean over the epoch's batches):")
+    doc.table(
+        ["run", *[f"epoch {i}" for i in range(1, width + 1)]],
+        [[f"`{k}`", *[num(v) for v in vals], *[""] * (width - len(vals))]
+         for k, vals in losses.items()],
+    )  # fmt: skip
 
 
 def _heatmap(doc: Document, entries: list[dict], study: dict) -> None:
