@@ -275,8 +275,12 @@ def heatmap_panels(panels: dict, row_labels, col_labels, title: str, xlabel: str
 
 
 def grouped_bars(values: dict, labels, title: str, xlabel: str = "", ylabel: str = "",
-                 colors=None, ylim=None) -> Figure:  # fmt: skip
-    """Grouped bars, `{series: [value per label]}` (NaN: no bar), e.g. ours vs the report."""
+                 colors=None, ylim=None, errors=None) -> Figure:  # fmt: skip
+    """Grouped bars, `{series: [value per label]}` (NaN: no bar), e.g. ours vs the report.
+
+    `errors`: `{series: [half-width per label]}`, drawn as whiskers (0: none), e.g. a
+    range the report gave instead of one number, its bar at the range's midpoint.
+    """
     fig = Figure(figsize=(max(6.0, 0.9 * len(labels) + 2), 4))
     ax = fig.subplots()
     k = max(len(values), 1)
@@ -284,7 +288,10 @@ def grouped_bars(values: dict, labels, title: str, xlabel: str = "", ylabel: str
     for i, (series, vals) in enumerate(values.items()):
         color = (colors or {}).get(series, color_for(i))
         x = np.arange(len(labels)) + (i - (k - 1) / 2) * width
-        ax.bar(x, np.asarray(vals, dtype=float), width, color=color, label=series)
+        err = (errors or {}).get(series)
+        ax.bar(x, np.asarray(vals, dtype=float), width, color=color, label=series,
+               yerr=None if err is None or not any(err) else np.asarray(err, dtype=float),
+               capsize=4)  # fmt: skip
     ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 5 else 0, ha="right"
                   if len(labels) > 5 else "center")  # fmt: skip
     ax.set_xlabel(xlabel)

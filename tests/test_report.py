@@ -443,3 +443,32 @@ def test_heatmap_panels_share_one_scale_and_bold_the_best_cell_over_all_panels()
         plots.heatmap_panels({"a": [[1.0]]}, ["r"], ["x"], "t", "x", "y", best="Max")
     with pytest.raises(ValueError, match="at least one panel"):
         plots.heatmap_panels({}, [], [], "t", "x", "y")
+
+
+def test_a_reported_range_gets_a_bar_with_a_whisker_beside_ours(tmp_path, monkeypatch):
+    # Report D gave hinge as a range (97.28-97.43 %), its best result; the "ours vs the
+    # report" figure drew only runs with one reported number, so hinge had no bar.
+    drawn = {}
+    original = plots.grouped_bars
+
+    def spy(values, labels, *args, **kwargs):
+        drawn.update(labels=list(labels), values=values, errors=kwargs.get("errors"))
+        return original(values, labels, *args, **kwargs)
+
+    monkeypatch.setattr(plots, "grouped_bars", spy)
+    text = write_report(fake_study(tmp_path, "d_losses_activations"))[0].read_text()
+    for act in ("tanh", "selu", "hard_swish"):
+        i = drawn["labels"].index(f"{act}_hinge")
+        assert drawn["values"]["report"][i] == pytest.approx((97.28 + 97.43) / 2)
+        assert drawn["errors"]["report"][i] == pytest.approx((97.43 - 97.28) / 2)
+    focal = drawn["labels"].index("tanh_focal")
+    assert drawn["values"]["report"][focal] == pytest.approx(91.0)
+    assert drawn["errors"]["report"][focal] == 0.0
+    assert "the whisker spans it" in text
+    from matplotlib.container import ErrorbarContainer
+
+    fig = original({"a": [1.0, 2.0]}, ["x", "y"], "t", errors={"a": [0.0, 0.5]})
+    (bars,) = [c for c in fig.axes[0].containers if isinstance(c, ErrorbarContainer)]
+    whiskers = bars.lines[2][0].get_segments()  # one vertical segment per bar
+    np.testing.assert_allclose(whiskers[1][:, 1], [1.5, 2.5])
+    np.testing.assert_allclose(whiskers[0][:, 1], [1.0, 1.0])

@@ -275,19 +275,31 @@ def _groups(entries: list[dict]) -> dict[str, list[dict]]:
     return groups
 
 
+def _reported_accuracy(original: dict) -> tuple[float, float] | None:
+    """`(value, half-width)` of the report's test accuracy: one number (half-width 0), or
+    the midpoint of `test_accuracy_range`; None when the report gave neither."""
+    if original.get("test_accuracy") is not None:
+        return original["test_accuracy"], 0.0
+    if original.get("test_accuracy_range") is not None:
+        lo, hi = original["test_accuracy_range"]
+        return (lo + hi) / 2, (hi - lo) / 2
+    return None
+
+
 def figures(doc: Document, entries: list[dict], colors: dict, study: dict) -> None:
     name = study.get("name", "study")
     done = [e for e in entries if (e["dir"] / "history.csv").is_file()]
     if not done:
         doc.para("No run has written a history yet.")
         return
-    compared = [e for e in entries if e.get("original", {}).get("test_accuracy") is not None]
+    reported = {e["name"]: _reported_accuracy(e.get("original", {})) for e in entries}
+    compared = [e for e in entries if reported[e["name"]] is not None]
     if compared:
         labels = [e["name"] for e in compared]
         ours = [e["metrics"].get("test_accuracy", math.nan) for e in compared]
-        theirs = [e["original"]["test_accuracy"] for e in compared]
         ours = [100 * a if a is not None else math.nan for a in ours]
-        theirs = [100 * a for a in theirs]
+        theirs = [100 * reported[e["name"]][0] for e in compared]
+        spread = [100 * reported[e["name"]][1] for e in compared]
         low = max(0, min(a for a in ours + theirs if a == a) - 10)
         fig = plots.grouped_bars(
             {"ours": ours, "report": theirs},
@@ -297,10 +309,15 @@ def figures(doc: Document, entries: list[dict], colors: dict, study: dict) -> No
             "test accuracy (%)",
             colors={"ours": "#1f77b4", "report": "#aaaaaa"},
             ylim=(low, 100),
+            errors={"report": spread},
         )
-        doc.figure(
-            fig, f"{name}_vs_report", "Test accuracy: ours (blue) vs the original report (grey)."
-        )
+        caption = "Test accuracy: ours (blue) vs the original report (grey)."
+        if any(spread):
+            caption += (
+                " Where the report gave a range, its bar stands at the midpoint and the "
+                "whisker spans it."
+            )
+        doc.figure(fig, f"{name}_vs_report", caption)
     doc.heading("Curves")
     for group, members in _groups(done).items():
         suffix = f" — {group}" if group else ""
