@@ -289,8 +289,11 @@ def grouped_bars(values: dict, labels, title: str, xlabel: str = "", ylabel: str
         color = (colors or {}).get(series, color_for(i))
         x = np.arange(len(labels)) + (i - (k - 1) / 2) * width
         err = (errors or {}).get(series)
-        ax.bar(x, np.asarray(vals, dtype=float), width, color=color, label=series,
-               yerr=None if err is None or not any(err) else np.asarray(err, dtype=float),
+        if err is not None and any(err):  # NaN: no whisker (nor a cap) on a 0 half-width
+            err = np.where(np.asarray(err, dtype=float) > 0, err, np.nan)
+        else:
+            err = None
+        ax.bar(x, np.asarray(vals, dtype=float), width, color=color, label=series, yerr=err,
                capsize=4)  # fmt: skip
     ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 5 else 0, ha="right"
                   if len(labels) > 5 else "center")  # fmt: skip
