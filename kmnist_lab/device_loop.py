@@ -44,8 +44,12 @@ _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def fit(model: keras.Model, x, y, *, pipeline: str = "iterator", shuffle_seed=None, **kwargs):
     """`model.fit(x, y, **kwargs)` through `pipeline`: `"device"` or `"iterator"` (Keras').
 
-    `shuffle_seed` is `device_fit`'s (the order of each epoch a function of the seed and
-    the epoch); Keras' iterator shuffles with its own seeded generator and ignores it.
+    `shuffle_seed` makes the order of each epoch a function of the seed and the epoch
+    alone, so that a run resumed at epoch `e` sees the batches an uninterrupted one would:
+    `device_fit`'s own (see there); on Keras' iterator, the global generator it draws
+    each epoch's shuffle from (NumPy's on JAX, torch's on PyTorch) is seeded from
+    `(shuffle_seed, epoch)` as the epoch begins (`SeedEachEpoch`). TensorFlow's
+    iterator shuffles in its `tf.data` pipeline, the same order every epoch.
     """
     if pipeline == "device":
         return device_fit(model, x, y, shuffle_seed=shuffle_seed, **kwargs)
@@ -53,7 +57,42 @@ def fit(model: keras.Model, x, y, *, pipeline: str = "iterator", shuffle_seed=No
         raise ConfigError(
             f"`pipeline` must be 'device' or 'iterator'. Received: pipeline={pipeline!r}"
         )
+    if shuffle_seed is not None and kwargs.get("shuffle", True):
+        seeder, callbacks = SeedEachEpoch(shuffle_seed), kwargs.get("callbacks")
+        if isinstance(callbacks, keras.callbacks.CallbackList):
+            seeder.set_model(model)
+            callbacks.callbacks.insert(0, seeder)
+        else:
+            kwargs["callbacks"] = [seeder, *(callbacks or [])]
     return model.fit(x, y, **kwargs)
+
+
+class SeedEachEpoch(keras.callbacks.Callback):
+    """Seeds the global generators Keras' iterator shuffles with from `(seed, epoch)`.
+
+    On JAX, Keras 3.15 draws each epoch's order with `np.random.permutation`, and on
+    PyTorch a `RandomSampler` seeded from torch's global generator, both as the epoch's
+    first batch is read, after `on_epoch_begin`. Left alone, a resumed process draws
+    at its first epoch `e` the order the uninterrupted one drew at epoch 1 (the
+    generators are seeded once, by `keras.utils.set_random_seed`), and its history
+    differs from epoch `e` on (bn_mlp on JAX: loss 0.131 against 0.155 at the resumed
+    epoch 2).
+
+    Args:
+        seed: a non-negative integer.
+    """
+
+    def __init__(self, seed: int):
+        super().__init__()
+        self.seed = seed
+
+    def on_epoch_begin(self, epoch, logs=None):
+        rng = np.random.default_rng([self.seed, epoch])
+        np.random.seed(int(rng.integers(2**32)))
+        if keras.backend.backend() == "torch":
+            import torch
+
+            torch.manual_seed(int(rng.integers(2**62)))
 
 
 def _compiled(model: keras.Model):

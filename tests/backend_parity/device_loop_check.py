@@ -97,10 +97,10 @@ def errors():
     return found
 
 
-def resumed_run_matches():
-    """`training.train` on the default JAX path (device pipeline, augmentation on, so
-    shuffling and random transforms both matter), killed after epoch 2 and resumed,
-    against the same run uninterrupted: per-epoch history rows (loss, accuracy, ...)."""
+def resumed_run_matches(pipeline):
+    """`training.train` on `pipeline` (augmentation on, so shuffling and random
+    transforms both matter), killed after epoch 2 and resumed, against the same run
+    uninterrupted: per-epoch history rows (loss, accuracy, ...)."""
     import csv
     import tempfile
 
@@ -113,7 +113,7 @@ def resumed_run_matches():
 
     def config(name):
         return TrainConfig(arch="bn_mlp", epochs=4, batch_size=32, augment=True, verbose=0,
-                           input_pipeline="device", output_dir=out, run_name=name)  # fmt: skip
+                           input_pipeline=pipeline, output_dir=out, run_name=name)  # fmt: skip
 
     def history(name):
         with open(f"{out}/{name}/history.csv", newline="") as f:
@@ -184,7 +184,8 @@ def unsupported():
 report = {
     "mid_epoch": {p: mid_epoch(p) for p in ("device", "iterator")},
     "unsupported": unsupported(),
-    "resume": resumed_run_matches(),
+    "resume": resumed_run_matches("device"),
+    "resume_iterator": resumed_run_matches("iterator"),
     "errors": errors(),
     "asgd_device": asgd_then_evaluate("device"),
     "asgd_iterator": asgd_then_evaluate("iterator"),
