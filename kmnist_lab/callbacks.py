@@ -222,12 +222,15 @@ class DivergenceGuard(keras.callbacks.Callback):
         self._last_step = 0
 
     def on_train_batch_end(self, batch, logs=None):
+        # Keras' iterator reports an epoch's last group of K steps as ending where a full
+        # group would (step 12 of a 10-step epoch, with K = 4): cap it at the epoch's end.
+        step = min(batch + 1, (self.params or {}).get("steps") or batch + 1)
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)) and self.diverged_at is None:
-            self.diverged_at = (self._epoch, batch + 1)
-            self.steps_window = (min(self._last_step + 1, batch + 1), batch + 1)
+            self.diverged_at = (self._epoch, step)
+            self.steps_window = (min(self._last_step + 1, step), step)
             self.model.stop_training = True
-        self._last_step = batch + 1
+        self._last_step = step
 
     def on_epoch_end(self, epoch, logs=None):
         loss = (logs or {}).get("loss")

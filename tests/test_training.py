@@ -102,6 +102,25 @@ def test_divergence_stops_with_status_and_history(tmp_path, tiny_dataset):
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
+@pytest.mark.parametrize("pipeline", ["iterator", "device"])
+def test_divergence_in_the_last_partial_batch_names_a_step_of_the_epoch(pipeline):
+    """Regression: with Keras' iterator and 4 steps per call, a loss that broke in the
+    last (partial) batch of a 10-step epoch was reported at "steps 9-12"."""
+    import keras
+
+    from kmnist_lab import device_loop
+
+    x = np.random.default_rng(0).normal(size=(300, 8)).astype("float32")
+    x[-1, 0] = np.nan  # the 10th and last batch, of 12 samples
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(10)])
+    model.compile(optimizer="sgd", steps_per_execution=4,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))  # fmt: skip
+    guard = callbacks.DivergenceGuard()
+    device_loop.fit(model, x, np.arange(300) % 10, pipeline=pipeline, batch_size=32,
+                    shuffle=False, verbose=0, callbacks=[guard])  # fmt: skip
+    assert guard.diverged_at == (1, 10) and guard.steps_window == (9, 10)
+
+
 def test_interrupted_run_resumes_without_duplicate_epochs(tmp_path, tiny_dataset, monkeypatch):
     original = callbacks.DivergenceGuard.on_epoch_end
 
