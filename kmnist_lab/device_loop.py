@@ -451,32 +451,39 @@ def device_fit(
     if shuffle_seed is None:
         shuffle_seed = int(np.random.randint(0, 2**31 - 1))
     epoch_logs: dict = {}
-    for epoch in range(initial_epoch, epochs):
-        model.reset_metrics()
-        callbacks.on_epoch_begin(epoch)
-        if shuffle:
-            order = np.random.default_rng([shuffle_seed, epoch]).permutation(n)
-        else:
-            order = np.arange(n)
-        order = calls.put(order, "int32")
-        calls.begin_epoch()
-        for first, last, parts in _calls(n, batch_size, per_call):
-            callbacks.on_train_batch_begin(first)
-            logs = calls.train(x_dev, y_dev, order, parts)
-            callbacks.on_train_batch_end(last, logs)
+    try:
+        for epoch in range(initial_epoch, epochs):
+            model.reset_metrics()
+            callbacks.on_epoch_begin(epoch)
+            if shuffle:
+                order = np.random.default_rng([shuffle_seed, epoch]).permutation(n)
+            else:
+                order = np.arange(n)
+            order = calls.put(order, "int32")
+            calls.begin_epoch()
+            for first, last, parts in _calls(n, batch_size, per_call):
+                callbacks.on_train_batch_begin(first)
+                logs = calls.train(x_dev, y_dev, order, parts)
+                callbacks.on_train_batch_end(last, logs)
+                if model.stop_training:
+                    break
+            calls.end_epoch()
+            epoch_logs = dict(model.get_metrics_result())
+            if validation_data is not None:  # also after stop_training, as `model.fit` does
+                val = (x_val, y_val, val_order, batch_size, per_call)
+                val_logs = _validate(model, calls, *val, callbacks)
+                epoch_logs.update({f"val_{k}": v for k, v in val_logs.items()})
+            callbacks.on_epoch_end(epoch, epoch_logs)
             if model.stop_training:
                 break
+    finally:
+        # As `model.fit`, also when an exception (Ctrl-C, a callback's error) ends
+        # training: on JAX, the state trained so far goes back into the variables (the
+        # model otherwise kept the epoch's starting weights and iteration count, the
+        # trained state left behind in `model._jax_state`).
         calls.end_epoch()
-        epoch_logs = dict(model.get_metrics_result())
-        if validation_data is not None:  # also after stop_training, as `model.fit` does
-            val = (x_val, y_val, val_order, batch_size, per_call)
-            val_logs = _validate(model, calls, *val, callbacks)
-            epoch_logs.update({f"val_{k}": v for k, v in val_logs.items()})
-        callbacks.on_epoch_end(epoch, epoch_logs)
-        if model.stop_training:
-            break
-    if epochs > 0:
-        model.optimizer.finalize_variable_values(model.trainable_weights)
+        if epochs > 0:
+            model.optimizer.finalize_variable_values(model.trainable_weights)
     callbacks.on_train_end(logs=epoch_logs)
     return model.history
 

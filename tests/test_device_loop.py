@@ -171,6 +171,17 @@ def test_device_fit_refuses_a_tf_distribute_strategy():
         device_loop.device_fit(model, np.zeros((4, 2)), np.zeros(4))
 
 
+def test_an_exception_mid_epoch_leaves_the_trained_state_in_the_model(report):
+    """Regression: on JAX, a Ctrl-C (or any callback's error) 8 steps into an epoch left
+    the model at the epoch's starting weights, iteration 0, where `model.fit` leaves the
+    weights of step 8 (it syncs the state in a `finally`)."""
+    ours, keras_fit = report["interrupted"]["device"], report["interrupted"]["iterator"]
+    assert ours["iterations"] == keras_fit["iterations"] == 8
+    assert ours["moved"] and keras_fit["moved"]
+    for got, want in zip(ours["weights"], keras_fit["weights"]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_asgd_averages_survive_evaluate(report):
     """Regression: ASGD's final weights shared the average's buffer, and evaluate's
     buffer donation deleted it ("Array has been deleted" when the run was saved)."""

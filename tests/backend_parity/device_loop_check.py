@@ -66,6 +66,31 @@ def run(pipeline, shuffle=False, epochs=2, stop_after=None, initial_epoch=None, 
     }
 
 
+def interrupted(pipeline):
+    """A callback raises after 8 steps (as Ctrl-C does through `InterruptCheck`), having
+    not touched `callback.model` (which would sync the JAX state): what the model holds."""
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch >= 7:
+                raise KeyboardInterrupt
+
+    keras.utils.set_random_seed(0)
+    model = build_model("bn_mlp")
+    model.compile(optimizer=keras.optimizers.SGD(0.05),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  steps_per_execution=SPE)  # fmt: skip
+    start = [w.copy() for w in model.get_weights()]
+    try:
+        device_loop.fit(model, X, Y, pipeline=pipeline, batch_size=BATCH, shuffle=False,
+                        verbose=0, callbacks=[Interrupt()])  # fmt: skip
+    except KeyboardInterrupt:
+        pass
+    return {"iterations": int(model.optimizer.iterations.numpy()),
+            "weights": [w.tolist() for w in model.get_weights()],
+            "moved": any(not np.array_equal(a, b) for a, b in zip(start, model.get_weights()))}  # fmt: skip
+
+
 def asgd_then_evaluate(pipeline):
     """ASGD copies its averages into the weights at the end of fit; evaluate (which
     donates the weights' buffers on JAX) must leave the averages readable."""
@@ -187,6 +212,7 @@ report = {
     "resume": resumed_run_matches("device"),
     "resume_iterator": resumed_run_matches("iterator"),
     "errors": errors(),
+    "interrupted": {p: interrupted(p) for p in ("device", "iterator")},
     "asgd_device": asgd_then_evaluate("device"),
     "asgd_iterator": asgd_then_evaluate("iterator"),
     "iterator": run("iterator"),
