@@ -214,6 +214,27 @@ def test_run_report_of_a_study_run_keeps_evaluate_py_results_on_other_splits(tmp
     assert "Evaluation fake-test" not in text  # the run's own test evaluation, shown already
 
 
+def test_run_report_shows_every_figure_evaluate_py_wrote(tmp_path):
+    """`report.py RUN` showed evaluate.py's confusion matrix and classification report but
+    not its per-class accuracy nor its most confidently wrong images (wrong.png)."""
+    from kmnist_lab import evaluation
+
+    fake_run(tmp_path / "r", 0, extras=False)
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(10), 5)
+    scores = rng.normal(size=(50, 10)) + 3 * np.eye(10)[y]
+    names = [str(i) for i in range(10)]
+    x = rng.integers(0, 256, size=(50, 28, 28), dtype=np.uint8)
+    out = tmp_path / "r" / "evaluation" / "fake-test"
+    evaluation.write_report(score(y, scores, names), x, names, out, title="fake test")
+    assert (out / "wrong.png").is_file() and (out / "per_class.png").is_file()
+    report, _ = write_report(tmp_path / "r")
+    text, files = report.read_text(), report.parent / "report_files"
+    assert "Accuracy per class." in text and "The most confidently wrong images." in text
+    assert (files / "per_class_fake-test.png").is_file()
+    assert "evaluation/fake-test/wrong.png" in text  # inside the report's folder: not copied
+
+
 def test_search_report_sorts_trials_and_embeds_figures(tmp_path):
     search = tmp_path / "search"
     (search / "figures").mkdir(parents=True)

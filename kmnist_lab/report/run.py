@@ -1,5 +1,6 @@
 """Single-run reports: the study report's table and figures for one run folder, plus
-the evaluations under `evaluation/`."""
+the evaluations under `evaluation/` (confusion matrix, classification report, per-class
+accuracy and evaluate.py's most confidently wrong images)."""
 
 from __future__ import annotations
 
@@ -56,4 +57,12 @@ def render_run(path: Path, doc: Document) -> str:
             fig = plots.confusion_matrix(ev["confusion_matrix"], names, f"Confusion {where}")
             doc.figure(fig, f"confusion_{where}", "Confusion matrix.")
             doc.pre(ev.get("classification_report_text", ""))
+            fig = plots.per_class_accuracy(
+                {where: list(ev["per_class_accuracy"].values())},
+                names,
+                f"Per-class accuracy {where}",
+            )
+            doc.figure(fig, f"per_class_{where}", "Accuracy per class.")
+            if (ev_path.parent / "wrong.png").is_file():  # the images are not in the JSON
+                doc.image(ev_path.parent / "wrong.png", "The most confidently wrong images.")
     return title
