@@ -241,7 +241,7 @@ def config_from_args(args):
         if value is not None:
             base[name] = value
     _check_given_once(args)
-    model_params = {**base.get("model_params", {}), **dict(args.model_param)}
+    model_params = dict(args.model_param)
     for name in ("hidden", "activation", "dropout"):
         if getattr(args, name) is not None:
             model_params[name] = getattr(args, name)

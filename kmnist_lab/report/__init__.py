@@ -4,9 +4,11 @@
 
 - a study (`study.json`, written by `kmnist_lab.studies.run_study`): a table of every
   run (test accuracy and loss, train accuracy where the train split is evaluated,
-  wall time, samples/s) beside the original report's numbers and the difference; overlaid loss-vs-iteration and loss/accuracy-vs-epoch
-  curves; a heatmap for two-factor studies; confusion matrices, classification
-  reports, per-class bars and a training-loss-per-epoch table where the study has them; the fit plot of a regression;
+  wall time, samples/s) beside the original report's numbers and the difference;
+  overlaid loss-vs-iteration and loss/accuracy-vs-epoch curves; a heatmap for
+  two-factor studies; confusion matrices, classification reports, per-class bars and
+  a training-loss-per-epoch table where the study has them; the fit plot of a
+  regression;
 - a run (`config.json` / `metrics.json`): the same for one run;
 - a search (`trials.csv`): the trials sorted by validation accuracy, every PNG under
   `figures/` and `summary.md`.

@@ -5,7 +5,8 @@ is evaluated, wall time, samples/s) beside the original report's numbers and the
 difference; overlaid loss-vs-iteration and loss/accuracy-vs-epoch curves; a heatmap
 for two-factor studies and a table per metric plus a faceted heatmap for three-factor
 grids; confusion matrices, classification reports and per-class bars where the study
-has them; the fit plot of a regression. The tables and figures also serve the report of a single run.
+has them; the fit plot of a regression. The tables and figures also serve the report
+of a single run.
 """
 
 from __future__ import annotations
