@@ -138,13 +138,14 @@ def resumed_run_matches(pipeline):
 
     def config(name):
         return TrainConfig(arch="bn_mlp", epochs=4, batch_size=32, augment=True, verbose=0,
-                           input_pipeline=pipeline, output_dir=out, run_name=name)  # fmt: skip
+                           input_pipeline=pipeline, output_dir=out, run_name=name,
+                           export=False)  # fmt: skip
 
     def history(name):
         with open(f"{out}/{name}/history.csv", newline="") as f:
             return [{k: v for k, v in r.items() if k != "epoch_time"} for r in csv.DictReader(f)]
 
-    train(config("whole"), dataset=dataset)
+    train(config("whole"), dataset=dataset, plots=False)
     original = callbacks.DivergenceGuard.on_epoch_end
 
     def killed_after_second_epoch(self, epoch, logs=None):
@@ -154,12 +155,12 @@ def resumed_run_matches(pipeline):
 
     callbacks.DivergenceGuard.on_epoch_end = killed_after_second_epoch
     try:
-        train(config("resumed"), dataset=dataset)
+        train(config("resumed"), dataset=dataset, plots=False)
     except KeyboardInterrupt:
         pass
     finally:
         callbacks.DivergenceGuard.on_epoch_end = original
-    result = train(config("resumed"), dataset=dataset)
+    result = train(config("resumed"), dataset=dataset, plots=False)
     return {"whole": history("whole"), "resumed": history("resumed"),
             "was_resumed": result.metrics["resumed"], "pipeline": result.config.input_pipeline}  # fmt: skip
 
