@@ -95,9 +95,11 @@ QUICK_SUBSETS = {
     "e_sweeps": ["lr_0.1", "l2_0.1", "bs_16", "bs_256", "act_*"],
     # Every loss once, every activation once, and one 50-epoch variant.
     "d_losses_activations": [
-        "tanh_ce", "tanh_hinge", "tanh_kld", "tanh_focal", "selu_ce", "hard_swish_ce",
+        *(f"tanh_{loss}" for loss in ("ce", "hinge", "kld", "focal")),
+        "selu_ce",
+        "hard_swish_ce",
         "tanh_ce_lr0.01_50ep",
-    ],  # fmt: skip
+    ],
 }
 
 
