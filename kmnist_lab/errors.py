@@ -5,6 +5,16 @@ Every error here subclasses `ValueError`, so library callers that already catch
 (a traceback).
 """
 
+import numbers
+
+
+def is_real(value) -> bool:
+    """True for a real-number argument: an int, a float or a NumPy scalar, not a bool.
+
+    NaN and the infinities count: callers check the range and say which they allow.
+    """
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
 
 class KmnistLabError(ValueError):
     """Base class of every user-facing error raised by kmnist_lab."""

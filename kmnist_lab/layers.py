@@ -15,14 +15,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from kmnist_lab.errors import ConfigError
+from kmnist_lab.errors import ConfigError, is_real
 
 _HALF_DTYPES = ("float16", "bfloat16")
-
-
-def _is_number(value) -> bool:
-    """A real number, not a bool (NaN and infinities included)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def l2_normalize(x, axis=-1, epsilon=1e-7):
@@ -74,7 +69,7 @@ class CosineDense(keras.layers.Layer):
     ):
         if isinstance(units, bool) or not isinstance(units, numbers.Integral) or units < 1:
             raise ConfigError(f"`units` must be a positive integer. Received: units={units!r}")
-        if not _is_number(epsilon) or not 0 < epsilon < math.inf:
+        if not is_real(epsilon) or not 0 < epsilon < math.inf:
             raise ConfigError(
                 f"`epsilon` must be a finite number > 0. Received: epsilon={epsilon!r}"
             )
@@ -161,17 +156,17 @@ class RandomAffine(keras.layers.Layer):
         self, max_rotation=10.0, max_translation=0.1, fill_value=-1.0, seed=None, **kwargs
     ):
         super().__init__(**kwargs)
-        if not _is_number(max_rotation) or not 0 <= max_rotation < math.inf:
+        if not is_real(max_rotation) or not 0 <= max_rotation < math.inf:
             raise ConfigError(
                 "`max_rotation` must be a finite number >= 0 (degrees). "
                 f"Received: max_rotation={max_rotation!r}"
             )
-        if not _is_number(max_translation) or not 0 <= max_translation < 1:
+        if not is_real(max_translation) or not 0 <= max_translation < 1:
             raise ConfigError(
                 "`max_translation` must be a number in [0, 1). "
                 f"Received: max_translation={max_translation!r}"
             )
-        if not _is_number(fill_value) or not math.isfinite(fill_value):
+        if not is_real(fill_value) or not math.isfinite(fill_value):
             raise ConfigError(
                 f"`fill_value` must be a finite number. Received: fill_value={fill_value!r}"
             )

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import inspect
 import math
-import numbers
 
 import keras
 from keras import ops
 
-from kmnist_lab.errors import ConfigError
+from kmnist_lab.errors import ConfigError, is_real
 from kmnist_lab.registry import Registry
 
 LOSSES = Registry("loss", plural="losses")
@@ -74,8 +73,9 @@ def _target(onehot, values):
 
 def _number(name, value, ok, rule):
     """Validates a numeric constructor argument; returns it as a float."""
-    is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if not is_number or math.isnan(value) or not ok(value):
+    if not is_real(value):
+        raise ConfigError(f"`{name}` must be a number {rule}. Received: {name}={value!r}")
+    if math.isnan(value) or not ok(value):
         raise ConfigError(f"`{name}` must be {rule}. Received: {name}={value!r}")
     return float(value)
 

@@ -13,10 +13,9 @@ import inspect
 import math
 
 import keras
-import numpy as np
 from keras import ops
 
-from kmnist_lab.errors import ConfigError
+from kmnist_lab.errors import ConfigError, is_real
 from kmnist_lab.registry import Registry
 
 OPTIMIZERS = Registry("optimizer")
@@ -57,7 +56,7 @@ class Rprop(keras.optimizers.Optimizer):
     ):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         values = (eta_minus, eta_plus, step_size_min, step_size_max)
-        if not all(_is_real(v) for v in values):
+        if not all(is_real(v) for v in values):
             raise ValueError(
                 "`eta_minus`, `eta_plus`, `step_size_min` and `step_size_max` must be numbers. "
                 f"Received: {values!r}"
@@ -166,7 +165,7 @@ class ASGD(keras.optimizers.Optimizer):
             learning_rate=learning_rate, weight_decay=weight_decay, name=name, **kwargs
         )
         for key, value in (("lambd", lambd), ("alpha", alpha), ("t0", t0)):
-            if not (_is_real(value) and math.isfinite(value) and value >= 0):
+            if not (is_real(value) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"`{key}` must be a finite number >= 0. Received: {key}={value!r}")
         self.lambd = lambd
         self.alpha = alpha
@@ -391,12 +390,8 @@ _OPTIMIZER_VALUE_CHECKS = {
 }
 
 
-def _is_real(value) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
 def _check_value(key, value, optimizer=None) -> None:
-    if not _is_real(value) or math.isnan(value):
+    if not is_real(value) or math.isnan(value):
         problem = "must be a number" if key != "learning_rate" else _POSITIVE
     elif key == "learning_rate":
         problem = None if 0 < value < math.inf else _POSITIVE

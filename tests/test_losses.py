@@ -186,7 +186,16 @@ def test_keras_rejections_become_one_line_config_errors():
         ("am_softmax", {"margin": -1}, "`margin` must be in [0, 1). Received: margin=-1"),
         ("am_softmax", {"margin": 1.0}, "`margin` must be in [0, 1). Received: margin=1.0"),
         ("arm_softmax", {"scale": 0}, "`scale` must be > 0 and finite. Received: scale=0"),
-        ("am_softmax", {"scale": "30"}, "`scale` must be > 0 and finite. Received: scale='30'"),
+        (
+            "am_softmax",
+            {"scale": "30"},
+            "`scale` must be a number > 0 and finite. Received: scale='30'",
+        ),
+        (
+            "am_softmax",
+            {"margin": "abc"},
+            "`margin` must be a number in [0, 1). Received: margin='abc'",
+        ),
         ("focal", {"gamma": -0.5}, "`gamma` must be >= 0 and finite. Received: gamma=-0.5"),
         ("focal", {"alpha": 0.0}, "`alpha` must be > 0 and finite. Received: alpha=0.0"),
         ("hinge", {"delta": -1}, "`delta` must be >= 0 and finite. Received: delta=-1"),

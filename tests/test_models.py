@@ -197,7 +197,7 @@ def test_mlp_on_feature_vectors_is_a_regressor():
         ("bn_mlp", {"hidden": (3,)}, "does not take hidden"),
         ("mlp", {"hidden": ()}, "`hidden` must be a non-empty"),
         ("mlp", {"activation": "swishy"}, "`activation` must be one of"),
-        ("mlp", {"dropout": 1.0}, r"`dropout` must be in \[0, 1\)"),
+        ("mlp", {"dropout": 1.0}, r"`dropout` must be a number in \[0, 1\)"),
         ("resnet18", {"activation": "selu"}, "`activation` must be one of relu, sigmoid, tanh"),
         ("bn_mlp", {"head": "arcface"}, "`head` must be one of logits, cosine"),
         ("bn_mlp", {"num_classes": 0}, r"`num_classes` must be a positive integer. .*=0$"),

@@ -129,7 +129,7 @@ def test_existing_run_is_refused_without_overwrite(trained_run, data_dir, capsys
 @pytest.mark.parametrize(
     "param, match",
     [
-        ("dropout=1.5", "`dropout` must be in [0, 1). Received: dropout=1.5"),
+        ("dropout=1.5", "`dropout` must be a number in [0, 1). Received: dropout=1.5"),
         ("init_std=-1", "`init_std` must be a positive number"),
         ("augment=3", "`augment` must be true or false"),
         ("hidden=[64]", "does not take hidden"),

@@ -9,7 +9,7 @@ import numbers
 import keras
 from keras import layers
 
-from kmnist_lab.errors import ConfigError
+from kmnist_lab.errors import ConfigError, is_real
 from kmnist_lab.models.blocks import (
     ACTIVATIONS,
     check_augment,
@@ -111,11 +111,11 @@ def check_params(
         )
     if activation is not None:
         check_choice("activation", activation, ACTIVATIONS)
-    if not _is_real(dropout) or not (0.0 <= dropout < 1.0) or math.isnan(dropout):
-        raise ConfigError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
-    if not _is_real(l2) or l2 < 0 or not math.isfinite(l2):
+    if not is_real(dropout) or not (0.0 <= dropout < 1.0) or math.isnan(dropout):
+        raise ConfigError(f"`dropout` must be a number in [0, 1). Received: dropout={dropout!r}")
+    if not is_real(l2) or l2 < 0 or not math.isfinite(l2):
         raise ConfigError(f"`l2` must be a finite number >= 0. Received: l2={l2!r}")
-    if init_std is not None and not (_is_real(init_std) and 0 < init_std < math.inf):
+    if init_std is not None and not (is_real(init_std) and 0 < init_std < math.inf):
         raise ConfigError(f"`init_std` must be a positive number. Received: init_std={init_std!r}")
     if not isinstance(batchnorm, bool):
         raise ConfigError(f"`batchnorm` must be true or false. Received: batchnorm={batchnorm!r}")
@@ -173,7 +173,3 @@ bn_mlp = variant(
 
 def _is_width(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
-
-
-def _is_real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
