@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 import _cli
 
@@ -195,6 +196,8 @@ def config_from_args(args):
     from kmnist_lab.config import TrainConfig
 
     base = TrainConfig.from_json(args.config).to_dict() if args.config else {}
+    if args.config:
+        _note_a_quick_study_run(args.config)
     base.pop("backend", None)
     # A finished run is replaced only on this command line's --overwrite, never on the
     # `overwrite: true` a run's config.json recorded because *it* was run with it.
@@ -278,6 +281,28 @@ def _check_given_once(args) -> None:
                 f"`{name}` is given twice with different values: --{name} {shown} and "
                 f"--model-param {name}={param}; give it once"
             )
+
+
+def _note_a_quick_study_run(path) -> None:
+    """Warns when `path` is the config.json of a `study.py --quick` run.
+
+    Such a run trained on a small random subset of each split (`studies.QUICK_SIZES`),
+    which its config does not hold: `--config` of it trains on the whole dataset.
+    """
+    from kmnist_lab.studies import STUDY_FILE
+
+    path = Path(path)
+    try:
+        quick = json.loads((path.parent.parent / STUDY_FILE).read_text()).get("quick") is True
+        sizes = json.loads(path.read_text())["dataset"]["sizes"]
+        shown = " / ".join(f"{int(sizes[s])} {s}" for s in ("train", "val", "test"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return  # not a study run's config.json
+    if quick:
+        logging.getLogger("kmnist_lab").warning(
+            "--config %s: that run is from a `study.py --quick` study and trained on a subset "
+            "(%s images); this run trains on the whole dataset's splits", path, shown,
+        )  # fmt: skip
 
 
 # The fields `TrainConfig.resolved` fills in from the architecture's defaults.

@@ -643,3 +643,29 @@ def test_evaluate_says_when_the_runs_own_data_dir_is_gone(trained_run, data_dir,
     err = _one_line_error(capsys, code, match=f"the run's data dir {tmp_path / 'moved'}")
     assert "pass --data-dir" in err
     assert _cli.run(evaluate_script.main, [str(run), "--data-dir", str(data_dir)]) == 0
+
+
+def test_config_of_a_quick_study_run_warns_that_it_trained_on_a_subset(tmp_path, caplog):
+    """A `study.py --quick` run trained on a few images its config.json does not hold
+    (only `dataset.sizes` records them): `--config` of it says the new run uses them all."""
+    from kmnist_lab.config import TrainConfig
+
+    config = TrainConfig(arch="bn_mlp", dataset="mnist_5k", epochs=1).resolved().to_dict()
+    sizes = {"train": 128, "val": 32, "test": 64}
+    for quick in (True, False):
+        run = tmp_path / f"quick_{quick}" / "a_models" / "bn_mlp"
+        run.mkdir(parents=True)
+        (run.parent / "study.json").write_text(json.dumps({"quick": quick}))
+        (run / "config.json").write_text(
+            json.dumps({"config": config, "dataset": {"name": "mnist_5k", "sizes": sizes}})
+        )
+        caplog.clear()
+        args = train_script.build_parser().parse_args(["--config", str(run / "config.json")])
+        with caplog.at_level(logging.WARNING, logger="kmnist_lab"):
+            assert train_script.config_from_args(args).arch == "bn_mlp"
+        warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        if quick:
+            assert len(warned) == 1 and "`study.py --quick`" in warned[0], warned
+            assert "(128 train / 32 val / 64 test images)" in warned[0]
+        else:
+            assert warned == []
