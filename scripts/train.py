@@ -152,7 +152,7 @@ def build_parser():
         choices=JIT_POLICIES,
         default=None,
         help="XLA policy (default auto: measured per model; on JAX the step is always "
-        "jitted, off included)",
+        "jitted, off included; on torch, on means torch.compile, several times slower here)",
     )
     r.add_argument(
         "--precision",
