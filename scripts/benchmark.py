@@ -45,12 +45,17 @@ def build_parser():
 
     p = _cli.Parser(prog="benchmark.py", description=__doc__)
     p.add_argument("--arch", action="append", help="architecture (repeatable; default bn_mlp)")
-    p.add_argument("--batch-size", type=_cli.positive_int, default=128)
+    p.add_argument("--batch-size", type=_cli.positive_int, default=128,
+                   help="training batch size (default 128, the targets' size; inference: 1024)")  # fmt: skip
     p.add_argument("--backend", nargs="+", choices=(*_cli.BACKENDS, "auto"), default=None,
                    help="Keras backend(s) (default auto: KERAS_BACKEND if set, else the "
                         "fastest measured per arch, as scripts/train.py picks)")  # fmt: skip
     p.add_argument(
-        "--jit", nargs="+", choices=JIT_POLICIES, default=["auto"], help="compile policy(ies)"
+        "--jit",
+        nargs="+",
+        choices=JIT_POLICIES,
+        default=["auto"],
+        help="compile policy(ies) (default auto: the one scripts/train.py uses)",
     )
     p.add_argument("--precision", choices=PRECISIONS, default="float32",
                    help="float32 (default) or mixed (bfloat16 compute)")  # fmt: skip
@@ -66,7 +71,10 @@ def build_parser():
         help="timed training steps, rounded up to whole 60-step epochs (default 300 MLP, 60 CNN)",
     )
     p.add_argument(
-        "--repeats", type=_cli.positive_int, default=2, help="measurements per setting (median)"
+        "--repeats",
+        type=_cli.positive_int,
+        default=2,
+        help="measurements per setting; the table shows medians (default 2)",
     )
     p.add_argument(
         "--compare-torch", action="store_true", help="interleave the PyTorch eager reference"
