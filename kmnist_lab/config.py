@@ -149,8 +149,8 @@ class TrainConfig:
             the dataset copied to the device once, the batch loop compiled, see
             `kmnist_lab.device_loop`), `iterator` (Keras' own: a `tf.data`
             pipeline on TensorFlow, a Python iterator on JAX and torch), or
-            `auto`: `device` on JAX and TensorFlow without `distribute`, else
-            `iterator`.
+            `auto`: `device` on JAX, and on TensorFlow without a GPU, unless
+            `distribute`; else `iterator` (`kmnist_lab.speed.resolve_input_pipeline`).
         distribute: `none` or `data-parallel` (JAX DataParallel / TF MirroredStrategy).
         precise_bn: after training, recompute BatchNorm's moving statistics over up to
             200 training batches of the final weights

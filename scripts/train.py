@@ -171,7 +171,8 @@ def build_parser():
         default=None,
         help="how batches reach the model: device (JAX, TensorFlow: data copied to the "
         "device once, batch loop compiled), iterator (Keras'), or auto (default: device "
-        "on JAX and TensorFlow, iterator on torch and with --distribute)",
+        "on JAX, and on TensorFlow without a GPU; iterator on torch, with --distribute "
+        "and on TensorFlow with a GPU)",
     )
     r.add_argument("--distribute", choices=("none", "data-parallel"), default=None,
                    help="data-parallel: JAX DataParallel / TF MirroredStrategy over all devices")  # fmt: skip
