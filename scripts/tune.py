@@ -9,7 +9,8 @@ Examples:
 
 Trials are scored on the validation split (final-epoch val accuracy); the test
 split is used once, by the best model. The search folder DIRECTORY/PROJECT_NAME
-receives trials.csv, best_hyperparameters.json, best_model/ (SavedModel),
+receives trials.csv, best_hyperparameters.json, best_train_config.json (the best
+trial as a train.py --config file), best_model/ (SavedModel, model.keras),
 figures/ and summary.md. Past --recycle-mb of memory growth (TensorFlow keeps
 every traced training function) the process restarts itself between two trials
 and resumes. --workers N runs keras-tuner's chief/worker mode on this
