@@ -332,6 +332,19 @@ def test_arm_softmax_hand_computed():
     np.testing.assert_allclose(per_sample(loss, LABELS_3, cos), expected, rtol=1e-6)
 
 
+def test_arm_softmax_keeps_a_class_exactly_at_the_margin():
+    # s=4, m=0.25 (exact in binary): z = 4 * ([0.75, 0.5] - [0.25, 0]) = [2, 2]. Class 1
+    # is at the margin, not beyond it (only z_j < z_y is dropped): it keeps e^2, so
+    # L = log(e^2 + e^2) - 2 = log 2, not log(e^2 + e^0) - 2, and it keeps its gradient.
+    cos = np.array([[0.75, 0.5]], "float32")
+    y = np.array([0])
+    loss = get_loss("arm_softmax", scale=4.0, margin=0.25)
+    value, grad = value_and_grad(lambda c: loss(y, c), cos)
+    np.testing.assert_allclose(value, math.log(2), rtol=1e-6)
+    # d/dcos of log(e^{z_0} + e^{z_1}) - z_0 with p = (1/2, 1/2): s * (p - onehot).
+    np.testing.assert_allclose(grad, [[-2.0, 2.0]], rtol=1e-6)
+
+
 @pytest.mark.parametrize(
     ("mode", "expected"), [("weston_watkins", [0, 2, 3]), ("crammer_singer", [0, 1, 3])]
 )
