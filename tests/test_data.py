@@ -54,6 +54,16 @@ def test_stratified_split_keeps_rare_class_in_both_sides():
     assert 1 in y[keep] and 1 in y[held]
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_stratified_split_never_holds_out_a_whole_class(seed):
+    # fraction 0.9: class 0 (2 members) rounds to 2 and class 1 (3 members) to 3, yet
+    # each keeps one example for training.
+    y = np.array([0] * 2 + [1] * 3 + [2] * 10)
+    keep, held = data.stratified_split(y, 0.9, seed=seed)
+    assert np.bincount(y[keep], minlength=3).tolist() == [1, 1, 1]
+    assert np.bincount(y[held], minlength=3).tolist() == [1, 2, 9]
+
+
 @pytest.mark.parametrize("gz", [False, True])
 def test_load_from_data_dir_idx(tmp_path, gz):
     write_idx_dataset(tmp_path, n_train=100, n_test=30, gz=gz)
