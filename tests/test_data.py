@@ -64,6 +64,13 @@ def test_stratified_split_never_holds_out_a_whole_class(seed):
     assert np.bincount(y[held], minlength=3).tolist() == [1, 2, 9]
 
 
+def test_stratified_split_with_fraction_0_holds_out_nothing():
+    y = np.repeat(np.arange(3), 4)
+    keep, held = data.stratified_split(y, 0.0, seed=0)
+    assert held.size == 0
+    np.testing.assert_array_equal(keep, np.arange(len(y)))
+
+
 @pytest.mark.parametrize("gz", [False, True])
 def test_load_from_data_dir_idx(tmp_path, gz):
     write_idx_dataset(tmp_path, n_train=100, n_test=30, gz=gz)
