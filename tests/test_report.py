@@ -493,3 +493,24 @@ def test_a_reported_range_gets_a_bar_with_a_whisker_beside_ours(tmp_path, monkey
     whiskers = bars.lines[2][0].get_segments()  # one vertical segment per bar
     np.testing.assert_allclose(whiskers[1][:, 1], [1.5, 2.5])
     assert np.isnan(whiskers[0]).all()  # none on a 0 half-width
+
+
+def test_score_by_hand():
+    # 3 classes. Predictions [0, 0, 1, 1, 1, 2] for labels [0, 0, 0, 1, 2, 2]: two wrong,
+    # sample 4 (p = e^3 / (e^3 + 2)) more confidently than sample 2 (e / (e + 2)).
+    y = np.array([0, 0, 0, 1, 2, 2])
+    scores = np.array([[2.0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 2, 0], [0, 3, 0], [0, 0, 1]])
+    result = score(y, scores, ["a", "b", "c"])
+    assert result["n"] == 6
+    assert result["accuracy"] == pytest.approx(4 / 6)
+    log_p = scores - np.log(np.exp(scores).sum(axis=1, keepdims=True))
+    assert result["cross_entropy"] == pytest.approx(-log_p[np.arange(6), y].mean())
+    # Per-class accuracy is the recall of each true class (row of the confusion matrix).
+    assert result["per_class_accuracy"] == pytest.approx({"a": 2 / 3, "b": 1.0, "c": 1 / 2})
+    assert result["confusion_matrix"] == [[2, 1, 0], [0, 1, 0], [0, 1, 1]]
+    wrong = result["most_confident_wrong"]
+    assert [(w["index"], w["true"], w["pred"]) for w in wrong] == [(4, 2, 1), (2, 0, 1)]
+    assert wrong[0]["confidence"] == pytest.approx(np.e**3 / (np.e**3 + 2))
+    assert [
+        w["index"] for w in score(y, scores, ["a", "b", "c"], n_wrong=1)["most_confident_wrong"]
+    ] == [4]
