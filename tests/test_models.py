@@ -92,6 +92,33 @@ def test_keras_and_savedmodel_round_trips_predict_the_same(model_name, tmp_path)
         np.testing.assert_array_equal(out["class_ids"].numpy(), expected.argmax(1))
 
 
+@pytest.mark.parametrize(("loss", "scale"), [("ce", 1.0), ("am_softmax", 16.0)])
+def test_savedmodel_serves_scores_scaled_by_the_loss_and_their_softmax(loss, scale, tmp_path):
+    """A cosine head's SavedModel serves `s * cos` (the margin loss's scale), so its
+    probabilities are `softmax(s * cos)`, not the nearly uniform `softmax(cos)`."""
+    import tensorflow as tf
+
+    from kmnist_lab.export import save_model_files
+    from kmnist_lab.losses import get_loss, loss_head
+
+    params = {"scale": scale} if loss == "am_softmax" else {}
+    model = build_model("mlp", hidden=[16], head=loss_head(loss), augment=False)
+    x = _images(6)
+    raw = model.predict(x, verbose=0).astype("float64")
+    assert save_model_files(model, get_loss(loss, **params), tmp_path) == [
+        "model.keras",
+        "saved_model",
+    ]
+    served = tf.saved_model.load(str(tmp_path / "saved_model"))
+    out = served.serve_uint8(tf.constant(x))
+    expected = scale * raw
+    np.testing.assert_allclose(out["scores"].numpy(), expected, rtol=1e-5, atol=1e-5)
+    softmax = np.exp(expected - expected.max(1, keepdims=True))
+    softmax /= softmax.sum(1, keepdims=True)
+    np.testing.assert_allclose(out["probabilities"].numpy(), softmax, rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(out["class_ids"].numpy(), raw.argmax(1))
+
+
 def test_resnet18_small_maps_compute_what_conv2d_computes(monkeypatch):
     """Stage 4's 2x2 maps use SmallMapConv2D: same weights, same predictions as Conv2D."""
     from kmnist_lab.layers import SmallMapConv2D
