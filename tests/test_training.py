@@ -150,6 +150,29 @@ def test_interrupted_run_resumes_without_duplicate_epochs(tmp_path, tiny_dataset
     assert len(_rows(tmp_path / "run" / "batches.csv")) == 4 * 5
 
 
+def test_run_killed_before_its_first_backup_starts_afresh(tmp_path, tiny_dataset, monkeypatch):
+    """Killed in epoch 1, before any backup: nothing to resume, so the re-run is a new run
+    (`resumed` false) and keeps no row of the killed process."""
+    original = callbacks.DivergenceGuard.on_epoch_end
+
+    def crash_in_first_epoch(self, epoch, logs=None):
+        if epoch == 0:  # after epoch 1's CSV rows, before its backup
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, epoch, logs)
+
+    monkeypatch.setattr(
+        callbacks.DivergenceGuard, "on_epoch_end", crash_in_first_epoch, raising=False
+    )
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(tmp_path, epochs=2), dataset=tiny_dataset)
+    monkeypatch.undo()
+    assert (tmp_path / "run" / "config.json").is_file()
+    assert not (tmp_path / "run" / "backup").exists()
+    result = train(_config(tmp_path, epochs=2), dataset=tiny_dataset)
+    assert result.metrics["resumed"] is False
+    assert [int(r["epoch"]) for r in _rows(tmp_path / "run" / "history.csv")] == [1, 2]
+
+
 def test_interrupted_run_with_other_config_is_refused(tmp_path, tiny_dataset, monkeypatch):
     (tmp_path / "run").mkdir()
     earlier = _config(tmp_path, epochs=1, lr=0.5).resolved().to_dict()
