@@ -188,6 +188,19 @@ def test_report_a_table_only_where_a_cell_is_one_trial():
     assert "| 32 | 0.01 | **85.00** |" in table and "| 64 | 0.01 | 80.00 |" in table
 
 
+def test_report_table_shows_the_best_of_trials_with_the_same_configuration():
+    """Two trials of one configuration (e.g. a search run again with more trials): the
+    cell shows the better one, whichever finished last."""
+    from tuning.results import grid_table
+
+    def row(i, acc, batch_size):
+        return {"trial_id": str(i), "status": "COMPLETED", "val_accuracy": acc,
+                "hp_batch_size": batch_size, "hp_lr": 0.01, "hp_epochs": 5}  # fmt: skip
+
+    table = grid_table([row(0, 0.90, 64), row(1, 0.70, 64), row(2, 0.80, 32)])
+    assert "| 64 | 0.01 | **90.00** |" in table and "| 32 | 0.01 | 80.00 |" in table
+
+
 # ---------------------------------------------------------------------- oracles
 
 
