@@ -135,6 +135,38 @@ def test_custom_config_is_complete_and_round_trips(make):
     assert clone.get_config() == config
 
 
+# docs/optimizers.md's table: default lr and other defaults of every optimizer.
+DOCUMENTED_DEFAULTS = {
+    "sgd": (0.01, {"momentum": 0.0, "nesterov": False}),
+    "sgdm": (0.01, {"momentum": 0.9, "nesterov": False}),
+    "nesterov": (0.01, {"momentum": 0.9, "nesterov": True}),
+    "adam": (0.001, {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}),
+    "adamw": (0.001, {"beta_1": 0.9, "beta_2": 0.999, "weight_decay": 0.004}),
+    "adagrad": (0.01, {"initial_accumulator_value": 0.1, "epsilon": 1e-7}),
+    "adamax": (0.002, {"beta_1": 0.9, "beta_2": 0.999}),
+    "rmsprop": (0.001, {"rho": 0.9, "momentum": 0.0}),
+    "nadam": (0.001, {"beta_1": 0.9, "beta_2": 0.999}),
+    "adadelta": (1.0, {"rho": 0.9, "epsilon": 1e-6}),
+    "lion": (1e-4, {"beta_1": 0.9, "beta_2": 0.99}),
+    "rprop": (
+        0.01,
+        {"eta_minus": 0.5, "eta_plus": 1.2, "step_size_min": 1e-6, "step_size_max": 50.0},
+    ),
+    "asgd": (0.01, {"lambd": 1e-4, "alpha": 0.75, "t0": 1e6}),
+}
+
+
+@pytest.mark.parametrize("name", ISSUE_NAMES)
+def test_defaults_are_the_documented_ones(name):
+    lr, others = DOCUMENTED_DEFAULTS[name]
+    config = get_optimizer(name).get_config()
+    assert config["learning_rate"] == pytest.approx(lr)
+    for key, value in others.items():
+        assert config[key] == pytest.approx(value), key
+    if "weight_decay" not in others:  # only adamw decays unless asked to
+        assert config["weight_decay"] is None
+
+
 def test_params_and_error_messages():
     assert optimizer_params("sgdm") == ["momentum", "weight_decay"]
     assert optimizer_params("rprop") == ["eta_minus", "eta_plus", "step_size_min", "step_size_max"]
