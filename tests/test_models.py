@@ -119,6 +119,24 @@ def test_savedmodel_serves_scores_scaled_by_the_loss_and_their_softmax(loss, sca
     np.testing.assert_array_equal(out["class_ids"].numpy(), raw.argmax(1))
 
 
+def test_predict_scores_in_batches_gives_every_image_its_scores(tmp_path):
+    """evaluate.py's batched inference: 9 images in batches of 4 (a last batch of 1)."""
+    import tensorflow as tf
+
+    from kmnist_lab.evaluation import predict_scores
+    from kmnist_lab.export import export_saved_model
+
+    model = build_model("mlp", hidden=[16], augment=False)
+    x = _images(9)
+    export_saved_model(model, tmp_path / "sm")
+    served = tf.saved_model.load(str(tmp_path / "sm"))
+    expected = model.predict(x, verbose=0)
+    for batch_size in (4, 9, 1024):
+        scores = predict_scores(served, x, batch_size=batch_size)
+        np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5, err_msg=batch_size)
+        np.testing.assert_allclose(predict_scores(served, x[..., None], batch_size), scores)
+
+
 def test_resnet18_small_maps_compute_what_conv2d_computes(monkeypatch):
     """Stage 4's 2x2 maps use SmallMapConv2D: same weights, same predictions as Conv2D."""
     from kmnist_lab.layers import SmallMapConv2D
