@@ -425,7 +425,8 @@ def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
     """Deterministic stratified split of indices into (keep, held_out).
 
     Each class contributes `round(fraction * class_count)` examples to `held_out`
-    (at least one when the class has two or more), chosen by a seeded permutation.
+    (at least one when the class has two or more), chosen by a seeded permutation,
+    and keeps at least one: a class with a single example is never held out.
     Both index arrays are sorted, so the original order is kept.
     """
     rng = np.random.default_rng(seed)
@@ -434,7 +435,8 @@ def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
         members = np.flatnonzero(y == label)
         k = int(round(fraction * len(members)))
         if fraction > 0 and len(members) > 1:
-            k = min(max(k, 1), len(members) - 1)
+            k = max(k, 1)
+        k = min(k, len(members) - 1)
         held.append(rng.permutation(members)[:k])
     held_out = np.sort(np.concatenate(held)) if held else np.array([], dtype=np.int64)
     keep = np.setdiff1d(np.arange(len(y)), held_out)

@@ -62,6 +62,10 @@ def test_stratified_split_never_holds_out_a_whole_class(seed):
     keep, held = data.stratified_split(y, 0.9, seed=seed)
     assert np.bincount(y[keep], minlength=3).tolist() == [1, 1, 1]
     assert np.bincount(y[held], minlength=3).tolist() == [1, 2, 9]
+    # A class of one example (round(0.9 * 1) = 1) stays in training too.
+    y = np.array([0] * 10 + [1])
+    keep, held = data.stratified_split(y, 0.9, seed=seed)
+    assert np.bincount(y[keep], minlength=2).tolist() == [1, 1]
 
 
 def test_stratified_split_with_fraction_0_holds_out_nothing():
