@@ -121,20 +121,24 @@ def test_divergence_in_the_last_partial_batch_names_a_step_of_the_epoch(pipeline
     assert guard.diverged_at == (1, 10) and guard.steps_window == (9, 10)
 
 
-def test_interrupted_run_resumes_without_duplicate_epochs(tmp_path, tiny_dataset, monkeypatch):
+def _kill_as_epoch_ends(cfg, dataset, monkeypatch, epoch: int) -> None:
+    """Trains `cfg` and kills it (KeyboardInterrupt) as its epoch `epoch` (1-based) ends:
+    after that epoch's CSV rows, before its backup (epoch `epoch - 1`'s exists, if any)."""
     original = callbacks.DivergenceGuard.on_epoch_end
 
-    def crash_after_second_epoch(self, epoch, logs=None):
-        if epoch == 1:
+    def crash(self, index, logs=None):
+        if index + 1 == epoch:
             raise KeyboardInterrupt("simulated kill")
-        return original(self, epoch, logs)
+        return original(self, index, logs)
 
-    monkeypatch.setattr(
-        callbacks.DivergenceGuard, "on_epoch_end", crash_after_second_epoch, raising=False
-    )
+    monkeypatch.setattr(callbacks.DivergenceGuard, "on_epoch_end", crash, raising=False)
     with pytest.raises(KeyboardInterrupt):
-        train(_config(tmp_path, epochs=4), dataset=tiny_dataset)
+        train(cfg, dataset=dataset)
     monkeypatch.undo()
+
+
+def test_interrupted_run_resumes_without_duplicate_epochs(tmp_path, tiny_dataset, monkeypatch):
+    _kill_as_epoch_ends(_config(tmp_path, epochs=4), tiny_dataset, monkeypatch, 2)
     assert (tmp_path / "run" / "backup").is_dir() and not (
         tmp_path / "run" / "metrics.json"
     ).exists()
@@ -156,19 +160,7 @@ def test_interrupted_run_resumes_without_duplicate_epochs(tmp_path, tiny_dataset
 def test_run_killed_before_its_first_backup_starts_afresh(tmp_path, tiny_dataset, monkeypatch):
     """Killed in epoch 1, before any backup: nothing to resume, so the re-run is a new run
     (`resumed` false) and keeps no row of the killed process."""
-    original = callbacks.DivergenceGuard.on_epoch_end
-
-    def crash_in_first_epoch(self, epoch, logs=None):
-        if epoch == 0:  # after epoch 1's CSV rows, before its backup
-            raise KeyboardInterrupt("simulated kill")
-        return original(self, epoch, logs)
-
-    monkeypatch.setattr(
-        callbacks.DivergenceGuard, "on_epoch_end", crash_in_first_epoch, raising=False
-    )
-    with pytest.raises(KeyboardInterrupt):
-        train(_config(tmp_path, epochs=2), dataset=tiny_dataset)
-    monkeypatch.undo()
+    _kill_as_epoch_ends(_config(tmp_path, epochs=2), tiny_dataset, monkeypatch, 1)
     assert (tmp_path / "run" / "config.json").is_file()
     assert not (tmp_path / "run" / "backup").exists()
     result = train(_config(tmp_path, epochs=2), dataset=tiny_dataset)
@@ -321,23 +313,8 @@ def test_a_config_with_tuples_resumes(tmp_path, tiny_dataset, monkeypatch):
     list, and the interrupted run must still count as the same config."""
     cfg = _config(tmp_path, arch="mlp", model_params={"hidden": (16,)}, epochs=3)
     assert cfg.to_dict()["model_params"] == {"hidden": [16]}
-    _interrupt_after_epoch_1(cfg, tiny_dataset, monkeypatch)
+    _kill_as_epoch_ends(cfg, tiny_dataset, monkeypatch, 2)
     assert train(cfg, dataset=tiny_dataset).metrics["resumed"] is True
-
-
-def _interrupt_after_epoch_1(cfg, dataset, monkeypatch) -> None:
-    """Trains `cfg` and kills it (KeyboardInterrupt) right after epoch 1's backup."""
-    original = callbacks.DivergenceGuard.on_epoch_end
-
-    def crash(self, epoch, logs=None):
-        if epoch == 1:  # after epoch 1's backup
-            raise KeyboardInterrupt("simulated kill")
-        return original(self, epoch, logs)
-
-    monkeypatch.setattr(callbacks.DivergenceGuard, "on_epoch_end", crash, raising=False)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, dataset=dataset)
-    monkeypatch.undo()
 
 
 def test_precise_batchnorm_sets_moving_statistics_to_the_average_of_batch_statistics():
@@ -415,7 +392,7 @@ def test_a_run_interrupted_before_a_setting_existed_resumes(tmp_path, tiny_datas
     resuming it with the new default (false) is the same run, not "a different config
     (precise_bn None -> False)"."""
     cfg = _config(tmp_path, arch="mlp", epochs=3)
-    _interrupt_after_epoch_1(cfg, tiny_dataset, monkeypatch)
+    _kill_as_epoch_ends(cfg, tiny_dataset, monkeypatch, 2)
     path = tmp_path / "run" / "config.json"
     recorded = json.loads(path.read_text())
     del recorded["config"]["precise_bn"]  # as the previous version wrote it
@@ -482,7 +459,7 @@ def test_a_report_of_the_earlier_run_state_does_not_survive_training(
         cfg = _config(tmp_path, epochs=1, overwrite=True)
     else:
         cfg = _config(tmp_path, epochs=3)
-        _interrupt_after_epoch_1(cfg, tiny_dataset, monkeypatch)
+        _kill_as_epoch_ends(cfg, tiny_dataset, monkeypatch, 2)
     write_report(run)
     assert (run / "report.md").is_file() and (run / "report_files").is_dir()
     train(cfg, dataset=tiny_dataset)
