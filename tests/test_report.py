@@ -19,6 +19,7 @@ import report as report_script
 from kmnist_lab import plots, runs
 from kmnist_lab.evaluation import score
 from kmnist_lab.report import ReportError, detect, write_report
+from kmnist_lab.report.common import diff_points
 from kmnist_lab.studies import _study_record, get_study
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -155,6 +156,19 @@ def test_study_on_another_dataset_is_not_set_beside_the_reports_mnist_numbers(tm
     assert "not compared with fashion_mnist's" in text
     assert "report %" not in text and "Δ points" not in text and "98.18" not in text
     assert not (study_dir / "report_files" / "a_models_vs_report.png").exists()
+
+
+@pytest.mark.parametrize("ours, original, expected", [
+    (0.9850, {"test_accuracy": 0.9818}, "+0.32"),            # a single reported value
+    (0.9700, {"test_accuracy": 0.9818}, "-1.18"),
+    (0.9700, {"test_accuracy_range": [0.9728, 0.9743]}, "-0.28"),  # below: from the low end
+    (0.9750, {"test_accuracy_range": [0.9728, 0.9743]}, "+0.07"),  # above: from the high end
+    (0.9735, {"test_accuracy_range": [0.9728, 0.9743]}, "+0.00"),  # inside the range
+    (None, {"test_accuracy": 0.9818}, "—"),                   # no run result
+    (0.9700, {}, "—"),                                        # the report gave none
+])  # fmt: skip
+def test_delta_points_are_ours_minus_the_report_or_its_nearest_range_end(ours, original, expected):
+    assert diff_points(ours, original) == expected
 
 
 @pytest.mark.parametrize("dataset, compared", [("fashion_mnist", False), ("mnist_5k", True)])
