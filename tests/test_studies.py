@@ -80,6 +80,21 @@ def test_effective_config_scales_and_shrinks():
         effective_config(run, epochs_scale=0)
 
 
+def test_quick_regression_runs_train_two_epochs_on_128_points():
+    """A quick regression run (the sine fits) shrinks its training set, not only its
+    epochs and batch; the other settings and the catalog's own config stay as they are."""
+    run = get_study("e_regression").runs[0]
+    cfg = run.config
+    assert (cfg["epochs"], cfg["batch_size"], cfg["n_train"]) == (300, 32, 1000)
+    quick = effective_config(run, quick=True, epochs_scale=0.5)
+    assert (quick["epochs"], quick["batch_size"], quick["n_train"]) == (2, 32, 128)
+    assert {k: v for k, v in quick.items() if k not in ("epochs", "n_train")} == {
+        k: v for k, v in run.config.items() if k not in ("epochs", "n_train")
+    }
+    assert run.config["n_train"] == 1000 and run.config["epochs"] == 300
+    assert effective_config(run, epochs_scale=0.5) == {**run.config, "epochs": 150}
+
+
 # Runs that differ from others of their study only in settings a quick run shrinks
 # away or that no other code path depends on: a few stand for the rest (every
 # component they use is tested on its own). The unrun ones are listed as missing.
