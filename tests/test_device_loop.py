@@ -269,6 +269,32 @@ def test_tensorflow_traces_are_bounded():
         assert test_chunk.experimental_get_tracing_count() == 2
 
 
+def test_each_epoch_trains_in_the_order_of_its_seed_and_epoch(monkeypatch):
+    """With `shuffle_seed`, epoch e trains in `default_rng([seed, e]).permutation(n)`: a
+    new order every epoch, the same for a run resumed at that epoch (`initial_epoch`)."""
+    seen = []
+
+    class Recording(device_loop._TensorFlowCalls):
+        def train(self, x, y, order, parts):
+            seen.append(np.asarray(order).tolist())
+            return super().train(x, y, order, parts)
+
+    monkeypatch.setitem(device_loop.DEVICE_BACKENDS, "tensorflow", Recording)
+    x, y = np.zeros((20, 28, 28), np.uint8), np.arange(20) % 10
+    device_loop.device_fit(_tiny_model(), x, y, batch_size=20, epochs=3, verbose=0,
+                           shuffle_seed=7)  # fmt: skip
+    expected = [np.random.default_rng([7, e]).permutation(20).tolist() for e in range(3)]
+    assert seen == expected and expected[0] != expected[1]
+    seen.clear()
+    device_loop.device_fit(_tiny_model(), x, y, batch_size=20, epochs=3, verbose=0,
+                           shuffle_seed=7, initial_epoch=2)  # fmt: skip
+    assert seen == expected[2:]
+    seen.clear()
+    device_loop.device_fit(_tiny_model(), x, y, batch_size=20, epochs=2, verbose=0,
+                           shuffle=False, shuffle_seed=7)  # fmt: skip
+    assert seen == [list(range(20))] * 2
+
+
 def _record(message: str) -> logging.LogRecord:
     return logging.LogRecord("tensorflow", logging.WARNING, "x.py", 1, message, None, None)
 
