@@ -295,6 +295,27 @@ def test_each_epoch_trains_in_the_order_of_its_seed_and_epoch(monkeypatch):
     assert seen == [list(range(20))] * 2
 
 
+def test_an_epochs_calls_cover_every_sample_once_in_groups_of_steps_per_execution():
+    """300 samples, batch 32, 4 steps per call: steps 0-3, 4-7, then 8 (full) and 9 (the
+    partial batch of 12, a call of its own); callbacks see the groups' first and last steps."""
+    assert list(device_loop._calls(300, 32, 4)) == [
+        (0, 3, [(4, 32, 0)]),
+        (4, 7, [(4, 32, 128)]),
+        (8, 9, [(1, 32, 256), (1, 12, 288)]),
+    ]
+    assert list(device_loop._calls(64, 32, 4)) == [(0, 1, [(2, 32, 0)])]  # no partial batch
+    assert list(device_loop._calls(5, 32, 1)) == [(0, 0, [(1, 5, 0)])]  # only a partial one
+    for n, batch, per_call in [(300, 32, 1), (300, 32, 10), (257, 16, 3), (96, 32, 3)]:
+        covered, step = [], 0
+        for first, last, parts in device_loop._calls(n, batch, per_call):
+            assert first == step and last - first < per_call
+            for steps, size, offset in parts:
+                covered += [range(offset + i * size, offset + (i + 1) * size) for i in range(steps)]
+            step = last + 1
+        assert step == -(-n // batch)
+        assert [i for r in covered for i in r] == list(range(n)), (n, batch, per_call)
+
+
 def _record(message: str) -> logging.LogRecord:
     return logging.LogRecord("tensorflow", logging.WARNING, "x.py", 1, message, None, None)
 
