@@ -61,6 +61,20 @@ def test_jit_policy_refuses_unknown_values():
         speed.resolve_jit("xla", "bn_mlp")
 
 
+def test_torch_takes_one_step_per_call_or_the_default():
+    """Keras' torch backend runs one step per call: K > 1 is refused there, while the
+    default (None: the policy's) and 1 are valid, and other backends take any K."""
+    from kmnist_lab.config import TrainConfig
+
+    for steps in (None, 1):
+        speed.check_steps_per_execution("torch", steps)
+        TrainConfig(backend="torch", steps_per_execution=steps)
+    for backend in ("jax", "tensorflow", None):
+        speed.check_steps_per_execution(backend, 10)
+    with pytest.raises(ConfigError, match=r"must be 1 there. Received: steps_per_execution=2$"):
+        TrainConfig(backend="torch", steps_per_execution=2)
+
+
 @pytest.fixture
 def machine(monkeypatch):
     """`machine(nvidia, installed, **env)`: an NVIDIA device node or not, the installed
