@@ -181,3 +181,39 @@ def test_without_a_backend_choice_each_arch_gets_its_auto_backend(tmp_path):
                    env=env, capture_output=True, text=True, check=True)  # fmt: skip
     (row,) = json.loads(out.read_text())["results"]
     assert row["backend"] == auto_backend("plain_mlp")
+
+
+def test_the_table_shows_medians_of_the_repeats_and_their_ratio_to_torch(tmp_path, monkeypatch):
+    """Three repeats, measured (here: made up) interleaved with the PyTorch reference:
+    each column is the median of its repeats, and the ratio is ours over torch's."""
+    from kmnist_lab import bench
+
+    ours = iter([100.0, 400.0, 200.0])  # median 200, mean 233
+    theirs = iter([50.0, 400.0, 100.0])  # median 100
+
+    def worker(spec, backend):
+        rate = next(ours)
+        return {"arch": spec["arch"], "backend": backend, "batch_size": spec["batch_size"],
+                "jit": spec["jit"], "jit_compile": False, "precision": "float32",
+                "accelerator": False, "input_pipeline": "iterator", "steps_per_execution": 1,
+                "train_samples_per_s": rate, "compile_s": rate / 100, "epoch_s": 1.0,
+                "epoch_samples": 7680, "infer_samples_per_s": 10 * rate, "peak_rss_mb": 50.0,
+                "timed_steps": 60, "train_flops_per_sample": 2_000_000}  # fmt: skip
+
+    monkeypatch.setattr(benchmark, "_run_worker", worker)
+    monkeypatch.setattr(benchmark, "_run_torch", lambda *args: next(theirs))
+    monkeypatch.setattr(benchmark, "_reference_archs", lambda path: ["bn_mlp"])
+    monkeypatch.setattr(bench, "matmul_gflops", lambda: 4.0)
+    out = tmp_path / "bench.json"
+    argv = ["--arch", "bn_mlp", "--backend", "tensorflow", "--repeats", "3", "--steps", "60",
+            "--compare-torch", "--torch-reference", __file__, "--json", str(out)]  # fmt: skip
+    assert _cli.run(benchmark.main, argv) == 0
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["runs"] == [100.0, 400.0, 200.0]
+    assert row["train_samples_per_s"] == 200.0 and row["compile_s"] == 2.0
+    assert row["infer_samples_per_s"] == 2000.0
+    assert row["torch_samples_per_s"] == 100.0 and row["ratio_vs_torch"] == 2.0
+    assert row["target_ratio"] == benchmark.TORCH_RATIO_TARGETS["bn_mlp"]  # batch 128, CPU
+    # 200 samples/s x 2 MFLOP = 0.4 GFLOP/s of the machine's 4: a share of 0.1.
+    assert row["matmul_share"] == pytest.approx(0.1)
+    assert row["torch_matmul_share"] == pytest.approx(0.05)
