@@ -226,6 +226,41 @@ def _grid_oracle(tmp_path):
     return oracle
 
 
+def test_summary_counts_trials_by_status_and_a_tie_goes_to_the_earliest(tmp_path, monkeypatch):
+    """Trials 1 and 2 tie for the best score: the earliest is the best, whatever order
+    keras-tuner loads them in; a failed and an invalid trial count as failed, and the
+    epochs of every trial that reported count toward the total."""
+    from types import SimpleNamespace
+
+    from tuning import finalize
+
+    oracle = _grid_oracle(tmp_path)
+    outcomes = [("COMPLETED", 0.5), ("COMPLETED", 0.9), ("COMPLETED", 0.9), ("FAILED", None),
+                ("INVALID", None)]  # fmt: skip
+    for status, acc in outcomes:
+        trial = oracle.create_trial("tuner0")
+        if acc is not None:  # a failed trial reports nothing
+            metrics = {"val_accuracy": acc, "val_loss": 1 - acc, "epochs_trained": 2.0}
+            oracle.update_trial(trial.trial_id, metrics)
+        trial.status = status
+        oracle.end_trial(trial)
+        trial.status = status  # end_trial records INVALID as FAILED; a saved trial keeps it
+    ids = sorted(oracle.trials)
+    oracle.trials = dict(reversed(oracle.trials.items()))  # loaded newest first
+    monkeypatch.setattr(finalize, "write_train_config", lambda *args: {})
+    monkeypatch.setattr(finalize, "export_best", lambda *args: {})
+    monkeypatch.setattr(finalize, "write_figures", lambda *args, **kwargs: [])
+    cfg = SimpleNamespace(project_dir=tmp_path, project_name="p", space="a_grid", tuner="grid",
+                          max_epochs=2, max_trials=5,
+                          to_dict=lambda: {"space": "a_grid", "tuner": "grid"})  # fmt: skip
+    tuner = SimpleNamespace(oracle=oracle, hypermodel=SimpleNamespace(summary="grid"))
+    summary = finalize.finalize(tuner, cfg, SimpleNamespace(name="fake"))
+    assert summary["best"]["trial_id"] == ids[1] and summary["best"]["val_accuracy"] == 0.9
+    assert (summary["trials"], summary["trials_completed"], summary["trials_failed"]) == (5, 3, 2)
+    assert summary["trials_other"] == 0 and summary["total_epochs"] == 6
+    assert json.loads((tmp_path / "best_hyperparameters.json").read_text()) == summary["best"]
+
+
 def test_trials_are_listed_in_start_order_after_max_trials_grew():
     from tuning.results import trial_order
 
