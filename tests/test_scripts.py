@@ -669,3 +669,32 @@ def test_config_of_a_quick_study_run_warns_that_it_trained_on_a_subset(tmp_path,
             assert "(128 train / 32 val / 64 test images)" in warned[0]
         else:
             assert warned == []
+
+
+@pytest.mark.parametrize("parse, accepted, refused", [
+    (_cli.positive_int, ["1", "60"], ["0", "-1", "1.5", "ten"]),
+    (_cli.nonneg_int, ["0", "3"], ["-1", "0.5"]),  # --workers 0, --warmup-epochs 0
+    (_cli.positive_float, ["1e-4", "2"], ["0", "-0.1", "nan", "inf"]),
+    (_cli.nonneg_float, ["0", "0.9"], ["-1e-9", "nan", "-inf"]),  # --dropout 0, --l2 0
+    (_cli.fraction, ["0.001", "0.999"], ["0", "1", "1.5", "nan"]),
+])  # fmt: skip
+def test_number_arguments_take_their_bounds_and_refuse_values_past_them(parse, accepted, refused):
+    import argparse
+
+    for text in accepted:
+        assert parse(text) == float(text)
+    for text in refused:
+        with pytest.raises(argparse.ArgumentTypeError, match=re.escape(repr(text))):
+            parse(text)
+
+
+def test_key_value_arguments_parse_json_values_and_keep_other_text():
+    assert _cli.key_value("margin=0.35") == ("margin", 0.35)
+    assert _cli.key_value("hidden=[64, 32]") == ("hidden", [64, 32])
+    assert _cli.key_value("init-std=1e-2") == ("init_std", 0.01)
+    assert _cli.key_value("activation=tanh") == ("activation", "tanh")
+    assert _cli.key_value("expr=a=b") == ("expr", "a=b")  # split at the first '='
+    with pytest.raises(Exception, match="KEY=VALUE"):
+        _cli.key_value("margin")
+    with pytest.raises(Exception, match="gamma must be finite"):
+        _cli.key_value("gamma=1e999")
