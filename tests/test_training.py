@@ -218,11 +218,28 @@ def test_locked_run_folder_is_refused(tmp_path, tiny_dataset):
         ({"epochs": 2, "warmup_epochs": 5}, "`warmup_epochs` must be smaller than `epochs`"),
         ({"model_params": {"width": 3}}, "arch 'bn_mlp' does not take width. It takes: dropout"),
         ({"loss": "focal", "loss_params": {"gamma": -1}}, "`gamma` must be >= 0"),
+        # At the bounds: the first value past each is refused.
+        ({"seed": 2**32}, r"`seed` must be an integer in \[0, 2\*\*32 - 1\]"),
+        ({"seed": -1}, r"`seed` must be an integer in \[0, 2\*\*32 - 1\]"),
+        ({"optimizer": "sgdm", "momentum": 1.0}, r"`momentum` must be in \[0, 1\)"),
+        ({"weight_decay": -1e-6}, "`weight_decay` must be a finite number >= 0"),
+        ({"val_fraction": 1.0}, r"`val_fraction` must be in \(0, 1\)"),
+        ({"val_fraction": 0.0}, r"`val_fraction` must be in \(0, 1\)"),
+        ({"steps_per_execution": 0}, "`steps_per_execution` must be a positive integer"),
+        ({"warmup_epochs": -1}, "`warmup_epochs` must be an integer >= 0"),
     ],
 )
 def test_bad_config_values(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         TrainConfig(**kwargs)
+
+
+def test_config_values_at_their_bounds_are_valid():
+    TrainConfig(seed=0)
+    TrainConfig(seed=2**32 - 1)
+    TrainConfig(optimizer="sgdm", momentum=0.0)
+    TrainConfig(optimizer="sgdm", momentum=0.999, weight_decay=0.0, l2=0.0)
+    TrainConfig(val_fraction=1e-3, steps_per_execution=1, warmup_epochs=0)
 
 
 def test_config_file_round_trip_and_unknown_keys(tmp_path):
