@@ -820,3 +820,21 @@ def test_trial_ends_write_no_notebook_escape_codes_outside_ipython(capsys):
     kt_utils.try_clear()
     out = capsys.readouterr().out
     assert out == "\n" and "\x1b" not in out
+
+
+# ------------------------------------------------------- specifications (audit)
+
+
+def test_enumerate_space_takes_int_bounds_inclusive_and_gives_up_past_the_limit():
+    """A finite space is enumerated only up to `limit` configurations: one more and it
+    is sampled like a continuous space (None). An `Int` without a step takes both bounds."""
+    hp = kt.HyperParameters()
+    hp.Int("units", 1, 3)
+    hp.Choice("activation", ["relu", "tanh"])
+    combos = enumerate_space(hp)
+    assert sorted(c["units"] for c in combos) == [1, 1, 2, 2, 3, 3]
+    assert len(enumerate_space(hp, limit=6)) == 6
+    assert enumerate_space(hp, limit=5) is None  # 6 > 5: was returned whole (off by one)
+    assert enumerate_space(hp, limit=4) is None
+    hp.Float("lr", 1e-3, 1e-1)  # continuous
+    assert enumerate_space(hp) is None

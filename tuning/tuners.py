@@ -121,9 +121,9 @@ def enumerate_space(hyperparameters: kt.HyperParameters, limit: int = MAX_ENUMER
     out: list[dict] = []
 
     def walk(i: int, values: dict) -> bool:
-        if len(out) > limit:
-            return False
         if i == len(space):
+            if len(out) == limit:  # this configuration would be one too many
+                return False
             out.append(dict(values))
             return True
         hp = space[i]
