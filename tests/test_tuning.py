@@ -838,3 +838,81 @@ def test_enumerate_space_takes_int_bounds_inclusive_and_gives_up_past_the_limit(
     assert enumerate_space(hp, limit=4) is None
     hp.Float("lr", 1e-3, 1e-1)  # continuous
     assert enumerate_space(hp) is None
+
+
+def test_a_trial_is_scored_by_its_final_epoch():
+    """A trial of E epochs reports its metrics after epoch E; a non-finite one is NaN."""
+    from tuning.tuners import final_metrics
+
+    history = {"val_accuracy": [0.5, 0.9, 0.7], "loss": [2.0, 1.0, float("inf")], "lr": []}
+    metrics = final_metrics(history)
+    assert set(metrics) == {"val_accuracy", "loss"}
+    assert metrics["val_accuracy"] == 0.7 and np.isnan(metrics["loss"])
+
+
+def test_a_grid_defaults_are_report_a_best_cell():
+    hp = kt.HyperParameters()
+    get_hypermodel("a_grid").declare_hyperparameters(hp)
+    assert hp.values == {"batch_size": 128, "lr": 0.03, "epochs": 15}
+
+
+@pytest.mark.parametrize(
+    "max_epochs, choices, default",
+    [(None, [3, 5, 7, 10, 15], 15), (15, [3, 5, 7, 10, 15], 15), (10, [3, 5, 7, 10], 10),
+     (7, [3, 5, 7], 7), (6, [3, 5], 5), (3, [3], 3)],
+)  # fmt: skip
+def test_max_epochs_keeps_the_epoch_choices_up_to_and_including_it(max_epochs, choices, default):
+    """`--max-epochs E` keeps every epoch choice <= E; the default becomes the largest
+    one left when the space's own default (15 for a_grid) is dropped."""
+    hp = kt.HyperParameters()
+    get_hypermodel("a_grid", max_epochs=max_epochs).declare_hyperparameters(hp)
+    (epochs,) = [p for p in hp.space if p.name == "epochs"]
+    assert list(getattr(epochs, "values", [epochs.default])) == choices
+    assert hp.values["epochs"] == default
+    # Under Hyperband (no epochs hyperparameter) the same default is the trained epochs.
+    hypermodel = get_hypermodel("a_grid", tune_epochs=False, max_epochs=max_epochs)
+    assert hypermodel.epochs(kt.HyperParameters()) == default
+
+
+def test_fit_shuffles_and_stops_at_a_non_finite_loss_unless_told_otherwise():
+    hypermodel = get_hypermodel("a_grid")
+    hp = kt.HyperParameters()
+    hypermodel.declare_hyperparameters(hp)
+    model = _FakeModel()
+    hypermodel.fit(hp, model, "x", "y")
+    assert model.kwargs["shuffle"] is True and model.kwargs["verbose"] == 0
+    assert any(isinstance(c, keras.callbacks.TerminateOnNaN) for c in model.kwargs["callbacks"])
+    hypermodel.fit(hp, model, "x", "y", shuffle=False, verbose=2)
+    assert model.kwargs["shuffle"] is False and model.kwargs["verbose"] == 2
+
+
+def test_bayesian_replaces_a_repeated_proposal_by_the_untried_point_it_ranks_best(
+    tmp_path, monkeypatch
+):
+    """keras-tuner proposes a configuration already scored: ours takes the untried one
+    with the best acquisition (lowest mean - beta * std of the negated score)."""
+    from types import SimpleNamespace
+
+    from tuning.tuners import BayesianOracle
+
+    hp = kt.HyperParameters()
+    get_hypermodel("a_grid", max_epochs=1).declare_hyperparameters(hp)
+    oracle = BayesianOracle(objective=kt.Objective("val_accuracy", "max"), hyperparameters=hp,
+                            max_trials=20, seed=0)  # fmt: skip
+    oracle._set_project_dir(str(tmp_path), "p")
+    oracle.verbose = 0
+    (scored,) = _fake_search(oracle, 1)
+    monkeypatch.setattr(kt.oracles.BayesianOptimizationOracle, "populate_space",
+                        lambda self, trial_id: {"status": "RUNNING", "values": dict(scored)})  # fmt: skip
+    target = {"batch_size": 256, "lr": 0.02, "epochs": 1}
+    assert target != scored
+    space = oracle._nonfixed_space()
+    target_x = [p.value_to_prob(target[p.name]) for p in space]
+
+    def predict(x, return_std):  # equal means; only the target is uncertain
+        std = np.all(np.isclose(x, target_x), axis=1).astype(float)
+        return np.zeros(len(x)), std
+
+    oracle.gpr = SimpleNamespace(predict=predict)
+    trial = oracle.create_trial("tuner0")
+    assert trial.status == "RUNNING" and trial.hyperparameters.values == target
