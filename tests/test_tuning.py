@@ -886,6 +886,97 @@ def test_fit_shuffles_and_stops_at_a_non_finite_loss_unless_told_otherwise():
     assert model.kwargs["shuffle"] is False and model.kwargs["verbose"] == 2
 
 
+@pytest.mark.parametrize(
+    "field, refused, accepted",
+    [("max_epochs", 0, 1), ("max_epochs", True, 2), ("max_trials", 0, 1), ("factor", 1, 2),
+     ("hyperband_iterations", 0, 1), ("workers", -1, 0), ("expect_workers", -1, 0),
+     ("recycle_mb", 0, 1), ("val_fraction", 0.0, 0.01), ("val_fraction", 1.0, 0.99)],
+)  # fmt: skip
+def test_search_config_refuses_the_first_value_past_each_bound(field, refused, accepted):
+    from kmnist_lab.errors import ConfigError
+
+    assert getattr(SearchConfig(space="a_grid", **{field: accepted}), field) == accepted
+    with pytest.raises(ConfigError, match=field):
+        SearchConfig(space="a_grid", **{field: refused})
+
+
+def test_a_folder_that_is_not_a_search_is_never_taken_over(tmp_path):
+    import dataclasses
+
+    from kmnist_lab.errors import RunFolderError
+    from tuning.search import prepare_project_dir
+
+    cfg = SearchConfig(
+        space="a_grid", tuner="grid", dataset="mnist_5k", directory=str(tmp_path), project_name="p"
+    )
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "notes.txt").write_text("mine")
+    with pytest.raises(RunFolderError, match="is not a kmnist_lab search folder"):
+        prepare_project_dir(cfg)
+    assert [p.name for p in (tmp_path / "p").iterdir()] == ["notes.txt"]
+    (tmp_path / "q").mkdir()  # an empty folder is taken
+    prepare_project_dir(dataclasses.replace(cfg, project_name="q"))
+    assert (tmp_path / "q" / "search.json").is_file()
+
+
+def test_a_search_without_validation_data_is_refused(tmp_path):
+    from types import SimpleNamespace
+
+    from conftest import make_images
+
+    from kmnist_lab.errors import ConfigError
+    from tuning.search import _search
+
+    x, y = make_images(20)
+    dataset = SimpleNamespace(
+        summary=lambda: "fake", train=(x, y), val=(x[:0], y[:0]), num_classes=10, name="fake"
+    )
+    cfg = SearchConfig(space="a_grid", tuner="grid", dataset="mnist_5k", max_epochs=1,
+                       max_trials=1, directory=str(tmp_path), verbose=0)  # fmt: skip
+    with pytest.raises(ConfigError, match="needs a validation split"):
+        _search(cfg.resolved(), None, dataset)
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_tuner_id_makes_a_process_the_chief_or_a_worker(monkeypatch):
+    from kmnist_lab.errors import ConfigError
+    from tuning.search import distributed_role
+
+    for name in ("KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT", "KERASTUNER_TUNER_ID"):
+        monkeypatch.delenv(name, raising=False)
+    assert distributed_role() is None
+    monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
+    with pytest.raises(ConfigError, match="KERASTUNER_ORACLE_PORT is not"):
+        distributed_role()
+    monkeypatch.setenv("KERASTUNER_ORACLE_PORT", "8000")
+    with pytest.raises(ConfigError, match="KERASTUNER_TUNER_ID is not"):
+        distributed_role()
+    for tuner_id, role in (("chief", "chief"), ("chief-0", "chief"), ("tuner0", "worker")):
+        monkeypatch.setenv("KERASTUNER_TUNER_ID", tuner_id)
+        assert distributed_role() == role
+
+
+@pytest.mark.parametrize(
+    "tuner, max_trials, expected",
+    [("random", None, 10), ("bayesian", None, 10), ("random", 3, 3), ("grid", None, None),
+     ("grid", 4, 4), ("hyperband", None, None)],
+)  # fmt: skip
+def test_default_trial_budget_of_each_tuner(tuner, max_trials, expected, tmp_path):
+    """docs: random/Bayesian default to 10 trials, grid to the whole grid and Hyperband
+    to what its brackets need; summary.md's tuner line says the same."""
+    from tuning.finalize import _tuner_settings
+    from tuning.search import make_tuner
+
+    cfg = SearchConfig(space="a_grid", tuner=tuner, dataset="mnist_5k", max_epochs=2,
+                       max_trials=max_trials, directory=str(tmp_path), verbose=0)  # fmt: skip
+    assert make_tuner(cfg, 10, 100).oracle.max_trials == expected
+    settings = _tuner_settings(cfg.resolved())
+    if expected is None:
+        assert "max_trials" not in settings
+    else:
+        assert settings.endswith(f"max_trials={expected}")
+
+
 def test_bayesian_replaces_a_repeated_proposal_by_the_untried_point_it_ranks_best(
     tmp_path, monkeypatch
 ):
