@@ -977,6 +977,115 @@ def test_default_trial_budget_of_each_tuner(tuner, max_trials, expected, tmp_pat
         assert settings.endswith(f"max_trials={expected}")
 
 
+def test_a_hyperband_best_trial_reports_its_models_total_epochs(tmp_path, monkeypatch):
+    """The best trial continues a model: its `epochs` is the model's total (initial
+    epoch + what it trained), its hyperparameters are the space's (no `tuner/...`),
+    and its place in Hyperband is reported apart."""
+    from types import SimpleNamespace
+
+    from tuning import finalize
+
+    hp = kt.HyperParameters()
+    get_hypermodel("a_grid", tune_epochs=False).declare_hyperparameters(hp)
+    oracle = HyperbandOracle(objective=kt.Objective("val_accuracy", "max"), hyperparameters=hp,
+                             max_epochs=4, factor=2, seed=1)  # fmt: skip
+    oracle._set_project_dir(str(tmp_path), "p")
+    for _ in range(100):
+        trial = oracle.create_trial("tuner0")
+        if trial.status != "RUNNING":
+            break
+        v = trial.hyperparameters.values
+        # Continued models score best, longer-trained ones better.
+        score = v["tuner/epochs"] + ("tuner/trial_id" in v) + v["lr"]
+        trained = float(v["tuner/epochs"] - v["tuner/initial_epoch"])
+        oracle.update_trial(trial.trial_id,
+                            {"val_accuracy": score, "val_loss": 0.0, "epochs_trained": trained})  # fmt: skip
+        trial.status = "COMPLETED"
+        oracle.end_trial(trial)
+    monkeypatch.setattr(finalize, "write_train_config", lambda *args: {})
+    monkeypatch.setattr(finalize, "export_best", lambda *args: {})
+    monkeypatch.setattr(finalize, "write_figures", lambda *args, **kwargs: [])
+    cfg = SimpleNamespace(project_dir=tmp_path, project_name="p", space="a_grid",
+                          tuner="hyperband", max_epochs=4, factor=2, hyperband_iterations=1,
+                          max_trials=None, to_dict=lambda: {"space": "a_grid", "tuner": "hyperband"})  # fmt: skip
+    tuner = SimpleNamespace(oracle=oracle, hypermodel=SimpleNamespace(summary="hb"))
+    summary = finalize.finalize(tuner, cfg, SimpleNamespace(name="fake"))
+    best = summary["best"]
+    values = oracle.trials[best["trial_id"]].hyperparameters.values
+    assert values["tuner/initial_epoch"] == 2 and values["tuner/epochs"] == 4
+    assert best["epochs"] == 4  # 2 trained on top of the 2 it continued from
+    assert set(best["hyperparameters"]) == {"batch_size", "lr"}
+    assert best["hyperband"] == {"bracket": values["tuner/bracket"],
+                                 "round": values["tuner/round"],
+                                 "trial_id": values["tuner/trial_id"]}  # fmt: skip
+    header = (tmp_path / "trials.csv").read_text().splitlines()[0].split(",")
+    assert [c for c in header if c.startswith("hp_")] == ["hp_batch_size", "hp_lr"]
+
+
+def test_trials_csv_leaves_missing_cells_empty_and_summary_lists_the_best_first(tmp_path):
+    from tuning import results
+
+    def row(i, status, acc, lr):
+        return {"trial_id": str(i), "status": status, "hp_lr": lr, "val_accuracy": acc,
+                "epochs": 1, "epochs_trained": 1.0, "worker": "tuner0"}  # fmt: skip
+
+    rows = [row(0, "COMPLETED", 0.5, 0.01), row(1, "COMPLETED", 0.9, 0.02),
+            row(2, "COMPLETED", "", 0.03), row(3, "FAILED", float("nan"), 0.03)]  # fmt: skip
+    # A trial that reported no score is not a candidate for the best one.
+    assert [r["trial_id"] for r in results.completed(rows)] == ["0", "1"]
+    path = results.write_trials_csv(rows, ["trial_id", "status", "hp_lr", "val_accuracy"],
+                                    tmp_path / "trials.csv")  # fmt: skip
+    assert path.read_text().splitlines() == [
+        "trial_id,status,hp_lr,val_accuracy", "0,COMPLETED,0.01,0.5", "1,COMPLETED,0.02,0.9",
+        "2,COMPLETED,0.03,", "3,FAILED,0.03,",
+    ]  # fmt: skip
+    summary = {"config": {"space": "mlp", "tuner": "random"}, "dataset": "fake",
+               "space_summary": "s", "tuner_settings": "t", "trials_completed": 3,
+               "trials_failed": 1, "trials_other": 0, "total_epochs": 4,
+               "trial_wall_time_s": 1.0, "workers": ["tuner0"]}  # fmt: skip
+    lines = results.summary_markdown(summary, rows, []).splitlines()
+    table = lines[lines.index("## Best trials") + 4 :]
+    assert table == [
+        "| 1 | 0.02 | 90.00 | 1 | 1 | tuner0 |",
+        "| 0 | 0.01 | 50.00 | 1 | 1 | tuner0 |",
+    ]
+
+
+def test_retrain_rescores_a_best_model_that_was_restored(tmp_path):
+    """`--retrain` after a search that restored its best model retrains it (and scores
+    it anew); without `--retrain`, or once retrained, the stored score stands."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from tuning import finalize
+
+    class Retrained(Exception):
+        pass
+
+    def build(hp):
+        raise Retrained
+
+    cfg = SearchConfig(space="a_grid", tuner="grid", dataset="mnist_5k", directory=str(tmp_path),
+                       retrain=True, export=False)  # fmt: skip
+    out = tmp_path / "best_model"
+    out.mkdir()
+    restored = {"trial_id": "0", "identity": cfg.identity(), "retrained": False,
+                "artifacts": [], "test_accuracy": 0.5}  # fmt: skip
+    tuner = SimpleNamespace(hypermodel=SimpleNamespace(build=build),
+                            _get_checkpoint_fname=lambda trial_id: str(tmp_path / "none"))  # fmt: skip
+    trial = SimpleNamespace(trial_id="0", hyperparameters=kt.HyperParameters())
+    dataset = SimpleNamespace(train=(None, None), val=(None, None))
+    (out / "metrics.json").write_text(json.dumps(restored))
+    with pytest.raises(Retrained):
+        finalize.export_best(tuner, trial, cfg, dataset, 1, out)
+    (out / "metrics.json").write_text(json.dumps(restored))
+    no_retrain = dataclasses.replace(cfg, retrain=False)
+    assert finalize.export_best(tuner, trial, no_retrain, dataset, 1, out) == restored
+    retrained = {**restored, "retrained": True}
+    (out / "metrics.json").write_text(json.dumps(retrained))
+    assert finalize.export_best(tuner, trial, cfg, dataset, 1, out) == retrained
+
+
 def test_bayesian_replaces_a_repeated_proposal_by_the_untried_point_it_ranks_best(
     tmp_path, monkeypatch
 ):
@@ -1007,3 +1116,19 @@ def test_bayesian_replaces_a_repeated_proposal_by_the_untried_point_it_ranks_bes
     oracle.gpr = SimpleNamespace(predict=predict)
     trial = oracle.create_trial("tuner0")
     assert trial.status == "RUNNING" and trial.hyperparameters.values == target
+
+
+def test_a_grid_trial_row_leaves_hyperband_columns_empty(tmp_path):
+    """trials.csv: outside Hyperband a model's epochs are the epochs its trial trained,
+    and bracket, round, initial_epoch and from_trial are empty."""
+    from tuning.results import trial_rows
+
+    oracle = _grid_oracle(tmp_path)
+    for _ in range(2):
+        trial = oracle.create_trial("tuner1")
+        oracle.update_trial(trial.trial_id, {"val_accuracy": 0.5, "epochs_trained": 1.0})
+        trial.status = "COMPLETED"
+        oracle.end_trial(trial)
+    for row in trial_rows(oracle):
+        assert (row["epochs"], row["epochs_trained"], row["worker"]) == (1, 1.0, "tuner1")
+        assert [row[k] for k in ("bracket", "round", "initial_epoch", "from_trial")] == [""] * 4
