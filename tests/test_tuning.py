@@ -1086,6 +1086,21 @@ def test_retrain_rescores_a_best_model_that_was_restored(tmp_path):
     assert finalize.export_best(tuner, trial, cfg, dataset, 1, out) == retrained
 
 
+def test_tune_py_defaults_reach_the_search(monkeypatch, tmp_path):
+    """Hyperband factor 3 and 1 sweep, --recycle-mb 300 (0: never), -q: no tables."""
+    import tuning.search
+
+    seen = []
+    monkeypatch.setattr(tuning.search, "run_search", seen.append)  # None: as a worker
+    argv = ["--space", "a_grid", "--directory", str(tmp_path)]
+    assert _cli.run(tune_script.main, argv) == 0
+    assert _cli.run(tune_script.main, [*argv, "--recycle-mb", "0", "-q"]) == 0
+    first, second = seen
+    assert (first.tuner, first.factor, first.hyperband_iterations) == ("hyperband", 3, 1)
+    assert (first.recycle_mb, first.verbose, first.seed, first.dataset) == (300, 1, 0, "auto")
+    assert (second.recycle_mb, second.verbose) == (None, 0)
+
+
 def test_bayesian_replaces_a_repeated_proposal_by_the_untried_point_it_ranks_best(
     tmp_path, monkeypatch
 ):
