@@ -754,9 +754,9 @@ def test_a_search_resumes_on_its_own_backend_only(tmp_path, capsys):
 
     from tuning.search import prepare_project_dir
 
-    cfg = SearchConfig(
-        space="a_grid", tuner="grid", dataset="mnist_5k", directory=str(tmp_path), project_name="p"
-    )
+    # One trial of one epoch: were the refusal gone, the command would end quickly.
+    cfg = SearchConfig(space="a_grid", tuner="grid", dataset="mnist_5k", max_epochs=1,
+                       max_trials=1, directory=str(tmp_path), project_name="p")  # fmt: skip
     prepare_project_dir(cfg)
     marker = tmp_path / "p" / "search.json"
     stored = json.loads(marker.read_text())
@@ -764,7 +764,8 @@ def test_a_search_resumes_on_its_own_backend_only(tmp_path, capsys):
     prepare_project_dir(cfg)  # the same backend resumes
     other = "torch" if keras.backend.backend() != "torch" else "jax"
     marker.write_text(json.dumps({**stored, "backend": other}))
-    argv = ["--space", "a_grid", "--tuner", "grid", "--dataset", "mnist_5k"]
+    argv = ["--space", "a_grid", "--tuner", "grid", "--dataset", "mnist_5k", "--max-epochs", "1",
+            "--max-trials", "1"]  # fmt: skip
     code = _cli.run(tune_script.main, [*argv, "--directory", str(tmp_path), "--project-name", "p"])
     _one_line_error(capsys, code, f"holds a search run on the {other} backend")
     assert json.loads(marker.read_text())["backend"] == other  # nothing rewritten
