@@ -353,3 +353,73 @@ def test_labels_reach_jax_as_int32():
     assert device_loop._as_int32(np.array([0, 9], dtype=np.int64)).dtype == np.int32
     assert device_loop._as_int32([3, 1]).tolist() == [3, 1]
     assert device_loop._as_int32(np.array([7], dtype=np.uint8)).dtype == np.uint8
+
+
+def _orders_of(monkeypatch):
+    """The `order` of each training call `device_fit` makes on TensorFlow, recorded."""
+    seen = []
+
+    class Recording(device_loop._TensorFlowCalls):
+        def train(self, x, y, order, parts):
+            seen.append(np.asarray(order).tolist())
+            return super().train(x, y, order, parts)
+
+    monkeypatch.setitem(device_loop.DEVICE_BACKENDS, "tensorflow", Recording)
+    return seen
+
+
+def test_without_a_shuffle_seed_the_order_follows_keras_global_seed(monkeypatch):
+    """`shuffle_seed=None` draws the seed from NumPy's global generator: a run
+    repeated under the same `keras.utils.set_random_seed` trains in the same orders,
+    one under another seed in other orders."""
+    seen = _orders_of(monkeypatch)
+    x, y = np.zeros((20, 28, 28), np.uint8), np.arange(20) % 10
+    runs = []
+    for seed in (1, 1, 2):
+        keras.utils.set_random_seed(seed)
+        device_loop.device_fit(_tiny_model(), x, y, batch_size=20, epochs=2, verbose=0)
+        runs.append(seen[:])
+        seen.clear()
+    assert runs[0] == runs[1] and runs[0][0] != runs[0][1]
+    assert runs[2][0] != runs[0][0] and runs[2][1] != runs[0][1]
+
+
+class _GlobalDraw(keras.callbacks.Callback):
+    """Draws from NumPy's global generator as each epoch begins (Keras' JAX iterator
+    draws its shuffle there, after `on_epoch_begin`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.draws = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.draws.append(int(np.random.randint(2**31)))
+
+
+def _draws_seeded_by(seed, epochs):
+    """What `_GlobalDraw` sees when each epoch begins with `SeedEachEpoch(seed)`."""
+    draws = []
+    for epoch in range(epochs):
+        np.random.seed(int(np.random.default_rng([seed, epoch]).integers(2**32)))
+        draws.append(int(np.random.randint(2**31)))
+    return draws
+
+
+def test_the_iterator_pipeline_seeds_each_epoch_from_the_seed_and_the_epoch():
+    """`fit(pipeline="iterator", shuffle_seed=s)` seeds NumPy's global generator from
+    `(s, epoch)` before the callbacks' (and so the iterator's) draws of each epoch:
+    also when `shuffle` is left to its default (True, as in `model.fit`) and when the
+    callbacks come as a `CallbackList`; not with `shuffle=False`."""
+    x, y = np.zeros((8, 28, 28), np.uint8), np.arange(8) % 10
+    expected = _draws_seeded_by(5, 2)
+    assert expected[0] != expected[1]
+    for wrap in (list, keras.callbacks.CallbackList):
+        model, draw = _tiny_model(), _GlobalDraw()
+        callbacks = [draw] if wrap is list else wrap([draw], add_history=True, model=model)
+        device_loop.fit(model, x, y, pipeline="iterator", shuffle_seed=5, epochs=2, verbose=0,
+                        callbacks=callbacks)  # fmt: skip
+        assert draw.draws == expected, wrap
+    draw = _GlobalDraw()
+    device_loop.fit(_tiny_model(), x, y, pipeline="iterator", shuffle_seed=5, shuffle=False,
+                    epochs=1, verbose=0, callbacks=[draw])  # fmt: skip
+    assert draw.draws != expected[:1]
