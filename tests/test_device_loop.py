@@ -423,3 +423,50 @@ def test_the_iterator_pipeline_seeds_each_epoch_from_the_seed_and_the_epoch():
     device_loop.fit(_tiny_model(), x, y, pipeline="iterator", shuffle_seed=5, shuffle=False,
                     epochs=1, verbose=0, callbacks=[draw])  # fmt: skip
     assert draw.draws != expected[:1]
+
+
+class _Steps(keras.callbacks.Callback):
+    """Records the `steps` callbacks are told of, and the test batch ends."""
+
+    def __init__(self):
+        super().__init__()
+        self.test_batch_ends = []
+
+    def on_train_begin(self, logs=None):
+        self.steps = self.params["steps"]
+
+    def on_test_batch_end(self, batch, logs=None):
+        self.test_batch_ends.append(batch)
+
+
+def test_callbacks_are_told_the_steps_of_an_epoch_partial_batch_included():
+    """20 samples in batches of 8: 3 steps (as `fit` tells them, for progress bars and
+    per-step schedules). Validation (18 samples: 3 steps) fires its batch ends every
+    steps_per_execution (2) steps, as training does: after steps 1 and 2."""
+    x, y = np.zeros((20, 28, 28), np.uint8), np.arange(20) % 10
+    model, steps = _tiny_model(), _Steps()
+    model.compile(optimizer="sgd", steps_per_execution=2,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))  # fmt: skip
+    history = device_loop.device_fit(model, x, y, batch_size=8, verbose=0, callbacks=[steps],
+                                     validation_data=(x[:18], y[:18]))  # fmt: skip
+    assert steps.steps == history.params["steps"] == 3
+    assert steps.test_batch_ends == [1, 2]
+
+
+def test_validation_scores_the_whole_validation_set_with_the_epochs_weights():
+    """With shuffling and more training than validation samples, each epoch's `val_`
+    metrics are those of `model.evaluate` on `(x_val, y_val)` with the weights the
+    epoch ended on: every validation sample once (13, in batches of 4 and a partial 1),
+    whatever the training order."""
+    rng = np.random.default_rng(3)
+    x, y = rng.integers(0, 256, (40, 28, 28), np.uint8), rng.integers(0, 10, 40)
+    x_val, y_val = rng.integers(0, 256, (13, 28, 28), np.uint8), rng.integers(0, 10, 13)
+    model = _tiny_model()
+    model.compile(optimizer="sgd", steps_per_execution=2, metrics=["accuracy"],
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))  # fmt: skip
+    history = device_loop.device_fit(model, x, y, batch_size=4, epochs=2, verbose=0,
+                                     shuffle_seed=1, validation_data=(x_val, y_val))  # fmt: skip
+    loss, accuracy = model.evaluate(x_val, y_val, batch_size=4, verbose=0)
+    np.testing.assert_allclose(history.history["val_loss"][-1], loss, rtol=1e-5)
+    np.testing.assert_allclose(history.history["val_accuracy"][-1], accuracy, rtol=1e-6)
+    assert history.history["val_loss"][0] != history.history["val_loss"][1]
