@@ -470,3 +470,11 @@ def test_validation_scores_the_whole_validation_set_with_the_epochs_weights():
     np.testing.assert_allclose(history.history["val_loss"][-1], loss, rtol=1e-5)
     np.testing.assert_allclose(history.history["val_accuracy"][-1], accuracy, rtol=1e-6)
     assert history.history["val_loss"][0] != history.history["val_loss"][1]
+
+
+def test_device_fit_refuses_empty_data():
+    x, y = np.zeros((8, 28, 28), np.uint8), np.zeros(8, np.int32)
+    with pytest.raises(ConfigError, match="same, non-zero number of samples. Received: 0 and 0"):
+        device_loop.device_fit(_tiny_model(), x[:0], y[:0])
+    with pytest.raises(ConfigError, match="x_val and y_val of the same, non-zero.*0 and 0"):
+        device_loop.device_fit(_tiny_model(), x, y, validation_data=(x[:0], y[:0]))
