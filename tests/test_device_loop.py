@@ -478,3 +478,18 @@ def test_device_fit_refuses_empty_data():
         device_loop.device_fit(_tiny_model(), x[:0], y[:0])
     with pytest.raises(ConfigError, match="x_val and y_val of the same, non-zero.*0 and 0"):
         device_loop.device_fit(_tiny_model(), x, y, validation_data=(x[:0], y[:0]))
+
+
+def test_a_recompiled_model_trains_with_its_new_optimizer():
+    """The compiled calls are cached per model and `compile()`: after a recompile with a
+    learning rate of 0 (and calls of the shapes already traced), the weights stay where
+    the first training left them."""
+    x, y = np.random.default_rng(0).integers(0, 256, (16, 28, 28), np.uint8), np.arange(16) % 10
+    model = _tiny_model()
+    device_loop.device_fit(model, x, y, batch_size=8, verbose=0)
+    trained = [w.copy() for w in model.get_weights()]
+    model.compile(optimizer=keras.optimizers.SGD(0.0), steps_per_execution=4,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))  # fmt: skip
+    device_loop.device_fit(model, x, y, batch_size=8, verbose=0)  # calls of the same shapes
+    for got, want in zip(model.get_weights(), trained, strict=True):
+        np.testing.assert_array_equal(got, want)
