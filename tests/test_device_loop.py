@@ -493,3 +493,26 @@ def test_a_recompiled_model_trains_with_its_new_optimizer():
     device_loop.device_fit(model, x, y, batch_size=8, verbose=0)  # calls of the same shapes
     for got, want in zip(model.get_weights(), trained, strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_training_ends_with_the_optimizers_final_weights_as_model_fit_does():
+    """ASGD averaging from its first step (t0=0): `device_fit` ends, as `model.fit`
+    does, by copying the optimizer's averages into the model (`finalize_variable_values`),
+    so both leave the same weights, not the last iterate."""
+    from kmnist_lab.optimizers import ASGD
+
+    rng = np.random.default_rng(4)
+    x, y = rng.integers(0, 256, (24, 28, 28), np.uint8), rng.integers(0, 10, 24)
+    weights = {}
+    for pipeline in ("device", "iterator"):
+        keras.utils.set_random_seed(0)
+        model = _tiny_model()
+        model.compile(optimizer=ASGD(learning_rate=0.1, t0=0),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))  # fmt: skip
+        device_loop.fit(model, x, y, pipeline=pipeline, batch_size=8, epochs=2, shuffle=False,
+                        verbose=0)  # fmt: skip
+        weights[pipeline] = model.get_weights()
+        averages = [np.asarray(a) for a in model.optimizer._averages]
+    for got, want, average in zip(weights["device"], weights["iterator"], averages, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(want, average, rtol=1e-6)
