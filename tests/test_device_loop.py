@@ -229,6 +229,13 @@ def test_a_model_trained_on_the_device_pipeline_can_be_freed(compiled_report):
     assert compiled_report["model_freed"] is True
 
 
+def test_a_recompiled_model_trains_with_its_new_loss(compiled_report):
+    """The compiled calls are cached per model and `compile()`: a recompile with
+    another loss (and a state of the same structure, so no new trace is forced on JAX)
+    trains with that loss, not the one the cached calls were traced with."""
+    assert compiled_report["recompiled_new_loss"] is True
+
+
 def test_a_one_step_call_runs_no_loop(compiled_report):
     """Regression: with steps_per_execution 1 (the CNNs' default) every call was a
     one-step `lax.scan`, a while loop in which XLA:CPU ran residual_cnn's convolutions

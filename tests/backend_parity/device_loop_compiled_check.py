@@ -32,6 +32,24 @@ def model_freed_after_device_fit() -> bool:
     return ref() is None
 
 
+def recompiled_trains_with_its_new_loss() -> bool:
+    """After a recompile with another loss (twice the first; a learning rate of 0, the
+    same state structure and call shapes, so nothing forces a new trace), `device_fit`
+    trains with the new loss: the epoch's loss is `evaluate`'s."""
+    model = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(),
+                              keras.layers.Rescaling(1 / 255), keras.layers.Dense(10)])  # fmt: skip
+    model.compile(optimizer="sgd", steps_per_execution=2,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))  # fmt: skip
+    device_loop.device_fit(model, X, Y, batch_size=16, epochs=1, verbose=0, shuffle=False)
+    model.compile(optimizer=keras.optimizers.SGD(0.0), steps_per_execution=2,
+                  loss=lambda y, logits: 2 * keras.losses.sparse_categorical_crossentropy(
+                      y, logits, from_logits=True))  # fmt: skip
+    history = device_loop.device_fit(model, X, Y, batch_size=16, epochs=1, verbose=0,
+                                     shuffle=False)  # fmt: skip
+    loss = model.evaluate(X, Y, batch_size=16, verbose=0)
+    return bool(np.isclose(history.history["loss"][0], loss, rtol=1e-5))
+
+
 def while_loops(length: int) -> int:
     """While loops in the compiled training call of `length` steps: `lax.scan`'s on
     JAX, the `tf.while_loop` of the `tf.function` on TensorFlow."""
@@ -79,6 +97,7 @@ def tf_xla_placement() -> dict:
 
 report = {
     "model_freed": model_freed_after_device_fit(),
+    "recompiled_new_loss": recompiled_trains_with_its_new_loss(),
     "while_loops": {str(k): while_loops(k) for k in (1, 3)},
 }
 if keras.backend.backend() == "tensorflow":
