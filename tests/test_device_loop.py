@@ -236,6 +236,13 @@ def test_a_recompiled_model_trains_with_its_new_loss(compiled_report):
     assert compiled_report["recompiled_new_loss"] is True
 
 
+def test_validation_runs_with_the_weights_a_callback_swaps_in_at_test_begin(compiled_report):
+    """ASGD's and EMA's weight swaps happen at `on_test_begin`: the validation state is
+    read after it. A callback that zeroes the weights there makes every logit 0, and
+    the validation loss ln 10 (on JAX, a state read before it scored the trained weights)."""
+    np.testing.assert_allclose(compiled_report["val_loss_zeroed"], np.log(10), rtol=1e-6)
+
+
 def test_a_one_step_call_runs_no_loop(compiled_report):
     """Regression: with steps_per_execution 1 (the CNNs' default) every call was a
     one-step `lax.scan`, a while loop in which XLA:CPU ran residual_cnn's convolutions

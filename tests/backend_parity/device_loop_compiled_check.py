@@ -50,6 +50,29 @@ def recompiled_trains_with_its_new_loss() -> bool:
     return bool(np.isclose(history.history["loss"][0], loss, rtol=1e-5))
 
 
+def validation_sees_weights_swapped_in_at_test_begin() -> float:
+    """`val_loss` when a callback zeroes the weights at `on_test_begin` (and puts them
+    back at `on_test_end`), as ASGD's and EMA's weight swaps do: all-zero logits, a
+    loss of ln 10 on every sample."""
+
+    class ZeroForValidation(keras.callbacks.Callback):
+        def on_test_begin(self, logs=None):
+            self.kept = self.model.get_weights()
+            self.model.set_weights([np.zeros_like(w) for w in self.kept])
+
+        def on_test_end(self, logs=None):
+            self.model.set_weights(self.kept)
+
+    model = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(),
+                              keras.layers.Rescaling(1 / 255), keras.layers.Dense(10)])  # fmt: skip
+    model.compile(optimizer="sgd", steps_per_execution=2,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))  # fmt: skip
+    history = device_loop.device_fit(model, X, Y, batch_size=16, epochs=1, verbose=0,
+                                     validation_data=(X[:24], Y[:24]),
+                                     callbacks=[ZeroForValidation()])  # fmt: skip
+    return history.history["val_loss"][0]
+
+
 def while_loops(length: int) -> int:
     """While loops in the compiled training call of `length` steps: `lax.scan`'s on
     JAX, the `tf.while_loop` of the `tf.function` on TensorFlow."""
@@ -98,6 +121,7 @@ def tf_xla_placement() -> dict:
 report = {
     "model_freed": model_freed_after_device_fit(),
     "recompiled_new_loss": recompiled_trains_with_its_new_loss(),
+    "val_loss_zeroed": validation_sees_weights_swapped_in_at_test_begin(),
     "while_loops": {str(k): while_loops(k) for k in (1, 3)},
 }
 if keras.backend.backend() == "tensorflow":
