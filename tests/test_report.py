@@ -528,3 +528,141 @@ def test_score_by_hand():
     assert [
         w["index"] for w in score(y, scores, ["a", "b", "c"], n_wrong=1)["most_confident_wrong"]
     ] == [4]
+
+
+def tiny_study(root: Path, runs_, quick=False, dataset="mnist_5k", epochs_scale=1.0, **study):
+    """A study folder with a hand-written study.json (a few runs, no catalog study):
+    `runs_` is `[{"name", "factors", "original", "epochs"}]`, each a `fake_run` without
+    per-class files; `effective` holds the run's planned epochs."""
+    study_dir = root / study.get("name", "tiny")
+    study_dir.mkdir(parents=True)
+    record = {"name": "tiny", "report": "T", "description": "", "kind": "classify",
+              "extras": [], **study,
+              "runs": [{"name": r["name"], "factors": r.get("factors", {}),
+                        "original": r.get("original", {}),
+                        "effective": {"epochs": r.get("epochs", 10)}} for r in runs_]}  # fmt: skip
+    runs.atomic_write_json(study_dir / "study.json", {
+        "study": record, "dataset": dataset, "quick": quick, "epochs_scale": epochs_scale})  # fmt: skip
+    for i, r in enumerate(runs_):
+        fake_run(study_dir / r["name"], i, extras=False)
+    return study_dir
+
+
+def _rows(text: str, name: str) -> list[list[str]]:
+    """The cells of every table row of run `name`, in the order of the document."""
+    return [[c.strip() for c in line.strip("|").split("|")]
+            for line in text.splitlines() if line.startswith(f"| `{name}` |")]  # fmt: skip
+
+
+def test_study_table_shows_the_runs_own_final_numbers_beside_the_report(tmp_path, monkeypatch):
+    """Each row: the epochs the run ran (metrics.json, not the planned ones), its test
+    accuracy after the last epoch (not its validation accuracy), ours minus the report,
+    a resumed run's wall time marked; a run that never started shows no epochs."""
+    drawn = {}
+    original = plots.grouped_bars
+
+    def spy(values, labels, *args, **kwargs):
+        drawn.update(labels=list(labels), values=values)
+        return original(values, labels, *args, **kwargs)
+
+    monkeypatch.setattr(plots, "grouped_bars", spy)
+    study_dir = tiny_study(tmp_path, [
+        {"name": "a", "factors": {"lr": 0.1}, "original": {"test_accuracy": 0.9818}, "epochs": 10},
+        {"name": "b", "factors": {"lr": 0.01}, "original": {"test_accuracy": 0.95}, "epochs": 10},
+        {"name": "c", "factors": {"lr": 0.001}, "original": {"test_accuracy": 0.9}, "epochs": 7},
+    ])  # fmt: skip
+    runs.atomic_write_json(study_dir / "a" / "metrics.json", {
+        "status": "complete", "test_accuracy": 0.9850, "val_accuracy": 0.9100, "test_loss": 0.25,
+        "epochs": 3, "wall_time_s": 40.4, "samples_per_s": 1234.4, "resumed": True})  # fmt: skip
+    runs.atomic_write_json(study_dir / "b" / "metrics.json", {
+        "status": "complete", "test_accuracy": 0.9400, "val_accuracy": 0.99, "test_loss": 0.5,
+        "epochs": 4, "wall_time_s": 12.0, "samples_per_s": 900.0})  # fmt: skip
+    shutil.rmtree(study_dir / "c")
+    text = write_report(study_dir)[0].read_text()
+    assert "| run | lr | status | epochs | test acc % | report % | Δ points | test loss |" in text
+    assert _rows(text, "a") == [
+        ["`a`", "0.1", "complete", "3", "98.50", "98.18", "+0.32", "0.250", "40 (resumed)", "1234"]
+    ]
+    assert _rows(text, "b") == [
+        ["`b`", "0.01", "complete", "4", "94.00", "95.00", "-1.00", "0.500", "12", "900"]
+    ]
+    assert _rows(text, "c") == [["`c`", "0.001", "missing", "—", "—", "90.00", "—", "—", "—", "—"]]
+    # The "ours vs the report" bars: the same test accuracies, in percent.
+    assert drawn["labels"] == ["a", "b", "c"]
+    np.testing.assert_allclose(drawn["values"]["ours"], [98.5, 94.0, np.nan])
+    np.testing.assert_allclose(drawn["values"]["report"], [98.18, 95.0, 90.0])
+
+
+def test_a_diverged_run_is_finished_and_the_unfinished_note_repeats_the_studys_settings(
+    tmp_path,
+):
+    """A diverged run is not "not yet" (re-running skips it); the command that finishes
+    a quick, scaled study carries --quick and --epochs-scale, without which study.py
+    refuses the folder. A quick study is never set beside the report's numbers."""
+    study_dir = tiny_study(tmp_path, [
+        {"name": "a", "original": {"test_accuracy": 0.98}},
+        {"name": "b", "original": {"test_accuracy": 0.98}},
+        {"name": "c", "original": {"test_accuracy": 0.98}},
+    ], quick=True, epochs_scale=0.5)  # fmt: skip
+    (study_dir / "b" / "metrics.json").unlink()
+    runs.atomic_write_json(study_dir / "b" / "status.json", {"status": "diverged"})
+    shutil.rmtree(study_dir / "c")
+    text = write_report(study_dir)[0].read_text()
+    assert "2 of 3 runs finished; not yet: `c` (missing). " in text
+    command = (
+        f"python scripts/study.py tiny --dataset mnist_5k --quick --epochs-scale 0.5 "
+        f"--output-dir {tmp_path}"
+    )
+    assert f"`{command}` finishes them" in text
+    assert _rows(text, "b")[0][:2] == ["`b`", "diverged"]
+    assert "**quick mode**" in text and "report %" not in text and "Δ points" not in text
+    assert not (study_dir / "report_files" / "tiny_vs_report.png").exists()
+
+
+def test_heatmap_holds_the_test_accuracy_of_the_runs_matching_every_condition(
+    tmp_path, monkeypatch
+):
+    """Report D's heatmap: activation x loss at 10 epochs and lr 0.1 only; the 50-epoch
+    and lr-0.01 variants of a cell must not overwrite it; a cell without a run is NaN."""
+    drawn = {}
+    original = plots.heatmap
+
+    def spy(values, rows, cols, *args, **kwargs):
+        drawn.update(values=values, rows=rows, cols=cols)
+        return original(values, rows, cols, *args, **kwargs)
+
+    monkeypatch.setattr(plots, "heatmap", spy)
+    cells = [("tanh", "ce", 10, 0.1, 0.91), ("tanh", "hinge", 10, 0.1, 0.92),
+             ("relu", "ce", 10, 0.1, 0.93), ("tanh", "ce", 50, 0.1, 0.50),
+             ("relu", "hinge", 10, 0.01, 0.40)]  # fmt: skip
+    study_dir = tiny_study(
+        tmp_path,
+        [{"name": f"{a}_{loss}_{e}_{lr}", "factors": {"activation": a, "loss": loss, "epochs": e,
+          "lr": lr}} for a, loss, e, lr, _ in cells],
+        heatmap=["activation", "loss"], heatmap_where=[["epochs", 10], ["lr", 0.1]],
+    )  # fmt: skip
+    for a, loss, e, lr, acc in cells:
+        runs.atomic_write_json(study_dir / f"{a}_{loss}_{e}_{lr}" / "metrics.json", {
+            "status": "complete", "test_accuracy": acc, "val_accuracy": 1 - acc,
+            "test_loss": 0.3, "epochs": e})  # fmt: skip
+    write_report(study_dir)
+    assert (drawn["rows"], drawn["cols"]) == (["tanh", "relu"], ["ce", "hinge"])
+    np.testing.assert_allclose(drawn["values"], [[0.91, 0.92], [0.93, np.nan]])
+    assert (study_dir / "report_files" / "tiny_heatmap.png").is_file()
+
+
+def test_per_class_tables_read_each_split_from_its_own_evaluation(tmp_path):
+    """The train-split table (studies with `per_class_train`) is evaluation_train.json's,
+    not a copy of the test split's."""
+    study_dir = tiny_study(tmp_path, [{"name": "a"}], extras=["per_class_train"])
+    names = ["x", "y", "z"]
+    y = np.array([0, 0, 1, 1, 2, 2])
+    test = score(y, np.eye(3)[[0, 1, 1, 1, 2, 2]], names)  # x 50 %, y 100 %, z 100 %
+    train = score(y, np.eye(3)[[0, 0, 1, 2, 2, 0]], names)  # x 100 %, y 50 %, z 50 %
+    runs.atomic_write_json(study_dir / "a" / "evaluation_test.json", test)
+    runs.atomic_write_json(study_dir / "a" / "evaluation_train.json", train)
+    text = write_report(study_dir)[0].read_text()
+    _, test_row, train_row = _rows(text, "a")  # the runs table, then test, then train
+    assert test_row == ["`a`", "50.00", "100.00", "100.00"]
+    assert train_row == ["`a`", "100.00", "50.00", "50.00"]
+    assert (study_dir / "report_files" / "per_class_train.png").is_file()
