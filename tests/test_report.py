@@ -666,3 +666,18 @@ def test_per_class_tables_read_each_split_from_its_own_evaluation(tmp_path):
     assert test_row == ["`a`", "50.00", "100.00", "100.00"]
     assert train_row == ["`a`", "100.00", "50.00", "50.00"]
     assert (study_dir / "report_files" / "per_class_train.png").is_file()
+
+
+def test_document_escapes_table_pipes_in_markdown_and_markup_in_html(tmp_path):
+    """A cell holding `|` (a search's choice `a|b`) must not split its Markdown row, and
+    text holding `<` must not become HTML markup; `code` and **bold** still render."""
+    from kmnist_lab.report import Document
+
+    doc = Document(tmp_path)
+    doc.table(["name", "value"], [["act", "relu|tanh"], ["loss", 0.123456]])
+    doc.para("a <script>x</script> **b** `c`")
+    md = doc.markdown()
+    assert "| act | relu\\|tanh |" in md and "| loss | 0.1235 |" in md
+    page = doc.html("t")
+    assert "<td>relu|tanh</td>" in page and "<script>" not in page
+    assert "a &lt;script&gt;x&lt;/script&gt; <strong>b</strong> <code>c</code>" in page

@@ -109,7 +109,9 @@ class Document:
             elif kind == "table":
                 head = "".join(f"<th>{_inline(h)}</th>" for h in block[1])
                 rows = "".join(
-                    "<tr>" + "".join(f"<td>{_inline(_cell(c))}</td>" for c in row) + "</tr>"
+                    "<tr>"
+                    + "".join(f"<td>{_inline(_cell(c, markdown=False))}</td>" for c in row)
+                    + "</tr>"
                     for row in block[2]
                 )
                 body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
@@ -148,12 +150,14 @@ def _inline(text: str) -> str:
     return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
 
 
-def _cell(value) -> str:
+def _cell(value, markdown: bool = True) -> str:
+    """A table cell's text; in Markdown a `|` is escaped (it would split the row), in HTML
+    it is kept as it is."""
     if value is None:
         return "—"
     if isinstance(value, float):
         return "—" if math.isnan(value) else f"{value:.4g}"
-    return str(value).replace("|", "\\|")
+    return str(value).replace("|", "\\|") if markdown else str(value)
 
 
 def _relative(path: Path, base: Path) -> str:
