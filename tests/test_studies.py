@@ -321,3 +321,60 @@ def test_per_class_scores_of_a_cosine_head_use_the_served_scale(tmp_path):
     assert written["cross_entropy"] == pytest.approx(served["cross_entropy"], rel=1e-5)
     assert abs(served["cross_entropy"] - bare["cross_entropy"]) > 0.1  # the test can tell
     assert written["accuracy"] == served["accuracy"] == bare["accuracy"]
+
+
+def _fake_regression_study(monkeypatch, names):
+    """e_regression with the runs `names` (copies of sin_3x50) and a `_run_regression`
+    that records what it would train instead of fitting; returns that record."""
+    import dataclasses
+
+    from kmnist_lab import studies
+
+    sin = get_study("e_regression")
+    runs_ = tuple(dataclasses.replace(sin.runs[0], name=n) for n in names)
+    monkeypatch.setattr(studies, "get_study", lambda name: dataclasses.replace(sin, runs=runs_))
+    trained = []
+
+    def fit(cfg, run_dir):
+        trained.append((run_dir.name, cfg["epochs"]))
+        return {"test_loss": 0.1}
+
+    monkeypatch.setattr(studies, "_run_regression", fit)
+    return trained
+
+
+def test_a_rerun_skips_finished_runs_and_trains_only_the_unfinished_selected_ones(
+    tmp_path, monkeypatch
+):
+    """Complete (metrics.json) and diverged (status.json) runs are finished: skipped, not
+    retrained; an interrupted folder and a missing one are trained; runs outside `only`
+    are left as they are (neither trained nor listed)."""
+    names = ["done", "diverged", "interrupted", "missing", "other"]
+    trained = _fake_regression_study(monkeypatch, names)
+    study_dir = tmp_path / "e_regression"
+    for name in ("done", "diverged", "interrupted", "other"):
+        (study_dir / name).mkdir(parents=True)
+    runs.atomic_write_json(study_dir / "done" / runs.COMPLETE_MARKER, {"status": "complete"})
+    runs.atomic_write_json(study_dir / "diverged" / "status.json", {"status": "diverged"})
+    runs.atomic_write_json(study_dir / "interrupted" / "status.json", {"status": "running"})
+    result = run_study("e_regression", quick=True, output_dir=tmp_path, only=["d*", "[im]*"])
+    assert trained == [("interrupted", 2), ("missing", 2)]  # quick: 2 epochs each
+    assert result.trained == ["interrupted", "missing"]
+    assert result.statuses == {"done": "complete", "diverged": "diverged",
+                               "interrupted": "complete", "missing": "complete"}  # fmt: skip
+
+
+def test_a_study_folder_refuses_a_quick_run_over_a_full_one_before_training(tmp_path, monkeypatch):
+    """A --quick run of a study whose folder holds full runs (or the reverse) would mix
+    smoke-test numbers into the report: refused with the setting named, nothing trained."""
+    from kmnist_lab.studies import _study_record
+
+    trained = _fake_regression_study(monkeypatch, ["sin_3x50"])
+    study_dir = tmp_path / "e_regression"
+    study_dir.mkdir()
+    record = _study_record(get_study("e_regression"), "sin", False, 1.0)
+    runs.atomic_write_json(study_dir / "study.json", record)
+    before = (study_dir / "study.json").read_bytes()
+    with pytest.raises(ConfigError, match=r"with quick=False, not True; choose another"):
+        run_study("e_regression", quick=True, output_dir=tmp_path)
+    assert trained == [] and (study_dir / "study.json").read_bytes() == before
