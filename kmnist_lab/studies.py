@@ -64,7 +64,9 @@ def effective_config(run: StudyRun, quick: bool = False, epochs_scale: float = 1
     ):
         raise ConfigError(f"`epochs_scale` must be a positive number. Received: {epochs_scale!r}")
     cfg = dict(run.config)
-    cfg["epochs"] = max(1, round(cfg["epochs"] * epochs_scale))
+    # The nearest whole epoch, halves up (round() would take 2.5 to 2 but 7.5 to 8); the
+    # product is rounded to 9 decimals first, so 100 * 0.145 = 14.499999999999998 is a half.
+    cfg["epochs"] = max(1, math.floor(round(cfg["epochs"] * epochs_scale, 9) + 0.5))
     if quick:
         cfg["epochs"] = min(cfg["epochs"], 2 if "n_train" in cfg else 1)
         cfg["batch_size"] = min(cfg["batch_size"], 32)
@@ -168,7 +170,8 @@ def run_study(
         name: one of `list_studies()`.
         dataset: dataset name (`kmnist_lab.data.list_datasets()`); ignored by `e_regression`.
         data_dir: folder with the dataset files.
-        epochs_scale: multiplies every run's epochs (at least 1).
+        epochs_scale: multiplies every run's epochs (the nearest whole epoch, halves up;
+            at least 1).
         quick: a few batches per run on a small subset (tests, smoke runs).
         output_dir: parent of the study folder (default `studies/<dataset>[-quick]`).
         loaded: an already loaded `Dataset` to use instead of loading `dataset`.

@@ -378,3 +378,25 @@ def test_a_study_folder_refuses_a_quick_run_over_a_full_one_before_training(tmp_
     with pytest.raises(ConfigError, match=r"with quick=False, not True; choose another"):
         run_study("e_regression", quick=True, output_dir=tmp_path)
     assert trained == [] and (study_dir / "study.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("epochs, scale, expected", [
+    (15, 0.5, 8), (5, 0.5, 3), (3, 0.5, 2), (9, 0.5, 5),  # halves round up, all alike
+    (100, 0.145, 15),        # 14.499999999999998 in floats: still a half
+    (10, 0.33, 3), (10, 0.36, 4),  # otherwise the nearest whole epoch
+    (3, 0.1, 1), (300, 0.5, 150),  # at least one
+])  # fmt: skip
+def test_epochs_scale_rounds_to_the_nearest_epoch_and_halves_up(epochs, scale, expected):
+    import dataclasses
+
+    run = get_study("a_models").runs[0]
+    run = dataclasses.replace(run, config={**run.config, "epochs": epochs})
+    assert effective_config(run, epochs_scale=scale)["epochs"] == expected
+
+
+def test_a_grid_at_half_its_epochs_keeps_five_distinct_epoch_columns():
+    """Python's round() rounds halves to even: at --epochs-scale 0.5 the 3- and 5-epoch
+    cells both trained 2 epochs (while 15 became 8), so two columns were one setting."""
+    ran = {r.factors["epochs"]: effective_config(r, epochs_scale=0.5)["epochs"]
+           for r in get_study("a_grid").runs}  # fmt: skip
+    assert ran == {3: 2, 5: 3, 7: 4, 10: 5, 15: 8}
