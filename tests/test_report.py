@@ -681,3 +681,48 @@ def test_document_escapes_table_pipes_in_markdown_and_markup_in_html(tmp_path):
     page = doc.html("t")
     assert "<td>relu|tanh</td>" in page and "<script>" not in page
     assert "a &lt;script&gt;x&lt;/script&gt; <strong>b</strong> <code>c</code>" in page
+
+
+def test_batch_losses_are_drawn_at_the_cumulative_iteration_of_each_logged_row(tmp_path):
+    """batches.csv logs a row every `steps` iterations (a run's last row of an epoch may
+    be shorter): the x of each point is the running sum of `steps`, not the row number;
+    a file without `steps` counts rows."""
+    from kmnist_lab.plots import batch_losses
+
+    _write_csv(tmp_path / "b.csv", [{"epoch": 1, "step": 10, "steps": 10, "loss": 0.9},
+                                    {"epoch": 1, "step": 15, "steps": 5, "loss": 0.7},
+                                    {"epoch": 2, "step": 10, "steps": 10, "loss": 0.5}])  # fmt: skip
+    _write_csv(tmp_path / "c.csv", [{"loss": 0.9}, {"loss": 0.8}])
+    a, c = batch_losses({"a": tmp_path / "b.csv", "c": tmp_path / "c.csv"}).axes[0].lines
+    np.testing.assert_array_equal(a.get_xdata(), [10, 15, 25])
+    np.testing.assert_array_equal(a.get_ydata(), [0.9, 0.7, 0.5])
+    np.testing.assert_array_equal(c.get_xdata(), [1, 2])
+
+
+def test_learning_curves_draw_train_solid_and_val_dashed_and_go_log_beyond_two_decades(
+    tmp_path,
+):
+    from kmnist_lab.plots import learning_curves
+
+    fig = learning_curves({"a": _history(tmp_path / "a.csv", [0.4, 0.3])}, colors={"a": "#123456"})
+    for ax in fig.axes[:2]:
+        train, val = ax.lines
+        assert (train.get_linestyle(), val.get_linestyle()) == ("-", "--")
+        assert train.get_color() == val.get_color() == "#123456"
+    # The largest loss over the smallest: 3 decades is log, 1.5 decades stays linear.
+    assert learning_curves(_history(tmp_path / "b.csv", [500.0, 0.6])).axes[0].get_yscale() == "log"
+    assert learning_curves(_history(tmp_path / "c.csv", [15.0, 0.6])).axes[0].get_yscale() == (
+        "linear"
+    )
+
+
+def test_read_csv_gives_nan_for_empty_or_text_cells_and_nothing_for_an_empty_file(tmp_path):
+    """An epoch without validation (an empty val_accuracy cell) must be a gap in the
+    curves, not a drop to 0."""
+    (tmp_path / "h.csv").write_text("epoch,val_accuracy,note\n1,0.9,x\n2,,y\n3,0.95,\n")
+    h = plots.read_csv(tmp_path / "h.csv")
+    np.testing.assert_array_equal(h["epoch"], [1, 2, 3])
+    np.testing.assert_array_equal(h["val_accuracy"], [0.9, np.nan, 0.95])
+    assert np.isnan(h["note"]).all()
+    (tmp_path / "empty.csv").write_text("epoch,loss\n")
+    assert plots.read_csv(tmp_path / "empty.csv") == {}
