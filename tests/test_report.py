@@ -726,3 +726,43 @@ def test_read_csv_gives_nan_for_empty_or_text_cells_and_nothing_for_an_empty_fil
     assert np.isnan(h["note"]).all()
     (tmp_path / "empty.csv").write_text("epoch,loss\n")
     assert plots.read_csv(tmp_path / "empty.csv") == {}
+
+
+def test_runs_interrupted_before_or_after_their_evaluation_leave_the_report_whole(tmp_path):
+    """A run killed mid-training has a history but no evaluation files; one killed after
+    writing them but before metrics.json is not complete, so its train accuracy is not
+    shown. Neither crashes the per-class figures nor the confusion matrices."""
+    study_dir = tiny_study(tmp_path, [{"name": "before"}, {"name": "after"}, {"name": "done"}],
+                           extras=["confusion", "per_class_train"])  # fmt: skip
+    names = [str(i) for i in range(10)]
+    y = np.repeat(np.arange(10), 2)
+    evaluation = score(y, np.eye(10)[y], names)  # every image right: 100 %
+    for run in ("after", "done"):
+        for split in ("test", "train"):
+            runs.atomic_write_json(study_dir / run / f"evaluation_{split}.json", evaluation)
+    for run in ("before", "after"):
+        (study_dir / run / "metrics.json").unlink()
+    text = write_report(study_dir)[0].read_text()
+    assert "| run | status | epochs | test acc % | train acc % | test loss |" in text
+    assert _rows(text, "before")[0][:5] == ["`before`", "incomplete", "10", "—", "—"]
+    assert _rows(text, "after")[0][:5] == ["`after`", "incomplete", "10", "—", "—"]
+    assert _rows(text, "done")[0][4] == "100.00"
+    assert len(_rows(text, "before")) == 1  # no per-class row, no confusion matrix
+    files = study_dir / "report_files"
+    assert (files / "confusion_done.png").is_file() and not (
+        files / "confusion_before.png"
+    ).exists()
+
+
+def test_regression_table_sets_each_error_in_its_own_column(tmp_path):
+    study_dir = tiny_study(tmp_path, [{"name": "sin", "original": {"mean_error": 1.5e-4}}],
+                           kind="regression", dataset="sin")  # fmt: skip
+    runs.atomic_write_json(study_dir / "sin" / "metrics.json", {
+        "status": "complete", "test_accuracy": None, "test_loss": 4e-6, "mean_error": -2e-3,
+        "max_abs_error": 5e-3, "epochs": 300, "wall_time_s": 61.0, "samples_per_s": 2e4})  # fmt: skip
+    text = write_report(study_dir)[0].read_text()
+    assert ("| run | status | epochs | mean error | report mean error | max abs error | test MSE "
+            "| wall time s | samples/s |") in text  # fmt: skip
+    assert _rows(text, "sin") == [
+        ["`sin`", "complete", "300", "-2.00e-03", "1.50e-04", "5.00e-03", "4.00e-06", "61", "20000"]
+    ]

@@ -406,7 +406,7 @@ def _evaluations(doc: Document, done: list[dict], extras: list[str], colors: dic
         values = {}
         for e in done:
             ev = (
-                evals[e["name"]]
+                evals.get(e["name"])  # none for a run stopped before its evaluation
                 if split == "test"
                 else read_json_or_empty(e["dir"] / "evaluation_train.json")
             )
