@@ -766,3 +766,27 @@ def test_regression_table_sets_each_error_in_its_own_column(tmp_path):
     assert _rows(text, "sin") == [
         ["`sin`", "complete", "300", "-2.00e-03", "1.50e-04", "5.00e-03", "4.00e-06", "61", "20000"]
     ]
+
+
+def test_grid_note_counts_only_the_cells_that_ran_with_other_settings(tmp_path):
+    """With --epochs-scale, the cells that ran trained other epochs than their labels; a
+    cell that never ran trained nothing, so it is neither counted nor the example."""
+    cells = [{"name": n, "factors": {"bs": 32, "lr": lr, "epochs": 10}, "epochs": 2}
+             for n, lr in (("never", 0.01), ("ran", 0.02))]  # fmt: skip
+    study_dir = tiny_study(tmp_path, cells, epochs_scale=0.2, grid=["bs", "lr", "epochs"])
+    shutil.rmtree(study_dir / "never")
+    text = write_report(study_dir)[0].read_text()
+    assert (
+        "Cells are labelled with the study's settings, but 1 of them ran with others "
+        "(`--quick` or `--epochs-scale`), e.g. `ran` ran with epochs 2." in text
+    )
+
+
+def test_unfinished_regression_study_command_names_no_dataset(tmp_path):
+    """e_regression has no --dataset (its data is sin x): the finishing command leaves it
+    out, as study.py would refuse `--dataset sin`."""
+    study_dir = tiny_study(tmp_path, [{"name": "a"}, {"name": "b"}], kind="regression",
+                           dataset="sin")  # fmt: skip
+    shutil.rmtree(study_dir / "b")
+    text = write_report(study_dir)[0].read_text()
+    assert f"`python scripts/study.py tiny --output-dir {tmp_path}` finishes them" in text
