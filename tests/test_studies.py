@@ -400,3 +400,13 @@ def test_a_grid_at_half_its_epochs_keeps_five_distinct_epoch_columns():
     ran = {r.factors["epochs"]: effective_config(r, epochs_scale=0.5)["epochs"]
            for r in get_study("a_grid").runs}  # fmt: skip
     assert ran == {3: 2, 5: 3, 7: 4, 10: 5, 15: 8}
+
+
+def test_quick_studies_default_to_their_own_folder():
+    """Smoke-test runs never land beside full ones (whose folder they would be refused from)."""
+    from pathlib import Path
+
+    from kmnist_lab.studies import default_output_dir
+
+    assert default_output_dir("mnist_5k", quick=False) == Path("studies/mnist_5k")
+    assert default_output_dir("mnist_5k", quick=True) == Path("studies/mnist_5k-quick")
