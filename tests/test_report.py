@@ -790,3 +790,29 @@ def test_unfinished_regression_study_command_names_no_dataset(tmp_path):
     shutil.rmtree(study_dir / "b")
     text = write_report(study_dir)[0].read_text()
     assert f"`python scripts/study.py tiny --output-dir {tmp_path}` finishes them" in text
+
+
+def test_search_report_rounds_long_decimals_to_four_significant_digits(tmp_path):
+    _write_csv(tmp_path / "trials.csv", [
+        {"trial": "t1", "lr": 0.000123456, "units": 128, "val_accuracy": 0.912345678},
+        {"trial": "t2", "lr": 0.5, "units": 64, "val_accuracy": 0.8940000128},
+    ])  # fmt: skip
+    text = write_report(tmp_path)[0].read_text()
+    assert "| t1 | 0.0001235 | 128 | 0.9123 |" in text
+    assert "| t2 | 0.5 | 64 | 0.894 |" in text
+
+
+def test_run_report_of_a_regression_run_shows_its_errors_and_fit(tmp_path):
+    """A sine-fit run (e_regression's) has no accuracy: its own report gives the
+    regression table and the fit figure, not a column of empty accuracies."""
+    fake_run(tmp_path / "sin", 0, extras=False)
+    x = np.arange(-1.57, 1.57, 0.01)
+    _write_csv(tmp_path / "sin" / "fit.csv",
+               [{"x": v, "y_true": np.sin(v), "y_pred": np.sin(v) + 1e-3} for v in x])  # fmt: skip
+    runs.atomic_write_json(tmp_path / "sin" / "metrics.json", {
+        "status": "complete", "test_accuracy": None, "test_loss": 1e-6, "mean_error": 1e-3,
+        "max_abs_error": 2e-3, "epochs": 3, "wall_time_s": 5.0, "samples_per_s": 1e4})  # fmt: skip
+    text = write_report(tmp_path / "sin")[0].read_text()
+    assert _rows(text, "sin")[0][:6] == ["`sin`", "complete", "3", "1.00e-03", "—", "2.00e-03"]
+    assert "test acc %" not in text
+    assert (tmp_path / "sin" / "report_files" / "sin_fit.png").is_file()
