@@ -69,6 +69,18 @@ def test_input_equal_to_a_class_column_gives_cosine_one(layer_and_input):
     np.testing.assert_allclose(np.diag(out), 1.0, atol=1e-6)
 
 
+def test_cosines_never_exceed_one_so_arccos_of_the_head_is_finite():
+    # Float rounding puts x_hat . w_hat of an input equal to its class column above 1
+    # (1.0000005 for a third of these 512 columns): a margin loss's arccos is then NaN.
+    layer = CosineDense(512)
+    layer.build((None, 64))
+    kernel = np.random.default_rng(0).normal(size=(64, 512)).astype("float32") * 100
+    layer.kernel.assign(kernel)
+    out = keras.ops.convert_to_numpy(layer(kernel.T))
+    assert out.max() <= 1.0 and out.min() >= -1.0
+    assert np.all(np.isfinite(np.arccos(out)))
+
+
 def test_zero_input_and_zero_weights_give_finite_outputs_and_gradients(layer_and_input):
     layer, _ = layer_and_input
     kernel = keras.ops.convert_to_numpy(layer.kernel)
