@@ -254,6 +254,27 @@ def test_random_affine_is_the_identity_at_inference_only():
     )
 
 
+def test_random_affine_draws_angles_in_radians_and_shifts_in_pixels_of_width_and_height():
+    # Documented draws: a ~ U(-max_rotation, max_rotation) degrees, given to `transform`
+    # in radians; (dx, dy) ~ U(-max_translation, max_translation) * (W, H) pixels.
+    layer = RandomAffine(max_rotation=30.0, max_translation=0.25, seed=0)
+    drawn = {}
+
+    def spy(images, angle, dx, dy):
+        drawn.update(angle=angle, dx=dx, dy=dy)
+        return images
+
+    layer.transform = spy
+    layer(np.zeros((4000, 4, 6, 1), "float32"), training=True)  # H = 4, W = 6
+    limits = {"angle": np.pi / 6, "dx": 0.25 * 6, "dy": 0.25 * 4}
+    for name, limit in limits.items():
+        values = keras.ops.convert_to_numpy(drawn[name])
+        assert values.shape == (4000,), name
+        assert np.all(np.abs(values) <= limit * (1 + 1e-6)), name
+        # Both signs, up to the limit (4000 uniform draws come within 2% of each end).
+        assert values.min() < -0.98 * limit and values.max() > 0.98 * limit, name
+
+
 # SmallMapConv2D: the same function as Conv2D (on the explicitly padded input), the same
 # kernel, other arithmetic. Geometries: (size, channels, filters, kernel, stride, padding,
 # zero_padding), ResNet-18's small stages first.
