@@ -313,6 +313,34 @@ def test_small_map_conv_equals_conv2d_on_the_padded_input(case):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("height", "width", "kernel", "strides", "padding", "zero_padding"),
+    [
+        (3, 5, (3, 2), (1, 2), "valid", 1),
+        (4, 3, (2, 3), (2, 1), "same", 0),
+    ],
+)
+def test_small_map_conv_equals_conv2d_on_maps_kernels_and_strides_that_are_not_square(
+    height, width, kernel, strides, padding, zero_padding
+):
+    # Rows and columns must not be mixed up: height vs width, kh vs kw, sh vs sw.
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, height, width, 3)).astype("float32")
+    small = SmallMapConv2D(4, kernel, strides=strides, padding=padding,
+                           zero_padding=zero_padding)  # fmt: skip
+    small.build(x.shape)
+    small.set_weights([rng.normal(size=w.shape).astype("float32") for w in small.get_weights()])
+    conv = keras.layers.Conv2D(4, kernel, strides=strides, padding=padding)
+    pad = [(0, 0), (zero_padding, zero_padding), (zero_padding, zero_padding), (0, 0)]
+    x_padded = np.pad(x, pad)
+    conv.build(x_padded.shape)
+    conv.set_weights(small.get_weights())
+    expected = keras.ops.convert_to_numpy(conv(x_padded))
+    got = keras.ops.convert_to_numpy(small(x))
+    assert got.shape == expected.shape == small.compute_output_shape(x.shape)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_small_map_conv_matches_a_numpy_reference():
     # stride 2 from 4x4 with padding 1: output (i, j) reads padded rows 2i..2i+2.
     small, _, x, _ = _conv_pair(4, 5, 7, 3, 2, "valid", 1, use_bias=False)
