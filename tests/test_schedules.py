@@ -1,6 +1,7 @@
 """Learning-rate schedules: values at the first step, the boundaries, the end and past it."""
 
 import math
+import re
 
 import keras
 import numpy as np
@@ -85,3 +86,18 @@ def test_step_warm_up_past_the_first_decay_is_refused():
     with pytest.raises(ConfigError, match="at most half"):
         TrainConfig(lr_schedule="step", epochs=4, warmup_epochs=3)
     TrainConfig(lr_schedule="cosine", epochs=4, warmup_epochs=3)  # cosine decays after it
+
+
+@pytest.mark.parametrize("kind", ["constant", "step", "cosine"])
+def test_warm_up_as_long_as_the_run_is_refused(kind):
+    # A warm-up of all the epochs never trains at the peak lr (cosine: Keras' CosineDecay
+    # raised a bare ValueError for its 0 decay steps); one epoch fewer is valid for cosine.
+    from kmnist_lab.errors import ConfigError
+
+    message = "`warmup_epochs` must be smaller than `epochs`. Received: warmup_epochs=4, epochs=4"
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        make_schedule(kind, LR, STEPS, EPOCHS, warmup_epochs=EPOCHS)
+    if kind == "cosine":
+        schedule = make_schedule(kind, LR, STEPS, EPOCHS, warmup_epochs=EPOCHS - 1)
+        assert lr_at(schedule, 30) == pytest.approx(LR, rel=1e-5)  # the peak, then decay
+        assert lr_at(schedule, 40) == pytest.approx(LR / 100, rel=1e-5)
