@@ -376,11 +376,12 @@ def test_damaged_newest_backup_falls_back_to_the_previous_one(tmp_path):
     assert [e for e, _ in backup.checkpoints()] == [3, 2]
 
 
-def test_backup_never_saves_a_diverged_state(tmp_path):
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_backup_never_saves_a_diverged_state(tmp_path, bad):
     model = _tiny_classifier("sgd", 0, 4, 5)
     backup = RunBackup(tmp_path / "b")
     backup.set_model(model)
-    backup.on_epoch_end(0, {"loss": float("nan")})
+    backup.on_epoch_end(0, {"loss": bad})
     assert backup.checkpoints() == []
     backup.on_epoch_end(0, {"loss": 0.5})
     assert [e for e, _ in backup.checkpoints()] == [1]
