@@ -121,6 +121,34 @@ def test_divergence_in_the_last_partial_batch_names_a_step_of_the_epoch(pipeline
     assert guard.diverged_at == (1, 10) and guard.steps_window == (9, 10)
 
 
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+def test_divergence_guard_stops_at_the_first_non_finite_loss_and_only_there(bad):
+    """inf is as diverged as NaN; a loss of 1e30 is large but finite and trains on."""
+    from types import SimpleNamespace
+
+    guard = callbacks.DivergenceGuard()
+    guard.set_model(SimpleNamespace(stop_training=False))
+    guard.on_epoch_begin(0)
+    for batch, loss in enumerate([2.0, 1e30, 3e38]):  # 3e38: near float32's largest
+        guard.on_train_batch_end(batch, {"loss": loss})
+    guard.on_epoch_end(0, {"loss": 3e38})
+    assert guard.diverged_at is None and not guard.model.stop_training
+    guard.on_epoch_begin(1)
+    guard.on_train_batch_end(0, {"loss": 1.0})
+    guard.on_train_batch_end(1, {"loss": bad})
+    assert guard.diverged_at == (2, 2) and guard.steps_window == (2, 2)
+    assert guard.model.stop_training
+    # No batch logs at all: the epoch's loss alone says so, at step 1.
+    late = callbacks.DivergenceGuard()
+    late.set_model(SimpleNamespace(stop_training=False))
+    late.on_epoch_begin(0)
+    late.on_epoch_end(0, {"loss": 1e30})
+    assert late.diverged_at is None
+    late.on_epoch_begin(1)
+    late.on_epoch_end(1, {"loss": bad})
+    assert late.diverged_at == (2, 1) and late.model.stop_training
+
+
 def _kill_as_epoch_ends(cfg, dataset, monkeypatch, epoch: int) -> None:
     """Trains `cfg` and kills it (KeyboardInterrupt) as its epoch `epoch` (1-based) ends:
     after that epoch's CSV rows, before its backup (epoch `epoch - 1`'s exists, if any)."""
