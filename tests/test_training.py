@@ -149,6 +149,26 @@ def test_divergence_guard_stops_at_the_first_non_finite_loss_and_only_there(bad)
     assert late.diverged_at == (2, 1) and late.model.stop_training
 
 
+def test_history_learning_rate_is_the_rate_each_epoch_trained_at(tmp_path):
+    """The step schedule decays between epochs here (2 steps per epoch, 4 epochs: from
+    step 4 and step 6), so every step of an epoch trains at its row's learning_rate."""
+    import keras
+
+    from kmnist_lab.schedules import make_schedule
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.SGD(make_schedule("step", 0.1, 2, 4)), loss="mse")
+    x = np.random.default_rng(0).normal(size=(8, 3)).astype("float32")
+    stats, history = callbacks.EpochStats(), callbacks.HistoryLogger(tmp_path / "history.csv")
+    model.fit(x, x[:, :2], batch_size=4, epochs=4, verbose=0, shuffle=False,
+              callbacks=[stats, history])  # fmt: skip
+    rows = _rows(tmp_path / "history.csv")
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    np.testing.assert_allclose(
+        [float(r["learning_rate"]) for r in rows], [0.1, 0.1, 0.01, 0.001], rtol=1e-6
+    )
+
+
 def _kill_as_epoch_ends(cfg, dataset, monkeypatch, epoch: int) -> None:
     """Trains `cfg` and kills it (KeyboardInterrupt) as its epoch `epoch` (1-based) ends:
     after that epoch's CSV rows, before its backup (epoch `epoch - 1`'s exists, if any)."""
