@@ -104,6 +104,18 @@ def test_l2_normalize_of_zero_vector_is_zero_with_finite_gradient():
     np.testing.assert_allclose(grad, 1.0 / np.sqrt(1e-7), rtol=1e-5)
 
 
+def test_l2_normalize_adds_epsilon_under_the_root_rather_than_clipping_the_norm():
+    # |x|^2 = 2.5e-7 next to epsilon = 1e-7: x / sqrt(3.5e-7), norm 0.845 (a clipped
+    # norm, x / max(|x|, sqrt(eps)), would give exactly 1).
+    x = np.array([[3e-4, 4e-4]], "float32")
+    value = keras.ops.convert_to_numpy(l2_normalize(x))
+    np.testing.assert_allclose(value, x / np.sqrt(2.5e-7 + 1e-7), rtol=1e-5)
+    big = np.array([[3.0, 4.0]], "float32")  # a large epsilon shrinks any norm: 5 / sqrt(26)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(l2_normalize(big, epsilon=1.0)), big / np.sqrt(26.0), rtol=1e-6
+    )
+
+
 def test_config_round_trip():
     layer = CosineDense(3, epsilon=1e-5, kernel_initializer="he_normal", name="head")
     config = layer.get_config()
