@@ -29,6 +29,13 @@ def test_idx_labels_round_trip():
         (b"\x00\x00\x0d\x01\x00\x00\x00\x01\x05", "element type"),
         (b"\x00\x00\x08\x03\x00\x00", "truncated IDX header"),
         (b"\x00\x00\x08\x01\x00\x00\x00\x05\x01\x02", "truncated or corrupt"),
+        # the magic's second byte is zero too; no dimensions; bytes past the data
+        (b"\x00\x01\x08\x01\x00\x00\x00\x01\x05", "not an IDX file"),
+        (b"\x00\x00\x08\x00\x05", "truncated IDX header"),
+        (
+            b"\x00\x00\x08\x01\x00\x00\x00\x02\x01\x02\x03",
+            r"shape \(2,\) \(2 bytes\) but .* 3 bytes",
+        ),
     ],
 )
 def test_idx_rejects_bad_bytes(raw, message):
@@ -270,3 +277,114 @@ def test_keras_download_messages_follow_kmnist_labs_log_level(
     with pytest.raises(DataError, match="download failed .URL fetch failure: no network"):
         data.load_dataset("mnist")
     assert ("Downloading data from" in capsys.readouterr().out) is shown
+
+
+def test_split_sizes_round_to_the_nearest_example():
+    # 16% of 10 is 1.6 examples: 2 held out per class, not the 1 of truncating.
+    y = np.repeat(np.arange(3), 10)
+    keep, held = data.stratified_split(y, 0.16, seed=0)
+    assert np.bincount(y[held]).tolist() == [2, 2, 2]
+    assert np.bincount(y[keep]).tolist() == [8, 8, 8]
+
+
+def test_the_seed_chooses_the_validation_split(tmp_path):
+    """`seed` picks which training images are held out; the test split never moves."""
+    from conftest import make_images
+
+    x, y = make_images(60)
+    xt, yt = make_images(20, seed=1)
+    write_idx_dataset(tmp_path, n_train=60, n_test=20)
+
+    def val_images(load, seed):
+        ds = load(seed)
+        np.testing.assert_array_equal(ds.test[0], xt)
+        assert np.bincount(ds.val[1]).tolist() == [2] * 10  # stratified whatever the seed
+        return ds.val[0]
+
+    for load in (
+        lambda seed: data.from_arrays(x, y, xt, yt, val_fraction=1 / 3, seed=seed),
+        lambda seed: data.load_dataset("kmnist", tmp_path, val_fraction=1 / 3, seed=seed),
+    ):
+        np.testing.assert_array_equal(val_images(load, 1), val_images(load, 1))
+        assert not np.array_equal(val_images(load, 1), val_images(load, 2))
+
+
+def test_default_validation_split_of_a_60k_dataset_is_one_twelfth(tmp_path):
+    # 60 images per class: 5 held out (1/10 would hold out 6), as 5,000 of MNIST's 60,000.
+    write_idx_dataset(tmp_path, n_train=600, n_test=20)
+    ds = data.load_dataset("kmnist", data_dir=tmp_path)
+    assert [len(s[1]) for s in (ds.train, ds.val, ds.test)] == [550, 50, 20]
+
+
+def test_labels_past_the_datasets_classes_are_refused(tmp_path):
+    write_idx_dataset(tmp_path, n_train=20, n_test=10)
+    labels = np.arange(20) % 10
+    labels[7] = 10
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(idx_bytes(labels))
+    with pytest.raises(DataError, match=r"kmnist train labels must lie in \[0, 9\]"):
+        data.load_dataset("kmnist", data_dir=tmp_path)
+
+
+def test_from_arrays_refuses_a_label_equal_to_the_number_of_classes():
+    from conftest import make_images
+
+    x, y = make_images(12, num_classes=3)
+    with pytest.raises(DataError, match=r"y_test: labels must lie in \[0, 2\] .* got \[0, 3\]"):
+        data.from_arrays(x, y, x, np.append(y[:-1], 3), class_names=("a", "b", "c"))
+
+
+def test_kuzushiji_npz_files_are_read(tmp_path):
+    """Kuzushiji-MNIST ships as four .npz files holding one array each (`arr_0`)."""
+    from conftest import make_images
+
+    xtr, ytr = make_images(30)
+    xte, yte = make_images(10, seed=1)
+    for key, arr in (("train_x", xtr), ("train_y", ytr), ("test_x", xte), ("test_y", yte)):
+        np.savez(tmp_path / data.KMNIST_NPZ[key], arr)
+    ds = data.load_dataset("kmnist", data_dir=tmp_path, val_fraction=0.0)
+    np.testing.assert_array_equal(ds.train[0], xtr)
+    np.testing.assert_array_equal(ds.train[1], ytr)
+    np.testing.assert_array_equal(ds.test[0], xte)
+    np.testing.assert_array_equal(ds.test[1], yte)
+    assert sorted(ds.source["files"]) == sorted(data.KMNIST_NPZ.values())
+
+
+def test_keras_mnist_npz_is_read_and_checked_against_its_published_sha256(tmp_path):
+    """Keras' download is `mnist.npz`: read under any dataset name, but as `mnist`
+    only with the published bytes (these are not)."""
+    from conftest import make_images
+
+    xtr, ytr = make_images(20)
+    xte, yte = make_images(10, seed=1)
+    np.savez(tmp_path / "mnist.npz", x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
+    ds = data.load_dataset("kmnist", data_dir=tmp_path, val_fraction=0.0)
+    np.testing.assert_array_equal(ds.test[0], xte)
+    assert list(ds.source["files"]) == ["mnist.npz"]
+    with pytest.raises(DataError, match=r"mnist\.npz: sha256 .* does not match the published"):
+        data.load_dataset("mnist", data_dir=tmp_path)
+
+
+def test_lookup_order_data_dir_keras_cache_debian_then_no_download(tmp_path, monkeypatch):
+    """Each source is used only when the ones before it hold no files (told apart here
+    by their test split sizes): --data-dir, the Keras cache (Fashion-MNIST in its
+    `fashion-mnist` subfolder), Debian's folder, and, downloads off, an error."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setenv("KMNIST_LAB_NO_DOWNLOAD", "1")
+    monkeypatch.setitem(data._DEBIAN_DIRS, "fashion_mnist", str(tmp_path / "debian"))
+    write_idx_dataset(tmp_path / "mine", n_train=20, n_test=5)
+    write_idx_dataset(tmp_path / "keras" / "datasets" / "fashion-mnist", n_train=20, n_test=6)
+    write_idx_dataset(tmp_path / "debian", n_train=20, n_test=7)
+
+    def test_size(data_dir=None):
+        ds = data.load_dataset("fashion_mnist", data_dir=data_dir, val_fraction=0.0)
+        return len(ds.test[1]), ds.source["origin"]
+
+    assert test_size(tmp_path / "mine") == (5, str((tmp_path / "mine").resolve()))
+    assert test_size() == (6, str(tmp_path / "keras" / "datasets" / "fashion-mnist"))
+    for f in (tmp_path / "keras" / "datasets" / "fashion-mnist").iterdir():
+        f.unlink()
+    assert test_size() == (7, str(tmp_path / "debian"))
+    for f in (tmp_path / "debian").iterdir():
+        f.unlink()
+    with pytest.raises(DataError, match="downloads are disabled"):
+        test_size()
