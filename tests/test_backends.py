@@ -97,6 +97,7 @@ def test_short_training_run_and_cross_backend_model_keras(backend, tmp_path):
 
         loaded = tf.saved_model.load(str(tmp_path / "out" / "run" / "saved_model"))
         for name, pixels in (("serve", x.astype("float32")), ("serve", x[..., None].astype("float32")),
-                             ("serve_uint8", x[..., None]), ("serving_default", x.astype("float32"))):  # fmt: skip
+                             ("serve_uint8", x[..., None]), ("serving_default", x.astype("float32")),
+                             ("serving_default", x[..., None].astype("float32"))):  # fmt: skip
             served = loaded.signatures[name](pixels=tf.constant(pixels))["class_ids"].numpy()
             np.testing.assert_array_equal(served, here, err_msg=f"{name} {pixels.shape}")

@@ -86,6 +86,8 @@ def test_keras_and_savedmodel_round_trips_predict_the_same(model_name, tmp_path)
     for name, batch in (
         ("serve", tf.constant(x, tf.float32)),
         ("serve_uint8", tf.constant(x[..., None])),
+        # TF-Serving's default is `serve`: float32 pixels, with or without the channel.
+        ("serving_default", tf.constant(x[..., None], tf.float32)),
     ):
         out = served.signatures[name](pixels=batch)
         np.testing.assert_allclose(out["scores"].numpy(), expected, rtol=1e-5, atol=1e-5)
