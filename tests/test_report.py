@@ -530,6 +530,19 @@ def test_score_by_hand():
     ] == [4]
 
 
+def test_most_confidently_wrong_ranks_by_the_predicted_class_probability():
+    """Confidence is the probability of the class predicted, not how unlikely the true
+    class was: sample 0 is predicted with p = 0.95, sample 1 with 0.52, although its
+    true class is far less likely (2e-7 against 0.05)."""
+    y = np.array([0, 0, 2])
+    scores = np.array([[0.0, 3, -10], [-10, 5, 4.9], [0, 0, 1]])
+    wrong = score(y, scores, ["a", "b", "c"])["most_confident_wrong"]
+    assert [w["index"] for w in wrong] == [0, 1]
+    assert [w["confidence"] for w in wrong] == pytest.approx(
+        [np.e**3 / (np.e**3 + 1 + np.e**-10), np.e**5 / (np.e**5 + np.e**4.9 + np.e**-10)]
+    )
+
+
 def tiny_study(root: Path, runs_, quick=False, dataset="mnist_5k", epochs_scale=1.0, **study):
     """A study folder with a hand-written study.json (a few runs, no catalog study):
     `runs_` is `[{"name", "factors", "original", "epochs"}]`, each a `fake_run` without
