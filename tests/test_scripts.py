@@ -87,6 +87,56 @@ def test_evaluate_warns_when_the_dataset_is_not_the_one_trained_on(
     assert json.loads((tmp_path / "other" / "evaluation.json").read_text())["dataset"] == "mnist"
 
 
+def test_evaluate_split_val_is_the_validation_split_the_run_trained_with(
+    trained_run, data_dir, tmp_path, capsys
+):
+    """`--split val` scores the run's own validation images (its config's seed and
+    fraction) into evaluation/kmnist-val, as scoring them directly does."""
+    import shutil
+
+    from kmnist_lab.data import load_dataset
+    from kmnist_lab.evaluation import load_saved_model, predict_scores, score
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("evaluation"))
+    record = json.loads((run / "config.json").read_text())
+    record["config"].update(seed=5, val_fraction=0.3)
+    (run / "config.json").write_text(json.dumps(record))
+    assert _cli.run(evaluate_script.main, [str(run), "--split", "val"]) == 0
+    assert "kmnist val: accuracy" in capsys.readouterr().out
+    result = json.loads((run / "evaluation" / "kmnist-val" / "evaluation.json").read_text())
+    x, y = load_dataset("kmnist", data_dir, val_fraction=0.3, seed=5).val
+    expected = score(y, predict_scores(load_saved_model(run), x), [str(i) for i in range(10)])
+    assert (result["split"], result["n"]) == ("val", 30)
+    assert result["cross_entropy"] == pytest.approx(expected["cross_entropy"], rel=1e-6)
+    assert result["confusion_matrix"] == expected["confusion_matrix"]
+
+
+def test_evaluate_a_saved_model_outside_a_run_writes_beside_it(trained_run, data_dir, tmp_path):
+    import shutil
+
+    shutil.copytree(trained_run / "saved_model", tmp_path / "export" / "sm")
+    argv = [str(tmp_path / "export" / "sm"), "--dataset", "kmnist", "--data-dir", str(data_dir)]
+    assert _cli.run(evaluate_script.main, argv) == 0
+    assert (tmp_path / "export" / "evaluation" / "kmnist-test" / "evaluation.json").is_file()
+
+
+def test_evaluate_on_another_dataset_does_not_read_the_runs_data_dir(
+    trained_run, tmp_path, monkeypatch, capsys
+):
+    """The run's --data-dir holds kmnist: `--dataset mnist` looks for MNIST elsewhere
+    (here it is nowhere: an error) rather than scoring kmnist's files as MNIST."""
+    from kmnist_lab import data
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setenv("KMNIST_LAB_NO_DOWNLOAD", "1")
+    monkeypatch.setitem(data._DEBIAN_DIRS, "mnist", str(tmp_path / "none"))
+    argv = [str(trained_run), "--dataset", "mnist", "--output-dir", str(tmp_path / "out")]
+    code = _cli.run(evaluate_script.main, argv)
+    _one_line_error(capsys, code, match="mnist not found in")
+    assert not (tmp_path / "out").exists()
+
+
 def test_savedmodel_in_fresh_process_with_tensorflow_only(trained_run, data_dir, tmp_path):
     """A new interpreter that imports only TensorFlow predicts what Keras predicted."""
     from kmnist_lab.data import load_dataset
