@@ -51,6 +51,7 @@ def test_stratified_split_is_deterministic_balanced_and_disjoint():
     np.testing.assert_array_equal(keep, keep2)
     assert np.bincount(y[held]).tolist() == [5] * 10
     assert len(np.intersect1d(keep, held)) == 0 and len(keep) + len(held) == len(y)
+    assert (np.diff(held) > 0).all() and (np.diff(keep) > 0).all()  # in the original order
     _, held_other_seed = data.stratified_split(y, 0.1, seed=4)
     assert not np.array_equal(held, held_other_seed)
 
@@ -197,6 +198,12 @@ def test_auto_falls_back_to_mnist_5k_and_says_why(tmp_path, monkeypatch):
     ds = data.load_dataset("auto")
     assert ds.name == "mnist_5k"
     assert "downloads are disabled" in ds.source["auto_reason"]
+
+
+def test_auto_with_a_data_dir_does_not_fall_back_to_mnist_5k(tmp_path):
+    """A --data-dir without MNIST in it is an error, not a silent switch to mnist_5k."""
+    with pytest.raises(DataError, match="holds no mnist files"):
+        data.load_dataset("auto", data_dir=tmp_path)
 
 
 def test_auto_uses_full_mnist_from_keras_cache(tmp_path, monkeypatch):
