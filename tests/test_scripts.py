@@ -137,6 +137,33 @@ def test_evaluate_on_another_dataset_does_not_read_the_runs_data_dir(
     assert not (tmp_path / "out").exists()
 
 
+def test_evaluate_refuses_a_saved_model_without_the_serve_signature(data_dir, tmp_path, capsys):
+    import tensorflow as tf
+
+    module = tf.Module()
+    module.other = tf.function(
+        lambda pixels: {"scores": tf.zeros([tf.shape(pixels)[0], 10])},
+        input_signature=[tf.TensorSpec(None, tf.float32, name="pixels")],
+    )
+    tf.saved_model.save(module, str(tmp_path / "sm"), signatures={"other": module.other})
+    argv = [str(tmp_path / "sm"), "--dataset", "kmnist", "--data-dir", str(data_dir)]
+    code = _cli.run(evaluate_script.main, argv)
+    _one_line_error(capsys, code, match="has no `serve` signature (it has ['other'])")
+
+
+def test_evaluate_refuses_a_model_with_another_number_of_classes(data_dir, tmp_path, capsys):
+    import keras
+
+    from kmnist_lab.export import export_saved_model
+
+    inputs = keras.Input((28, 28, 1))
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs)))
+    export_saved_model(model, tmp_path / "sm")
+    argv = [str(tmp_path / "sm"), "--dataset", "kmnist", "--data-dir", str(data_dir)]
+    code = _cli.run(evaluate_script.main, argv)
+    _one_line_error(capsys, code, match="the model outputs 3 classes but kmnist has 10")
+
+
 def test_savedmodel_in_fresh_process_with_tensorflow_only(trained_run, data_dir, tmp_path):
     """A new interpreter that imports only TensorFlow predicts what Keras predicted."""
     from kmnist_lab.data import load_dataset
