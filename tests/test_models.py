@@ -139,6 +139,17 @@ def test_predict_scores_in_batches_gives_every_image_its_scores(tmp_path):
         np.testing.assert_allclose(predict_scores(served, x[..., None], batch_size), scores)
 
 
+@pytest.mark.parametrize("shape", [(2, 28, 28, 3), (2, 32, 32), (2, 784)])
+def test_predict_scores_refuses_images_that_are_not_28x28_grey(shape):
+    """Served as-is, 3-channel images would be reshaped into three times as many
+    grey images (and scored silently)."""
+    from kmnist_lab.errors import ModelLoadError
+    from kmnist_lab.evaluation import predict_scores
+
+    with pytest.raises(ModelLoadError, match=r"images must be \(N, 28, 28\) or \(N, 28, 28, 1\)"):
+        predict_scores(None, np.zeros(shape, np.uint8))
+
+
 def test_resnet18_small_maps_compute_what_conv2d_computes(monkeypatch):
     """Stage 4's 2x2 maps use SmallMapConv2D: same weights, same predictions as Conv2D."""
     from kmnist_lab.layers import SmallMapConv2D
