@@ -323,12 +323,14 @@ def test_default_validation_split_of_a_60k_dataset_is_one_twelfth(tmp_path):
     assert [len(s[1]) for s in (ds.train, ds.val, ds.test)] == [550, 50, 20]
 
 
-def test_labels_past_the_datasets_classes_are_refused(tmp_path):
+@pytest.mark.parametrize("split, n", [("train", 20), ("test", 10)])
+def test_labels_past_the_datasets_classes_are_refused(split, n, tmp_path):
     write_idx_dataset(tmp_path, n_train=20, n_test=10)
-    labels = np.arange(20) % 10
+    labels = np.arange(n) % 10
     labels[7] = 10
-    (tmp_path / "train-labels-idx1-ubyte").write_bytes(idx_bytes(labels))
-    with pytest.raises(DataError, match=r"kmnist train labels must lie in \[0, 9\]"):
+    stem = {"train": "train", "test": "t10k"}[split]
+    (tmp_path / f"{stem}-labels-idx1-ubyte").write_bytes(idx_bytes(labels))
+    with pytest.raises(DataError, match=rf"kmnist {split} labels must lie in \[0, 9\]"):
         data.load_dataset("kmnist", data_dir=tmp_path)
 
 
