@@ -530,6 +530,15 @@ def test_score_by_hand():
     ] == [4]
 
 
+def test_per_class_accuracy_of_a_class_absent_from_the_split_is_nan_not_zero():
+    y = np.array([0, 0, 1])
+    scores = np.array([[1.0, 0, 0], [0, 1, 0], [0, 1, 0]])
+    result = score(y, scores, ["a", "b", "c"])
+    assert result["per_class_accuracy"]["a"] == 0.5 and result["per_class_accuracy"]["b"] == 1.0
+    assert np.isnan(result["per_class_accuracy"]["c"])  # no example of c: undefined
+    assert result["confusion_matrix"][2] == [0, 0, 0]
+
+
 def test_most_confidently_wrong_ranks_by_the_predicted_class_probability():
     """Confidence is the probability of the class predicted, not how unlikely the true
     class was: sample 0 is predicted with p = 0.95, sample 1 with 0.52, although its
