@@ -167,6 +167,17 @@ def test_defaults_are_the_documented_ones(name):
         assert config["weight_decay"] is None
 
 
+@pytest.mark.parametrize("cls", [Rprop, ASGD], ids=["rprop", "asgd"])
+def test_custom_classes_built_directly_have_the_registry_defaults(cls):
+    # `Rprop()` and `ASGD()` are public too: the same defaults as `get_optimizer`.
+    lr, others = DOCUMENTED_DEFAULTS[cls.__name__.lower()]
+    config = cls().get_config()
+    assert config["learning_rate"] == pytest.approx(lr)
+    for key, value in others.items():
+        assert config[key] == pytest.approx(value), key
+    assert config["weight_decay"] is None
+
+
 def test_params_and_error_messages():
     assert optimizer_params("sgdm") == ["momentum", "weight_decay"]
     assert optimizer_params("rprop") == ["eta_minus", "eta_plus", "step_size_min", "step_size_max"]
