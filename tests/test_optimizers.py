@@ -477,6 +477,25 @@ def test_asgd_validation_sees_averaged_weights(golden):
     assert averaging_callbacks(get_optimizer("adam")) == []
 
 
+def test_asgd_that_has_not_stepped_leaves_the_weights_alone():
+    # The averages start as zeros and mean nothing before the first step. A built
+    # optimizer (here by hand, as in a custom loop) in a `fit` that runs no step
+    # (initial_epoch == epochs) still gets `finalize_variable_values` at its end, and
+    # validation swaps: neither may put those zeros into the model.
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    weights = [np.array([[0.5], [-1.0]], np.float32), np.array([0.25], np.float32)]
+    model.set_weights(weights)
+    optimizer = ASGD(0.1, t0=0)
+    model.compile(optimizer=optimizer, loss="mse")
+    optimizer.build(model.trainable_variables)
+    x, y = np.ones((4, 2), np.float32), np.zeros((4, 1), np.float32)
+    model.fit(x, y, epochs=1, initial_epoch=1, verbose=0)
+    assert int(ops.convert_to_numpy(optimizer.iterations)) == 0
+    optimizer.swap_averaged_weights()  # as `SwapAveragedWeights` does for validation
+    for got, expected in zip(model.get_weights(), weights, strict=True):
+        np.testing.assert_array_equal(got, expected)
+
+
 # --- convergence -------------------------------------------------------------------
 
 # (learning rate, steps); Adadelta's unit-free steps start at ~sqrt(epsilon) and grow.
