@@ -232,6 +232,23 @@ def test_invalid_values_raise_one_line_config_error(name, kwargs):
     assert next(iter(kwargs)) in message
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "rule"),
+    [
+        ("eta_minus", 0.0, "must be in (0, 1)"),
+        ("eta_minus", 1.0, "must be in (0, 1)"),
+        ("eta_plus", 1.0, "must be a finite number > 1"),
+    ],
+)
+def test_rprop_step_factors_are_refused_at_their_open_bounds(key, value, rule):
+    # eta_plus = 1 never grows a step, eta_minus = 1 never shrinks one, 0 freezes it.
+    with pytest.raises(ConfigError) as e:
+        get_optimizer("rprop", **{key: value})
+    assert str(e.value) == f"`{key}` {rule}. Received: {key}={value}"
+    with pytest.raises(ValueError, match=f"Received: .*{key}={value}"):  # the class too
+        Rprop(**{key: value})
+
+
 def test_whole_and_numpy_numbers_are_accepted_as_floats():
     """Keras type-checks for `float`; an int from JSON or a NumPy scalar must still work."""
     assert float(get_optimizer("adadelta", learning_rate=1).learning_rate) == 1.0
