@@ -271,3 +271,113 @@ def test_invalid_builds_raise_config_error(name, kwargs, message):
 def test_every_model_documents_its_keywords():
     for name in list_models():
         assert {"num_classes", "head", "augment"} <= set(model_params(name))
+
+
+def _inputs_of(model) -> dict:
+    """Layer name -> the names of the layers feeding it, read from the model's config."""
+
+    def names(arg):
+        if isinstance(arg, dict) and "keras_history" in arg.get("config", {}):
+            return [arg["config"]["keras_history"][0]]
+        if isinstance(arg, (list, tuple)):
+            return [n for a in arg for n in names(a)]
+        return []
+
+    return {
+        layer["name"]: [n for node in layer["inbound_nodes"] for n in names(node["args"])]
+        for layer in model.get_config()["layers"]
+    }
+
+
+def test_pixels_are_rescaled_to_minus_one_one():
+    """Report A's `Normalize(0.5, 0.5)` after `ToTensor`: 0 -> -1, 127.5 -> 0, 255 -> 1."""
+    model = build_model("mlp", hidden=[4])
+    rescale = keras.Model(model.input, model.get_layer("rescale").output)
+    pixels = np.array([0.0, 127.5, 255.0], "float32").repeat(262)[:784].reshape(1, 28, 28)
+    out = rescale.predict(pixels, verbose=0).ravel()
+    np.testing.assert_allclose(out, pixels.ravel() / 127.5 - 1.0, atol=1e-6)
+    assert out.min() == -1.0 and out.max() == 1.0
+
+
+def test_bn_mlp_hidden_layers_are_dense_batchnorm_relu_as_in_pytorch():
+    model = build_model("bn_mlp")
+    inputs = _inputs_of(model)
+    for i in (1, 2):
+        assert inputs[f"bn{i}"] == [f"dense{i}"] and inputs[f"act{i}"] == [f"bn{i}"]
+        bn = model.get_layer(f"bn{i}")
+        assert (bn.epsilon, bn.momentum) == (1e-5, 0.9)  # PyTorch's eps, momentum=0.1
+    assert inputs["dense2"] == ["act1"] and inputs["head"] == ["act2"]
+
+
+def test_mlp_dropout_is_active_in_training_only():
+    model = build_model("mlp", hidden=[256], dropout=0.5)
+    x = _images(4)
+    np.testing.assert_array_equal(model(x, training=False), model(x, training=False))
+    assert not np.allclose(model(x, training=True), model(x, training=False))
+
+
+def test_mlp_l2_penalises_kernels_not_biases():
+    model = build_model("mlp", hidden=[8], l2=0.01)
+    for layer in (model.get_layer("dense1"), model.get_layer("head")):
+        layer.bias.assign(np.ones(layer.bias.shape, "float32"))  # zeros would hide a bias term
+    kernels = [model.get_layer(n).kernel.numpy() for n in ("dense1", "head")]
+    expected = 0.01 * sum(float(np.sum(k.astype("float64") ** 2)) for k in kernels)
+    assert float(sum(model.losses)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_resnet_blocks_follow_the_pytorch_basic_block():
+    """conv-BN-act-conv-BN, + shortcut, act, with a 1x1 conv + BN shortcut exactly where
+    the shape changes: here stage 2's stride-2 block, at an unchanged width."""
+    from kmnist_lab.models.resnet import resnet
+
+    model = resnet(blocks_per_stage=(2, 1), widths=(4, 4))
+    inputs = _inputs_of(model)
+    assert inputs["stem_conv"] == ["stem_pad"] and inputs["stem_act"] == ["stem_bn"]
+    for block, shortcut in (
+        ("stage1_block1", "stem_act"),
+        ("stage1_block2", "stage1_block1_out"),
+        ("stage2_block1", "stage2_block1_down_bn"),
+    ):
+        assert inputs[f"{block}_bn1"] == [f"{block}_conv1"]
+        assert inputs[f"{block}_act1"] == [f"{block}_bn1"]
+        assert inputs[f"{block}_bn2"] == [f"{block}_conv2"]
+        assert inputs[f"{block}_add"] == [f"{block}_bn2", shortcut]
+        assert inputs[f"{block}_out"] == [f"{block}_add"]
+    assert inputs["stage2_block1_down_bn"] == ["stage2_block1_down_conv"]
+    assert not any("down" in name for name in inputs if name.startswith("stage1"))
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(bns) == 1 + 2 * 3 + 1
+    assert {(bn.epsilon, bn.momentum) for bn in bns} == {(1e-5, 0.9)}
+
+
+def test_residual_cnn_blocks_add_then_activate():
+    inputs = _inputs_of(build_model("residual_cnn"))
+    for block, x in (("res1", "pool1"), ("res2", "pool2")):
+        assert inputs[f"{block}_conv1"] == [x] and inputs[f"{block}_conv2"] == [f"{block}_act1"]
+        assert inputs[f"{block}_add"] == [x, f"{block}_conv2"]
+        assert inputs[f"{block}_out"] == [f"{block}_add"]
+
+
+def test_stride_2_convs_pad_one_pixel_on_every_side_as_pytorch():
+    """An all-ones kernel on an all-ones map counts the real pixels under each window:
+    PyTorch's `padding=1` puts a zero row above the map, Keras' `"same"` would not."""
+    from kmnist_lab.models.blocks import conv3x3
+
+    x = keras.Input((14, 14, 1))
+    conv = keras.Model(x, conv3x3(x, 1, 2, name="t_conv", use_bias=False))
+    conv.get_layer("t_conv").kernel.assign(np.ones((3, 3, 1, 1), "float32"))
+    out = conv.predict(np.ones((1, 14, 14, 1), "float32"), verbose=0)[0, :, :, 0]
+    assert out.shape == (7, 7)
+    assert (out[0, 0], out[0, 3], out[6, 6]) == (4.0, 6.0, 9.0)
+
+
+def test_resnet_stem_pads_three_pixels_on_every_side_as_pytorch():
+    from kmnist_lab.models.resnet import resnet
+
+    model = resnet(blocks_per_stage=(1,), widths=(1,))
+    model.get_layer("stem_conv").kernel.assign(np.ones((7, 7, 1, 1), "float32"))
+    stem = keras.Model(model.input, model.get_layer("stem_conv").output)
+    out = stem.predict(np.full((1, 28, 28), 255, np.uint8), verbose=0)[0, :, :, 0]
+    assert out.shape == (14, 14)
+    # Rows -3..3 hold 4 real pixels, rows 23..29 hold 5: 4x4, 4x7 and 5x5 pixels of 1.0.
+    np.testing.assert_allclose((out[0, 0], out[0, 5], out[13, 13]), (16.0, 28.0, 25.0))
