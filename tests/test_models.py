@@ -253,6 +253,13 @@ def test_mlp_on_feature_vectors_is_a_regressor():
         ),
         ("mlp", {"input_features": 1, "augment": True}, "`augment` needs images"),
         ("bn_mlp", {"hidden": (3,)}, "does not take hidden"),
+        # The keywords a user may set, not those kmnist_lab sets (num_classes, head, ...).
+        (
+            "bn_mlp",
+            {"width": 3},
+            r"does not take width\. It takes: dropout, l2, init_std, augment$",
+        ),
+        ("resnet18", {"l2": 0.1}, r"does not take l2\. It takes: activation, augment$"),
         ("mlp", {"hidden": ()}, "`hidden` must be a non-empty"),
         ("mlp", {"activation": "swishy"}, "`activation` must be one of"),
         ("mlp", {"dropout": 1.0}, r"`dropout` must be a number in \[0, 1\)"),
