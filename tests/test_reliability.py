@@ -565,6 +565,16 @@ def test_find_runs_lists_every_state(tmp_path):
     assert runs.run_status(tmp_path / "missing") == "missing"
 
 
+def test_a_run_killed_between_its_status_and_its_metrics_is_not_complete(tmp_path):
+    """Training writes `status.json` "complete" just before `metrics.json`: only the latter
+    makes a run complete (and gives `find_runs` metrics to show)."""
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "status.json").write_text('{"status": "complete"}')
+    assert not runs.is_complete(tmp_path) and runs.run_status(tmp_path) == "incomplete"
+    [run] = runs.find_runs(tmp_path)
+    assert (run["status"], run["metrics"]) == ("incomplete", None)
+
+
 def test_report_shows_an_interrupted_run_as_incomplete(tmp_path, capsys):
     killed = tmp_path / "killed"
     killed.mkdir()
