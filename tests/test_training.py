@@ -290,6 +290,15 @@ def test_config_values_at_their_bounds_are_valid():
     TrainConfig(val_fraction=1e-3, steps_per_execution=1, warmup_epochs=0)
 
 
+def test_run_folder_is_named_after_arch_dataset_loss_and_seed(tmp_path):
+    """A plain re-run of the same command finds its run again; `run_name` overrides."""
+    cfg = TrainConfig(arch="resnet18", dataset="kmnist", loss="focal", seed=7,
+                      output_dir=str(tmp_path))  # fmt: skip
+    assert cfg.run_dir == tmp_path / "resnet18_kmnist_focal_s7"
+    assert cfg.resolved().run_name == "resnet18_kmnist_focal_s7"
+    assert TrainConfig(output_dir=str(tmp_path), run_name="mine").run_dir == tmp_path / "mine"
+
+
 def test_config_file_round_trip_and_unknown_keys(tmp_path):
     cfg = TrainConfig(arch="resnet18", epochs=3, loss="am_softmax", loss_params={"margin": 0.1})
     (tmp_path / "c.json").write_text(json.dumps({"config": cfg.to_dict()}))
