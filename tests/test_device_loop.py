@@ -283,9 +283,8 @@ def test_tensorflow_traces_are_bounded():
         assert test_chunk.experimental_get_tracing_count() == 2
 
 
-def test_each_epoch_trains_in_the_order_of_its_seed_and_epoch(monkeypatch):
-    """With `shuffle_seed`, epoch e trains in `default_rng([seed, e]).permutation(n)`: a
-    new order every epoch, the same for a run resumed at that epoch (`initial_epoch`)."""
+def _orders_of(monkeypatch):
+    """The `order` of each training call `device_fit` makes on TensorFlow, recorded."""
     seen = []
 
     class Recording(device_loop._TensorFlowCalls):
@@ -294,6 +293,13 @@ def test_each_epoch_trains_in_the_order_of_its_seed_and_epoch(monkeypatch):
             return super().train(x, y, order, parts)
 
     monkeypatch.setitem(device_loop.DEVICE_BACKENDS, "tensorflow", Recording)
+    return seen
+
+
+def test_each_epoch_trains_in_the_order_of_its_seed_and_epoch(monkeypatch):
+    """With `shuffle_seed`, epoch e trains in `default_rng([seed, e]).permutation(n)`: a
+    new order every epoch, the same for a run resumed at that epoch (`initial_epoch`)."""
+    seen = _orders_of(monkeypatch)
     x, y = np.zeros((20, 28, 28), np.uint8), np.arange(20) % 10
     device_loop.device_fit(_tiny_model(), x, y, batch_size=20, epochs=3, verbose=0,
                            shuffle_seed=7)  # fmt: skip
@@ -367,19 +373,6 @@ def test_labels_reach_jax_as_int32():
     assert device_loop._as_int32(np.array([0, 9], dtype=np.int64)).dtype == np.int32
     assert device_loop._as_int32([3, 1]).tolist() == [3, 1]
     assert device_loop._as_int32(np.array([7], dtype=np.uint8)).dtype == np.uint8
-
-
-def _orders_of(monkeypatch):
-    """The `order` of each training call `device_fit` makes on TensorFlow, recorded."""
-    seen = []
-
-    class Recording(device_loop._TensorFlowCalls):
-        def train(self, x, y, order, parts):
-            seen.append(np.asarray(order).tolist())
-            return super().train(x, y, order, parts)
-
-    monkeypatch.setitem(device_loop.DEVICE_BACKENDS, "tensorflow", Recording)
-    return seen
 
 
 def test_without_a_shuffle_seed_the_order_follows_keras_global_seed(monkeypatch):
