@@ -174,6 +174,12 @@ class _OracleMixin:
 
     def reload(self):
         super().reload()
+        # keras-tuner writes a new trial's trial.json before oracle.json: a process killed
+        # between the two leaves a RUNNING trial the oracle never started, which no
+        # resume would retry (it stayed RUNNING, its cell unrun). Forget it, as if it had
+        # never been created: the next trial takes its id and its folder.
+        for trial_id in [t for t in self.trials if t not in self.start_order]:
+            del self.trials[trial_id]
         done = ("COMPLETED", "FAILED")
         self._retry_queue = [t for t in self._retry_queue if self.trials[t].status not in done]
 
