@@ -410,3 +410,251 @@ def test_quick_studies_default_to_their_own_folder():
 
     assert default_output_dir("mnist_5k", quick=False) == Path("studies/mnist_5k")
     assert default_output_dir("mnist_5k", quick=True) == Path("studies/mnist_5k-quick")
+
+
+# docs/results.md holds each study's report table as it was run at full settings: the
+# runs in order, their factors and epochs, and the report's numbers beside ours. The
+# catalog must still state the same studies (a changed grid, epoch count or reference
+# number would make those tables describe something the catalog no longer runs).
+def _results_doc():
+    from pathlib import Path
+
+    return (Path(__file__).resolve().parents[1] / "docs" / "results.md").read_text()
+
+
+def _doc_tables():
+    """{study: (header, rows)} of the first table after each full-settings command
+    `python scripts/study.py NAME [--dataset mnist_5k] [--no-export]` in docs/results.md."""
+    import itertools
+    import re
+
+    text = _results_doc()
+    commands = list(re.finditer(r"`python scripts/study\.py ([a-e]_\w+)([^`]*)`", text))
+    tables = {}
+    for i, m in enumerate(commands):
+        name, flags = m.groups()
+        if name in tables or set(flags.split()) - {"--dataset", "mnist_5k", "--no-export"}:
+            continue
+        end = commands[i + 1].start() if i + 1 < len(commands) else len(text)
+        lines = text[m.end() : end].splitlines()
+        first = next((i for i, line in enumerate(lines) if line.startswith("|")), None)
+        if first is None:
+            continue
+        lines = list(itertools.takewhile(lambda line: line.startswith("|"), lines[first:]))
+        cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+        tables[name] = (cells[0], [row for row in cells[2:] if not row[0].startswith("---")])
+    return tables
+
+
+def _doc_value(value):
+    if isinstance(value, bool) or not isinstance(value, float):
+        return str(value)
+    return f"{value:g}"
+
+
+def test_results_doc_states_every_studys_runs_settings_and_report_numbers():
+    tables = _doc_tables()
+    assert set(tables) == set(SEEDS_NAMES)
+    for name, (header, rows) in tables.items():
+        study = get_study(name)
+        if study.grid:
+            continue  # a_grid: a cell table (the next test)
+        col = {h: i for i, h in enumerate(header)}
+        assert [row[col["run"]] for row in rows] == [f"`{r.name}`" for r in study.runs], name
+        for run, row in zip(study.runs, rows):
+            where, orig = (name, run.name), run.original
+            assert row[col["epochs"]] == str(run.config["epochs"]), where
+            for factor in set(header) & set(run.factors) - {"epochs"}:
+                assert row[col[factor]] == _doc_value(run.factors[factor]), (where, factor)
+            for factor in set(header) - set(run.factors) - {"epochs"}:
+                if name == "e_sweeps" and factor in ("lr", "l2", "batch_size", "activation"):
+                    assert row[col[factor]] == "", (where, factor)  # the other sweeps' factor
+            if "report %" not in col:
+                assert not set(orig) & {"test_accuracy", "test_accuracy_range"}, where
+            elif "test_accuracy_range" in orig:
+                lo, hi = orig["test_accuracy_range"]
+                assert row[col["report %"]] == f"{100 * lo:.2f}–{100 * hi:.2f}", where
+            elif "test_accuracy" in orig:
+                assert row[col["report %"]] == f"{100 * orig['test_accuracy']:.2f}", where
+            else:
+                assert row[col["report %"]] == "—", where
+            if "report loss" in col:
+                loss = orig.get("test_loss")
+                assert row[col["report loss"]] == (f"{loss:.3f}" if loss else "—"), where
+            if "report wall s" in col:
+                assert row[col["report wall s"]] == str(orig["wall_time_s"]), where
+            if "train acc %" in col and "train_accuracy" in orig:
+                assert f"(report {100 * orig['train_accuracy']:.2f})" in row[col["train acc %"]]
+            if "report mean error" in col:
+                assert row[col["report mean error"]] == f"{orig['mean_error']:.2e}", where
+        extra = {k for r in study.runs for k in r.original} - {
+            "test_accuracy", "test_accuracy_range", "test_loss", "wall_time_s",
+            "train_accuracy", "mean_error",
+        }  # fmt: skip
+        assert not extra, (name, extra)
+
+
+def test_a_grid_matches_the_grid_in_the_results_doc():
+    """Report A's hand grid as docs/results.md tabulates it: a row per (batch, lr), a
+    column per epoch count, the report's number (92.25) in its best cell only."""
+    header, rows = _doc_tables()["a_grid"]
+    epochs = [int(h.split()[0]) for h in header[2:]]
+    cells = {(int(row[0]), float(row[1]), e): cell for row in rows
+             for e, cell in zip(epochs, row[2:])}  # fmt: skip
+    study = get_study("a_grid")
+    runs_ = {(r.factors["batch_size"], r.factors["lr"], r.factors["epochs"]): r for r in study.runs}
+    assert list(runs_) == list(cells)  # the same cells, in the same order
+    for key, run in runs_.items():
+        assert run.name == "bs{}_lr{:g}_e{}".format(*key)
+        assert ("(report 92.25)" in cells[key]) == bool(run.original), key
+    assert runs_[(128, 0.03, 15)].original == {"test_accuracy": 0.9225, "test_loss": 0.272}
+
+
+def _setting(config, key):
+    """A factor's value as the run's config states it."""
+    params = config.get("model_params", config)
+    if key == "model":
+        return config["arch"]
+    if key in ("depth", "width"):
+        hidden = params["hidden"]
+        assert len(set(hidden)) == 1, hidden
+        return len(hidden) if key == "depth" else hidden[0]
+    if key == "hidden" and "model_params" not in config:
+        return "-".join(map(str, config["hidden"]))
+    if key in ("activation", "batchnorm"):
+        return params[key]
+    return config[key]
+
+
+@pytest.mark.parametrize("name", SEEDS_NAMES)
+def test_every_runs_factors_are_the_settings_it_trains_with(name):
+    """The factors label a run in tables and heatmaps: each must be what it trains with."""
+    changes = {  # b_resnet: its `change` factor names the one setting off the baseline
+        "baseline": {}, "sigmoid": {"activation": "sigmoid"}, "tanh": {"activation": "tanh"},
+        "lr 0.1": {"lr": 0.1}, "batch 1000": {"batch_size": 1000},
+    }  # fmt: skip
+    study = get_study(name)
+    base = study.runs[0].config
+    for run in study.runs:
+        for key, value in run.factors.items():
+            if key == "change":
+                want = changes[value]
+                cfg, params = run.config, run.config["model_params"]
+                diff = {k: v for k, v in cfg.items() if k != "model_params" and base[k] != v}
+                assert {**diff, **params} == want, run.name
+            elif name == "c_optimizers" and key == "optimizer":
+                assert value == run.name  # sgd_momentum: SGD + momentum 0.5 (report C)
+                want = {"sgd_momentum": ("sgdm", 0.5)}.get(value, (value, None))
+                assert (run.config["optimizer"], run.config["momentum"]) == want, run.name
+            else:
+                assert _setting(run.config, key) == value, (run.name, key)
+
+
+def test_studies_use_the_settings_their_reports_and_docs_state():
+    """Settings the reports (and docs/results.md) state, one reference value each."""
+
+    def cfgs(name):
+        return {r.name: r.config for r in get_study(name).runs}
+
+    a = cfgs("a_losses")
+    for loss in ("am_softmax", "arm_softmax"):  # "(m = 0.2, s = 30)"
+        assert a[loss]["loss_params"] == {"margin": 0.2, "scale": 30.0}, loss
+    assert a["ce"]["loss_params"] == {}
+    opt = cfgs("a_optimizers")
+    # "PyTorch's defaults (Adam 1e-3, Adagrad 1e-2, Adamax 2e-3, ASGD 1e-2, Rprop 1e-2)"
+    assert {n: (c["optimizer"], c["lr"]) for n, c in opt.items() if c["batch_size"] == 128} == {
+        "mbgd": ("sgd", 0.03), "adam": ("adam", 1e-3), "adagrad": ("adagrad", 1e-2),
+        "adamax": ("adamax", 2e-3), "asgd": ("asgd", 1e-2), "rprop": ("rprop", 1e-2),
+    }  # fmt: skip
+    assert [n for n, c in opt.items() if c.get("precise_bn")] == ["rprop_fullbatch_precise_bn"]
+    # Adagrad as torch.optim.Adagrad: accumulator from 0, eps 1e-10 (reports A and C).
+    torch_adagrad = {"initial_accumulator_value": 0.0, "epsilon": 1e-10}
+    for name in ("a_optimizers", "c_optimizers"):
+        for run_name, cfg in cfgs(name).items():
+            expected = torch_adagrad if cfg["optimizer"] == "adagrad" else {}
+            assert cfg["optimizer_params"] == expected, (name, run_name)
+    b = cfgs("b_resnet")["baseline"]  # "Adam at lr 0.01", batch 64, 10 epochs
+    assert (b["arch"], b["optimizer"], b["lr"], b["batch_size"], b["epochs"]) == (
+        "resnet18", "adam", 0.01, 64, 10,
+    )  # fmt: skip
+    # Report E's solver (ours): SGD + momentum 0.9, lr 0.01, batch 64, 10 epochs (30 with
+    # augmentation), wherever a run does not vary the setting.
+    for name in ("e_depth_width", "e_sweeps", "e_batchnorm", "e_augmentation"):
+        for run in get_study(name).runs:
+            cfg = run.config
+            expected = {"optimizer": "sgdm", "momentum": 0.9, "lr": 0.01, "batch_size": 64,
+                        "epochs": 30 if name == "e_augmentation" else 10, "l2": 0.0}  # fmt: skip
+            got = {k: cfg[k] for k in expected if k not in run.factors}
+            assert got == {k: v for k, v in expected.items() if k in got}, (name, run.name)
+    bn = cfgs("e_batchnorm")  # 8 hidden sigmoid layers of 100 units
+    assert {n: c["model_params"] for n, c in bn.items()} == {
+        n: {"hidden": [100] * 8, "activation": "sigmoid", "batchnorm": flag}
+        for n, flag in (("without_bn", False), ("with_bn", True))
+    }
+    # One seed for every run: a grid cell's curve is the start of its longer cells'.
+    for name in SEEDS_NAMES:
+        assert {r.config["seed"] for r in get_study(name).runs} == {0}, name
+
+
+def test_extras_are_what_the_descriptions_promise():
+    for name in SEEDS_NAMES:
+        study = get_study(name)
+        text = study.description.lower()
+        if "confusion matrix" in text:
+            assert "confusion" in study.extras, name
+        assert ("per_class_train" in study.extras) == ("per-class accuracy on train" in text)
+    assert get_study("b_resnet").extras == ("confusion", "per_class_train", "epoch_loss")
+    assert get_study("c_optimizers").extras == ("confusion",)
+    d = get_study("d_losses_activations")  # the heatmap: the 10-epoch lr-1e-4 runs only
+    assert d.heatmap == ("activation", "loss") and d.heatmap_where == (("epochs", 10),)
+
+
+# Run counts as docs/results.md reports them ("60 runs", "8/8 runs complete", ...).
+RUN_COUNTS = {"a_models": 3, "a_grid": 60, "a_losses": 3, "a_optimizers": 8, "b_resnet": 5,
+              "c_optimizers": 4, "d_losses_activations": 16, "e_regression": 1,
+              "e_depth_width": 20, "e_sweeps": 18, "e_batchnorm": 2, "e_augmentation": 2}  # fmt: skip
+
+
+def test_script_list_gives_each_studys_run_count_and_report(capsys):
+    assert _cli.run(study_script.main, ["--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split() for line in lines] == [
+        [name, str(n), "run" if n == 1 else "runs", "report", name[0].upper()]
+        for name, n in RUN_COUNTS.items()
+    ]
+
+
+def test_script_passes_every_run_flag_and_prints_the_summary(tmp_path, monkeypatch, capsys):
+    """study.py hands each flag to `run_study` (nothing trains here) and prints one
+    summary line, plus the diverged runs by name."""
+    from kmnist_lab import studies
+
+    calls = []
+
+    def fake_run_study(name, **kwargs):
+        calls.append((name, kwargs))
+        statuses = {"d2_w10": "complete", "d2_w20": "diverged", "d4_w10": "complete"}
+        return studies.StudyResult(get_study(name), tmp_path / name, "mnist_5k", statuses,
+                                   ["d2_w20"])  # fmt: skip
+
+    monkeypatch.setattr(studies, "run_study", fake_run_study)
+    argv = ["e_depth_width", "--dataset", "mnist_5k", "--data-dir", str(tmp_path / "data"),
+            "--epochs-scale", "0.5", "--quick", "--only", "d2_*", "--only", "d4_w10",
+            "--output-dir", str(tmp_path), "--no-export", "-q"]  # fmt: skip
+    assert _cli.run(study_script.main, argv) == 0
+    assert calls == [("e_depth_width", {
+        "dataset": "mnist_5k", "data_dir": str(tmp_path / "data"), "epochs_scale": 0.5,
+        "quick": True, "output_dir": str(tmp_path), "export": False, "only": ["d2_*", "d4_w10"],
+    })]  # fmt: skip
+    assert capsys.readouterr().out.splitlines() == [
+        f"e_depth_width on mnist_5k: 2 complete, 1 diverged (1 trained now) -> "
+        f"{tmp_path / 'e_depth_width'}",
+        "diverged: d2_w20",
+    ]
+    calls.clear()
+    assert _cli.run(study_script.main, ["e_batchnorm", "-q"]) == 0
+    assert calls == [("e_batchnorm", {
+        "dataset": "auto", "data_dir": None, "epochs_scale": 1.0, "quick": False,
+        "output_dir": None, "export": True, "only": None,
+    })]  # fmt: skip
+    assert "diverged:" in capsys.readouterr().out  # the fake's d2_w20
