@@ -775,3 +775,106 @@ def test_key_value_arguments_parse_json_values_and_keep_other_text():
         _cli.key_value("margin")
     with pytest.raises(Exception, match="gamma must be finite"):
         _cli.key_value("gamma=1e999")
+
+
+def test_flag_values_are_read_as_argparse_reads_them(tmp_path):
+    """`select_backend` reads --backend/--arch/--config before argparse runs: both
+    spellings, the last one winning, and nothing for a flag that merely starts alike."""
+    from kmnist_lab.config import TrainConfig
+
+    value = _cli._flag_value
+    assert value(["--backend", "jax"], "--backend") == "jax"
+    assert value(["--backend=torch"], "--backend") == "torch"
+    assert value(["--backend", "jax", "--backend=torch"], "--backend") == "torch"
+    assert value(["--backend=torch", "--backend", "jax"], "--backend") == "jax"
+    assert value(["--backend"], "--backend") is None  # no value: argparse reports it
+    assert value(["--backends", "jax", "--backend-x=1"], "--backend") is None
+    nested, bare = tmp_path / "config.json", tmp_path / "bare.json"
+    nested.write_text(json.dumps({"config": {"arch": "resnet18"}}))  # a run's config.json
+    bare.write_text(json.dumps({"arch": "plain_mlp"}))
+    assert _cli.peek_arch(["--config", str(nested)]) == "resnet18"
+    assert _cli.peek_arch([f"--config={bare}"]) == "plain_mlp"
+    assert _cli.peek_arch(["--config", str(nested), "--arch", "relu_mlp"]) == "relu_mlp"
+    assert _cli.peek_arch(["--config", str(tmp_path / "missing.json")]) == TrainConfig.arch
+
+
+def test_select_backend_names_a_bad_value_and_keeps_the_users_settings(
+    tmp_path, monkeypatch, capsys
+):
+    import os
+
+    import keras
+
+    current = keras.backend.backend()
+    monkeypatch.setenv("KERAS_BACKEND", current)
+    with pytest.raises(SystemExit) as info:
+        _cli.select_backend(["--backend", "numpy"])
+    assert info.value.code == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith("error: --backend must be one of tensorflow, jax, torch, auto. Received: 'numpy'")
+    )
+    # A config.json's backend that is none of ours is ignored, not an error.
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"config": {"arch": "bn_mlp", "backend": "numpy"}}))
+    assert _cli.select_backend(["--config", str(config)]) == current
+    # Keras is loaded: another backend cannot be had in this process.
+    other = "torch" if current != "torch" else "tensorflow"
+    with pytest.raises(SystemExit) as info:
+        _cli.select_backend(["--backend", other])
+    assert info.value.code == 2 and os.environ["KERAS_BACKEND"] == current
+    assert f"already loaded with backend {current!r}" in capsys.readouterr().err
+    # TensorFlow's log level: quiet by default, the user's own value kept.
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
+    _cli.select_backend([])
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL")
+    _cli.select_backend([])
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "2"
+
+
+def test_jax_cache_defaults_leave_the_users_own_settings(monkeypatch):
+    import os
+
+    def settings():
+        return tuple(os.environ.get(k) for k in (
+            "JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"))  # fmt: skip
+
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/mine/jax")
+    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "5")
+    monkeypatch.setenv("XDG_CACHE_HOME", "/xdg")
+    _cli.jax_compilation_cache()
+    assert settings() == ("/mine/jax", "5")
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+    monkeypatch.delenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")
+    _cli.jax_compilation_cache()
+    assert settings() == ("/xdg/kmnist_lab/jax", "0")
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", "/home/me")
+    _cli.jax_compilation_cache()
+    assert settings() == ("/home/me/.cache/kmnist_lab/jax", "0")
+
+
+def test_run_turns_user_errors_into_one_line_and_their_exit_code(capsys):
+    from kmnist_lab.errors import ConfigError
+    from kmnist_lab.training import DivergedError
+
+    def raising(error):
+        def main(argv):
+            raise error
+
+        return main
+
+    code = _cli.run(raising(ConfigError("bad value\nmore detail")))
+    assert _one_line_error(capsys, code).endswith("error: bad value")
+    code = _cli.run(raising(DivergedError("non-finite loss")))
+    assert _one_line_error(capsys, code, expected_code=3).endswith("error: non-finite loss")
+    code = _cli.run(raising(ConfigError()))
+    assert _one_line_error(capsys, code).endswith("error: ConfigError")
+    assert _cli.run(raising(SystemExit(0))) == 0  # --help
+    assert _cli.run(lambda argv: 0) == 0
+    with pytest.raises(SystemExit) as info:
+        _cli.fail("nope")
+    assert info.value.code == 2 and capsys.readouterr().err.strip().endswith("error: nope")
