@@ -838,3 +838,12 @@ def test_run_report_of_a_regression_run_shows_its_errors_and_fit(tmp_path):
     assert _rows(text, "sin")[0][:6] == ["`sin`", "complete", "3", "1.00e-03", "—", "2.00e-03"]
     assert "test acc %" not in text
     assert (tmp_path / "sin" / "report_files" / "sin_fit.png").is_file()
+
+
+def test_script_quiet_prints_nothing_and_output_dir_is_where_the_report_goes(tmp_path, capsys):
+    study_dir = fake_study(tmp_path, "e_batchnorm")
+    out = tmp_path / "elsewhere"
+    assert _cli.run(report_script.main, [str(study_dir), "--output-dir", str(out), "-q"]) == 0
+    assert capsys.readouterr().out == ""
+    assert (out / "report.md").is_file() and (out / "report.html").is_file()
+    assert not (study_dir / "report.md").exists()
