@@ -855,6 +855,10 @@ def test_jax_cache_defaults_leave_the_users_own_settings(monkeypatch):
     monkeypatch.setenv("HOME", "/home/me")
     _cli.jax_compilation_cache()
     assert settings() == ("/home/me/.cache/kmnist_lab/jax", "0")
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # invalid per XDG: the home's
+    _cli.jax_compilation_cache()
+    assert settings() == ("/home/me/.cache/kmnist_lab/jax", "0")
 
 
 def test_run_turns_user_errors_into_one_line_and_their_exit_code(capsys):
