@@ -605,6 +605,13 @@ def test_extras_are_what_the_descriptions_promise():
         assert ("per_class_train" in study.extras) == ("per-class accuracy on train" in text)
     assert get_study("b_resnet").extras == ("confusion", "per_class_train", "epoch_loss")
     assert get_study("c_optimizers").extras == ("confusion",)
+    # A heatmap has one run per cell: d_losses_activations' 50-epoch tanh runs stay out.
+    for name in SEEDS_NAMES:
+        study = get_study(name)
+        if study.heatmap:
+            cells = [tuple(r.factors[f] for f in study.heatmap) for r in study.runs
+                     if all(r.factors.get(k) == v for k, v in study.heatmap_where)]  # fmt: skip
+            assert len(cells) == len(set(cells)) > 1, name
     d = get_study("d_losses_activations")  # the heatmap: the 10-epoch lr-1e-4 runs only
     assert d.heatmap == ("activation", "loss") and d.heatmap_where == (("epochs", 10),)
 
