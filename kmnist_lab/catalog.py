@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 from kmnist_lab.config import ARCH_DEFAULTS, FALLBACK_DEFAULTS
+from kmnist_lab.errors import ConfigError
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -59,9 +60,18 @@ TABLES = {"models": models_table, "losses": losses_table, "optimizers": optimize
 
 
 def fill(text: str) -> str:
-    """Replaces every `<!-- catalog:NAME -->...<!-- /catalog -->` block with a fresh table."""
+    """Replaces every `<!-- catalog:NAME -->...<!-- /catalog -->` block with a fresh table.
+
+    Raises:
+        ConfigError: a block names a table that does not exist (NAME not in `TABLES`).
+    """
 
     def sub(match):
-        return f"<!-- catalog:{match.group(1)} -->\n{TABLES[match.group(1)]()}\n<!-- /catalog -->"
+        name = match.group(1)
+        if name not in TABLES:
+            raise ConfigError(
+                f"unknown catalog block <!-- catalog:{name} -->; known: {', '.join(TABLES)}"
+            )
+        return f"<!-- catalog:{name} -->\n{TABLES[name]()}\n<!-- /catalog -->"
 
     return re.sub(r"<!-- catalog:(\w+) -->.*?<!-- /catalog -->", sub, text, flags=re.S)

@@ -249,6 +249,8 @@ def run(main_fn, argv=None, resumable: bool = True) -> int:
     try:
         return main_fn(argv)
     except SystemExit as e:  # argparse: --help (0) or a one-line usage error (2)
+        if e.code is None:  # a bare sys.exit() is success, as in Python itself
+            return 0
         return e.code if isinstance(e.code, int) else 2
     except KmnistLabError as e:
         return _one_line(

@@ -1,5 +1,6 @@
 """The README's tables are generated from the registries and must be current."""
 
+import pytest
 import update_readme
 
 
@@ -78,3 +79,11 @@ def test_check_fails_on_a_stale_readme_and_leaves_it_as_it_is(tmp_path, monkeypa
     assert update_readme.main([]) == 0
     assert readme.read_text() == fill(stale) != stale
     assert update_readme.main(["--check"]) == 0
+
+
+def test_fill_refuses_an_unknown_catalog_block_and_names_the_known_ones():
+    from kmnist_lab.catalog import fill
+    from kmnist_lab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"catalog:widgets.*known: models, losses"):
+        fill("<!-- catalog:widgets -->\n| old |\n<!-- /catalog -->\n")

@@ -878,6 +878,8 @@ def test_run_turns_user_errors_into_one_line_and_their_exit_code(capsys):
     code = _cli.run(raising(ConfigError()))
     assert _one_line_error(capsys, code).endswith("error: ConfigError")
     assert _cli.run(raising(SystemExit(0))) == 0  # --help
+    assert _cli.run(raising(SystemExit(None))) == 0  # a bare sys.exit(): success
+    assert _cli.run(raising(SystemExit(2))) == 2  # argparse's usage error
     assert _cli.run(lambda argv: 0) == 0
     with pytest.raises(SystemExit) as info:
         _cli.fail("nope")
