@@ -217,3 +217,315 @@ def test_the_table_shows_medians_of_the_repeats_and_their_ratio_to_torch(tmp_pat
     # 200 samples/s x 2 MFLOP = 0.4 GFLOP/s of the machine's 4: a share of 0.1.
     assert row["matmul_share"] == pytest.approx(0.1)
     assert row["torch_matmul_share"] == pytest.approx(0.05)
+
+
+def test_measure_passes_every_setting_on_and_computes_rates_from_its_clock(monkeypatch):
+    """`bench.measure` with a fake clock (1 s between reads) and a `fit` that only
+    records its calls: the settings reach the model and the loops, and the rates are
+    samples over the clocked seconds. No timing is measured."""
+    import keras
+    import numpy as np
+
+    from kmnist_lab import bench
+
+    clock = iter(range(100))
+    monkeypatch.setattr(bench, "time", type("Clock", (), {"perf_counter": lambda: next(clock)}))
+    calls, models = [], []
+    monkeypatch.setattr(bench, "fit", lambda model, x, y, **kw: calls.append((len(x), kw)))
+    build = bench.build_model
+    monkeypatch.setattr(bench, "build_model", lambda arch: models.append(build(arch)) or models[-1])
+    # batch 20: 60 steps = 1200 samples; 61 steps round up to 2 whole epochs.
+    row = bench.measure("plain_mlp", batch_size=20, jit="off", steps_per_execution=3, steps=61,
+                        epoch_samples=300, precision="mixed", input_pipeline="iterator")  # fmt: skip
+    (model,) = models
+    assert model.dtype_policy.name == "mixed_bfloat16" and keras.config.dtype_policy().name == (
+        "float32"
+    )
+    assert model.steps_per_execution == 3 and model.jit_compile is False
+    assert [(n, kw["epochs"], kw["batch_size"], kw["pipeline"]) for n, kw in calls] == [
+        (1200, 1, 20, "iterator"),  # warm-up epoch, with validation
+        (1200, 2, 20, "iterator"),  # timed: whole 60-step epochs
+        (300, 1, 20, "iterator"),  # one epoch of epoch_samples, with validation
+    ]
+    # validation on epoch_samples / 6 images (never less than a batch)
+    assert [len(kw["validation_data"][0]) for _, kw in calls if "validation_data" in kw] == [50, 50]
+    assert "validation_data" not in calls[1][1] and calls[1][1]["shuffle"] is False
+    assert row["timed_steps"] == 120 and row["epoch_samples"] == 300
+    assert row["train_samples_per_s"] == 2400.0  # 2 epochs x 1200 samples in 1 s
+    assert row["compile_s"] == 0.5  # 1 s of warm-up less its 1200 / 2400 s of training
+    assert row["epoch_s"] == 1.0
+    assert row["infer_samples_per_s"] == 1024.0  # whole batches of 1024 only, in 1 s
+    assert row["steps_per_execution"] == 3 and row["jit_compile"] is False
+    assert (row["jit"], row["precision"], row["input_pipeline"]) == ("off", "mixed", "iterator")
+    assert row["batch_size"] == 20 and row["train_flops_per_sample"] == 2_006_528
+    assert isinstance(row["accelerator"], bool) and np.isfinite(row["peak_rss_mb"])
+
+
+def test_measure_defaults_to_the_policys_settings(monkeypatch):
+    from kmnist_lab import bench
+    from kmnist_lab.speed import resolve_input_pipeline, resolve_jit, resolve_steps_per_execution
+
+    clock = iter(range(100))
+    monkeypatch.setattr(bench, "time", type("Clock", (), {"perf_counter": lambda: next(clock)}))
+    monkeypatch.setattr(bench, "fit", lambda *args, **kw: None)
+    row = bench.measure("plain_mlp", batch_size=8, steps=1)
+    assert row["steps_per_execution"] == resolve_steps_per_execution("plain_mlp", 60)
+    assert row["jit_compile"] is bool(resolve_jit("auto", "plain_mlp"))
+    assert row["input_pipeline"] == resolve_input_pipeline("auto")
+    assert row["timed_steps"] == 60 and row["epoch_samples"] == 480  # 60 batches of 8
+    assert row["infer_samples_per_s"] == 480.0  # fewer than 1024: one batch of all
+
+
+def test_matmul_rate_counts_2_n_cubed_flops_per_product(monkeypatch):
+    from kmnist_lab import bench
+
+    clock = iter([10.0, 14.0])  # 4 s for the timed products (the warm-up one is not timed)
+    monkeypatch.setattr(bench, "time", type("Clock", (), {"perf_counter": lambda: next(clock)}))
+    assert bench.matmul_gflops(n=100, repeats=8) == pytest.approx(2 * 100**3 * 8 / 4 / 1e9)
+
+
+def test_train_flops_counts_only_the_layers_whose_cost_it_knows():
+    import keras
+
+    from kmnist_lab.bench import train_flops
+
+    # A depthwise or transposed convolution's kernel is 4-D too, but not a Conv2D's.
+    for layer in (keras.layers.DepthwiseConv2D(3), keras.layers.Conv2DTranspose(2, 3)):
+        model = keras.Sequential([keras.Input((5, 5, 2)), layer])
+        assert train_flops(model) is None
+    # Nested models count their layers too, the first one being the first layer.
+    inner = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4)])
+    outer = keras.Sequential([keras.Input((6,)), inner, keras.layers.Dense(3)])
+    assert train_flops(outer) == 2 * (3 * (24 + 12) - 24)
+
+
+def _fake_run(monkeypatch, argv, rates=None, torch_rates=None, accelerator=False, flops=2_000_000,
+              json_path=None):  # fmt: skip
+    """Runs benchmark.main on made-up measurements (ours: `rates`, then 100 samples/s;
+    torch: `torch_rates`, then 50; a 4 GFLOP/s matmul rate); returns the specs the
+    workers got, the torch reference's calls and the --json file's contents."""
+    from kmnist_lab import bench
+
+    specs, torch_calls = [], []
+    ours = iter(rates or [])
+
+    def worker(spec, backend):
+        specs.append((backend, spec))
+        rate = next(ours, 100.0)
+        return {"arch": spec["arch"], "backend": backend, "batch_size": spec["batch_size"],
+                "jit": spec["jit"], "jit_compile": spec["jit"] == "on",
+                "precision": spec["precision"], "accelerator": accelerator,
+                "input_pipeline": spec["input_pipeline"],
+                "steps_per_execution": spec["steps_per_execution"] or 1,
+                "train_samples_per_s": rate, "compile_s": 1.25, "epoch_s": 2.5,
+                "epoch_samples": 7680, "infer_samples_per_s": 3000.0, "peak_rss_mb": 321.0,
+                "timed_steps": spec["steps"], "train_flops_per_sample": flops}  # fmt: skip
+
+    theirs = iter(torch_rates or [])
+
+    def run_torch(*args):
+        torch_calls.append(args)
+        return next(theirs, 50.0)
+
+    monkeypatch.setattr(benchmark, "_run_worker", worker)
+    monkeypatch.setattr(benchmark, "_run_torch", run_torch)
+    monkeypatch.setattr(benchmark, "_reference_archs", lambda path: ["bn_mlp", "resnet18"])
+    monkeypatch.setattr(benchmark, "_check_torch_device", lambda device: None)
+    monkeypatch.setattr(bench, "matmul_gflops", lambda: 4.0)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(json_path or f"{tmp}/bench.json")
+        assert _cli.run(benchmark.main, [*argv, "--json", out]) == 0
+        with open(out) as f:
+            return specs, torch_calls, json.load(f)
+
+
+def test_every_setting_of_the_product_reaches_a_worker(monkeypatch):
+    argv = ["--arch", "bn_mlp", "--arch", "resnet18", "--backend", "tensorflow", "jax",
+            "--jit", "on", "off", "--steps-per-execution", "1", "4", "--precision", "mixed",
+            "--input-pipeline", "device", "iterator", "--batch-size", "64", "--repeats", "2"]  # fmt: skip
+    specs, _, data = _fake_run(monkeypatch, argv)
+    keys = [
+        (b, s["arch"], s["jit"], s["steps_per_execution"], s["input_pipeline"]) for b, s in specs
+    ]
+    per_repeat = [(b, a, j, k, p) for a in ("bn_mlp", "resnet18") for b in ("tensorflow", "jax")
+                  for j in ("on", "off") for k in (1, 4) for p in ("device", "iterator")]  # fmt: skip
+    assert keys == per_repeat * 2  # --repeats 2, each repeat measuring every setting in turn
+    assert {(s["precision"], s["batch_size"]) for _, s in specs} == {("mixed", 64)}
+    # Whole 60-step epochs: 300 steps by default for an MLP, 60 for a CNN.
+    assert {s["arch"]: s["steps"] for _, s in specs} == {"bn_mlp": 300, "resnet18": 60}
+    assert len(data["results"]) == len(per_repeat) and data["repeats"] == 2
+    assert all(len(r["runs"]) == 2 for r in data["results"])
+
+
+def test_the_device_pipeline_is_skipped_on_torch_and_steps_round_up(monkeypatch):
+    argv = ["--arch", "bn_mlp", "--backend", "torch", "tensorflow", "--input-pipeline",
+            "device", "iterator", "--steps", "61", "--repeats", "1"]  # fmt: skip
+    specs, _, _ = _fake_run(monkeypatch, argv)
+    assert [(b, s["input_pipeline"]) for b, s in specs] == [
+        ("torch", "iterator"), ("tensorflow", "device"), ("tensorflow", "iterator")]  # fmt: skip
+    assert {s["steps"] for _, s in specs} == {120}
+
+
+def test_torch_runs_after_each_arch_with_the_same_batch_steps_and_device(monkeypatch):
+    argv = ["--arch", "bn_mlp", "--arch", "resnet18", "--backend", "tensorflow", "--repeats", "2",
+            "--batch-size", "32", "--steps", "90", "--compare-torch", "--torch-reference",
+            __file__, "--torch-device", "cuda:1"]  # fmt: skip
+    _, torch_calls, data = _fake_run(monkeypatch, argv, rates=[100.0, 300.0, 200.0, 600.0],
+                                     torch_rates=[10.0, 30.0, 40.0, 20.0])  # fmt: skip
+    assert torch_calls == [(__file__, "bn_mlp", 32, 120, "cuda:1"),
+                           (__file__, "resnet18", 32, 120, "cuda:1")] * 2  # fmt: skip
+    assert data["torch"] == {"bn_mlp": [10.0, 40.0], "resnet18": [30.0, 20.0]}
+    assert data["torch_device"] == "cuda:1"
+    bn, resnet = data["results"]
+    assert bn["torch_samples_per_s"] == 25.0 and bn["ratio_vs_torch"] == 150.0 / 25.0
+    assert resnet["ratio_vs_torch"] == 450.0 / 25.0
+    # torch on a GPU: no CPU matmul share for it, no CPU target (ours ran on the CPU).
+    assert bn["torch_matmul_share"] is None and bn["target_ratio"] is None
+    assert bn["target_matmul_share"] is None
+    assert bn["matmul_share"] == pytest.approx(150.0 * 2e6 / 1e9 / 4.0)
+
+
+def test_each_arch_has_its_own_cpu_target_at_batch_128(monkeypatch):
+    argv = ["--arch", "resnet18", "--backend", "tensorflow", "--repeats", "1", "--compare-torch",
+            "--torch-reference", __file__]  # fmt: skip
+    _, _, data = _fake_run(monkeypatch, argv, rates=[60.0], torch_rates=[40.0], flops=10**9)
+    (row,) = data["results"]
+    assert row["target_ratio"] == 1.15 == benchmark.TORCH_RATIO_TARGETS["resnet18"]
+    # torch's share (40 x 1 GFLOP of 4 GFLOP/s: 10) times the target
+    assert row["torch_matmul_share"] == pytest.approx(10.0)
+    assert row["target_matmul_share"] == pytest.approx(11.5)
+    assert row["matmul_share"] == pytest.approx(15.0) and row["ratio_vs_torch"] == 1.5
+
+
+@pytest.mark.parametrize("extra, accelerator", [(["--batch-size", "64"], False), ([], True)])
+def test_targets_are_for_batch_128_on_the_cpu_only(monkeypatch, extra, accelerator):
+    argv = ["--arch", "bn_mlp", "--backend", "tensorflow", "--repeats", "1", "--compare-torch",
+            "--torch-reference", __file__, *extra]  # fmt: skip
+    _, _, data = _fake_run(monkeypatch, argv, accelerator=accelerator)
+    (row,) = data["results"]
+    assert row["target_ratio"] is None and row["target_matmul_share"] is None
+    assert row["ratio_vs_torch"] == 2.0
+    # Work done on a GPU has no share of the CPU's matmul rate; torch's still does.
+    assert (row["matmul_share"] is None) is accelerator
+    assert row["torch_matmul_share"] == pytest.approx(50 * 2e6 / 1e9 / 4)
+
+
+_TABLE_ROW = {  # header: (value, right-aligned); 100 samples/s, torch 60, 2 MFLOP, 4 GFLOP/s
+    "arch": ("bn_mlp", False), "backend": ("tensorflow", False), "input": ("iterator", False),
+    "jit": ("off", False), "xla": ("False", False), "spe": ("1", True),
+    "train/s": ("100", True), "torch/s": ("60", True), "ratio": ("1.67", True),
+    "target": ("1.60", True), "compile s": ("1.2", True), "epoch s": ("2.5", True),
+    "infer/s": ("3000", True), "RSS MB": ("321", True), "%mm": ("5", True),
+    "torch %mm": ("3", True), "needs %mm": ("5", True),
+}  # fmt: skip
+
+
+def test_the_table_puts_each_value_under_its_header_and_from_json_reprints_it(
+    monkeypatch, capsys, tmp_path
+):
+    argv = ["--arch", "bn_mlp", "--backend", "tensorflow", "--repeats", "1", "--jit", "off",
+            "--input-pipeline", "iterator", "--compare-torch", "--torch-reference", __file__]  # fmt: skip
+    monkeypatch.setattr(benchmark, "_reference_archs", lambda path: ["bn_mlp"])
+    saved = tmp_path / "bench.json"
+    _fake_run(monkeypatch, argv, torch_rates=[60.0], json_path=saved)
+    table = capsys.readouterr().out
+    lines = table.splitlines()
+    assert lines[0].startswith("batch size 128; float32; medians")
+    header, rule, row = lines[1:4]
+    assert set(rule) == {"-"} and len(rule) == len(header)
+    h_end = r_end = 0
+    for label, (value, right) in _TABLE_ROW.items():
+        h_start = header.index(label, h_end)
+        h_end = h_start + len(label)
+        r_start = row.index(value, r_end)
+        r_end = r_start + len(value)
+        assert (r_end == h_end) if right else (r_start == h_start), (label, header, row)
+    # --from-json prints the same table from the --json file, measuring nothing.
+    monkeypatch.setattr(benchmark, "_run_worker", None)
+    assert _cli.run(benchmark.main, ["--from-json", str(saved)]) == 0
+    assert capsys.readouterr().out == table
+
+
+def test_the_markdown_table_has_one_cell_per_header(monkeypatch, capsys, tmp_path):
+    argv = ["--arch", "bn_mlp", "--backend", "tensorflow", "--repeats", "1", "--jit", "off",
+            "--input-pipeline", "iterator", "--compare-torch", "--torch-reference", __file__,
+            "--markdown"]  # fmt: skip
+    monkeypatch.setattr(benchmark, "_reference_archs", lambda path: ["bn_mlp"])
+    _fake_run(monkeypatch, argv, torch_rates=[60.0])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("batch size 128, float32, medians of the repeats")
+    header, rule, row = lines[2:5]
+
+    def cells(line):
+        return [c.strip() for c in line.strip().strip("|").split("|")]
+
+    assert len(cells(rule)) == len(cells(header))
+    md = dict(zip(cells(header), cells(row), strict=True))
+    renamed = {"xla": "XLA", "RSS MB": "peak RSS MB", "%mm": "% mm", "torch %mm": "torch % mm",
+               "needs %mm": "needs % mm"}  # fmt: skip
+    assert md == {renamed.get(k, k): v for k, (v, _) in _TABLE_ROW.items()}
+
+
+def test_a_table_without_torch_shows_dashes(monkeypatch, capsys):
+    argv = ["--arch", "bn_mlp", "--backend", "tensorflow", "--repeats", "1", "--batch-size", "32"]
+    _fake_run(monkeypatch, argv)
+    row = capsys.readouterr().out.splitlines()[3].split()
+    # torch/s, ratio, target; then %mm 5, torch %mm, needs %mm
+    assert row[7:10] == ["-", "-", "-"] and row[-3:] == ["5", "-", "-"]
+
+
+def test_from_json_needs_the_rate_of_every_row(tmp_path, capsys):
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"batch_size": 128, "results": [{"arch": "a", "backend": "b"}]}))
+    assert _cli.run(benchmark.main, ["--from-json", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "is not a benchmark.py --json file (rows lack train_samples_per_s)" in err
+
+
+def _completed(stdout="", stderr="", returncode=0):
+    return subprocess.CompletedProcess([], returncode, stdout=stdout, stderr=stderr)
+
+
+def test_a_worker_measures_in_a_fresh_process_on_its_backend(monkeypatch):
+    from kmnist_lab.errors import KmnistLabError
+
+    calls = []
+
+    def run(cmd, **kw):
+        calls.append((cmd, kw["env"]))
+        return _completed('{"rate": 1}\nlog line\n{"rate": 2}\nbye\n')
+
+    monkeypatch.setattr(benchmark.subprocess, "run", run)
+    spec = {"arch": "bn_mlp", "steps": 60}
+    assert benchmark._run_worker(spec, "jax") == {"rate": 2}  # its last JSON line
+    ((cmd, env),) = calls
+    assert cmd[:3] == [sys.executable, benchmark.__file__, "--worker"]
+    assert json.loads(cmd[3]) == spec
+    assert env["KERAS_BACKEND"] == "jax" and env["JAX_ENABLE_COMPILATION_CACHE"] == "false"
+    for result in (_completed('{"rate": 1}\n', "Traceback\nOOM\n", 1), _completed("", "", 0)):
+        monkeypatch.setattr(benchmark.subprocess, "run", lambda cmd, r=result, **kw: r)
+        with pytest.raises(
+            KmnistLabError, match="benchmark of bn_mlp on jax failed: (OOM|no output)"
+        ):
+            benchmark._run_worker(spec, "jax")
+
+
+def test_the_torch_reference_runs_as_a_plain_script_on_the_cpu(monkeypatch):
+    from kmnist_lab.errors import KmnistLabError
+
+    calls = []
+    monkeypatch.setattr(benchmark.subprocess, "run", lambda cmd, **kw: calls.append(cmd)
+                        or _completed("torch bn_mlp bs=16 samples_per_s 1234.5\n"))  # fmt: skip
+    assert benchmark._run_torch("ref.py", "bn_mlp", 16, 120, "cpu:0") == 1234.5
+    assert benchmark._run_torch("ref.py", "bn_mlp", 16, 120, "cuda") == 1234.5
+    args = ["--arch", "bn_mlp", "--batch-size", "16", "--steps", "120"]
+    assert calls[0] == [sys.executable, "ref.py", *args]
+    assert calls[1] == [sys.executable, "-c", benchmark._TORCH_ON_DEVICE, "cuda", "ref.py", *args]
+    monkeypatch.setattr(benchmark.subprocess, "run", lambda cmd, **kw: _completed("done\n"))
+    with pytest.raises(KmnistLabError, match="printed no 'samples_per_s RATE' line for bn_mlp"):
+        benchmark._run_torch("ref.py", "bn_mlp", 16, 120)
+    monkeypatch.setattr(benchmark.subprocess, "run", lambda cmd, **kw: _completed("", "x\nboom", 1))
+    with pytest.raises(KmnistLabError, match="torch reference for bn_mlp failed: boom"):
+        benchmark._run_torch("ref.py", "bn_mlp", 16, 120)
