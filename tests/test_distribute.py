@@ -116,3 +116,131 @@ def test_jax_data_parallel_needs_every_batch_to_shard_evenly():
     ):
         check_even_batches(splits, 8)
     check_even_batches({"test": (0, 256)}, 8)  # an empty split has no batch
+
+
+def test_a_split_of_exactly_one_batch_must_shard_evenly_too():
+    from kmnist_lab.distribute import check_even_batches
+
+    with pytest.raises(ConfigError, match=r"test split \(128 samples in batches of 128\) has a "
+                       r"batch of 128, not a multiple of 3"):  # fmt: skip
+        check_even_batches({"test": (128, 128)}, 3)
+    with pytest.raises(ConfigError, match="a batch of 96, not a multiple of 5"):
+        check_even_batches({"test": (96, 128)}, 5)  # one partial batch only
+    check_even_batches({"test": (96, 128)}, 3)
+
+
+def test_no_distribution_builds_in_no_scope():
+    from kmnist_lab.distribute import distribution_scope
+
+    for mode in (None, "none"):
+        with distribution_scope(mode) as devices:
+            assert devices is None
+
+
+def test_torch_has_no_data_parallel_scope(monkeypatch):
+    import keras
+
+    from kmnist_lab.distribute import distribution_scope
+
+    monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
+    with pytest.raises(ConfigError, match="torch backend has no built-in data-parallel"):
+        with distribution_scope("data-parallel"):
+            pass
+
+
+def test_jax_data_parallel_is_set_over_every_device_and_restored_after(monkeypatch):
+    import keras
+
+    from kmnist_lab.distribute import distribution_scope
+
+    current = ["previous"]
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    monkeypatch.setattr(keras.distribution, "list_devices", lambda: ["cpu:0", "cpu:1"])
+    monkeypatch.setattr(keras.distribution, "distribution", lambda: current[0])
+    monkeypatch.setattr(keras.distribution, "set_distribution", lambda d: current.insert(0, d))
+    monkeypatch.setattr(keras.distribution, "DataParallel", lambda devices: ("dp", devices))
+    with pytest.raises(RuntimeError, match="mid-build"):
+        with distribution_scope("data-parallel") as devices:
+            assert devices == ["cpu:0", "cpu:1"]
+            assert current[0] == ("dp", ["cpu:0", "cpu:1"])
+            raise RuntimeError("mid-build")
+    assert current[0] == "previous"  # restored, even after an error
+
+
+def test_tensorflow_mirrors_over_the_gpus_else_the_logical_cpus(monkeypatch):
+    import contextlib
+    from types import SimpleNamespace
+
+    import keras
+    import tensorflow as tf
+
+    from kmnist_lab.distribute import device_count, distribution_scope
+
+    strategies = []
+
+    class Mirrored:
+        def __init__(self, devices):
+            strategies.append(devices)
+            self.num_replicas_in_sync = len(devices)
+
+        def scope(self):
+            return contextlib.nullcontext()
+
+    logical = {"GPU": [SimpleNamespace(name=f"/device:GPU:{i}") for i in range(3)],
+               "CPU": [SimpleNamespace(name=f"/device:CPU:{i}") for i in range(2)]}  # fmt: skip
+    monkeypatch.setattr(keras.backend, "backend", lambda: "tensorflow")
+    monkeypatch.setattr(tf.distribute, "MirroredStrategy", Mirrored)
+    monkeypatch.setattr(tf.config, "list_logical_devices", lambda kind: logical[kind])
+    with distribution_scope("data-parallel") as devices:
+        assert devices == ["/device:GPU:0", "/device:GPU:1", "/device:GPU:2"]
+    assert device_count() == 3
+    logical["GPU"] = []
+    with distribution_scope("data-parallel") as devices:
+        assert devices == ["/device:CPU:0", "/device:CPU:1"]
+    assert device_count() == 2
+    assert strategies == [
+        [f"/device:GPU:{i}" for i in range(3)],
+        ["/device:CPU:0", "/device:CPU:1"],
+    ]
+
+
+def test_replicas_get_the_first_replicas_statistics_before_evaluating_and_at_the_end():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from kmnist_lab.distribute import SyncReplicaState
+
+    class Replicated:
+        def __init__(self, *values):
+            self.value = SimpleNamespace(values=[np.array(v, dtype="float32") for v in values])
+            self.assigned = []
+
+        def assign(self, value):
+            self.assigned.append(np.asarray(value).tolist())
+
+    for event in ("on_test_begin", "on_train_end"):
+        two, three = Replicated([1, 2], [3, 4]), Replicated([5], [5], [6])
+        same, single = Replicated([1], [1]), Replicated([7])
+        variables = [two, three, same, single, object()]  # the last one: not replicated
+        callback = SyncReplicaState()
+        callback.set_model(SimpleNamespace(non_trainable_variables=variables))
+        getattr(callback, event)()
+        assert two.assigned == [[1.0, 2.0]]  # the first replica's, as PyTorch DDP
+        assert three.assigned == [[5.0]]
+        assert same.assigned == [] and single.assigned == []
+
+
+def test_split_cpu_sets_the_jax_flag_once_and_leaves_one_device_alone(monkeypatch):
+    import os
+
+    from kmnist_lab.distribute import split_cpu
+
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_foo=1")
+    monkeypatch.delitem(sys.modules, "jax", raising=False)  # JAX not started yet
+    split_cpu(1)
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_foo=1"
+    split_cpu(4)
+    split_cpu(4)
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_foo=1 --xla_force_host_platform_device_count=4"
