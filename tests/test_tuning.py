@@ -1171,3 +1171,238 @@ def test_a_grid_trial_row_leaves_hyperband_columns_empty(tmp_path):
     for row in trial_rows(oracle):
         assert (row["epochs"], row["epochs_trained"], row["worker"]) == (1, 1.0, "tuner1")
         assert [row[k] for k in ("bracket", "round", "initial_epoch", "from_trial")] == [""] * 4
+
+
+# ---------------------------------------------------------------------- figures
+
+
+def _trial_row(trial_id, acc, trained, status="COMPLETED", bracket="", rnd="", initial=0,
+               from_trial="", **hps):  # fmt: skip
+    """A `trials.csv` row as `tuning.results.trial_rows` makes it."""
+    return {"trial_id": trial_id, "status": status, **{f"hp_{k}": v for k, v in hps.items()},
+            "val_accuracy": acc, "val_loss": "", "epochs_trained": trained, "wall_time_s": 1.0,
+            "worker": "", "bracket": bracket, "round": rnd, "initial_epoch": initial,
+            "epochs": initial + int(trained) if trained != "" else "", "from_trial": from_trial}  # fmt: skip
+
+
+def _panels(fig):
+    """The heatmap panels of a figure: {title: (grid, cell texts)} (colour bar left out)."""
+    return {ax.get_title(): (np.ma.filled(ax.images[0].get_array(), np.nan),
+                             [t.get_text() for t in ax.texts])
+            for ax in fig.axes if ax.images}  # fmt: skip
+
+
+def test_accuracy_heatmap_holds_each_cells_best_trial_and_its_epochs():
+    from tuning.figures import accuracy_heatmap, has_heatmap
+
+    rows = [
+        _trial_row("0", 0.50, 3.0, batch_size=32, lr=0.1),
+        _trial_row("1", 0.70, 2.0, batch_size=32, lr=0.1),  # the same cell, better
+        _trial_row("2", 0.60, 1.0, batch_size=128, lr=0.01),
+        _trial_row("3", 0.65, 1.0, batch_size=32, lr=0.01),
+        _trial_row("4", "", "", status="RUNNING", batch_size=64, lr=0.5),  # not shown
+    ]
+    assert has_heatmap(rows) and not has_heatmap(rows[4:])
+    (title, (grid, texts)), = _panels(accuracy_heatmap(rows)).items()  # fmt: skip
+    assert title == "best trial per cell"
+    # batch size (rows) 32, 128 x learning rate (columns) 0.01, 0.1
+    np.testing.assert_allclose(grid, [[65.0, 70.0], [60.0, np.nan]])
+    assert texts == ["65.0\n1 ep", "70.0\n2 ep", "60.0\n1 ep"]
+
+
+def test_accuracy_heatmap_has_a_panel_per_epoch_count():
+    from tuning.figures import accuracy_heatmap
+
+    rows = [
+        _trial_row("0", 0.5, 1.0, batch_size=32, lr=0.1, epochs=1),
+        _trial_row("1", 0.6, 2.0, batch_size=32, lr=0.1, epochs=2),
+        _trial_row("2", 0.4, 2.0, batch_size=64, lr=0.1, epochs=2),
+    ]
+    panels = _panels(accuracy_heatmap(rows))
+    assert list(panels) == ["1 epochs", "2 epochs"]
+    np.testing.assert_allclose(panels["1 epochs"][0], [[50.0], [np.nan]])
+    np.testing.assert_allclose(panels["2 epochs"][0], [[60.0], [40.0]])
+    assert panels["2 epochs"][1] == ["60.0", "40.0"]  # no epochs note: the panel says it
+
+
+def _hyperband_rows():
+    # bracket 1: 2 models x 1 epoch, the better one (1) continued to 2 epochs (trial 2);
+    # bracket 0: 2 models x 2 epochs; trial 5 is still running.
+    return [
+        _trial_row("0", 0.40, 1.0, bracket=1, rnd=0),
+        _trial_row("1", 0.50, 1.0, bracket=1, rnd=0),
+        _trial_row("2", 0.80, 1.0, bracket=1, rnd=1, initial=1, from_trial="1"),
+        _trial_row("3", 0.60, 2.0, bracket=0, rnd=0),
+        _trial_row("4", 0.55, 2.0, bracket=0, rnd=0),
+        _trial_row("5", "", "", status="RUNNING", bracket=0, rnd=0),
+    ]
+
+
+def test_hyperband_brackets_follow_each_model_through_its_rounds():
+    from tuning.figures import hyperband_brackets
+
+    fig = hyperband_brackets(_hyperband_rows())
+    first, second = fig.axes
+    assert first.get_title() == "bracket 1: 2 -> 1 models, 3 epochs"
+    assert second.get_title() == "bracket 0: 2 models, 4 epochs"
+    lines = [(list(ln.get_xdata()), list(ln.get_ydata())) for ln in first.lines]
+    assert lines == [([1], [40.0]), ([1, 2], [50.0, 80.0])]
+    assert [t.get_text() for t in first.texts] == ["80.00"]
+    assert [t.get_text() for t in second.texts] == ["60.00"]
+    assert first.texts[0].xy == (2, 80.0)
+
+
+def test_epochs_spent_shows_the_running_total_and_the_best_so_far():
+    from tuning.figures import budget_curves, epochs_spent
+
+    rows = _hyperband_rows()
+    rows.insert(3, _trial_row("2b", "", 1.0, status="FAILED", bracket=1, rnd=1))  # no score
+    fig = epochs_spent(rows)
+    ax_bar, ax_best, twin = fig.axes
+    assert ax_bar.get_title() == "8 epochs in 6 trials"  # the running trial trained nothing yet
+    assert [p.get_height() for p in ax_bar.patches] == [1, 1, 1, 1, 2, 2]
+    assert list(twin.lines[0].get_ydata()) == [1, 2, 3, 4, 6, 8]
+    (best,) = ax_best.lines
+    assert list(best.get_xdata()) == [1, 2, 3, 4, 6, 8]
+    assert list(best.get_ydata()) == [40.0, 50.0, 80.0, 80.0, 80.0, 80.0]
+    curves = budget_curves({"grid": rows[3:], "hyperband": rows})
+    (ax,) = curves.axes
+    assert [ln.get_label() for ln in ax.lines] == ["grid", "hyperband"]
+    assert list(ax.lines[0].get_xdata()) == [1, 3, 5]
+    assert list(ax.lines[0].get_ydata()) == [-np.inf, 60.0, 60.0]
+
+
+def test_write_figures_saves_the_figures_that_apply(tmp_path):
+    from tuning.figures import write_figures
+
+    grid = [_trial_row("0", 0.5, 1.0, batch_size=32, lr=0.1)]
+    assert write_figures(grid, tmp_path / "a") == [
+        "a/val_accuracy_heatmap.png",
+        "a/epochs_spent.png",
+    ]
+    assert write_figures(_hyperband_rows(), tmp_path / "b") == [
+        "b/hyperband_brackets.png",
+        "b/epochs_spent.png",
+    ]
+    running = _trial_row("0", "", "", status="RUNNING", bracket=0, batch_size=32, lr=0.1)
+    assert write_figures([running], tmp_path / "c") == []  # nothing to show yet
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [
+        "epochs_spent.png",
+        "hyperband_brackets.png",
+    ]
+
+
+# ---------------------------------------------------------- local cluster (no processes)
+
+
+class _FakeProcess:
+    """A chief/worker process of `launch_local_cluster` that exits with `code` at once
+    (None: runs until terminated); the chief writes the search's summary.json."""
+
+    codes: dict = {}
+    started: list = []
+
+    def __init__(self, cmd, env, stdout, stderr, cwd):
+        self.name = env["KERASTUNER_TUNER_ID"]
+        self.cmd, self.env, self.cwd, self.terminated = cmd, env, cwd, False
+        self.code = self.codes.get(self.name, 0)
+        stdout.write(f"{self.name} says hello\n")
+        if self.name == "chief" and self.code == 0:
+            project = Path(json.loads(Path(cmd[-1]).read_text())["config"]["directory"])
+            (project / "p" / "summary.json").write_text('{"best": 1}')
+        self.started.append(self)
+
+    def poll(self):
+        return -15 if self.terminated else self.code
+
+    def terminate(self):
+        self.terminated = True
+
+    def wait(self, timeout=None):
+        return self.poll()
+
+
+def _cluster(tmp_path, monkeypatch, codes, workers=3):
+    from types import SimpleNamespace
+
+    from tuning import distributed
+
+    monkeypatch.setattr(_FakeProcess, "codes", codes)
+    monkeypatch.setattr(_FakeProcess, "started", [])
+    monkeypatch.setattr(distributed.subprocess, "Popen", _FakeProcess)
+    sleeps = []
+
+    def sleep(s):
+        sleeps.append(s)
+        assert len(sleeps) < 20, "the launcher never noticed how its processes ended"
+
+    monkeypatch.setattr(distributed, "time", SimpleNamespace(sleep=sleep))
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    cfg = SearchConfig(space="a_grid", tuner="grid", dataset="kmnist", directory=str(tmp_path),
+                       project_name="p", workers=workers, max_epochs=1)  # fmt: skip
+    return cfg, distributed.launch_local_cluster
+
+
+def test_a_local_cluster_starts_a_chief_and_its_workers(tmp_path, monkeypatch):
+    from tuning.distributed import CWD_VARIABLE
+    from tuning.search import ROOT
+
+    cfg, launch = _cluster(tmp_path, monkeypatch, {})
+    result = launch(cfg)
+    assert result.summary == {"best": 1}
+    procs = _FakeProcess.started
+    assert [p.name for p in procs] == ["chief", "tuner0", "tuner1", "tuner2"]
+    config = tmp_path / "p" / "logs" / "launch.json"
+    for p in procs:
+        assert p.cmd == [sys.executable, "-m", "tuning", str(config)] and p.cwd == str(ROOT)
+        assert p.env["KERASTUNER_ORACLE_IP"] == "127.0.0.1"
+        assert p.env["PYTHONPATH"].split(os.pathsep)[0] == str(ROOT)
+        assert p.env[CWD_VARIABLE] == str(tmp_path)
+        assert p.env["OMP_NUM_THREADS"] == "4"  # 16 cores shared by 4 processes
+        assert (tmp_path / "p" / "logs" / f"{p.name}.log").read_text() == f"{p.name} says hello\n"
+    assert len({p.env["KERASTUNER_ORACLE_PORT"] for p in procs}) == 1  # one oracle for all
+    child = json.loads(config.read_text())["config"]
+    # each process runs its own share: no nested cluster, no second overwrite; the
+    # chief waits for the 3 workers
+    assert (child["workers"], child["overwrite"], child["expect_workers"]) == (0, False, 3)
+
+
+@pytest.mark.parametrize("code", [1, -9])
+def test_a_failed_worker_stops_the_cluster_naming_its_log(tmp_path, monkeypatch, code):
+    from tuning.search import SearchError, _lock_project
+
+    cfg, launch = _cluster(tmp_path, monkeypatch, {"chief": None, "tuner1": code, "tuner2": None})
+    with pytest.raises(SearchError, match=rf"tuner1 exited with code {code} \(tuner1 says hello\)"):
+        launch(cfg)
+    # the running ones were stopped, the finished ones left alone; the folder is free
+    assert [p.terminated for p in _FakeProcess.started] == [True, False, False, True]
+    _lock_project(cfg).release()
+
+
+def test_a_cluster_process_moves_to_the_callers_folder_and_reports_errors_in_one_line(
+    tmp_path, monkeypatch, capsys
+):
+    from kmnist_lab.errors import ConfigError
+    from tuning import distributed
+
+    seen = []
+
+    def run_search(cfg):
+        seen.append((os.getcwd(), cfg))
+        if cfg.seed == 7:
+            raise ConfigError("bad seed")
+
+    monkeypatch.setattr(distributed, "run_search", run_search)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "caller").mkdir()
+    monkeypatch.setenv(distributed.CWD_VARIABLE, str(tmp_path / "caller"))
+    monkeypatch.setenv("KERASTUNER_TUNER_ID", "tuner1")
+    cfg = SearchConfig(space="a_grid", tuner="grid", seed=3)
+    (tmp_path / "c.json").write_text(json.dumps({"config": cfg.to_dict()}))
+    assert distributed.child_main([str(tmp_path / "c.json")]) == 0
+    assert seen == [(str(tmp_path / "caller"), cfg)]
+    (tmp_path / "c.json").write_text(json.dumps({"config": {**cfg.to_dict(), "seed": 7}}))
+    assert distributed.child_main([str(tmp_path / "c.json")]) == 2
+    assert capsys.readouterr().err.strip() == "tuner1: error: bad seed"
