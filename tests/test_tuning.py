@@ -1223,6 +1223,9 @@ def test_accuracy_heatmap_has_a_panel_per_epoch_count():
     np.testing.assert_allclose(panels["1 epochs"][0], [[50.0], [np.nan]])
     np.testing.assert_allclose(panels["2 epochs"][0], [[60.0], [40.0]])
     assert panels["2 epochs"][1] == ["60.0", "40.0"]  # no epochs note: the panel says it
+    # one epoch count: one panel of each cell's best, as without the hyperparameter
+    single = [r for r in rows if r["hp_epochs"] == 2]
+    assert list(_panels(accuracy_heatmap(single))) == ["best trial per cell"]
 
 
 def _hyperband_rows():
@@ -1340,8 +1343,9 @@ def _cluster(tmp_path, monkeypatch, codes, workers=3):
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(distributed, "_free_port", lambda: 54321)
     cfg = SearchConfig(space="a_grid", tuner="grid", dataset="kmnist", directory=str(tmp_path),
-                       project_name="p", workers=workers, max_epochs=1)  # fmt: skip
+                       project_name="p", workers=workers, max_epochs=1, overwrite=True)  # fmt: skip
     return cfg, distributed.launch_local_cluster
 
 
@@ -1362,10 +1366,10 @@ def test_a_local_cluster_starts_a_chief_and_its_workers(tmp_path, monkeypatch):
         assert p.env[CWD_VARIABLE] == str(tmp_path)
         assert p.env["OMP_NUM_THREADS"] == "4"  # 16 cores shared by 4 processes
         assert (tmp_path / "p" / "logs" / f"{p.name}.log").read_text() == f"{p.name} says hello\n"
-    assert len({p.env["KERASTUNER_ORACLE_PORT"] for p in procs}) == 1  # one oracle for all
+    assert {p.env["KERASTUNER_ORACLE_PORT"] for p in procs} == {"54321"}  # a free port, for all
     child = json.loads(config.read_text())["config"]
-    # each process runs its own share: no nested cluster, no second overwrite; the
-    # chief waits for the 3 workers
+    # each process runs its own share: no nested cluster, no second overwrite (the
+    # launcher cleared the folder once); the chief waits for the 3 workers
     assert (child["workers"], child["overwrite"], child["expect_workers"]) == (0, False, 3)
 
 
