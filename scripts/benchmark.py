@@ -38,6 +38,10 @@ DEFAULT_TORCH_REFERENCE = ROOT / "scripts" / "torch_reference.py"
 MLPS = ("plain_mlp", "relu_mlp", "bn_mlp", "mlp")
 # Issue 7's targets: our/torch training throughput at batch 128 on the 2-core CPU.
 TORCH_RATIO_TARGETS = {"bn_mlp": 1.6, "relu_mlp": 1.6, "residual_cnn": 1.4, "resnet18": 1.15}
+# The fields every row of a --json file needs for its table (--from-json).
+TABLE_KEYS = ("arch", "backend", "jit", "jit_compile", "steps_per_execution",
+              "train_samples_per_s", "torch_samples_per_s", "ratio_vs_torch", "compile_s",
+              "epoch_s", "infer_samples_per_s", "peak_rss_mb", "matmul_share")  # fmt: skip
 
 
 def build_parser():
@@ -220,7 +224,8 @@ def main(argv=None) -> int:
         try:
             saved = json.loads(Path(args.from_json).read_text())
             rows, batch_size = saved["results"], saved["batch_size"]
-            missing = sorted({"arch", "backend", "train_samples_per_s"} - set().union(*rows))
+            needed = set(TABLE_KEYS)
+            missing = sorted(set().union(*(needed - set(r) for r in rows)) if rows else needed)
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ConfigError(f"cannot read benchmark results {args.from_json}: {e}") from None
         if missing or not all(isinstance(r, dict) and {"arch", "backend"} <= set(r) for r in rows):

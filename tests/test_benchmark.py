@@ -476,12 +476,29 @@ def test_a_table_without_torch_shows_dashes(monkeypatch, capsys):
     assert row[7:10] == ["-", "-", "-"] and row[-3:] == ["5", "-", "-"]
 
 
-def test_from_json_needs_the_rate_of_every_row(tmp_path, capsys):
-    path = tmp_path / "old.json"
-    path.write_text(json.dumps({"batch_size": 128, "results": [{"arch": "a", "backend": "b"}]}))
-    assert _cli.run(benchmark.main, ["--from-json", str(path)]) == 2
-    err = capsys.readouterr().err
-    assert "is not a benchmark.py --json file (rows lack train_samples_per_s)" in err
+def test_from_json_needs_every_field_of_the_table_in_every_row(tmp_path, capsys):
+    """A file whose rows lack a field the table shows is refused in one line (it once
+    passed the check when the rows held arch, backend and train_samples_per_s, and the
+    table then stopped with a KeyError traceback)."""
+    full = {"arch": "a", "backend": "b", "jit": "off", "jit_compile": False,
+            "steps_per_execution": 1, "train_samples_per_s": 1.0, "torch_samples_per_s": None,
+            "ratio_vs_torch": None, "compile_s": 1.0, "epoch_s": 1.0,
+            "infer_samples_per_s": 1.0, "peak_rss_mb": 1.0, "matmul_share": None}  # fmt: skip
+    cases = [
+        ([{"arch": "a", "backend": "b"}], "train_samples_per_s"),
+        ([{"arch": "a", "backend": "b", "train_samples_per_s": 1.0}], "compile_s"),
+        ([full, {k: v for k, v in full.items() if k != "epoch_s"}], "epoch_s"),
+        ([], "arch"),
+    ]
+    for rows, lacking in cases:
+        path = tmp_path / "old.json"
+        path.write_text(json.dumps({"batch_size": 128, "results": rows}))
+        assert _cli.run(benchmark.main, ["--from-json", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert "is not a benchmark.py --json file (rows lack " in err and lacking in err
+        assert len(err.strip().splitlines()) == 1
+    path.write_text(json.dumps({"batch_size": 128, "results": [full]}))
+    assert _cli.run(benchmark.main, ["--from-json", str(path)]) == 0
 
 
 def _completed(stdout="", stderr="", returncode=0):
