@@ -172,9 +172,10 @@ def test_tensorflow_mirrors_over_the_gpus_else_the_logical_cpus(monkeypatch):
     from types import SimpleNamespace
 
     import keras
-    import tensorflow as tf
 
     from kmnist_lab.distribute import device_count, distribution_scope
+
+    tf = pytest.importorskip("tensorflow")
 
     strategies = []
 
