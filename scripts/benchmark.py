@@ -246,11 +246,11 @@ def main(argv=None) -> int:
         raise ConfigError(
             f"--compare-torch needs {args.torch_reference}; pass --torch-reference PATH"
         )
-    if args.torch_device != "cpu" and not args.compare_torch:
+    if not _is_cpu(args.torch_device) and not args.compare_torch:
         raise ConfigError(f"--torch-device {args.torch_device} needs --compare-torch")
     if args.compare_torch:
         theirs = _reference_archs(args.torch_reference)
-        if args.torch_device != "cpu":
+        if not _is_cpu(args.torch_device):
             _check_torch_device(args.torch_device)
         missing = [a for a in archs if a not in theirs]
         if missing:

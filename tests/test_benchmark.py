@@ -368,6 +368,21 @@ def test_the_device_pipeline_is_skipped_on_torch_and_steps_round_up(monkeypatch)
     assert {s["steps"] for _, s in specs} == {120}
 
 
+def test_cpu_0_is_the_cpu_for_torch_device_checks(monkeypatch):
+    """`--torch-device cpu:0` names the CPU: it needs no --compare-torch and no probe."""
+    specs, torch_calls, data = _fake_run(monkeypatch, ["--torch-device", "cpu:0", "--repeats", "1"])
+    assert len(specs) == 1 and torch_calls == []
+
+    def probe(device):
+        raise AssertionError(f"probed {device}")
+
+    monkeypatch.setattr(benchmark, "_check_torch_device", probe)
+    argv = ["--compare-torch", "--torch-reference", __file__, "--torch-device", "cpu:0",
+            "--repeats", "1", "--json", "/dev/null"]  # fmt: skip
+    assert _cli.run(benchmark.main, argv) == 0
+    assert [c[-1] for c in torch_calls] == ["cpu:0"]
+
+
 def test_torch_runs_after_each_arch_with_the_same_batch_steps_and_device(monkeypatch):
     argv = ["--arch", "bn_mlp", "--arch", "resnet18", "--backend", "tensorflow", "--repeats", "2",
             "--batch-size", "32", "--steps", "90", "--compare-torch", "--torch-reference",

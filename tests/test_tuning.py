@@ -1385,6 +1385,24 @@ def test_a_failed_worker_stops_the_cluster_naming_its_log(tmp_path, monkeypatch,
     _lock_project(cfg).release()
 
 
+def test_a_chief_that_exits_without_a_summary_is_a_search_error(tmp_path, monkeypatch):
+    from tuning import distributed
+    from tuning.search import SearchError
+
+    cfg, launch = _cluster(tmp_path, monkeypatch, {})
+
+    class NoSummary(_FakeProcess):  # every process exits 0, the chief writes nothing
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            (tmp_path / "p" / "summary.json").unlink(missing_ok=True)
+
+    monkeypatch.setattr(distributed.subprocess, "Popen", NoSummary)
+    with pytest.raises(
+        SearchError, match=r"chief exited without writing .*summary\.json.*chief\.log"
+    ):
+        launch(cfg)
+
+
 def test_a_cluster_process_moves_to_the_callers_folder_and_reports_errors_in_one_line(
     tmp_path, monkeypatch, capsys
 ):

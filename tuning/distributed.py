@@ -142,8 +142,13 @@ def launch_local_cluster(cfg: SearchConfig) -> SearchResult:
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 p.kill()
-    summary = json.loads((project / "summary.json").read_text())
-    return SearchResult(project, summary)
+    summary_file = project / "summary.json"
+    if not summary_file.is_file():
+        raise SearchError(
+            f"the chief exited without writing {summary_file}; see {logs / 'chief.log'}; "
+            "re-run the same command to resume"
+        )
+    return SearchResult(project, json.loads(summary_file.read_text()))
 
 
 def child_main(argv) -> int:
