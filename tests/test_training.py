@@ -82,6 +82,24 @@ def test_learns_the_synthetic_task(tmp_path, tiny_dataset):
     assert result.metrics["test_accuracy"] >= 0.8
 
 
+def test_a_training_set_smaller_than_one_batch_trains_one_partial_step_per_epoch(
+    tmp_path, tiny_dataset
+):
+    """Steps per epoch round up: 70 images at batch 128 make one step, and the cosine
+    schedule spans the 2 steps of 2 epochs (lr, then halfway down to 1% of lr)."""
+    cfg = _config(tmp_path, epochs=2, batch_size=128, lr=0.01, lr_schedule="cosine",
+                  export=False)  # fmt: skip
+    result = train(cfg, dataset=tiny_dataset, plots=False)
+    rates = [float(r["learning_rate"]) for r in result.history]
+    assert rates == pytest.approx([0.01, 0.01 * (0.99 * 0.5 + 0.01)], rel=1e-5)
+    assert [int(b["step"]) for b in _rows(tmp_path / "run" / "batches.csv")] == [1, 1]
+    # The run's metrics are those of its last epoch.
+    last = result.history[-1]
+    assert result.metrics["epochs"] == 2
+    assert result.metrics["val_accuracy"] == pytest.approx(float(last["val_accuracy"]))
+    assert result.metrics["train_accuracy"] == pytest.approx(float(last["accuracy"]))
+
+
 def test_existing_complete_run_is_refused_and_kept(tmp_path, tiny_dataset):
     train(_config(tmp_path, epochs=1), dataset=tiny_dataset)
     before = (tmp_path / "run" / "metrics.json").read_text()
@@ -275,6 +293,18 @@ def test_locked_run_folder_is_refused(tmp_path, tiny_dataset):
         ({"val_fraction": 0.0}, r"`val_fraction` must be in \(0, 1\)"),
         ({"steps_per_execution": 0}, "`steps_per_execution` must be a positive integer"),
         ({"warmup_epochs": -1}, "`warmup_epochs` must be an integer >= 0"),
+        # Types and bounds of the other fields (each check on its own):
+        ({"epochs": True}, "`epochs` must be a positive integer"),
+        ({"lr": 0.0}, "`lr` must be a positive finite number"),
+        ({"l2": float("inf")}, "`l2` must be a finite number >= 0"),
+        ({"warmup_epochs": 1.5}, "`warmup_epochs` must be an integer >= 0"),
+        (
+            {"lr_schedule": "step", "epochs": 4, "warmup_epochs": 3},
+            "with `lr_schedule` step, `warmup_epochs` must be at most half of `epochs`",
+        ),
+        ({"export": "yes"}, "`export` must be true or false"),
+        ({"output_dir": ""}, "`output_dir` must be a non-empty string"),
+        ({"verbose": 3}, "`verbose` must be 0, 1 or 2"),
     ],
 )
 def test_bad_config_values(kwargs, message):
@@ -592,6 +622,30 @@ def test_augment_and_l2_given_as_model_params_are_the_ones_recorded():
     with pytest.raises(ConfigError, match="given twice"):
         TrainConfig(l2=0.1, model_params={"l2": 0.5})
     TrainConfig(l2=0.1, model_params={"l2": 0.1})
+
+
+def test_the_augment_and_l2_fields_reach_the_model():
+    """`augment` and `l2` set as fields (--augment, --l2) build the model with them."""
+    from kmnist_lab.training import build_for_config
+
+    def built(**kw):
+        cfg = TrainConfig(arch="mlp", model_params={"hidden": [8]}, **kw).resolved()
+        model, _ = build_for_config(cfg, 10)
+        return model, {layer.name for layer in model.layers}
+
+    model, names = built(l2=0.01, augment=True)
+    assert "augment" in names
+    assert float(model.get_layer("dense1").kernel_regularizer.l2) == pytest.approx(0.01)
+    model, names = built(augment=False)
+    assert "augment" not in names and model.get_layer("dense1").kernel_regularizer is None
+
+
+def test_optimizer_params_win_over_the_momentum_and_weight_decay_fields():
+    """`optimizer_kwargs`: the fields when set, then `optimizer_params`, which win."""
+    assert TrainConfig(optimizer="sgdm").optimizer_kwargs() == {}
+    cfg = TrainConfig(optimizer="sgdm", momentum=0.5, weight_decay=0.01,
+                      optimizer_params={"momentum": 0.9})  # fmt: skip
+    assert cfg.optimizer_kwargs() == {"momentum": 0.9, "weight_decay": 0.01}
 
 
 def test_learning_rate_as_an_optimizer_param_is_a_config_error_not_a_crash():
