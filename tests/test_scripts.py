@@ -626,6 +626,55 @@ def test_config_file_rederives_the_defaults_a_run_recorded(tmp_path):
     assert (chosen.lr, chosen.batch_size) == (0.05, 32)
 
 
+def test_every_train_flag_sets_its_config_field(tmp_path):
+    """Each option of train.py reaches the TrainConfig it builds (a flag missing from the
+    mapping would be parsed, then silently ignored)."""
+    argv = ["--arch", "mlp", "--dataset", "mnist_5k", "--data-dir", str(tmp_path),
+            "--val-fraction", "0.25", "--loss", "focal", "--l2", "0.01", "--no-augment",
+            "--epochs", "4", "--batch-size", "32", "--lr", "0.02", "--optimizer", "sgdm",
+            "--momentum", "0.5", "--weight-decay", "0.001", "--lr-schedule", "step",
+            "--warmup-epochs", "2", "--seed", "3", "--run-name", "r1",
+            "--output-dir", str(tmp_path / "out"), "--overwrite", "--jit", "off",
+            "--precision", "mixed", "--steps-per-execution", "2", "--input-pipeline",
+            "iterator", "--tensorboard", "--no-export", "--precise-bn", "--hidden", "8", "4",
+            "--activation", "tanh", "--dropout", "0.25", "-q"]  # fmt: skip
+    cfg = train_script.config_from_args(train_script.build_parser().parse_args(argv))
+    expected = dict(
+        arch="mlp", dataset="mnist_5k", data_dir=str(tmp_path), val_fraction=0.25, loss="focal",
+        l2=0.01, augment=False, epochs=4, batch_size=32, lr=0.02, optimizer="sgdm",
+        momentum=0.5, weight_decay=0.001, lr_schedule="step", warmup_epochs=2, seed=3,
+        run_name="r1", output_dir=str(tmp_path / "out"), overwrite=True, jit="off",
+        precision="mixed", steps_per_execution=2, input_pipeline="iterator", tensorboard=True,
+        export=False, precise_bn=True, verbose=0,
+        model_params={"hidden": [8, 4], "activation": "tanh", "dropout": 0.25},
+    )  # fmt: skip
+    assert {k: getattr(cfg, k) for k in expected} == expected
+    args = train_script.build_parser().parse_args(["--distribute", "data-parallel", "-q"])
+    assert train_script.config_from_args(args).distribute == "data-parallel"
+
+
+def test_cpu_devices_counts_the_distribute_of_a_config_file(tmp_path, monkeypatch, capsys):
+    """`--cpu-devices` needs a data-parallel run: `--config` saying so is one, and a
+    `--distribute none` on the command line overrides the file."""
+    import kmnist_lab.distribute
+
+    class Split(Exception):
+        pass
+
+    def split_cpu(n):
+        raise Split(n)
+
+    monkeypatch.setattr(kmnist_lab.distribute, "split_cpu", split_cpu)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"config": {"arch": "bn_mlp", "distribute": "data-parallel"}}))
+    argv = ["--config", str(path), "--cpu-devices", "2", "-q"]
+    with pytest.raises(Split):
+        train_script.main(argv)
+    with pytest.raises(SystemExit):
+        train_script.main([*argv, "--distribute", "none"])
+    assert "--cpu-devices 2 splits the CPU" in capsys.readouterr().err
+
+
 def test_a_null_model_param_means_the_archs_default_even_over_a_config_file(tmp_path):
     """`--model-param K=null` drops a value `--config` gave, so the builder's default
     applies: `mlp` with activation=null is ReLU again (activation=linear is none)."""
