@@ -34,8 +34,16 @@ def _config(tmp_path, **kw):
 
 
 def test_run_folder_holds_every_artifact(tmp_path, tiny_dataset):
-    result = train(_config(tmp_path), dataset=tiny_dataset)
+    seen = []
+
+    def after_fit(model, dataset, run_dir):  # before the run is marked complete
+        seen.append((run_dir / "metrics.json").exists())
+        return {"extra": 1.5}
+
+    result = train(_config(tmp_path), dataset=tiny_dataset, after_fit=after_fit)
     run = tmp_path / "run"
+    assert seen == [False] and result.metrics["extra"] == 1.5
+    assert json.loads((run / "status.json").read_text()) == {"status": "complete"}
     for name in ("config.json", "history.csv", "batches.csv", "metrics.json", "model.keras",
                  "saved_model/saved_model.pb", "plots/curves.png", "plots/batch_loss.png"):  # fmt: skip
         assert (run / name).exists(), name
@@ -108,6 +116,17 @@ def test_a_training_set_smaller_than_one_batch_trains_one_partial_step_per_epoch
     assert result.metrics["train_accuracy"] == pytest.approx(float(last["accuracy"]))
 
 
+def test_a_dataset_without_validation_images_trains_without_validation(tmp_path):
+    """Your own arrays split with `val_fraction=0` hold no validation images: the run
+    trains without validating and records no validation score."""
+    x, y = make_images(40, seed=0)
+    xt, yt = make_images(20, seed=1)
+    dataset = data.from_arrays(x, y, xt, yt, val_fraction=0.0, name="noval")
+    result = train(_config(tmp_path, epochs=1, export=False), dataset=dataset, plots=False)
+    assert result.metrics["val_accuracy"] is None
+    assert "val_loss" not in result.history[0] and "accuracy" in result.history[0]
+
+
 def test_existing_complete_run_is_refused_and_kept(tmp_path, tiny_dataset):
     train(_config(tmp_path, epochs=1), dataset=tiny_dataset)
     before = (tmp_path / "run" / "metrics.json").read_text()
@@ -120,10 +139,13 @@ def test_existing_complete_run_is_refused_and_kept(tmp_path, tiny_dataset):
 
 def test_divergence_stops_with_status_and_history(tmp_path, tiny_dataset):
     cfg = _config(tmp_path, arch="plain_mlp", optimizer="sgd", lr=1e12, lr_schedule="constant")
-    with pytest.raises(DivergedError, match=r"non-finite loss at epoch 1, step \d+.*lower --lr"):
+    with pytest.raises(
+        DivergedError, match=r"non-finite loss at epoch 1, step \d+.*lower --lr"
+    ) as e:
         train(cfg, dataset=tiny_dataset)
     status = json.loads((tmp_path / "run" / "status.json").read_text())
-    assert status["status"] == "diverged" and status["epoch"] == 1
+    assert status == {"status": "diverged", "epoch": 1, "step": status.get("step")}
+    assert f"step {status['step']} " in str(e.value)  # the step the message names
     assert (tmp_path / "run" / "history.csv").exists()
     assert not (tmp_path / "run" / "metrics.json").exists()
 
