@@ -288,14 +288,18 @@ class TrainConfig:
                     f"`{name}` cannot set {', '.join(clash)}: kmnist_lab sets it itself "
                     f"({why}). Received: {given}"
                 )
-        # `augment` and `l2` are fields and builder keywords too: one run, one value (the
-        # builder takes `model_params`', so a differing field would be recorded, not used).
-        for name, unset in (("augment", None), ("l2", 0.0)):
-            field, param = getattr(self, name), self.model_params.get(name)
+        # `augment` and `l2` are fields and builder keywords too, as are `momentum` and
+        # `weight_decay` for the optimizer: one run, one value (the keywords are the ones
+        # used, so a differing field would be recorded in config.json, not used).
+        twice = [("model_params", "augment", None), ("model_params", "l2", 0.0),
+                 ("optimizer_params", "momentum", None),
+                 ("optimizer_params", "weight_decay", None)]  # fmt: skip
+        for params, name, unset in twice:
+            field, param = getattr(self, name), getattr(self, params).get(name)
             if field != unset and param is not None and param != field:
                 raise ConfigError(
                     f"`{name}` is given twice with different values: {name}={field!r} and "
-                    f"model_params {name}={param!r}; give it once"
+                    f"{params} {name}={param!r}; give it once"
                 )
         # Unknown keys and bad values fail here, before any data is loaded.
         check_overrides(self.arch, self.model_params)
@@ -339,8 +343,8 @@ class TrainConfig:
             raise ConfigError(f"`verbose` must be 0, 1 or 2. Received: verbose={self.verbose!r}")
 
     def optimizer_kwargs(self) -> dict:
-        """`get_optimizer` keywords: `momentum`, `weight_decay` (when set), then
-        `optimizer_params`, which win."""
+        """`get_optimizer` keywords: `momentum`, `weight_decay` (when set) and
+        `optimizer_params` (validation refuses a key set in both with different values)."""
         kwargs = {k: getattr(self, k) for k in ("momentum", "weight_decay")}
         return {k: v for k, v in kwargs.items() if v is not None} | self.optimizer_params
 

@@ -670,12 +670,20 @@ def test_the_augment_and_l2_fields_reach_the_model():
     assert "augment" not in names and model.get_layer("dense1").kernel_regularizer is None
 
 
-def test_optimizer_params_win_over_the_momentum_and_weight_decay_fields():
-    """`optimizer_kwargs`: the fields when set, then `optimizer_params`, which win."""
+def test_optimizer_kwargs_join_the_momentum_and_weight_decay_fields_and_optimizer_params():
+    """`optimizer_kwargs`: the fields when set, and `optimizer_params`; a key in both must
+    agree, or config.json would record a value the optimizer did not use."""
+    from kmnist_lab.errors import ConfigError
+
     assert TrainConfig(optimizer="sgdm").optimizer_kwargs() == {}
-    cfg = TrainConfig(optimizer="sgdm", momentum=0.5, weight_decay=0.01,
+    cfg = TrainConfig(optimizer="sgdm", momentum=0.9, weight_decay=0.01,
                       optimizer_params={"momentum": 0.9})  # fmt: skip
     assert cfg.optimizer_kwargs() == {"momentum": 0.9, "weight_decay": 0.01}
+    with pytest.raises(ConfigError, match=r"`momentum` is given twice .*momentum=0\.5 and "
+                       r"optimizer_params momentum=0\.9; give it once"):  # fmt: skip
+        TrainConfig(optimizer="sgdm", momentum=0.5, optimizer_params={"momentum": 0.9})
+    with pytest.raises(ConfigError, match="`weight_decay` is given twice"):
+        TrainConfig(optimizer="sgdm", weight_decay=0.0, optimizer_params={"weight_decay": 0.01})
 
 
 def test_learning_rate_as_an_optimizer_param_is_a_config_error_not_a_crash():
