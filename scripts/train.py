@@ -262,9 +262,10 @@ def config_from_args(args):
 
 
 def _check_given_once(args) -> None:
-    """Refuses `--hidden`, `--activation` or `--dropout` contradicting `--model-param`.
+    """Refuses `--hidden`, `--activation` or `--dropout` contradicting `--model-param`,
+    and `--momentum` or `--weight-decay` contradicting `--optimizer-param`.
 
-    Both set the same builder keyword; the dedicated flag would silently win. (A value
+    Both set the same builder keyword; one of them would silently win. (A value
     from `--config` is different: flags override the file.)
 
     Raises:
@@ -272,15 +273,16 @@ def _check_given_once(args) -> None:
     """
     from kmnist_lab.errors import ConfigError
 
-    given = dict(args.model_param)
-    for name in ("hidden", "activation", "dropout"):
-        flag = getattr(args, name)
+    pairs = [(name, "model_param") for name in ("hidden", "activation", "dropout")]
+    pairs += [(name, "optimizer_param") for name in ("momentum", "weight_decay")]
+    for name, params in pairs:
+        flag, given = getattr(args, name), dict(getattr(args, params))
         if flag is not None and given.get(name) is not None and given[name] != flag:
             shown = " ".join(map(str, flag)) if isinstance(flag, list) else flag
             param = given[name] if isinstance(given[name], str) else json.dumps(given[name])
             raise ConfigError(
-                f"`{name}` is given twice with different values: --{name} {shown} and "
-                f"--model-param {name}={param}; give it once"
+                f"`{name}` is given twice with different values: --{name.replace('_', '-')} "
+                f"{shown} and --{params.replace('_', '-')} {name}={param}; give it once"
             )
 
 

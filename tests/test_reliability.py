@@ -806,6 +806,10 @@ BAD_INPUT = [
     ("hidden-given-twice", "train", T + ["--arch", "mlp", "--hidden", "64", "--model-param",
                                          "hidden=[32]"], 2,
      "`hidden` is given twice with different values: --hidden 64 and --model-param hidden=[32]"),
+    ("momentum-given-twice", "train", T + ["--optimizer", "sgdm", "--momentum", "0.5",
+                                           "--optimizer-param", "momentum=0.9"], 2,
+     "`momentum` is given twice with different values: --momentum 0.5 and --optimizer-param "
+     "momentum=0.9"),
     ("momentum-on-adam", "train", T + ["--optimizer", "adam", "--momentum", "0.5"], 2,
      "momentum"),
     ("weight-decay-on-rprop", "train", T + ["--optimizer", "rprop", "--weight-decay", "0.1"], 2,
