@@ -25,6 +25,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from kmnist_lab import interrupts
 from kmnist_lab.errors import RunFolderError
 from kmnist_lab.runs import atomic_write_json, atomic_write_text, fsync_dir
 
@@ -159,13 +160,25 @@ class InterruptCheck(keras.callbacks.Callback):
     it is dropped: training went on to the end and the run completed. Used as a context
     manager in the main thread, this also records SIGINT (before raising as Python's own
     handler does); every callback hook and `check()` then raise KeyboardInterrupt once one
-    was recorded. Elsewhere (another thread, a custom SIGINT handler) it does nothing.
+    was recorded. Elsewhere (another thread, a custom SIGINT handler) it does nothing,
+    except under the scripts' handler (`kmnist_lab.interrupts`), whose record of a
+    Ctrl-C it reads: one dropped before training began (in a garbage-collection
+    callback while the data loaded) stops the run at its first hook.
     """
 
     def __init__(self):
         super().__init__()
-        self.pending = False
+        self._pending = False
         self._installed = False
+
+    @property
+    def pending(self) -> bool:
+        """True once a Ctrl-C arrived (here, or under the scripts' handler)."""
+        return self._pending or interrupts.received()
+
+    @pending.setter
+    def pending(self, value: bool) -> None:
+        self._pending = value
 
     def __enter__(self) -> InterruptCheck:
         if (

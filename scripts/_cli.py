@@ -244,8 +244,11 @@ def run(main_fn, argv=None, resumable: bool = True) -> int:
     A Ctrl-C exits 130 with one line, which tells how to resume when the command
     resumes (`resumable`: train, study, tune) and just says "interrupted" otherwise.
     """
+    from kmnist_lab import interrupts
     from kmnist_lab.errors import KmnistLabError
 
+    # Records a Ctrl-C even where Python drops its KeyboardInterrupt (kmnist_lab.interrupts).
+    installed = interrupts.install()
     try:
         return main_fn(argv)
     except SystemExit as e:  # argparse: --help (0) or a one-line usage error (2)
@@ -259,3 +262,6 @@ def run(main_fn, argv=None, resumable: bool = True) -> int:
     except KeyboardInterrupt:
         text = "interrupted; re-run the same command to resume" if resumable else "interrupted"
         return _one_line(text, 130)
+    finally:
+        if installed:
+            interrupts.uninstall()

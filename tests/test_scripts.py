@@ -933,3 +933,33 @@ def test_run_turns_user_errors_into_one_line_and_their_exit_code(capsys):
     with pytest.raises(SystemExit) as info:
         _cli.fail("nope")
     assert info.value.code == 2 and capsys.readouterr().err.strip().endswith("error: nope")
+
+
+def test_a_ctrl_c_dropped_before_training_began_still_stops_train_py(
+    data_dir, tmp_path, monkeypatch, capsys, python_sigint
+):
+    """A Ctrl-C while train.py loaded its data raised its KeyboardInterrupt inside JAX's
+    garbage-collection callback, where Python drops it ("Exception ignored in
+    _xla_gc_callback"): the run trained to the end and exited 0. It must stop, exit 130
+    and stay resumable."""
+    import signal
+
+    original = train_script.config_from_args
+
+    def config_then_a_dropped_ctrl_c(args):
+        config = original(args)
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            pass  # as a gc callback does
+        return config
+
+    monkeypatch.setattr(train_script, "config_from_args", config_then_a_dropped_ctrl_c)
+    argv = ["--arch", "bn_mlp", "--dataset", "kmnist", "--data-dir", str(data_dir), "--epochs", "2",
+            "--batch-size", "16", "--output-dir", str(tmp_path), "--run-name", "r", "-q",
+            "--no-export"]  # fmt: skip
+    code = _cli.run(train_script.main, argv)
+    assert code == 130, capsys.readouterr().err
+    assert not (tmp_path / "r" / "metrics.json").exists()
+    assert json.loads((tmp_path / "r" / "status.json").read_text())["status"] == "interrupted"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
