@@ -847,3 +847,24 @@ def test_script_quiet_prints_nothing_and_output_dir_is_where_the_report_goes(tmp
     assert capsys.readouterr().out == ""
     assert (out / "report.md").is_file() and (out / "report.html").is_file()
     assert not (study_dir / "report.md").exists()
+
+
+def test_a_run_report_written_elsewhere_names_each_evaluations_wrong_images(tmp_path):
+    """`report.py RUN --output-dir OUT` copied two evaluations' wrong.png as
+    `report_files/wrong.png` and `wrong_.png`: which split was which? They are named as
+    the confusion matrices and per-class bars beside them are."""
+    from kmnist_lab import evaluation
+
+    fake_run(tmp_path / "r", 0, extras=False)
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(10), 5)
+    scores = rng.normal(size=(50, 10)) + 3 * np.eye(10)[y]
+    names = [str(i) for i in range(10)]
+    x = rng.integers(0, 256, size=(50, 28, 28), dtype=np.uint8)
+    for where in ("fake-test", "fake-val"):
+        out = tmp_path / "r" / "evaluation" / where
+        evaluation.write_report(score(y, scores, names), x, names, out, title=where)
+    report, _ = write_report(tmp_path / "r", tmp_path / "elsewhere")
+    files = sorted(p.name for p in (report.parent / "report_files").glob("wrong*"))
+    assert files == ["wrong_fake-test.png", "wrong_fake-val.png"]
+    assert "](report_files/wrong_fake-val.png)" in report.read_text()

@@ -53,14 +53,16 @@ class Document:
         """Saves a matplotlib Figure as `report_files/<name>.png` and adds it."""
         self.blocks.append(("img", plots.save(fig, self._new_file(name)), caption))
 
-    def image(self, path: Path, caption: str) -> None:
+    def image(self, path: Path, caption: str, name: str | None = None) -> None:
         """Adds an existing PNG (e.g. a search's figures), copied next to the report
-        when it lies outside the report's folder, so the report can be moved."""
+        (as `report_files/<name>`, default the file's own name) when it lies outside the
+        report's folder, so the report can be moved."""
         path = Path(path)
         try:
             path.resolve().relative_to(self.out_dir.resolve())
         except ValueError:
-            path = Path(shutil.copyfile(path, self._new_file(path.stem, path.suffix)))
+            copy = self._new_file(name or path.stem, path.suffix)
+            path = Path(shutil.copyfile(path, copy))
         self.blocks.append(("img", path, caption))
 
     def remove_stale_files(self) -> list[Path]:

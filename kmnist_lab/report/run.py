@@ -64,5 +64,9 @@ def render_run(path: Path, doc: Document) -> str:
             )
             doc.figure(fig, f"per_class_{where}", "Accuracy per class.")
             if (ev_path.parent / "wrong.png").is_file():  # the images are not in the JSON
-                doc.image(ev_path.parent / "wrong.png", "The most confidently wrong images.")
+                doc.image(
+                    ev_path.parent / "wrong.png",
+                    "The most confidently wrong images.",
+                    name=f"wrong_{where}",  # as confusion_ and per_class_: whose they are
+                )
     return title
