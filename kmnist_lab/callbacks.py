@@ -17,8 +17,6 @@ import math
 import os
 import re
 import shutil
-import signal
-import threading
 import time
 from pathlib import Path
 
@@ -158,12 +156,12 @@ class InterruptCheck(keras.callbacks.Callback):
     (`keras.src.utils.python_utils.pythonify_logs`). On JAX that conversion is where the
     host waits for the device, so a Ctrl-C often raises its KeyboardInterrupt there, where
     it is dropped: training went on to the end and the run completed. Used as a context
-    manager in the main thread, this also records SIGINT (before raising as Python's own
-    handler does); every callback hook and `check()` then raise KeyboardInterrupt once one
-    was recorded. Elsewhere (another thread, a custom SIGINT handler) it does nothing,
-    except under the scripts' handler (`kmnist_lab.interrupts`), whose record of a
-    Ctrl-C it reads: one dropped before training began (in a garbage-collection
-    callback while the data loaded) stops the run at its first hook.
+    manager in the main thread, this records SIGINT through `kmnist_lab.interrupts`
+    (which raises as Python's own handler does); every callback hook and `check()` then
+    raise KeyboardInterrupt once one was recorded. The scripts install that recorder for
+    their whole run (`scripts/_cli.py`), so a Ctrl-C dropped before training began (in a
+    garbage-collection callback while the data loaded) stops the run at its first hook.
+    Under another SIGINT handler, or outside the main thread, it records nothing.
     """
 
     def __init__(self):
@@ -173,7 +171,7 @@ class InterruptCheck(keras.callbacks.Callback):
 
     @property
     def pending(self) -> bool:
-        """True once a Ctrl-C arrived (here, or under the scripts' handler)."""
+        """True once a Ctrl-C was recorded (or `pending` was set)."""
         return self._pending or interrupts.received()
 
     @pending.setter
@@ -181,27 +179,20 @@ class InterruptCheck(keras.callbacks.Callback):
         self._pending = value
 
     def __enter__(self) -> InterruptCheck:
-        if (
-            threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-        ):
-            signal.signal(signal.SIGINT, self._on_sigint)
-            self._installed = True
+        self._installed = interrupts.install()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        pending = self.pending
         if self._installed:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            interrupts.uninstall()
             self._installed = False
+        self._pending = pending  # the record outlives the handler
         # A library may turn the KeyboardInterrupt into another error: TensorFlow, hit
         # while it traces a step, raised `TypeError: Failed to convert elements of
         # (None, 784) to Tensor`, and the script exited 1 with a traceback. It is a Ctrl-C.
-        if self.pending and exc_type is not None and issubclass(exc_type, Exception):
+        if pending and exc_type is not None and issubclass(exc_type, Exception):
             raise KeyboardInterrupt from exc
-
-    def _on_sigint(self, signum, frame):
-        self.pending = True
-        raise KeyboardInterrupt
 
     def check(self, *args, **kwargs) -> None:
         """Raises KeyboardInterrupt if a Ctrl-C arrived (even one swallowed since)."""
