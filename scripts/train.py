@@ -349,15 +349,16 @@ def main(argv=None) -> int:
                 "and this run trains on one device (distribute none); add --distribute "
                 "data-parallel or drop --cpu-devices"
             )
-    _cli.setup_logging(not args.quiet)
-    logging.getLogger("kmnist_lab").info("Keras backend: %s", backend)
-    if args.cpu_devices:
+    if args.cpu_devices:  # before anything (the config's checks too) starts the backend
         from kmnist_lab.distribute import split_cpu
 
         split_cpu(args.cpu_devices)
+    cfg = config_from_args(args)  # a bad option fails here, before anything is printed
+    _cli.setup_logging(not args.quiet)
+    logging.getLogger("kmnist_lab").info("Keras backend: %s", backend)
     from kmnist_lab.training import train
 
-    result = train(config_from_args(args))
+    result = train(cfg)
     m = result.metrics
     print(
         f"{result.config.arch} on {m['dataset']}: test accuracy {100 * m['test_accuracy']:.2f}% "

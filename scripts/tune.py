@@ -170,11 +170,12 @@ def main(argv=None) -> int:
         _cli.fail(f"--factor must be an integer >= 2, got {args.factor}")
     if args.expect_workers:
         _check_expect_workers(parser, args)
+    cfg = config_from_args(args)  # a bad option fails here, before anything is printed
     _cli.setup_logging(not args.quiet)
     logging.getLogger("kmnist_lab").info("Keras backend: %s", backend)
     from tuning.search import run_search
 
-    result = run_search(config_from_args(args))
+    result = run_search(cfg)
     if result is None:  # a worker of a distributed search: the chief reports
         return 0
     s = result.summary

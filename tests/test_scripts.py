@@ -963,3 +963,23 @@ def test_a_ctrl_c_dropped_before_training_began_still_stops_train_py(
     assert not (tmp_path / "r" / "metrics.json").exists()
     assert json.loads((tmp_path / "r" / "status.json").read_text())["status"] == "interrupted"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
+@pytest.mark.parametrize(
+    "script, argv",
+    [
+        ("train", ["--arch", "bn_mlp", "--model-param", "widht=3"]),
+        ("tune", ["--space", "losses", "--project-name", "a/b"]),
+    ],
+)
+def test_bad_options_print_one_line_even_without_quiet(script, argv, tmp_path, capsys, caplog):
+    """The README's convention (one stderr line, exit 2) holds without -q too: the
+    "Keras backend: X" progress line is logged only after the options were checked."""
+    import importlib
+
+    caplog.set_level(logging.INFO)  # the log records, as a run without -q emits them
+    main = importlib.import_module(script).main
+    code = _cli.run(main, [*argv, "--output-dir" if script == "train" else "--directory",
+                           str(tmp_path)])  # fmt: skip
+    _one_line_error(capsys, code)
+    assert caplog.messages == []
