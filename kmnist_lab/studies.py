@@ -90,7 +90,12 @@ def _subset(dataset, seed: int = 0):
     return dataclasses.replace(dataset, **parts)
 
 
-def _study_record(study: Study, dataset: str, quick: bool, epochs_scale: float) -> dict:
+def _study_record(
+    study: Study, dataset: str, quick: bool, epochs_scale: float, export: bool = True
+) -> dict:
+    """study.json: the study as run (each run's effective config), the settings a resume
+    must share (dataset, quick, epochs_scale, backend) and `export`, for the report's
+    command that finishes a partly run study."""
     import keras
 
     record = study.to_dict()
@@ -99,7 +104,7 @@ def _study_record(study: Study, dataset: str, quick: bool, epochs_scale: float) 
         for r in study.runs
     ]
     return {"study": record, "dataset": dataset, "quick": quick, "epochs_scale": epochs_scale,
-            "backend": keras.backend.backend()}  # fmt: skip
+            "backend": keras.backend.backend(), "export": export}  # fmt: skip
 
 
 def _check_settings(study_dir: Path, record: dict) -> None:
@@ -206,7 +211,7 @@ def run_study(
         raise RunFolderError(
             f"cannot create study folder {study_dir}: {e.strerror}; choose another --output-dir"
         ) from None
-    record = _study_record(study, ds_name, quick, epochs_scale)
+    record = _study_record(study, ds_name, quick, epochs_scale, export)
     _check_settings(study_dir, record)
     runs.atomic_write_json(study_dir / STUDY_FILE, record)
     statuses, trained = {}, []

@@ -141,7 +141,10 @@ def test_a_partly_run_study_report_names_its_unfinished_runs(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="kmnist_lab"):
         text = write_report(study_dir)[0].read_text()
     said = "3 of 5 runs finished; not yet: `sigmoid` (incomplete), `tanh` (missing)"
-    command = f"python scripts/study.py b_resnet --dataset mnist_5k --output-dir {tmp_path}"
+    command = (
+        f"python scripts/study.py b_resnet --dataset mnist_5k --backend tensorflow "
+        f"--output-dir {tmp_path}"
+    )
     assert said in text and f"`{command}` finishes them" in text
     assert said.replace("`", "") in caplog.text and command in caplog.text
     caplog.clear()
@@ -802,6 +805,21 @@ def test_grid_note_counts_only_the_cells_that_ran_with_other_settings(tmp_path):
         "Cells are labelled with the study's settings, but 1 of them ran with others "
         "(`--quick` or `--epochs-scale`), e.g. `ran` ran with epochs 2." in text
     )
+
+
+def test_the_finishing_command_keeps_no_export_and_the_backend(tmp_path):
+    """A study run with --no-export (on JAX) is finished the same way: the hint carries
+    --no-export (or the remaining runs would export) and the backend study.py needs."""
+    study_dir = tiny_study(tmp_path, [{"name": "a"}, {"name": "b"}])
+    record = runs.read_json(study_dir / "study.json")
+    runs.atomic_write_json(study_dir / "study.json", {**record, "export": False, "backend": "jax"})
+    shutil.rmtree(study_dir / "b")
+    text = write_report(study_dir)[0].read_text()
+    command = (
+        f"python scripts/study.py tiny --dataset mnist_5k --backend jax --no-export "
+        f"--output-dir {tmp_path}"
+    )
+    assert f"`{command}` finishes them" in text
 
 
 def test_unfinished_regression_study_command_names_no_dataset(tmp_path):

@@ -95,7 +95,8 @@ def render_study(path: Path, doc: Document) -> str:
 
 def _unfinished(doc: Document, path: Path, record: dict, entries: list[dict]) -> None:
     """Says which runs a partly run study still lacks (in the report and on stderr) and
-    the command that finishes them; a diverged run is finished."""
+    the command that finishes them (with the settings the study ran with, as study.json
+    records them); a diverged run is finished."""
     left = [e for e in entries if e["status"] not in ("complete", "diverged")]
     if not left:
         return
@@ -107,6 +108,10 @@ def _unfinished(doc: Document, path: Path, record: dict, entries: list[dict]) ->
         command += " --quick"
     if record.get("epochs_scale", 1) != 1:
         command += f" --epochs-scale {record['epochs_scale']}"
+    if record.get("backend"):  # study.py refuses to continue a study on another backend
+        command += f" --backend {record['backend']}"
+    if record.get("export") is False and not record.get("quick"):  # as the finished runs
+        command += " --no-export"
     command += f" --output-dir {path.parent}"
     names = ", ".join(f"`{e['name']}` ({e['status']})" for e in left)
     text = (
