@@ -213,6 +213,16 @@ def test_run_report(tmp_path):
     assert "`r`" in text and "Training loss vs iteration" in text and page.is_file()
 
 
+def test_the_report_of_an_interrupted_run_shows_its_planned_epochs(tmp_path):
+    """As a study's table does for its unfinished runs: config.json's epochs, not "—"."""
+    fake_run(tmp_path / "r", 0, complete=False)
+    runs.atomic_write_json(tmp_path / "r" / "config.json",
+                           {"config": {"arch": "mlp", "epochs": 15}, "dataset": {"name": "fake"}})  # fmt: skip
+    text = write_report(tmp_path / "r")[0].read_text()
+    assert "Status **incomplete**" in text
+    assert _rows(text, "r")[0][:4] == ["`r`", "incomplete", "15", "—"]
+
+
 def test_run_report_of_a_study_run_keeps_evaluate_py_results_on_other_splits(tmp_path):
     """A study run's own test evaluation (evaluation_test.json) is in the report once; what
     scripts/evaluate.py added on other splits or datasets is reported too."""

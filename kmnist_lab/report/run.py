@@ -31,8 +31,10 @@ def render_run(path: Path, doc: Document) -> str:
         if r["name"] == path.name:
             original = r.get("original", {}) if comparable else {}
             doc.para(f"Part of study `{study['name']}` (report {study.get('report')}).")
+    # `effective`: the planned epochs, shown (as in a study's table) until metrics.json
+    # holds the epochs run.
     entry = {"name": path.name, "dir": path, "status": runs.run_status(path), "metrics": metrics,
-             "original": original, "factors": {}}  # fmt: skip
+             "original": original, "factors": {}, "effective": {"epochs": config.get("epochs")}}  # fmt: skip
     doc.heading("Results")
     if "mean_error" in metrics:
         regression_table(doc, [entry])
