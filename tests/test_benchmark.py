@@ -147,14 +147,22 @@ def test_the_device_launcher_runs_a_reference_as_python_would(tmp_path):
     assert str(tmp_path) not in sys.path
 
 
-def test_the_published_gpu_results_print_as_tables(capsys):
-    # docs/performance.md's H100 tables come from these files; --from-json reprints them.
+def test_the_published_results_print_as_tables(capsys):
+    # docs/performance.md's H100 and CPU (runs 13-14) tables come from these files;
+    # --from-json reprints them: a row per result, the GPU note only for GPU runs, and
+    # on the CPU the targets beside the ratios.
     files = sorted((benchmark.ROOT / "docs" / "bench").glob("*.json"))
-    assert files
+    assert {"h100_jax_float32.json", "cpu_run14.json"} <= {p.name for p in files}
     for path in files:
         assert _cli.run(benchmark.main, ["--from-json", str(path), "--markdown"]) == 0
         table = capsys.readouterr().out
-        assert "on a GPU/TPU" in table and "| resnet18 | jax |" in table
+        rows = json.loads(path.read_text())["results"]
+        for r in rows:
+            assert f"| {r['arch']} | {r['backend']} |" in table, path.name
+        on_gpu = any(r.get("accelerator") for r in rows)
+        assert ("on a GPU/TPU" in table) is on_gpu, path.name
+        if not on_gpu:
+            assert "| 1.60 |" in table and "| 1.15 |" in table, path.name
 
 
 @pytest.mark.parametrize("device, cpu", [("cpu", True), ("cpu:0", True), ("cuda", False),
