@@ -43,7 +43,11 @@ def build_parser():
     p.add_argument("--only", action="append", metavar="PATTERN",
                    help="train only the runs whose names match this shell pattern "
                    "(repeatable), e.g. --only '*_e15'; the others are left as they are")  # fmt: skip
-    p.add_argument("--backend", choices=_cli.BACKENDS, help="Keras backend (or set KERAS_BACKEND)")
+    p.add_argument(
+        "--backend",
+        choices=_cli.BACKENDS,
+        help="Keras backend (default: KERAS_BACKEND if set, else tensorflow)",
+    )
     p.add_argument(
         "--output-dir", help="parent of the study folder (default studies/DATASET[-quick])"
     )

@@ -88,13 +88,18 @@ def build_parser():
     g.add_argument("--model-param", action="append", type=_cli.key_value, default=[], metavar="K=V",
                    help="builder keyword, e.g. hidden=[256,64] (repeatable); K=null: the arch's "
                    "default (drops a --config value); mlp with no activation: activation=linear")  # fmt: skip
-    g.add_argument("--hidden", type=_cli.positive_int, nargs="+", help="hidden widths (arch mlp)")
+    g.add_argument(
+        "--hidden",
+        type=_cli.positive_int,
+        nargs="+",
+        help="hidden widths (arch mlp; default 512 128)",
+    )
     g.add_argument("--activation", choices=ACTIVATIONS, metavar="ACTIVATION",
                    help=f"activation (arch mlp: {', '.join(ACTIVATIONS)}; "
                    f"resnet18: {', '.join(RESNET_ACTIVATIONS)})")  # fmt: skip
-    g.add_argument("--dropout", type=_cli.nonneg_float, help="dropout rate (MLPs)")
+    g.add_argument("--dropout", type=_cli.nonneg_float, help="dropout rate (MLPs; default 0)")
     g.add_argument(
-        "--l2", type=_cli.nonneg_float, default=None, help="L2 penalty on kernels (MLPs)"
+        "--l2", type=_cli.nonneg_float, default=None, help="L2 penalty on kernels (MLPs; default 0)"
     )
     g.add_argument(
         "--augment",

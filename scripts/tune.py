@@ -87,13 +87,17 @@ def build_parser():
     )
     r = p.add_argument_group("run")
     r.add_argument("--workers", type=_cli.nonneg_int, default=0,
-                   help="start a chief and N workers here (distributed)")  # fmt: skip
+                   help="start a chief and N workers here (distributed; default 0: one process)")  # fmt: skip
     r.add_argument("--expect-workers", type=_cli.nonneg_int, default=0,
                    help="as the chief of a search started by hand (KERASTUNER_TUNER_ID=chief): "
-                   "no trial until N workers asked (at most 120 s)")  # fmt: skip
+                   "no trial until N workers asked (at most 120 s; default 0: none)")  # fmt: skip
     r.add_argument("--recycle-mb", type=_cli.nonneg_int, default=300, metavar="MB",
                    help="restart between trials past MB of growth (300; 0: never)")  # fmt: skip
-    r.add_argument("--backend", choices=_cli.BACKENDS, help="Keras backend (or set KERAS_BACKEND)")
+    r.add_argument(
+        "--backend",
+        choices=_cli.BACKENDS,
+        help="Keras backend (default: KERAS_BACKEND if set, else tensorflow)",
+    )
     r.add_argument("--jit", choices=JIT_POLICIES, default="auto", help="XLA policy (default auto)")
     r.add_argument("-q", "--quiet", action="store_true", help="no per-trial tables")
     return p

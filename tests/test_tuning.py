@@ -1073,6 +1073,11 @@ def test_trials_csv_leaves_missing_cells_empty_and_summary_lists_the_best_first(
         "| 1 | 0.02 | 90.00 | 1 | 1 | tuner0 |",
         "| 0 | 0.01 | 50.00 | 1 | 1 | tuner0 |",
     ]
+    best = {"trial_id": "1", "hyperparameters": {"lr": 0.02}, "epochs": 1, "val_accuracy": 0.9}
+    text = results.summary_markdown({**summary, "best": best}, rows, [])
+    assert "| best trial | 1: lr=0.02; 1 epoch; val accuracy **90.00%** |" in text
+    best["epochs"] = 3
+    assert "; 3 epochs;" in results.summary_markdown({**summary, "best": best}, rows, [])
 
 
 def test_retrain_rescores_a_best_model_that_was_restored(tmp_path):

@@ -185,7 +185,8 @@ def summary_markdown(summary: dict, rows: list[dict], figures: list[str]) -> str
     if best:
         hps = ", ".join(f"{k}={_fmt(v)}" for k, v in best["hyperparameters"].items())
         lines.append(
-            f"| best trial | {best['trial_id']}: {hps}; {best['epochs']} epochs;"
+            f"| best trial | {best['trial_id']}: {hps}; {best['epochs']} "
+            f"epoch{'' if best['epochs'] == 1 else 's'};"
             f" val accuracy **{_pct(best['val_accuracy'])}%** |"
         )
         model = summary.get("best_model") or {}
@@ -198,7 +199,12 @@ def summary_markdown(summary: dict, rows: list[dict], figures: list[str]) -> str
             )
     table = grid_table(rows)
     if table:
-        lines += ["", "## Validation accuracy (%) per cell (report A's table)", "", table]
+        lines += [
+            "",
+            "## Validation accuracy (%) per batch size, lr and epochs (report A's table layout)",
+            "",
+            table,
+        ]
     done = sorted(completed(rows), key=lambda r: -r["val_accuracy"])[:10]
     if done:
         hp_cols = [k for k in done[0] if k.startswith("hp_")]
