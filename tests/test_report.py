@@ -241,19 +241,27 @@ def test_run_report_of_a_study_run_keeps_evaluate_py_results_on_other_splits(tmp
     assert "Evaluation fake-test" not in text  # the run's own test evaluation, shown already
 
 
-def test_run_report_shows_every_figure_evaluate_py_wrote(tmp_path):
-    """`report.py RUN` showed evaluate.py's confusion matrix and classification report but
-    not its per-class accuracy nor its most confidently wrong images (wrong.png)."""
+def _evaluated_run(run_dir: Path, wheres: list[str]) -> list[Path]:
+    """A `fake_run` with evaluate.py's output (figures, wrong.png) in
+    `evaluation/<where>/` for each of `wheres`; returns those folders."""
     from kmnist_lab import evaluation
 
-    fake_run(tmp_path / "r", 0, extras=False)
+    fake_run(run_dir, 0, extras=False)
     rng = np.random.default_rng(1)
     y = np.repeat(np.arange(10), 5)
     scores = rng.normal(size=(50, 10)) + 3 * np.eye(10)[y]
     names = [str(i) for i in range(10)]
     x = rng.integers(0, 256, size=(50, 28, 28), dtype=np.uint8)
-    out = tmp_path / "r" / "evaluation" / "fake-test"
-    evaluation.write_report(score(y, scores, names), x, names, out, title="fake test")
+    outs = [run_dir / "evaluation" / where for where in wheres]
+    for out in outs:
+        evaluation.write_report(score(y, scores, names), x, names, out, title=out.name)
+    return outs
+
+
+def test_run_report_shows_every_figure_evaluate_py_wrote(tmp_path):
+    """`report.py RUN` showed evaluate.py's confusion matrix and classification report but
+    not its per-class accuracy nor its most confidently wrong images (wrong.png)."""
+    out = _evaluated_run(tmp_path / "r", ["fake-test"])[0]
     assert (out / "wrong.png").is_file() and (out / "per_class.png").is_file()
     report, _ = write_report(tmp_path / "r")
     text, files = report.read_text(), report.parent / "report_files"
@@ -881,17 +889,7 @@ def test_a_run_report_written_elsewhere_names_each_evaluations_wrong_images(tmp_
     """`report.py RUN --output-dir OUT` copied two evaluations' wrong.png as
     `report_files/wrong.png` and `wrong_.png`: which split was which? They are named as
     the confusion matrices and per-class bars beside them are."""
-    from kmnist_lab import evaluation
-
-    fake_run(tmp_path / "r", 0, extras=False)
-    rng = np.random.default_rng(1)
-    y = np.repeat(np.arange(10), 5)
-    scores = rng.normal(size=(50, 10)) + 3 * np.eye(10)[y]
-    names = [str(i) for i in range(10)]
-    x = rng.integers(0, 256, size=(50, 28, 28), dtype=np.uint8)
-    for where in ("fake-test", "fake-val"):
-        out = tmp_path / "r" / "evaluation" / where
-        evaluation.write_report(score(y, scores, names), x, names, out, title=where)
+    _evaluated_run(tmp_path / "r", ["fake-test", "fake-val"])
     report, _ = write_report(tmp_path / "r", tmp_path / "elsewhere")
     files = sorted(p.name for p in (report.parent / "report_files").glob("wrong*"))
     assert files == ["wrong_fake-test.png", "wrong_fake-val.png"]
