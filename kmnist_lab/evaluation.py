@@ -54,9 +54,44 @@ def resolve_saved_model(path) -> tuple[Path, Path | None]:
         raise ModelLoadError(
             f"{path} has no saved_model/ (trained with --no-export, or in a --quick study?)"
         )
+    search_advice = _search_advice(path)
+    if search_advice:
+        raise ModelLoadError(search_advice)
     raise ModelLoadError(
         f"{path} is not a SavedModel (no saved_model.pb) nor a run folder with saved_model/"
     )
+
+
+def _search_advice(path: Path) -> str | None:
+    """What to do with a search folder, or a search's best_model/ without a SavedModel
+    (they hold no saved_model/ of their own); None for anything else."""
+    from kmnist_lab.runs import read_json
+
+    if (path / "search.json").is_file():
+        best = path / "best_model"
+        if (best / "saved_model" / "saved_model.pb").is_file():
+            return f"{path} is a search folder: evaluate its best model with evaluate.py {best}"
+        return f"{path} is a search folder and its best model was not exported: " + (
+            _unexported_best(path)
+        )
+    identity = (read_json(path / "metrics.json") or {}).get("identity")
+    if isinstance(identity, dict) and "space" in identity:
+        return f"{path} is a search's best model without saved_model/: " + _unexported_best(
+            path.parent
+        )
+    return None
+
+
+def _unexported_best(search: Path) -> str:
+    from kmnist_lab.runs import read_json
+
+    backend = (read_json(search / "search.json") or {}).get("backend")
+    if backend not in (None, "tensorflow", "jax"):
+        return (
+            f"the search ran on the {backend} backend, which cannot write a SavedModel; "
+            "load best_model/model.keras with kmnist_lab.models.load_keras_model instead"
+        )
+    return "re-run the search's command without --no-export to export it"
 
 
 def load_saved_model(path):

@@ -442,6 +442,33 @@ def test_evaluate_says_why_a_run_has_no_saved_model(tmp_path, state, backend, me
         resolve_saved_model(tmp_path)
 
 
+@pytest.mark.parametrize(
+    "exported, backend, message",
+    [
+        (True, "tensorflow", r"is a search folder: evaluate its best model with evaluate.py .*best_model"),
+        (False, "tensorflow", r"its best model was not exported: re-run the search's command without --no-export"),
+        (False, "torch", r"ran on the torch backend, which cannot write a SavedModel; load best_model/model.keras"),
+    ],
+)  # fmt: skip
+def test_evaluate_points_a_search_folder_at_its_best_model(tmp_path, exported, backend, message):
+    """A search folder (or its unexported best_model/) is not a bare "not a SavedModel"."""
+    from kmnist_lab.errors import ModelLoadError
+    from kmnist_lab.evaluation import resolve_saved_model
+
+    (tmp_path / "search.json").write_text(json.dumps({"identity": {}, "backend": backend}))
+    best = tmp_path / "best_model"
+    best.mkdir()
+    (best / "metrics.json").write_text(json.dumps({"identity": {"space": "losses"}}))
+    if exported:
+        (best / "saved_model").mkdir()
+        (best / "saved_model" / "saved_model.pb").write_bytes(b"")
+    with pytest.raises(ModelLoadError, match=message):
+        resolve_saved_model(tmp_path)
+    if not exported:
+        with pytest.raises(ModelLoadError, match="is a search's best model without saved_model/"):
+            resolve_saved_model(best)
+
+
 def test_a_config_with_tuples_resumes(tmp_path, tiny_dataset, monkeypatch):
     """`build_model`'s own example passes `hidden=(128,)`; config.json reads it back as a
     list, and the interrupted run must still count as the same config."""
