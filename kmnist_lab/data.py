@@ -314,10 +314,16 @@ def _load_full(name: str, data_dir: str | os.PathLike | None) -> tuple[dict, dic
             raise DataError(f"--data-dir {directory} does not exist or is not a directory")
         found = read_directory(name, directory)
         if found is None:
+            npz_names = " or ".join(dict.fromkeys((f"{name}.npz", "mnist.npz")))
+            kuzushiji = (
+                f", or Kuzushiji-MNIST's four {', '.join(KMNIST_NPZ.values())}"
+                if name == "kmnist"
+                else ""
+            )
             raise DataError(
                 f"{directory} holds no {name} files: expected the four IDX files "
-                f"({', '.join(IDX_FILES.values())}, optionally .gz) or one .npz named "
-                f"{name}.npz or mnist.npz (arrays x_train, y_train, x_test, y_test)"
+                f"({', '.join(IDX_FILES.values())}, optionally .gz), one .npz named "
+                f"{npz_names} (arrays x_train, y_train, x_test, y_test){kuzushiji}"
             )
         return found[0], {"origin": str(directory.resolve()), "files": found[1]}
     if name == "kmnist":

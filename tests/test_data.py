@@ -158,8 +158,10 @@ def test_corrupt_npz_is_a_data_error(tmp_path):
 def test_empty_or_missing_data_dir(tmp_path):
     with pytest.raises(
         DataError, match="holds no kmnist files.* one .npz named kmnist.npz or mnist.npz"
-    ):
+    ) as info:
         data.load_dataset("kmnist", data_dir=tmp_path)
+    # the Kuzushiji-MNIST release's own four files are accepted too (README): say so
+    assert "kmnist-train-imgs.npz" in str(info.value)
     with pytest.raises(DataError, match="does not exist"):
         data.load_dataset("kmnist", data_dir=tmp_path / "nope")
 
@@ -202,8 +204,10 @@ def test_auto_falls_back_to_mnist_5k_and_says_why(tmp_path, monkeypatch):
 
 def test_auto_with_a_data_dir_does_not_fall_back_to_mnist_5k(tmp_path):
     """A --data-dir without MNIST in it is an error, not a silent switch to mnist_5k."""
-    with pytest.raises(DataError, match="holds no mnist files"):
+    with pytest.raises(DataError, match="holds no mnist files") as info:
         data.load_dataset("auto", data_dir=tmp_path)
+    # each .npz name once (it read "one .npz named mnist.npz or mnist.npz")
+    assert "one .npz named mnist.npz (arrays" in str(info.value)
 
 
 def test_auto_uses_full_mnist_from_keras_cache(tmp_path, monkeypatch):
