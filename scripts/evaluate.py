@@ -11,7 +11,9 @@ Dataset, data dir, validation fraction and seed default to the run's config.json
 best_model/'s metrics.json: the search's), so `--split val` is the same
 validation split the run used (the run's data dir applies unless --dataset names
 another dataset); a --dataset other than the run's is scored with a warning on
-stderr naming both. Prints accuracy, per-class accuracy and the
+stderr naming both. Prints accuracy, cross-entropy of the served probabilities
+(metrics.json's test_loss is the training loss, am_softmax's with its margin, kld's
+smoothed, ...: the same number for `ce` only), per-class accuracy and the
 classification report; writes evaluation.json, confusion.png, per_class.png and
 wrong.png to --output-dir (default RUN/evaluation/DATASET-SPLIT; for a SavedModel
 folder outside a run, evaluation/DATASET-SPLIT beside that folder).
