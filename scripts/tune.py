@@ -205,6 +205,9 @@ def main(argv=None) -> int:
     train_config = result.project_dir / "best_train_config.json"
     if best and train_config.is_file():
         print(f"train the best configuration: python scripts/train.py --config {train_config}")
+    best_model = result.project_dir / "best_model"
+    if best and (best_model / "saved_model" / "saved_model.pb").is_file():
+        print(f"evaluate the best model: python scripts/evaluate.py {best_model}")
     return 0
 
 

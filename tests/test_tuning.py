@@ -526,7 +526,10 @@ def test_evaluate_py_scores_a_best_model_on_the_searchs_own_splits(data_dir, tmp
     assert _cli.run(tune_script.main, [*argv, "--max-trials", "1", "--seed", "3"]) == 0
     best_model = tmp_path / "a_grid_grid_kmnist" / "best_model"
     metrics = json.loads((best_model / "metrics.json").read_text())
-    capsys.readouterr()
+    # tune.py prints this follow-up command beside train.py's
+    assert f"evaluate the best model: python scripts/evaluate.py {best_model}" in (
+        capsys.readouterr().out.splitlines()
+    )
     for path, split in ((best_model, "val"), (best_model / "saved_model", "test")):
         assert _cli.run(evaluate_script.main, [str(path), "--split", split]) == 0
         out = capsys.readouterr()
@@ -558,6 +561,7 @@ def test_a_search_reports_its_result_once(data_dir, tmp_path, capsys, caplog):
         f"train the best configuration: python scripts/train.py --config "
         f"{project / 'best_train_config.json'}"
     ) in captured.out.splitlines()
+    assert "evaluate the best model" not in captured.out  # --no-export: nothing to evaluate
     assert "epochs=1, 1 epoch)" in summaries[0]  # not "1 epochs"
 
 
