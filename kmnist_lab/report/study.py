@@ -176,8 +176,11 @@ def runs_table(doc: Document, entries: list[dict]) -> None:
     )
     doc.para(
         "test acc: accuracy on the test split after the last epoch (the test split is used once); "
-        f"{delta}{train_note}wall time: the whole run (data, compile, fit, test, export; for a resumed run, the "
-        "last process only); samples/s: training throughput in steady epochs."
+        f"{delta}{train_note}test loss: the run's own training loss on the test split "
+        "(cross-entropy for `ce`; a margin loss's includes its margin); "
+        "wall time: the whole run (data, compile, fit, test, export; for a resumed run, the "
+        "last process only); samples/s: training throughput in steady epochs (not a "
+        "process's first, whose time includes compiling; a one-epoch run has only that one)."
     )
 
 
