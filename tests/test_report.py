@@ -244,15 +244,20 @@ def test_run_report_of_a_study_run_keeps_evaluate_py_results_on_other_splits(tmp
 def _evaluated_run(run_dir: Path, wheres: list[str]) -> list[Path]:
     """A `fake_run` with evaluate.py's output (figures, wrong.png) in
     `evaluation/<where>/` for each of `wheres`; returns those folders."""
+    fake_run(run_dir, 0, extras=False)
+    return _evaluations(run_dir, wheres)
+
+
+def _evaluations(model_dir: Path, wheres: list[str]) -> list[Path]:
+    """evaluate.py's output for a model folder (a run, a search's best_model/)."""
     from kmnist_lab import evaluation
 
-    fake_run(run_dir, 0, extras=False)
     rng = np.random.default_rng(1)
     y = np.repeat(np.arange(10), 5)
     scores = rng.normal(size=(50, 10)) + 3 * np.eye(10)[y]
     names = [str(i) for i in range(10)]
     x = rng.integers(0, 256, size=(50, 28, 28), dtype=np.uint8)
-    outs = [run_dir / "evaluation" / where for where in wheres]
+    outs = [model_dir / "evaluation" / where for where in wheres]
     for out in outs:
         evaluation.write_report(score(y, scores, names), x, names, out, title=out.name)
     return outs
@@ -300,6 +305,21 @@ def test_search_report_sorts_trials_and_embeds_figures(tmp_path):
     md, _ = write_report(search, out_dir=tmp_path / "elsewhere")
     assert "](report_files/h.png)" in md.read_text() and "file://" not in md.read_text()
     assert (tmp_path / "elsewhere" / "report_files" / "h.png").is_file()
+
+
+def test_search_report_shows_evaluate_py_results_for_the_best_model(tmp_path):
+    """`evaluate.py SEARCH/best_model` writes best_model/evaluation/; the search's report
+    showed none of it, where a run's report shows its evaluations."""
+    search = tmp_path / "search"
+    search.mkdir()
+    _write_csv(search / "trials.csv", [{"trial": "t1", "val_accuracy": 0.91}])
+    md, _ = write_report(search)
+    assert "evaluate.py" not in md.read_text()  # nothing scored yet: no section
+    _evaluations(search / "best_model", ["fake-test"])
+    text = write_report(search)[0].read_text()
+    assert "Best model, scored by evaluate.py" in text and "Evaluation fake-test" in text
+    assert "Accuracy per class." in text and "The most confidently wrong images." in text
+    assert (search / "report_files" / "confusion_fake-test.png").is_file()
 
 
 def test_corrupt_study_record_is_an_error_not_an_empty_report(tmp_path):

@@ -50,6 +50,13 @@ def render_run(path: Path, doc: Document) -> str:
         # A study run's own test evaluation is in the figures above already; evaluate.py's
         # other splits and datasets are not.
         evaluated = [p for p in evaluated if p.parent.name != f"{dataset}-test"]
+    render_evaluations(doc, evaluated)
+    return title
+
+
+def render_evaluations(doc: Document, evaluated: list[Path]) -> None:
+    """evaluate.py's results, one section per `evaluation.json` in `evaluated`: the
+    confusion matrix, the classification report, per-class accuracy and wrong.png."""
     for ev_path in evaluated:
         ev = read_json_or_empty(ev_path)
         names = list(ev.get("per_class_accuracy", {}))
@@ -71,4 +78,3 @@ def render_run(path: Path, doc: Document) -> str:
                     "The most confidently wrong images.",
                     name=f"wrong_{where}",  # as confusion_ and per_class_: whose they are
                 )
-    return title

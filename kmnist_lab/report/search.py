@@ -1,5 +1,5 @@
-"""Search reports: `trials.csv` sorted by validation accuracy, `summary.md` and every
-PNG under `figures/`."""
+"""Search reports: `trials.csv` sorted by validation accuracy, `summary.md`, every
+PNG under `figures/` and evaluate.py's results for `best_model/`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 from kmnist_lab.report.document import Document
+from kmnist_lab.report.run import render_evaluations
 
 
 def render_search(path: Path, doc: Document) -> str:
@@ -37,6 +38,11 @@ def render_search(path: Path, doc: Document) -> str:
         doc.heading("Figures")
         for fig in figures:
             doc.image(fig, fig.stem.replace("_", " "))
+    # evaluate.py SEARCH/best_model writes under best_model/evaluation/, as for a run.
+    evaluated = sorted((path / "best_model" / "evaluation").glob("*/evaluation.json"))
+    if evaluated:
+        doc.heading("Best model, scored by evaluate.py")
+        render_evaluations(doc, evaluated)
     return title
 
 
