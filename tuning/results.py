@@ -177,8 +177,9 @@ def summary_markdown(summary: dict, rows: list[dict], figures: list[str]) -> str
     memory = summary.get("session_memory_mb") or {}
     if "after_search_mb" in memory:
         lines.append(
-            f"| memory (the last process) | resident {memory['before_search_mb']:.0f} MB before the search,"
-            f" {memory['after_search_mb']:.0f} MB after, peak {memory['peak_mb']:.0f} MB"
+            f"| memory (the last process) | resident {memory['before_search_mb']:.0f} MB"
+            f" before the search, {memory['after_search_mb']:.0f} MB after,"
+            f" peak {memory['peak_mb']:.0f} MB"
             f" (+{memory['peak_mb'] - memory['before_search_mb']:.0f} MB);"
             f" {memory.get('restarts', 0)} process restarts |"
         )
