@@ -171,12 +171,8 @@ class InterruptCheck(keras.callbacks.Callback):
 
     @property
     def pending(self) -> bool:
-        """True once a Ctrl-C was recorded (or `pending` was set)."""
+        """True once a Ctrl-C was recorded (kept past `__exit__`)."""
         return self._pending or interrupts.received()
-
-    @pending.setter
-    def pending(self, value: bool) -> None:
-        self._pending = value
 
     def __enter__(self) -> InterruptCheck:
         self._installed = interrupts.install()

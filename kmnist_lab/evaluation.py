@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from kmnist_lab.errors import ModelLoadError
+from kmnist_lab.runs import read_json
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,6 @@ def resolve_saved_model(path) -> tuple[Path, Path | None]:
 def _search_advice(path: Path) -> str | None:
     """What to do with a search folder, or a search's best_model/ without a SavedModel
     (they hold no saved_model/ of their own); None for anything else."""
-    from kmnist_lab.runs import read_json
-
     if (path / "search.json").is_file():
         best = path / "best_model"
         if (best / "saved_model" / "saved_model.pb").is_file():
@@ -83,8 +82,7 @@ def _search_advice(path: Path) -> str | None:
 
 
 def _unexported_best(search: Path) -> str:
-    from kmnist_lab.runs import read_json
-
+    """Why a search's best model has no SavedModel, and what to do instead."""
     backend = (read_json(search / "search.json") or {}).get("backend")
     if backend not in (None, "tensorflow", "jax"):
         return (
@@ -221,8 +219,6 @@ def run_config(run_dir: Path | None) -> dict:
     (`identity`: dataset, data dir, validation fraction, seed), returned in
     `config.json`'s shape, so that its model is scored on the splits it was tuned on.
     """
-    from kmnist_lab.runs import read_json
-
     if run_dir is None:
         return {}
     config = read_json(run_dir / "config.json")
