@@ -6,8 +6,12 @@ Keras backend is, and Keras can export from the TensorFlow and JAX backends.
 
 The SavedModel has two signatures:
 
-- `serve`: float32 pixels in [0, 255], shape (N, 28, 28) or (N, 28, 28, 1).
+- `serve`: float32 pixels in [0, 255], shape (N, 28, 28), (N, 28, 28, 1) or (N, 784).
 - `serve_uint8`: the same as uint8.
+
+Any other shape fails inside the SavedModel (`InvalidArgumentError` naming the
+shapes it takes): reshaped as they come, (N, 28, 28, 3) images would be scored as
+3N grey ones.
 
 (From the JAX backend, jax2tf converts the model once for (N, 28, 28) float32,
 kept as a third signature `serve_3d`; the two above wrap it.)
@@ -75,6 +79,29 @@ def export_saved_model(model: keras.Model, path, score_scale: float = 1.0) -> Pa
 
     scale = float(score_scale)
 
+    def images(pixels):
+        """(N, 28, 28) float32 from (N, 28, 28), (N, 28, 28, 1) or (N, 784); else fails."""
+        rank = tf.rank(pixels)
+        tail = tf.concat([tf.shape(pixels)[1:], [1, 1, 1]], 0)[:3]  # padded with 1s
+        ok = tf.logical_or(
+            tf.logical_and(tf.equal(rank, 2), tf.reduce_all(tf.equal(tail, [784, 1, 1]))),
+            tf.logical_and(
+                tf.logical_or(tf.equal(rank, 3), tf.equal(rank, 4)),
+                tf.reduce_all(tf.equal(tail, [28, 28, 1])),
+            ),
+        )
+        x = tf.cast(pixels, tf.float32)
+
+        def refuse():
+            message = "pixels must be (N, 28, 28), (N, 28, 28, 1) or (N, 784); received shape"
+            tf.debugging.Assert(False, [message, tf.shape(pixels)], summarize=5)
+            return tf.zeros([0, 28, 28])
+
+        # A branch, not a control dependency: Grappler merges this reshape with the
+        # model's own and would drop the dependency (measured: TF's reshape error came
+        # first for (2, 785)).
+        return tf.cond(ok, lambda: tf.reshape(x, [-1, 28, 28]), refuse)
+
     def outputs(pixels):
         # keras.ops, not tf.*: on JAX this function is traced by JAX, then converted.
         x = ops.reshape(ops.cast(pixels, "float32"), (-1, 28, 28, 1))
@@ -88,11 +115,12 @@ def export_saved_model(model: keras.Model, path, score_scale: float = 1.0) -> Pa
     archive = keras.export.ExportArchive()
     archive.track(model)
     if keras.backend.backend() == "tensorflow":
-        # TensorFlow traces the signature for inputs of any rank: (N, 28, 28) and
-        # (N, 28, 28, 1) both work.
+        # TensorFlow traces the signature for inputs of any rank; `images` checks them.
         for name, dtype in (("serve", tf.float32), ("serve_uint8", tf.uint8)):
             archive.add_endpoint(
-                name, outputs, input_signature=[tf.TensorSpec(None, dtype, name="pixels")]
+                name,
+                lambda pixels: outputs(images(pixels)),
+                input_signature=[tf.TensorSpec(None, dtype, name="pixels")],
             )
     else:
         # JAX (through jax2tf) needs a known rank: convert once for (N, 28, 28) float32,
@@ -102,7 +130,7 @@ def export_saved_model(model: keras.Model, path, score_scale: float = 1.0) -> Pa
         )
         for name, dtype in (("serve", tf.float32), ("serve_uint8", tf.uint8)):
             wrapper = tf.function(
-                lambda pixels: core(tf.reshape(tf.cast(pixels, tf.float32), [-1, 28, 28])),
+                lambda pixels: core(images(pixels)),
                 input_signature=[tf.TensorSpec(None, dtype, name="pixels")],
             )
             wrapper.get_concrete_function()

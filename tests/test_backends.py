@@ -101,3 +101,5 @@ def test_short_training_run_and_cross_backend_model_keras(backend, tmp_path):
                              ("serving_default", x[..., None].astype("float32"))):  # fmt: skip
             served = loaded.signatures[name](pixels=tf.constant(pixels))["class_ids"].numpy()
             np.testing.assert_array_equal(served, here, err_msg=f"{name} {pixels.shape}")
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"\(N, 784\); received"):
+            loaded.signatures["serve"](pixels=tf.zeros((2, 28, 28, 3)))

@@ -94,6 +94,27 @@ def test_keras_and_savedmodel_round_trips_predict_the_same(model_name, tmp_path)
         np.testing.assert_array_equal(out["class_ids"].numpy(), expected.argmax(1))
 
 
+def test_savedmodel_serves_flat_rows_and_refuses_other_shapes(tmp_path):
+    """(N, 784) rows are images; (N, 28, 28, 3) would be reshaped into 3N grey images
+    and scored silently, so the SavedModel itself refuses it (and any other shape)."""
+    import tensorflow as tf
+
+    from kmnist_lab.export import export_saved_model
+
+    model = build_model("mlp", hidden=[16], augment=False)
+    x = _images(4)
+    expected = model.predict(x, verbose=0)
+    served = tf.saved_model.load(str(export_saved_model(model, tmp_path / "sm")))
+    for name in ("serve", "serve_uint8"):
+        rows = x.reshape(4, 784).astype("uint8" if name == "serve_uint8" else "float32")
+        out = served.signatures[name](pixels=tf.constant(rows))
+        np.testing.assert_allclose(out["scores"].numpy(), expected, rtol=1e-5, atol=1e-5)
+    for shape in [(2, 28, 28, 3), (28, 28), (784,), (2, 28, 28, 1, 1), (2, 785), (3, 28, 14)]:
+        pixels = tf.zeros(shape, tf.float32)
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"or \(N, 784\); received"):
+            served.signatures["serve"](pixels=pixels)
+
+
 @pytest.mark.parametrize(("loss", "scale"), [("ce", 1.0), ("am_softmax", 16.0)])
 def test_savedmodel_serves_scores_scaled_by_the_loss_and_their_softmax(loss, scale, tmp_path):
     """A cosine head's SavedModel serves `s * cos` (the margin loss's scale), so its
