@@ -102,7 +102,7 @@ class HistoryLogger(keras.callbacks.Callback):
 
 
 class BatchLogger(keras.callbacks.Callback):
-    """Writes `batches.csv`: `epoch, step, loss` for every logged training step.
+    """Writes `batches.csv`: `epoch, step, steps, loss` for every logged training step.
 
     Keras reports the epoch's running mean loss (weighted by batch size). The
     batch loss is recovered exactly from consecutive means:
