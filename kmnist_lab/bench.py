@@ -10,7 +10,11 @@ uint8 images with the model's own rescaling, compiled under the requested policy
   traces validation too) minus its steady-state training share.
 - `epoch_s`: one epoch of `epoch_samples` training images plus validation on
   `epoch_samples / 6` images (the 60k/10k MNIST ratio).
-- `infer_samples_per_s`: `model.predict` in batches of 1024.
+- `infer_samples_per_s`: `model.predict` in batches of 1024, after a first call on
+  the same array (which traces and compiles).
+- `batch_shards`: the shards each batch ran as (`kmnist_lab.device_loop.sharded_forward`);
+  `measure` sets TensorFlow's threads for them when it runs first in its process, as
+  `scripts/benchmark.py`'s workers do.
 - `peak_rss_mb`: the process's peak resident memory (`ru_maxrss`; host memory only).
 - `accelerator`: whether the backend trained on a GPU/TPU rather than the CPU.
 """
@@ -27,8 +31,11 @@ import numpy as np
 from kmnist_lab.device_loop import fit
 from kmnist_lab.models import build_model
 from kmnist_lab.speed import (
+    configure_batch_shards,
     dtype_policy,
     has_accelerator,
+    planned_batch_shards,
+    resolve_batch_shards,
     resolve_input_pipeline,
     resolve_jit,
     resolve_steps_per_execution,
@@ -100,8 +107,14 @@ def measure(
     seed: int = 0,
     precision: str = "float32",
     input_pipeline: str = "auto",
+    batch_shards: int | None = None,
 ) -> dict:
     """Measures one architecture under one compile policy; returns a flat dict."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":  # first: TensorFlow takes thread settings before it starts
+        configure_batch_shards(
+            planned_batch_shards(batch_shards, arch, backend, batch_size, input_pipeline, jit)
+        )
     keras.utils.set_random_seed(seed)
     rng = np.random.default_rng(seed)
     n = 60 * batch_size  # one "epoch" of 60 steps, like the PyTorch reference
@@ -118,16 +131,17 @@ def measure(
         steps_per_execution=spe,
     )
     pipeline = resolve_input_pipeline(input_pipeline)
+    shards = resolve_batch_shards(batch_shards, model, arch, batch_size, pipeline, jit)
     epoch_n = epoch_samples or n
     val_n = max(batch_size, epoch_n // 6)
     start = time.perf_counter()
     fit(model, x, y, pipeline=pipeline, batch_size=batch_size, epochs=1, verbose=0,
-        shuffle=False, validation_data=(x[:val_n], y[:val_n]))  # fmt: skip
+        shuffle=False, validation_data=(x[:val_n], y[:val_n]), batch_shards=shards)  # fmt: skip
     warmup_s = time.perf_counter() - start
     epochs = max(1, math.ceil(steps / 60))
     start = time.perf_counter()
     fit(model, x, y, pipeline=pipeline, batch_size=batch_size, epochs=epochs, verbose=0,
-        shuffle=False)  # fmt: skip
+        shuffle=False, batch_shards=shards)  # fmt: skip
     train_s = time.perf_counter() - start
     rate = epochs * n / train_s
     # A full epoch with validation (functions already traced for these shapes).
@@ -135,16 +149,19 @@ def measure(
     ye = rng.integers(0, 10, size=(epoch_n,))
     start = time.perf_counter()
     fit(model, xe, ye, pipeline=pipeline, batch_size=batch_size, epochs=1, verbose=0,
-        validation_data=(xe[:val_n], ye[:val_n]))  # fmt: skip
+        validation_data=(xe[:val_n], ye[:val_n]), batch_shards=shards)  # fmt: skip
     epoch_s = time.perf_counter() - start
     xi = x[: 1024 * max(1, n // 1024)]  # whole batches only: no retracing for a remainder
-    model.predict(xi[:1024], batch_size=1024, verbose=0)
+    # Warm-up on the timed array itself: a call over fewer batches traces another loop.
+    # Not sharded: Keras' predict overlaps its independent steps on the inter-op
+    # threads (residual_cnn, 1 intra-op thread: 28k samples/s, 21k in 2 shards).
+    model.predict(xi, batch_size=1024, verbose=0)
     start = time.perf_counter()
     model.predict(xi, batch_size=1024, verbose=0)
     infer = len(xi) / (time.perf_counter() - start)
     return {
         "arch": arch,
-        "backend": keras.backend.backend(),
+        "backend": backend,
         "batch_size": batch_size,
         "jit": jit,
         "jit_compile": bool(jit_compile),
@@ -152,6 +169,7 @@ def measure(
         "accelerator": has_accelerator(),
         "input_pipeline": pipeline,
         "steps_per_execution": spe,
+        "batch_shards": shards,
         "train_samples_per_s": rate,
         "compile_s": max(0.0, warmup_s - n / rate),
         "epoch_s": epoch_s,

@@ -151,6 +151,11 @@ class TrainConfig:
             pipeline on TensorFlow, a Python iterator on JAX and torch), or
             `auto`: `device` on JAX, and on TensorFlow without a GPU, unless
             `distribute`; else `iterator` (`kmnist_lab.speed.resolve_input_pipeline`).
+        batch_shards: on TensorFlow, run each batch as this many independent forward
+            and backward passes, side by side on the CPU cores (the same function; see
+            `kmnist_lab.device_loop.sharded_forward`). None: auto
+            (`kmnist_lab.speed.resolve_batch_shards`: one per core for `residual_cnn`
+            on a CPU, where it measured faster; 1 otherwise).
         distribute: `none` or `data-parallel` (JAX DataParallel / TF MirroredStrategy).
         precise_bn: after training, recompute BatchNorm's moving statistics over up to
             200 training batches of the final weights
@@ -188,6 +193,7 @@ class TrainConfig:
     precision: str = "float32"
     steps_per_execution: int | None = None
     input_pipeline: str = "auto"
+    batch_shards: int | None = None
     distribute: str = "none"
     precise_bn: bool = False
     tensorboard: bool = False
@@ -206,6 +212,23 @@ class TrainConfig:
             for f in dataclasses.fields(cls)
             if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
         }
+
+    def _check_batch_shards(self) -> None:
+        """Refuses `batch_shards` > 1 where the shards cannot run (they need TensorFlow's
+        `device` input pipeline, which `distribute` replaces)."""
+        if self.batch_shards in (None, 1) or not isinstance(self.batch_shards, int):
+            return  # None, 1, or a bad value the positive-integer check reports
+        where = [f"{name}={getattr(self, name)!r}" for name, bad in (
+            ("backend", self.backend not in (None, "tensorflow")),
+            ("input_pipeline", self.input_pipeline == "iterator"),
+            ("distribute", self.distribute != "none"),
+        ) if bad]  # fmt: skip
+        if where:
+            raise ConfigError(
+                "`batch_shards` > 1 needs the tensorflow backend, the device input pipeline "
+                f"and no distribute. Received: batch_shards={self.batch_shards} with "
+                + ", ".join(where)
+            )
 
     def validate(self) -> None:
         """Checks every field; raises `ConfigError` on the first bad one."""
@@ -237,11 +260,12 @@ class TrainConfig:
                 "backend has no built-in data-parallel trainer. Received: backend='torch'"
             )
         check_steps_per_execution(self.backend, self.steps_per_execution)
+        self._check_batch_shards()
         if self.lr_schedule is not None:
             _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         if self.backend is not None:
             _choice("backend", self.backend, BACKENDS)
-        for name in ("epochs", "batch_size", "steps_per_execution"):
+        for name in ("epochs", "batch_size", "steps_per_execution", "batch_shards"):
             value = getattr(self, name)
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, int) or value <= 0

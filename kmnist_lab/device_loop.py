@@ -29,6 +29,7 @@ metrics and optimizer before the first step), as `model.fit` itself does.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import weakref
@@ -41,8 +42,20 @@ from kmnist_lab.errors import ConfigError
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def fit(model: keras.Model, x, y, *, pipeline: str = "iterator", shuffle_seed=None, **kwargs):
+def fit(
+    model: keras.Model,
+    x,
+    y,
+    *,
+    pipeline: str = "iterator",
+    shuffle_seed=None,
+    batch_shards: int = 1,
+    **kwargs,
+):
     """`model.fit(x, y, **kwargs)` through `pipeline`: `"device"` or `"iterator"` (Keras').
+
+    `batch_shards` > 1 (the `device` pipeline on TensorFlow only) splits every batch,
+    see `device_fit`.
 
     `shuffle_seed` makes the order of each epoch a function of the seed and the epoch
     alone, so that a run resumed at epoch `e` sees the batches an uninterrupted one would:
@@ -52,10 +65,16 @@ def fit(model: keras.Model, x, y, *, pipeline: str = "iterator", shuffle_seed=No
     iterator shuffles in its `tf.data` pipeline, the same order every epoch.
     """
     if pipeline == "device":
-        return device_fit(model, x, y, shuffle_seed=shuffle_seed, **kwargs)
+        return device_fit(model, x, y, shuffle_seed=shuffle_seed, batch_shards=batch_shards,
+                          **kwargs)  # fmt: skip
     if pipeline != "iterator":
         raise ConfigError(
             f"`pipeline` must be 'device' or 'iterator'. Received: pipeline={pipeline!r}"
+        )
+    if batch_shards != 1:
+        raise ConfigError(
+            "batch_shards > 1 needs the device input pipeline on TensorFlow. Received: "
+            f"batch_shards={batch_shards!r} with pipeline='iterator'"
         )
     if shuffle_seed is not None and kwargs.get("shuffle", True):
         seeder, callbacks = SeedEachEpoch(shuffle_seed), kwargs.get("callbacks")
@@ -135,8 +154,9 @@ def _compiled(model: keras.Model):
     return functions
 
 
-def _tf_compiled(model: keras.Model):
-    """`(train_chunk, test_chunk)`: `tf.function`s, traced once per model and compile() call.
+def _tf_compiled(model: keras.Model, shards: int = 1):
+    """`(train_chunk, test_chunk)`: `tf.function`s, traced once per model, compile() call
+    and number of batch shards (`sharded_forward`).
 
     One call runs `length` steps: the first on its own, the rest in a `tf.while_loop`
     that carries the logs (a one-step call has no loop). `length` and `batch` are
@@ -148,7 +168,7 @@ def _tf_compiled(model: keras.Model):
     """
     import tensorflow as tf
 
-    key = (id(model.optimizer), id(model._compile_loss), id(model._compile_metrics))
+    key = (id(model.optimizer), id(model._compile_loss), id(model._compile_metrics), shards)
     cached = _COMPILED.get(model)
     if cached is not None and cached[0] == key:
         return cached[1]
@@ -159,14 +179,18 @@ def _tf_compiled(model: keras.Model):
 
     def make(name):
         def step(x, y):
-            return getattr(ref(), name)((x, y))
+            model = ref()
+            with sharded_forward(model, shards):
+                return getattr(model, name)((x, y))
 
         if model.jit_compile:
             step = tf.function(step, jit_compile=True)
 
         def chunk(x, y, order, start, length, batch):
             def one(i):
-                index = order[start + i * batch : start + (i + 1) * batch]
+                # A static batch size (`batch` is a Python int): `sharded_forward`
+                # splits it into shards of known sizes.
+                index = tf.ensure_shape(order[start + i * batch : start + (i + 1) * batch], [batch])
                 return step(tf.gather(x, index), tf.gather(y, index))
 
             logs = one(0)
@@ -180,6 +204,87 @@ def _tf_compiled(model: keras.Model):
     functions = (make("train_step"), make("test_step"))
     _COMPILED[model] = (key, functions)
     return functions
+
+
+@contextlib.contextmanager
+def sharded_forward(model: keras.Model, shards: int):
+    """Within the context, `model(x)` runs as `shards` independent forward passes.
+
+    `x`'s batch of B samples is split into `shards` consecutive parts, the model runs on
+    each, and the outputs are concatenated in order. A static B (`device_fit`'s steps)
+    gives parts of `B // shards` or one more samples (no more parts than samples); a
+    batch whose size is known only at run time (Keras' `evaluate` and `predict`) is
+    padded with zeros to `shards` equal parts, whose extra outputs are dropped. For a model whose layers treat samples independently
+    (`check_shardable`) this is the same function, and Keras' `train_step` (loss over
+    the whole batch, one gradient, one optimizer update, metrics) and `test_step` are
+    unchanged around it. What changes is the graph: `shards` chains of ops with no
+    data between them until the loss, which TensorFlow's inter-op threads run side by
+    side. On a CPU, with one intra-op thread per op, that uses the cores better than
+    oneDNN splitting each small convolution across them (`residual_cnn`, 2 cores,
+    batch 128: docs/performance.md, "Batch shards").
+
+    The override is an attribute of the model instance (`model.call`), put back as it
+    was on exit. Keras' cached `fit`/`evaluate`/`predict` functions are dropped on
+    entry and on exit, so that those called inside trace the shards and those called
+    after trace the model as it is (those of `device_fit` are cached per shard count).
+    """
+    if shards <= 1:
+        yield
+        return
+    import tensorflow as tf
+
+    call = model.call
+
+    def split_call(inputs, *args, **kwargs):
+        batch = inputs.shape[0]
+        if batch is not None:
+            n = min(shards, batch)
+            parts = tf.split(inputs, [batch // n + (i < batch % n) for i in range(n)])
+            outputs = [call(part, *args, **kwargs) for part in parts]
+            return keras.tree.map_structure(lambda *o: tf.concat(o, 0), *outputs)
+        # Equal parts of a padded batch: no empty part (TensorFlow's CPU convolutions
+        # fail on an empty batch), the padding's outputs are dropped.
+        size = tf.shape(inputs)[0]
+        pad = -size % shards
+        padded = tf.pad(inputs, [[0, pad]] + [[0, 0]] * (len(inputs.shape) - 1))
+        outputs = [call(part, *args, **kwargs) for part in tf.split(padded, shards)]
+        return keras.tree.map_structure(lambda *o: tf.concat(o, 0)[:size], *outputs)
+
+    def drop_keras_functions():
+        for name in ("train_function", "test_function", "predict_function"):
+            if getattr(model, name, None) is not None:
+                setattr(model, name, None)
+
+    own = model.__dict__.get("call")  # an instance attribute to put back, if any
+    model.call = split_call
+    drop_keras_functions()
+    try:
+        yield
+    finally:
+        if own is None:
+            del model.call
+        else:
+            model.call = own
+        drop_keras_functions()
+
+
+def check_shardable(model: keras.Model) -> None:
+    """Raises `ConfigError` when `sharded_forward` would change what `model` computes.
+
+    BatchNormalization normalises with the statistics of its (now smaller) batch, and
+    activity regularizers add one loss per shard.
+    """
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            why = "BatchNormalization would use the statistics of each shard"
+        elif getattr(layer, "activity_regularizer", None) is not None:
+            why = "its activity regularizer would count once per shard"
+        else:
+            continue
+        raise ConfigError(
+            f"batch shards would change what {model.name} computes: layer {layer.name}: {why}. "
+            "Use batch_shards=1"
+        )
 
 
 class _ExpectedRetracing(logging.Filter):
@@ -211,7 +316,7 @@ class _JaxCalls:
     changed, a learning rate or a weight, is trained with).
     """
 
-    def __init__(self, model: keras.Model):
+    def __init__(self, model: keras.Model, shards: int = 1):  # one: `device_fit` checks
         import jax.numpy as jnp
 
         self.model, self.asarray = model, jnp.asarray
@@ -254,11 +359,11 @@ class _JaxCalls:
 class _TensorFlowCalls:
     """Runs `device_fit`'s compiled calls on TensorFlow (variables updated in place)."""
 
-    def __init__(self, model: keras.Model):
+    def __init__(self, model: keras.Model, shards: int = 1):
         import tensorflow as tf
 
         self.tf = tf
-        self.train_chunk, self.test_chunk = _tf_compiled(model)
+        self.train_chunk, self.test_chunk = _tf_compiled(model, shards)
 
     def put(self, array, dtype=None):
         return self.tf.convert_to_tensor(array, dtype=dtype)
@@ -355,6 +460,7 @@ def device_fit(
     verbose="auto",
     initial_epoch: int = 0,
     shuffle_seed: int | None = None,
+    batch_shards: int = 1,
     **unsupported,
 ):
     """Trains a compiled Keras model like `model.fit`, the batch loop on the device.
@@ -373,6 +479,10 @@ def device_fit(
             not depend on what ran before, so a run resumed at epoch `e` sees the
             batches an uninterrupted one would. None: a seed drawn from NumPy's global
             generator (seeded by `keras.utils.set_random_seed`).
+        batch_shards: on TensorFlow, run each batch (training and validation) as this
+            many independent forward passes (`sharded_forward`): the same function, a
+            graph whose shards TensorFlow's inter-op threads run side by side. It pays
+            with one intra-op thread (`kmnist_lab.speed.configure_batch_shards`).
 
     Returns:
         The `keras.callbacks.History` of the run (also `model.history`).
@@ -383,7 +493,8 @@ def device_fit(
             model, when `x` and `y` differ in length or are empty, for
             `validation_data` other than `(x_val, y_val)`, and for `model.fit`
             arguments it does not implement (`sample_weight`, `class_weight`,
-            `validation_split`, `steps_per_epoch`, ...).
+            `validation_split`, `steps_per_epoch`, ...); `batch_shards` > 1 on JAX or
+            for a model `check_shardable` refuses.
     """
     if unsupported:
         raise ConfigError(
@@ -430,7 +541,18 @@ def device_fit(
     per_call = max(1, int(model.steps_per_execution or 1))
     steps_per_epoch = math.ceil(n / batch_size)
     model._symbolic_build(data_batch=(x[:batch_size], y[:batch_size]))
-    calls = DEVICE_BACKENDS[backend](model)
+    if isinstance(batch_shards, bool) or not isinstance(batch_shards, int) or batch_shards < 1:
+        raise ConfigError(
+            f"batch_shards must be a positive integer. Received: batch_shards={batch_shards!r}"
+        )
+    if batch_shards > 1:
+        if backend != "tensorflow":
+            raise ConfigError(
+                "batch_shards > 1 is implemented for the tensorflow backend only. "
+                f"Received: batch_shards={batch_shards} on backend={backend!r}"
+            )
+        check_shardable(model)
+    calls = DEVICE_BACKENDS[backend](model, batch_shards)
     x_dev, y_dev = calls.put(x), calls.put(y)
     if validation_data is not None:
         x_val, y_val = (calls.put(a) for a in validation_data)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
+import os
 
 import keras
 
@@ -31,6 +33,14 @@ STEPS_PER_EXECUTION = 10
 # ...except the CNNs on JAX without an accelerator: XLA:CPU runs convolutions several
 # times slower inside a loop (`lax.scan`), so one step per call there.
 CPU_LOOP_AVERSE = {("jax", "cnn")}  # (backend, family)
+# Batch shards (`kmnist_lab.device_loop.sharded_forward`), TensorFlow on a CPU: the
+# architectures where they measured faster (residual_cnn, 2 cores, batch 128: see
+# docs/performance.md, "Batch shards"), and the smallest shard the policy makes.
+# ResNet-18 has BatchNorm, whose batch statistics shards would change.
+BATCH_SHARDED_ARCHS = {"residual_cnn"}
+MIN_SHARD = 32
+
+log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=1)
@@ -167,3 +177,102 @@ def dtype_policy(precision: str):
         yield
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+def cpu_cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def planned_batch_shards(requested: int | None, arch: str, backend: str, batch_size: int,
+                         input_pipeline: str = "auto", jit: str = "auto") -> int:  # fmt: skip
+    """How many shards `batch_shards` (None: auto) asks for, from the config alone.
+
+    Decided before the backend starts, since the shards need TensorFlow's threads set
+    then (`configure_batch_shards`). `auto`: on TensorFlow without an accelerator, for
+    `BATCH_SHARDED_ARCHS`, with the `device` input pipeline and without XLA (the
+    measured setting), one shard per CPU core, each of at least `MIN_SHARD` samples;
+    1 otherwise.
+    """
+    if requested is not None:
+        return requested
+    if (backend != "tensorflow" or arch not in BATCH_SHARDED_ARCHS or input_pipeline == "iterator"
+            or jit == "on" or has_accelerator()):  # fmt: skip
+        return 1
+    return max(1, min(cpu_cores(), batch_size // MIN_SHARD))
+
+
+def _threads() -> tuple[int, int]:
+    import tensorflow as tf
+
+    intra = tf.config.threading.get_intra_op_parallelism_threads()
+    inter = tf.config.threading.get_inter_op_parallelism_threads()
+    return intra, inter or cpu_cores()  # 0: TensorFlow's default, one per core
+
+
+def configure_batch_shards(shards: int) -> bool:
+    """Sets TensorFlow's threads for `shards` batch shards: 1 intra-op thread (each op
+    on one core), `shards` inter-op threads (the shards side by side).
+
+    TensorFlow takes thread settings only before its runtime starts (the first op or
+    model): `scripts/train.py` calls this first thing. Later it changes nothing.
+
+    Returns:
+        Whether TensorFlow's threads suit `shards` (always True for 1).
+    """
+    if shards <= 1:
+        return True
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(shards)
+    except RuntimeError:  # the runtime has started; its threads stay as they are
+        pass
+    intra, inter = _threads()
+    return intra == 1 and inter >= shards
+
+
+def resolve_batch_shards(requested: int | None, model: keras.Model, arch: str, batch_size: int,
+                         pipeline: str, jit: str = "auto") -> int:  # fmt: skip
+    """The batch shards a compiled `model` trains with (`device_loop.sharded_forward`).
+
+    `requested` None (auto): `planned_batch_shards`, where it is more than 1 only when
+    the run can have them as measured: the `device` pipeline, TensorFlow's threads
+    set for them (`configure_batch_shards`), a model they do not change
+    (`device_loop.check_shardable`), no XLA; else 1. An explicit count is kept (it
+    computes the same function either way) and refused with `ConfigError` where it
+    cannot run or would change the model; without the threads it runs slower, with
+    a warning.
+    """
+    from kmnist_lab.device_loop import check_shardable
+
+    backend = keras.backend.backend()
+    shards = planned_batch_shards(requested, arch, backend, batch_size, pipeline, jit)
+    if shards == 1:
+        return 1
+    if requested is None:
+        try:
+            check_shardable(model)
+        except ConfigError:
+            return 1
+        if pipeline != "device" or model.jit_compile or not configure_batch_shards(shards):
+            return 1
+        return shards
+    if backend != "tensorflow" or pipeline != "device":
+        raise ConfigError(
+            "batch_shards > 1 needs the tensorflow backend and the device input pipeline. "
+            f"Received: batch_shards={requested} with backend={backend!r}, "
+            f"input_pipeline={pipeline!r}"
+        )
+    check_shardable(model)
+    if not configure_batch_shards(shards):
+        log.warning(
+            "batch_shards=%d without 1 intra-op and >= %d inter-op TensorFlow threads (set "
+            "before TensorFlow starts: kmnist_lab.speed.configure_batch_shards): same "
+            "results, no faster", shards, shards,
+        )  # fmt: skip
+    return shards

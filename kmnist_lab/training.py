@@ -51,6 +51,7 @@ from kmnist_lab.schedules import make_schedule
 from kmnist_lab.speed import (
     check_steps_per_execution,
     dtype_policy,
+    resolve_batch_shards,
     resolve_input_pipeline,
     resolve_jit,
     resolve_steps_per_execution,
@@ -164,10 +165,14 @@ def compile_for_config(model, loss, cfg: TrainConfig, steps_per_epoch: int) -> d
         jit, spe = False, 1
     compile_model(model, loss, optimizer, jit_compile=jit, steps_per_execution=spe)
     pipeline = resolve_input_pipeline(cfg.input_pipeline, cfg.distribute != "none")
+    shards = resolve_batch_shards(
+        cfg.batch_shards, model, cfg.arch, cfg.resolved().batch_size, pipeline, cfg.jit
+    )
     return {
         "jit_compile": jit,
         "steps_per_execution": spe,
         "input_pipeline": pipeline,
+        "batch_shards": shards,
         "family": model_family(cfg.arch),
     }
 
@@ -345,6 +350,7 @@ def _fit_and_export(
         validation_data=val if has_val else None,
         shuffle=True,
         shuffle_seed=cfg.seed,  # device pipeline: epoch e's order from (seed, e), for resuming
+        batch_shards=speed["batch_shards"],
         callbacks=callbacks,
         verbose=cfg.verbose,
     )
@@ -359,15 +365,16 @@ def _fit_and_export(
     if cfg.precise_bn and not updated:
         log.warning("--precise-bn: %s has no BatchNormalization layer; nothing to recompute",
                     cfg.arch)  # fmt: skip
-    if updated:
-        # The last epoch's validation scored the old statistics: score the model exported.
-        if has_val:
+    # As training ran: with batch shards, TensorFlow runs each op on one thread.
+    with device_loop.sharded_forward(model, speed["batch_shards"]):
+        if updated and has_val:
+            # The last epoch's validation scored the old statistics: score the model exported.
             val_accuracy = float(model.evaluate(*val, batch_size=eval_batch_size(cfg),
                                                 verbose=0, return_dict=True)["accuracy"])  # fmt: skip
-    x_test, y_test = dataset.test
-    test = model.evaluate(
-        x_test, y_test, batch_size=eval_batch_size(cfg), verbose=0, return_dict=True
-    )
+        x_test, y_test = dataset.test
+        test = model.evaluate(
+            x_test, y_test, batch_size=eval_batch_size(cfg), verbose=0, return_dict=True
+        )
     artifacts = _export(model, loss, run_dir, cfg)
     if plots:
         _plot(run_dir)

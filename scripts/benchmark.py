@@ -69,6 +69,10 @@ def build_parser():
                         "docs/performance.md)")  # fmt: skip
     p.add_argument("--steps-per-execution", nargs="+", type=_cli.positive_int, default=[None],
                    metavar="K", help="steps per compiled call (default: the policy's)")  # fmt: skip
+    p.add_argument("--batch-shards", nargs="+", type=_cli.positive_int, default=[None],
+                   metavar="K", help="TensorFlow: run each batch as K independent passes "
+                   "side by side, one thread per op (default: the policy's: one per core "
+                   "for residual_cnn on a CPU, else 1)")  # fmt: skip
     p.add_argument(
         "--steps",
         type=_cli.positive_int,
@@ -285,18 +289,21 @@ def main(argv=None) -> int:
         for arch in archs:
             # Whole 60-step epochs, as `bench.measure` times them; torch gets as many.
             steps = 60 * math.ceil((args.steps or (300 if arch in MLPS else 60)) / 60)
-            for backend, jit, spe, pipeline in itertools.product(
-                arch_backends(arch), args.jit, args.steps_per_execution, args.input_pipeline
-            ):
+            for backend, jit, spe, pipeline, shards in itertools.product(
+                arch_backends(arch), args.jit, args.steps_per_execution, args.input_pipeline,
+                args.batch_shards,
+            ):  # fmt: skip
                 if pipeline == "device" and backend not in DEVICE_BACKENDS:
                     continue  # not on torch; the table shows Keras' iterator there
                 spec = {"arch": arch, "batch_size": args.batch_size, "jit": jit,
                         "steps_per_execution": spe, "steps": steps,
-                        "precision": args.precision, "input_pipeline": pipeline}  # fmt: skip
+                        "precision": args.precision, "input_pipeline": pipeline,
+                        "batch_shards": shards}  # fmt: skip
                 result = _run_worker(spec, backend)
-                samples.setdefault((arch, backend, jit, spe, pipeline), []).append(result)
+                samples.setdefault((arch, backend, jit, spe, pipeline, shards), []).append(result)
                 print(f"[{rep + 1}/{args.repeats}] {arch} {backend} jit={jit} "
-                      f"spe={result['steps_per_execution']} input={result['input_pipeline']}: "
+                      f"spe={result['steps_per_execution']} input={result['input_pipeline']} "
+                      f"shards={result.get('batch_shards', 1)}: "
                       f"{result['train_samples_per_s']:.0f} samples/s", file=sys.stderr)  # fmt: skip
             if args.compare_torch:
                 rate = _run_torch(
@@ -363,7 +370,7 @@ def _pct(share):
 
 
 def _print_table(rows, batch_size):
-    header = (f"{'arch':<13} {'backend':<10} {'input':<8} {'jit':<4} {'xla':<5} {'spe':>3} {'train/s':>9} "
+    header = (f"{'arch':<13} {'backend':<10} {'input':<8} {'jit':<4} {'xla':<5} {'spe':>3} {'sh':>2} {'train/s':>9} "
               f"{'torch/s':>9} {'ratio':>6} {'target':>6} {'compile s':>9} {'epoch s':>8} "
               f"{'infer/s':>9} {'RSS MB':>7} {'%mm':>4} {'torch %mm':>9} {'needs %mm':>9}")  # fmt: skip
     print(
@@ -373,7 +380,8 @@ def _print_table(rows, batch_size):
     for r in rows:
         print(f"{r['arch']:<13} {r['backend']:<10} {r.get('input_pipeline', 'iterator'):<8} "
               f"{r['jit']:<4} {str(r['jit_compile']):<5} "
-              f"{r['steps_per_execution']:>3} {r['train_samples_per_s']:>9.0f} "
+              f"{r['steps_per_execution']:>3} {r.get('batch_shards', 1):>2} "
+              f"{r['train_samples_per_s']:>9.0f} "
               f"{fmt(r['torch_samples_per_s'], '.0f'):>9} {fmt(r['ratio_vs_torch'], '.2f'):>6} "
               f"{fmt(r.get('target_ratio'), '.2f'):>6} "
               f"{r['compile_s']:>9.1f} {r['epoch_s']:>8.1f} {r['infer_samples_per_s']:>9.0f} "
@@ -384,13 +392,14 @@ def _print_table(rows, batch_size):
 def _print_markdown(rows, batch_size):
     print(f"batch size {batch_size}, {_precision(rows)}, medians of the repeats, samples/s; "
           "% mm: share of the NumPy fp32 matmul rate\n")  # fmt: skip
-    print("| arch | backend | input | jit | XLA | spe | train/s | torch/s | ratio | target | compile s "
-          "| epoch s | infer/s | peak RSS MB | % mm | torch % mm | needs % mm |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| arch | backend | input | jit | XLA | spe | shards | train/s | torch/s | ratio | target "
+          "| compile s | epoch s | infer/s | peak RSS MB | % mm | torch % mm | needs % mm |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['arch']} | {r['backend']} | {r.get('input_pipeline', 'iterator')} | "
               f"{r['jit']} | {r['jit_compile']} | "
-              f"{r['steps_per_execution']} | {r['train_samples_per_s']:.0f} | "
+              f"{r['steps_per_execution']} | {r.get('batch_shards', 1)} | "
+              f"{r['train_samples_per_s']:.0f} | "
               f"{fmt(r['torch_samples_per_s'], '.0f')} | {fmt(r['ratio_vs_torch'], '.2f')} | "
               f"{fmt(r.get('target_ratio'), '.2f')} | "
               f"{r['compile_s']:.1f} | {r['epoch_s']:.1f} | {r['infer_samples_per_s']:.0f} | "

@@ -179,6 +179,14 @@ def build_parser():
         "on JAX, and on TensorFlow without a GPU; iterator on torch, with --distribute "
         "and on TensorFlow with a GPU)",
     )
+    r.add_argument(
+        "--batch-shards",
+        type=_cli.positive_int,
+        metavar="K",
+        help="TensorFlow: run each batch as K independent passes side by side on the CPU "
+        "cores, one thread per op (same results; default: auto, one per core for "
+        "residual_cnn on a CPU, 1 otherwise)",
+    )
     r.add_argument("--distribute", choices=("none", "data-parallel"), default=None,
                    help="data-parallel: JAX DataParallel / TF MirroredStrategy over all devices")  # fmt: skip
     r.add_argument("--cpu-devices", type=_cli.positive_int, metavar="N",
@@ -228,7 +236,8 @@ def config_from_args(args):
         "arch", "dataset", "data_dir", "val_fraction", "loss", "l2", "augment", "epochs",
         "batch_size", "lr", "optimizer", "momentum", "weight_decay", "lr_schedule",
         "warmup_epochs", "seed", "run_name", "output_dir", "overwrite", "jit", "precision",
-        "steps_per_execution", "input_pipeline", "tensorboard", "export", "distribute", "precise_bn",
+        "steps_per_execution", "input_pipeline", "batch_shards", "tensorboard", "export",
+        "distribute", "precise_bn",
     )  # fmt: skip
     # The keywords a config file gave its loss, optimizer or arch belong to that component:
     # a different one on the command line starts from none (`--config RUN/config.json
@@ -340,6 +349,31 @@ def _derived_run_name(config: dict) -> str:
     return TrainConfig.from_dict({**config, "run_name": None}).resolved().run_name
 
 
+def _configure_batch_shards(args, argv) -> None:
+    """Sets TensorFlow's threads for the run's batch shards (`--batch-shards`, auto for
+    residual_cnn on a CPU) from the command line and its `--config`: before the
+    config's checks, which start TensorFlow's runtime and with it fix its threads."""
+    from kmnist_lab.config import ARCH_DEFAULTS, FALLBACK_DEFAULTS, TrainConfig
+    from kmnist_lab.speed import configure_batch_shards, planned_batch_shards
+
+    argv = list(argv if argv is not None else sys.argv[1:])
+
+    def given(name):
+        value = getattr(args, name)
+        return value if value is not None else _cli._config_value(argv, name)
+
+    arch = given("arch") or TrainConfig.arch
+    batch = given("batch_size") or ARCH_DEFAULTS.get(arch, FALLBACK_DEFAULTS).batch_size
+    shards = given("batch_shards")
+    if (given("distribute") or "none") != "none" or not isinstance(batch, int):
+        return  # a bad value: the config's checks report it
+    if shards is None or isinstance(shards, int):
+        configure_batch_shards(planned_batch_shards(
+            shards, arch, "tensorflow", batch, given("input_pipeline") or "auto",
+            given("jit") or "auto",
+        ))  # fmt: skip
+
+
 def main(argv=None) -> int:
     backend = _cli.select_backend(argv, auto=True)
     parser = build_parser()
@@ -358,6 +392,8 @@ def main(argv=None) -> int:
         from kmnist_lab.distribute import split_cpu
 
         split_cpu(args.cpu_devices)
+    if backend == "tensorflow":
+        _configure_batch_shards(args, argv)
     cfg = config_from_args(args)  # a bad option fails here, before anything is printed
     _cli.setup_logging(not args.quiet)
     logging.getLogger("kmnist_lab").info("Keras backend: %s", backend)

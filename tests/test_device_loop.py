@@ -523,3 +523,122 @@ def test_training_ends_with_the_optimizers_final_weights_as_model_fit_does():
     for got, want, average in zip(weights["device"], weights["iterator"], averages, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(want, average, rtol=1e-6)
+
+
+# --- Batch shards (`sharded_forward`): the same function, split into independent passes.
+
+
+class _BatchSizes(keras.layers.Layer):
+    """Identity that records the (static) batch size of every input it is traced with."""
+
+    def __init__(self, seen, **kwargs):
+        super().__init__(**kwargs)
+        self.record = seen.append  # a bound method: Keras would copy a list attribute
+
+    def call(self, x):
+        self.record(x.shape[0])
+        return x
+
+
+def _conv_model(seen=None, extra=None):
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((28, 28, 1))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    if seen is not None:
+        x = _BatchSizes(seen)(x)
+        seen.clear()  # building the model traced it once, symbolically
+    x = keras.layers.Conv2D(4, 5, activation="relu")(x)
+    x = keras.layers.MaxPooling2D(4)(x)
+    if extra is not None:
+        x = extra(x)
+    x = keras.layers.Flatten()(x)
+    return keras.Model(inputs, keras.layers.Dense(10)(x))
+
+
+def _train_sharded(shards, seen=None):
+    model = _conv_model(seen)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), metrics=["accuracy"],
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  steps_per_execution=2)  # fmt: skip
+    x = np.random.default_rng(0).integers(0, 256, (38, 28, 28, 1), dtype=np.uint8)
+    y = np.arange(38) % 10
+    history = device_loop.device_fit(
+        model, x, y, batch_size=12, epochs=2, shuffle_seed=5, verbose=0,
+        validation_data=(x[:14], y[:14]), batch_shards=shards,
+    )  # fmt: skip
+    return model, history.history
+
+
+def test_batch_shards_train_the_function_one_pass_trains():
+    """38 samples in batches of 12 (a last batch of 2, fewer samples than shards):
+    3 shards give the weights and logs of one pass, to float32 rounding; the model
+    keeps no trace of the override."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("batch shards are implemented on TensorFlow")
+    seen = []
+    whole, logs = _train_sharded(1)
+    sharded, sharded_logs = _train_sharded(3, seen)
+    # Traced as 12 -> 4 + 4 + 4 (training and validation) and 2 -> 1 + 1; 12 once only,
+    # by Keras' symbolic build before training.
+    assert sorted(set(seen)) == [1, 4, 12] and seen.count(12) == 1
+    for a, b in zip(whole.get_weights(), sharded.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    for key, values in logs.items():
+        np.testing.assert_allclose(values, sharded_logs[key], rtol=1e-4, err_msg=key)
+    assert "call" not in sharded.__dict__
+
+
+def test_sharded_forward_pads_a_batch_of_unknown_size_and_drops_the_padding():
+    """Keras' `predict`/`evaluate` trace batches of unknown size: 7 images in batches of
+    3 (a last batch of 1) as 2 padded shards give `predict`'s scores, and the override
+    is undone (a pre-existing instance `call` is put back)."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("batch shards are implemented on TensorFlow")
+    seen = []
+    model = _conv_model(seen)
+    x = np.random.default_rng(1).integers(0, 256, (7, 28, 28, 1), dtype=np.uint8)
+    expected = model.predict(x, batch_size=3, verbose=0)  # cached by Keras, unsharded
+    # Keras traces its first batch's static size, then an unknown one.
+    assert seen == [3, None]
+    own = model.call
+    model.call = own  # an instance attribute, as a caller's own override would be
+    with device_loop.sharded_forward(model, 2):
+        got = model.predict(x, batch_size=3, verbose=0)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    # Traced again inside: 3 -> 2 + 1, and an unknown size as two padded equal shards.
+    assert seen[2:] == [2, 1, None, None]
+    assert model.__dict__["call"] is own
+    model.predict(x, batch_size=3, verbose=0)  # traced again after, unsharded
+    assert seen[6:] == [3, None]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (keras.layers.BatchNormalization(name="bn"), "layer bn: BatchNormalization would use"),
+    (keras.layers.Activation("relu", activity_regularizer="l2", name="act"),
+     "layer act: its activity regularizer would count once per shard"),
+])  # fmt: skip
+def test_batch_shards_refuse_models_whose_function_they_would_change(extra, message):
+    model = _conv_model(extra=extra)
+    with pytest.raises(ConfigError, match=message):
+        device_loop.check_shardable(model)
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    x, y = np.zeros((4, 28, 28, 1), np.uint8), np.zeros(4)
+    if keras.backend.backend() == "tensorflow":
+        with pytest.raises(ConfigError, match=message):
+            device_loop.device_fit(model, x, y, batch_size=2, verbose=0, batch_shards=2)
+    device_loop.check_shardable(_conv_model())  # no error
+
+
+@pytest.mark.parametrize("shards, pipeline, message", [
+    (0, "device", r"batch_shards must be a positive integer. Received: batch_shards=0"),
+    (True, "device", r"positive integer. Received: batch_shards=True"),
+    (2.0, "device", r"positive integer. Received: batch_shards=2.0"),
+    (2, "iterator", r"needs the device input pipeline on TensorFlow. Received: batch_shards=2"),
+])  # fmt: skip
+def test_batch_shards_refuse_bad_counts_and_keras_iterator(shards, pipeline, message):
+    model = _conv_model()
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    x, y = np.zeros((4, 28, 28, 1), np.uint8), np.zeros(4)
+    with pytest.raises(ConfigError, match=message):
+        device_loop.fit(model, x, y, pipeline=pipeline, batch_size=2, verbose=0,
+                        batch_shards=shards)  # fmt: skip

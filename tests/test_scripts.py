@@ -2,9 +2,11 @@
 
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import _cli
 import evaluate as evaluate_script
@@ -12,6 +14,8 @@ import numpy as np
 import pytest
 import train as train_script
 from helpers import write_idx_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -983,3 +987,24 @@ def test_bad_options_print_one_line_even_without_quiet(script, argv, tmp_path, c
                            str(tmp_path)])  # fmt: skip
     _one_line_error(capsys, code)
     assert caplog.messages == []
+
+
+def test_train_gives_residual_cnn_one_batch_shard_per_core_by_default(data_dir, tmp_path):
+    """A fresh `train.py` process on TensorFlow and a CPU: residual_cnn trains its
+    batches of 64 as one shard per core (at least 32 samples each), TensorFlow's
+    threads set for them before it started; `--batch-shards 1` turns them off."""
+    pytest.importorskip("tensorflow")
+    from kmnist_lab.speed import cpu_cores
+
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    for extra, expected in (([], min(cpu_cores(), 2)), (["--batch-shards", "1"], 1)):
+        name = f"shards{len(extra)}"
+        subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "train.py"), "--arch", "residual_cnn",
+             "--dataset", "kmnist", "--data-dir", str(data_dir), "--epochs", "1",
+             "--batch-size", "64", "--output-dir", str(tmp_path), "--run-name", name, "-q",
+             "--no-export", "--backend", "tensorflow", *extra],
+            check=True, capture_output=True, env=env,
+        )  # fmt: skip
+        config = json.loads((tmp_path / name / "config.json").read_text())
+        assert config["speed"]["batch_shards"] == expected, extra

@@ -148,3 +148,88 @@ def test_train_help_names_the_gpu_rule():
 
     (action,) = [a for a in train.build_parser()._actions if "--backend" in a.option_strings]
     assert "NVIDIA GPU" in action.help and "every arch" in action.help
+
+
+@pytest.mark.parametrize("requested, backend, gpu, arch, batch, pipeline, jit, cores, expected", [
+    (None, "tensorflow", False, "residual_cnn", 128, "auto", "auto", 2, 2),    # one per core
+    (None, "tensorflow", False, "residual_cnn", 128, "device", "off", 16, 4),  # >= 32 each
+    (None, "tensorflow", False, "residual_cnn", 48, "auto", "auto", 2, 1),     # 24 < 32
+    (None, "tensorflow", False, "residual_cnn", 128, "auto", "auto", 1, 1),    # one core
+    (None, "tensorflow", True, "residual_cnn", 128, "auto", "auto", 2, 1),     # a GPU
+    (None, "tensorflow", False, "resnet18", 128, "auto", "auto", 2, 1),        # BatchNorm
+    (None, "tensorflow", False, "relu_mlp", 128, "auto", "auto", 2, 1),        # unmeasured
+    (None, "jax", False, "residual_cnn", 128, "auto", "auto", 2, 1),
+    (None, "tensorflow", False, "residual_cnn", 128, "iterator", "auto", 2, 1),
+    (None, "tensorflow", False, "residual_cnn", 128, "auto", "on", 2, 1),      # XLA
+    (3, "tensorflow", False, "resnet18", 128, "auto", "auto", 2, 3),           # asked for
+])  # fmt: skip
+def test_batch_shards_plan(on, monkeypatch, requested, backend, gpu, arch, batch, pipeline, jit,
+                           cores, expected):  # fmt: skip
+    on(backend, gpu)
+    monkeypatch.setattr(speed, "cpu_cores", lambda: cores)
+    planned = speed.planned_batch_shards(requested, arch, backend, batch, pipeline, jit)
+    assert planned == expected
+
+
+def _shardable_model():
+    inputs = keras.Input((28, 28, 1))
+    x = keras.layers.Flatten()(keras.layers.Conv2D(2, 3)(inputs))
+    return keras.Model(inputs, keras.layers.Dense(10)(x))
+
+
+def test_batch_shards_resolve_to_one_where_the_threads_were_not_set(on, monkeypatch, caplog):
+    """This test process started TensorFlow with its default threads: auto falls back to
+    1 shard (the plan would be 2), an explicit count is kept with a warning (the same
+    function, no faster), and refused where it cannot run."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the threads are TensorFlow's")
+    on("tensorflow", False)
+    monkeypatch.setattr(speed, "cpu_cores", lambda: 2)
+    model = _shardable_model()
+    model.compile(optimizer="sgd", loss="mse")
+    assert speed.configure_batch_shards(2) is False  # the runtime has started
+    assert speed.configure_batch_shards(1) is True
+    assert speed.resolve_batch_shards(None, model, "residual_cnn", 128, "device") == 1
+    with caplog.at_level("WARNING", logger="kmnist_lab.speed"):
+        assert speed.resolve_batch_shards(2, model, "residual_cnn", 128, "device") == 2
+    assert "batch_shards=2 without 1 intra-op and >= 2 inter-op TensorFlow threads" in caplog.text
+    with pytest.raises(ConfigError, match=r"Received: batch_shards=2 with backend='tensorflow', "
+                                          r"input_pipeline='iterator'"):  # fmt: skip
+        speed.resolve_batch_shards(2, model, "residual_cnn", 128, "iterator")
+    with_bn = keras.Sequential([keras.Input((4,)), keras.layers.BatchNormalization(name="bn")])
+    with pytest.raises(ConfigError, match="layer bn: BatchNormalization"):
+        speed.resolve_batch_shards(2, with_bn, "mlp", 128, "device")
+    assert speed.resolve_batch_shards(None, with_bn, "residual_cnn", 128, "device") == 1
+
+
+def test_batch_shards_set_tensorflows_threads_before_it_starts():
+    """In a fresh process: 1 intra-op thread, one inter-op thread per shard; once the
+    runtime has started the threads stay, and a count they do not suit says so."""
+    pytest.importorskip("tensorflow")
+    code = (
+        "from kmnist_lab import speed; import tensorflow as tf\n"
+        "print(speed.configure_batch_shards(2), tf.config.threading.get_intra_op_parallelism_threads(),"
+        " tf.config.threading.get_inter_op_parallelism_threads())\n"
+        "tf.constant(1.0) + 1\n"
+        "print(speed.configure_batch_shards(2), speed.configure_batch_shards(3))\n"
+    )
+    import subprocess
+    import sys
+
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True).stdout.split("\n")  # fmt: skip
+    assert out[:2] == ["True 1 2", "True False"]
+
+
+@pytest.mark.parametrize("kwargs, received", [
+    ({"backend": "jax"}, "backend='jax'"),
+    ({"input_pipeline": "iterator"}, "input_pipeline='iterator'"),
+    ({"distribute": "data-parallel", "backend": "tensorflow"}, "distribute='data-parallel'"),
+])  # fmt: skip
+def test_config_refuses_batch_shards_where_they_cannot_run(kwargs, received):
+    from kmnist_lab.config import TrainConfig
+
+    TrainConfig(batch_shards=1, **kwargs)  # one shard: runs anywhere
+    with pytest.raises(ConfigError, match=rf"Received: batch_shards=2 with {received}$"):
+        TrainConfig(batch_shards=2, **kwargs)
