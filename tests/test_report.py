@@ -234,11 +234,15 @@ def test_run_report_of_a_study_run_keeps_evaluate_py_results_on_other_splits(tmp
         (tmp_path / "r" / "evaluation" / name).mkdir(parents=True)
         runs.atomic_write_json(
             tmp_path / "r" / "evaluation" / name / "evaluation.json",
-            score(y, scores, [str(i) for i in range(10)]),
+            {**score(y, scores, [str(i) for i in range(10)]), "dataset": name.split("-")[0]},
         )
     text = write_report(tmp_path / "r")[0].read_text()
     assert "Evaluation fake-val" in text and "Evaluation mnist-test" in text
     assert "Evaluation fake-test" not in text  # the run's own test evaluation, shown already
+    # Scored on another dataset than the run's: said once, in that evaluation's section.
+    note = "Scored on mnist; the model was trained on fake, so this measures transfer"
+    assert text.count("measures transfer") == 1
+    assert text.index("Evaluation mnist-test") < text.index(note)
 
 
 def _evaluated_run(run_dir: Path, wheres: list[str]) -> list[Path]:

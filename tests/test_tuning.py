@@ -655,6 +655,16 @@ def test_overwrite_clears_once_even_when_the_process_restarts(data_dir, tmp_path
     assert len(_rows(project)) == 2
     summary = json.loads((project / "summary.json").read_text())
     assert summary["session_memory_mb"]["restarts"] == 2
+    # Run again, the search finished: it trains nothing, and the summary keeps the
+    # memory of the process that ran the trials (it once showed 0 restarts then).
+    again = subprocess.run([sys.executable, TUNE, *argv], env=env, capture_output=True,
+                           text=True, timeout=300)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-2000:]
+    memory = json.loads((project / "summary.json").read_text())["session_memory_mb"]
+    assert memory == {**summary["session_memory_mb"], "kept_from_an_earlier_process": True}
+    assert ("| memory (the last process that ran trials) |" in
+            (project / "summary.md").read_text())  # fmt: skip
+    assert "; 2 process restarts |" in (project / "summary.md").read_text()
 
 
 def test_distributed_search_chief_and_two_workers(data_dir, tmp_path):

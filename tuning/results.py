@@ -176,12 +176,15 @@ def summary_markdown(summary: dict, rows: list[dict], figures: list[str]) -> str
     ]
     memory = summary.get("session_memory_mb") or {}
     if "after_search_mb" in memory:
+        which = ("the last process that ran trials" if memory.get("kept_from_an_earlier_process")
+                 else "the last process")  # fmt: skip
+        restarts = memory.get("restarts", 0)
         lines.append(
-            f"| memory (the last process) | resident {memory['before_search_mb']:.0f} MB"
+            f"| memory ({which}) | resident {memory['before_search_mb']:.0f} MB"
             f" before the search, {memory['after_search_mb']:.0f} MB after,"
             f" peak {memory['peak_mb']:.0f} MB"
             f" (+{memory['peak_mb'] - memory['before_search_mb']:.0f} MB);"
-            f" {memory.get('restarts', 0)} process restarts |"
+            f" {restarts} process restart{'' if restarts == 1 else 's'} |"
         )
     if best:
         hps = ", ".join(f"{k}={_fmt(v)}" for k, v in best["hyperparameters"].items())

@@ -376,6 +376,7 @@ def _search(cfg: SearchConfig, role: str | None, dataset) -> SearchResult | None
     if len(y_val) == 0:
         raise ConfigError("the search needs a validation split; the dataset's is empty")
     tuner = make_tuner(cfg, dataset.num_classes, len(y_train))
+    trials_before = len(tuner.oracle.trials)  # those of an earlier process, reloaded
     # A restarted process reports against the first start (same PID, see `restart`).
     memory = {"before_search_mb": float(os.environ.get(_RSS0, resident_memory_mb()))}
     if role == "chief":
@@ -399,6 +400,12 @@ def _search(cfg: SearchConfig, role: str | None, dataset) -> SearchResult | None
     memory["peak_mb"] = peak_memory_mb()  # kept across restarts (same process)
     memory["peak_growth_mb"] = memory["peak_mb"] - memory["before_search_mb"]
     memory["restarts"] = int(os.environ.get(_RESTARTS, 0))
+    if role is None and memory["restarts"] == 0 and len(tuner.oracle.trials) == trials_before:
+        # A re-run of a finished search trains nothing: keep the memory of the process
+        # that ran the trials (its peak and restarts), not this one's.
+        earlier = (runs.read_json(cfg.project_dir / "summary.json") or {}).get("session_memory_mb")
+        if earlier:
+            memory = {**earlier, "kept_from_an_earlier_process": True}
     if role == "worker":
         log.info("worker %s: no trial left (memory %s)", tuner.tuner_id, memory)
         return None

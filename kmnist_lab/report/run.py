@@ -50,18 +50,25 @@ def render_run(path: Path, doc: Document) -> str:
         # A study run's own test evaluation is in the figures above already; evaluate.py's
         # other splits and datasets are not.
         evaluated = [p for p in evaluated if p.parent.name != f"{dataset}-test"]
-    render_evaluations(doc, evaluated)
+    render_evaluations(doc, evaluated, trained_on=dataset)
     return title
 
 
-def render_evaluations(doc: Document, evaluated: list[Path]) -> None:
+def render_evaluations(doc: Document, evaluated: list[Path], trained_on: str | None = None) -> None:
     """evaluate.py's results, one section per `evaluation.json` in `evaluated`: the
-    confusion matrix, the classification report, per-class accuracy and wrong.png."""
+    confusion matrix, the classification report, per-class accuracy and wrong.png;
+    a note where the dataset scored is not `trained_on`, the one the model learnt."""
     for ev_path in evaluated:
         ev = read_json_or_empty(ev_path)
         names = list(ev.get("per_class_accuracy", {}))
         if names:
             doc.heading(f"Evaluation {ev_path.parent.name}")
+            scored = ev.get("dataset")
+            if trained_on and scored and scored != trained_on:
+                doc.para(
+                    f"Scored on {scored}; the model was trained on {trained_on}, so this "
+                    "measures transfer to another dataset."
+                )
             where = ev_path.parent.name
             fig = plots.confusion_matrix(ev["confusion_matrix"], names, f"Confusion {where}")
             doc.figure(fig, f"confusion_{where}", "Confusion matrix.")

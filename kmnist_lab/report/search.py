@@ -7,6 +7,7 @@ import csv
 import math
 from pathlib import Path
 
+from kmnist_lab.report.common import read_json_or_empty
 from kmnist_lab.report.document import Document
 from kmnist_lab.report.run import render_evaluations
 
@@ -42,7 +43,8 @@ def render_search(path: Path, doc: Document) -> str:
     evaluated = sorted((path / "best_model" / "evaluation").glob("*/evaluation.json"))
     if evaluated:
         doc.heading("Best model, scored by evaluate.py")
-        render_evaluations(doc, evaluated)
+        trained_on = read_json_or_empty(path / "summary.json").get("dataset")
+        render_evaluations(doc, evaluated, trained_on=trained_on)
     return title
 
 
