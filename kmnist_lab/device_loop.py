@@ -213,11 +213,12 @@ def sharded_forward(model: keras.Model, shards: int):
     `x`'s batch of B samples is split into `shards` consecutive parts, the model runs on
     each, and the outputs are concatenated in order. A static B (`device_fit`'s steps)
     gives parts of `B // shards` or one more samples (no more parts than samples); a
-    batch whose size is known only at run time (Keras' `evaluate` and `predict`) is
-    padded with zeros to `shards` equal parts, whose extra outputs are dropped. For a model whose layers treat samples independently
-    (`check_shardable`) this is the same function, and Keras' `train_step` (loss over
-    the whole batch, one gradient, one optimizer update, metrics) and `test_step` are
-    unchanged around it. What changes is the graph: `shards` chains of ops with no
+    batch whose size is known only at run time (as Keras' `evaluate` and `predict`
+    trace them after their first batch) is padded with zeros to `shards` equal parts,
+    whose extra outputs are dropped. For a model whose layers treat samples
+    independently (`check_shardable`) this is the same function, and Keras'
+    `train_step` (loss over the whole batch, one gradient, one optimizer update,
+    metrics) and `test_step` are unchanged around it. What changes is the graph: `shards` chains of ops with no
     data between them until the loss, which TensorFlow's inter-op threads run side by
     side. On a CPU, with one intra-op thread per op, that uses the cores better than
     oneDNN splitting each small convolution across them (`residual_cnn`, 2 cores,
@@ -282,8 +283,8 @@ def check_shardable(model: keras.Model) -> None:
         else:
             continue
         raise ConfigError(
-            f"batch shards would change what {model.name} computes: layer {layer.name}: {why}. "
-            "Use batch_shards=1"
+            f"batch shards would change what {model.name} computes: layer {layer.name}: {why}; "
+            "use batch_shards=1 (train.py: --batch-shards 1)"
         )
 
 
@@ -538,9 +539,6 @@ def device_fit(
     y = _as_int32(y)
     if validation_data is not None:
         validation_data = (validation_data[0], _as_int32(validation_data[1]))
-    per_call = max(1, int(model.steps_per_execution or 1))
-    steps_per_epoch = math.ceil(n / batch_size)
-    model._symbolic_build(data_batch=(x[:batch_size], y[:batch_size]))
     if isinstance(batch_shards, bool) or not isinstance(batch_shards, int) or batch_shards < 1:
         raise ConfigError(
             f"batch_shards must be a positive integer. Received: batch_shards={batch_shards!r}"
@@ -552,6 +550,9 @@ def device_fit(
                 f"Received: batch_shards={batch_shards} on backend={backend!r}"
             )
         check_shardable(model)
+    per_call = max(1, int(model.steps_per_execution or 1))
+    steps_per_epoch = math.ceil(n / batch_size)
+    model._symbolic_build(data_batch=(x[:batch_size], y[:batch_size]))
     calls = DEVICE_BACKENDS[backend](model, batch_shards)
     x_dev, y_dev = calls.put(x), calls.put(y)
     if validation_data is not None:

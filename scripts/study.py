@@ -71,6 +71,23 @@ _RUN_FLAGS = (
 )
 
 
+def _configure_batch_shards(study) -> None:
+    """Sets TensorFlow's threads for batch shards (`kmnist_lab.speed`) when every run of
+    the study plans the same number of them (report C's `residual_cnn` runs), before
+    anything starts TensorFlow's runtime; a study of other or mixed architectures keeps
+    TensorFlow's default threads, which its other runs train fastest with."""
+    from kmnist_lab.speed import configure_batch_shards, planned_batch_shards
+
+    plans = set()
+    for run in study.runs:
+        c = run.config
+        plans.add(planned_batch_shards(c.get("batch_shards"), c["arch"], "tensorflow",
+                                       c["batch_size"], c.get("input_pipeline", "auto"),
+                                       c.get("jit", "auto")))  # fmt: skip
+    if len(plans) == 1:
+        configure_batch_shards(plans.pop())
+
+
 def main(argv=None) -> int:
     backend = _cli.select_backend(argv)
     parser = build_parser()
@@ -101,6 +118,8 @@ def main(argv=None) -> int:
         _cli.fail("a study NAME or --list is required (see --help)")
     _cli.setup_logging(not args.quiet)
     logging.getLogger("kmnist_lab").info("Keras backend: %s", backend)
+    if backend == "tensorflow":
+        _configure_batch_shards(get_study(args.name))
     from kmnist_lab.studies import run_study
 
     result = run_study(

@@ -1008,3 +1008,20 @@ def test_train_gives_residual_cnn_one_batch_shard_per_core_by_default(data_dir, 
         )  # fmt: skip
         config = json.loads((tmp_path / name / "config.json").read_text())
         assert config["speed"]["batch_shards"] == expected, extra
+
+
+def test_study_sets_threads_for_batch_shards_only_when_every_run_plans_them(monkeypatch):
+    """Report C's study trains residual_cnn only (batch 64: two shards of 32 on two
+    cores); report A's trains MLPs (1 shard: TensorFlow's threads stay as they are)."""
+    import study as study_script
+
+    from kmnist_lab import speed
+    from kmnist_lab.studies import get_study
+
+    configured = []
+    monkeypatch.setattr(speed, "configure_batch_shards", configured.append)
+    monkeypatch.setattr(speed, "cpu_cores", lambda: 2)
+    monkeypatch.setattr(speed, "has_accelerator", lambda: False)
+    study_script._configure_batch_shards(get_study("c_optimizers"))
+    study_script._configure_batch_shards(get_study("a_grid"))
+    assert configured == [2, 1]

@@ -376,7 +376,8 @@ def _search(cfg: SearchConfig, role: str | None, dataset) -> SearchResult | None
     if len(y_val) == 0:
         raise ConfigError("the search needs a validation split; the dataset's is empty")
     tuner = make_tuner(cfg, dataset.num_classes, len(y_train))
-    trials_before = len(tuner.oracle.trials)  # those of an earlier process, reloaded
+    # The trials of an earlier process, reloaded (a worker's oracle is the chief's client).
+    trials_before = len(tuner.oracle.trials) if role is None else None
     # A restarted process reports against the first start (same PID, see `restart`).
     memory = {"before_search_mb": float(os.environ.get(_RSS0, resident_memory_mb()))}
     if role == "chief":
