@@ -76,14 +76,18 @@ def _configure_batch_shards(study) -> None:
     the study plans the same number of them (report C's `residual_cnn` runs), before
     anything starts TensorFlow's runtime; a study of other or mixed architectures keeps
     TensorFlow's default threads, which its other runs train fastest with."""
+    from kmnist_lab.config import ARCH_DEFAULTS, FALLBACK_DEFAULTS
     from kmnist_lab.speed import configure_batch_shards, planned_batch_shards
 
     plans = set()
     for run in study.runs:
         c = run.config
-        plans.add(planned_batch_shards(c.get("batch_shards"), c["arch"], "tensorflow",
-                                       c["batch_size"], c.get("input_pipeline", "auto"),
-                                       c.get("jit", "auto")))  # fmt: skip
+        # (The sin x study's runs are not image classifiers: no arch, no shards.)
+        batch = (
+            c.get("batch_size") or ARCH_DEFAULTS.get(c.get("arch"), FALLBACK_DEFAULTS).batch_size
+        )
+        plans.add(planned_batch_shards(c.get("batch_shards"), c.get("arch"), "tensorflow", batch,
+                                       c.get("input_pipeline", "auto"), c.get("jit", "auto")))  # fmt: skip
     if len(plans) == 1:
         configure_batch_shards(plans.pop())
 

@@ -1024,4 +1024,5 @@ def test_study_sets_threads_for_batch_shards_only_when_every_run_plans_them(monk
     monkeypatch.setattr(speed, "has_accelerator", lambda: False)
     study_script._configure_batch_shards(get_study("c_optimizers"))
     study_script._configure_batch_shards(get_study("a_grid"))
-    assert configured == [2, 1]
+    study_script._configure_batch_shards(get_study("e_regression"))  # sin x: no arch
+    assert configured == [2, 1, 1]
