@@ -184,8 +184,8 @@ def build_parser():
         type=_cli.positive_int,
         metavar="K",
         help="TensorFlow: run each batch as K independent passes side by side on the CPU "
-        "cores, one thread per op (same results; default: auto, one per core for "
-        "residual_cnn on a CPU, 1 otherwise)",
+        "cores, one thread per op (the same function, summed in another order; default: "
+        "auto, one per core for residual_cnn on a CPU, 1 otherwise)",
     )
     r.add_argument("--distribute", choices=("none", "data-parallel"), default=None,
                    help="data-parallel: JAX DataParallel / TF MirroredStrategy over all devices")  # fmt: skip
