@@ -205,6 +205,27 @@ def planned_batch_shards(requested: int | None, arch: str, backend: str, batch_s
     return max(1, min(cpu_cores(), batch_size // MIN_SHARD))
 
 
+def planned_batch_shards_of(settings) -> int:
+    """`planned_batch_shards` for TensorFlow from a run's settings (a config dict, or a
+    command line's values; missing ones take `TrainConfig`'s and the arch's defaults).
+
+    1 with `distribute` and where a value is not an integer (the config's checks
+    report it later).
+    """
+    from kmnist_lab.config import ARCH_DEFAULTS, FALLBACK_DEFAULTS, TrainConfig
+
+    arch = settings.get("arch") or TrainConfig.arch
+    batch = settings.get("batch_size") or ARCH_DEFAULTS.get(arch, FALLBACK_DEFAULTS).batch_size
+    shards = settings.get("batch_shards")
+    if (settings.get("distribute") or "none") != "none" or not isinstance(batch, int):
+        return 1
+    if shards is not None and not isinstance(shards, int):
+        return 1
+    return planned_batch_shards(shards, arch, "tensorflow", batch,
+                                settings.get("input_pipeline") or "auto",
+                                settings.get("jit") or "auto")  # fmt: skip
+
+
 def _threads() -> tuple[int, int]:
     import tensorflow as tf
 

@@ -76,18 +76,10 @@ def _configure_batch_shards(study) -> None:
     the study plans the same number of them (report C's `residual_cnn` runs), before
     anything starts TensorFlow's runtime; a study of other or mixed architectures keeps
     TensorFlow's default threads, which its other runs train fastest with."""
-    from kmnist_lab.config import ARCH_DEFAULTS, FALLBACK_DEFAULTS
-    from kmnist_lab.speed import configure_batch_shards, planned_batch_shards
+    from kmnist_lab.speed import configure_batch_shards, planned_batch_shards_of
 
-    plans = set()
-    for run in study.runs:
-        c = run.config
-        # (The sin x study's runs are not image classifiers: no arch, no shards.)
-        batch = (
-            c.get("batch_size") or ARCH_DEFAULTS.get(c.get("arch"), FALLBACK_DEFAULTS).batch_size
-        )
-        plans.add(planned_batch_shards(c.get("batch_shards"), c.get("arch"), "tensorflow", batch,
-                                       c.get("input_pipeline", "auto"), c.get("jit", "auto")))  # fmt: skip
+    # (The sin x study's runs are not image classifiers: no arch, one shard.)
+    plans = {planned_batch_shards_of(run.config) for run in study.runs}
     if len(plans) == 1:
         configure_batch_shards(plans.pop())
 

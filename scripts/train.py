@@ -353,8 +353,7 @@ def _configure_batch_shards(args, argv) -> None:
     """Sets TensorFlow's threads for the run's batch shards (`--batch-shards`, auto for
     residual_cnn on a CPU) from the command line and its `--config`: before the
     config's checks, which start TensorFlow's runtime and with it fix its threads."""
-    from kmnist_lab.config import ARCH_DEFAULTS, FALLBACK_DEFAULTS, TrainConfig
-    from kmnist_lab.speed import configure_batch_shards, planned_batch_shards
+    from kmnist_lab.speed import configure_batch_shards, planned_batch_shards_of
 
     argv = list(argv if argv is not None else sys.argv[1:])
 
@@ -362,16 +361,8 @@ def _configure_batch_shards(args, argv) -> None:
         value = getattr(args, name)
         return value if value is not None else _cli._config_value(argv, name)
 
-    arch = given("arch") or TrainConfig.arch
-    batch = given("batch_size") or ARCH_DEFAULTS.get(arch, FALLBACK_DEFAULTS).batch_size
-    shards = given("batch_shards")
-    if (given("distribute") or "none") != "none" or not isinstance(batch, int):
-        return  # a bad value: the config's checks report it
-    if shards is None or isinstance(shards, int):
-        configure_batch_shards(planned_batch_shards(
-            shards, arch, "tensorflow", batch, given("input_pipeline") or "auto",
-            given("jit") or "auto",
-        ))  # fmt: skip
+    names = ("arch", "batch_size", "batch_shards", "input_pipeline", "jit", "distribute")
+    configure_batch_shards(planned_batch_shards_of({name: given(name) for name in names}))
 
 
 def main(argv=None) -> int:
