@@ -266,6 +266,33 @@ def test_random_affine_is_the_identity_at_inference_only():
     )
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="XLA warp is TF's")
+def test_random_affine_warps_with_xla_inside_a_step_that_runs_without_it():
+    # On TensorFlow the warp is its own XLA cluster (`jit_compile=True`) inside a model
+    # step that runs op by op; it computes bilinear_warp's function, batch size unknown
+    # at tracing as in Keras' fit.
+    import tensorflow as tf
+
+    from kmnist_lab.layers import _xla_warp, bilinear_warp
+
+    rng = np.random.default_rng(3)
+    images = rng.uniform(0, 255, size=(7, 28, 28, 1)).astype("float32")
+    angle = rng.uniform(-0.2, 0.2, 7).astype("float32")
+    dx, dy = (rng.uniform(-3, 3, 7).astype("float32") for _ in range(2))
+    layer = RandomAffine(fill_value=-1.0)
+    spec = [tf.TensorSpec((None, 28, 28, 1))] + [tf.TensorSpec((None,))] * 3
+    step = tf.function(layer.transform, input_signature=spec, jit_compile=False)
+    warped = step(images, angle, dx, dy).numpy()
+    graph = step.get_concrete_function().graph.as_graph_def()
+    called = {node.op for node in graph.node}
+    assert "StatefulPartitionedCall" in called or "PartitionedCall" in called
+    assert not called & {"GatherV2", "Floor", "Cos"}  # none of the warp's ops run one by one
+    assert any(f.attr["_XlaMustCompile"].b for f in graph.library.function)
+    reference = keras.ops.convert_to_numpy(bilinear_warp(images, angle, dx, dy, -1.0))
+    np.testing.assert_allclose(warped, reference, rtol=1e-5, atol=1e-3)
+    assert _xla_warp() is _xla_warp()  # one compiled function per process
+
+
 def test_random_affine_draws_angles_in_radians_and_shifts_in_pixels_of_width_and_height():
     # Documented draws: a ~ U(-max_rotation, max_rotation) degrees, given to `transform`
     # in radians; (dx, dy) ~ U(-max_translation, max_translation) * (W, H) pixels.
