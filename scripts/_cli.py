@@ -26,6 +26,8 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
+import _native_logs  # noqa: E402  (scripts/, next to this module)
+
 
 def _flag_value(argv, flag):
     """The value of the last `--flag X` / `--flag=X` in argv, or None."""
@@ -104,6 +106,7 @@ def select_backend(argv, auto: bool = False) -> str:
                 )
         os.environ["KERAS_BACKEND"] = backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    _native_logs.quiet_tensorflow_start()
     if os.environ.get("KERAS_BACKEND") == "jax":
         jax_compilation_cache()
     return os.environ.get("KERAS_BACKEND", "tensorflow")
