@@ -159,9 +159,13 @@ def _tf_compiled(model: keras.Model, shards: int = 1):
     and number of batch shards (`sharded_forward`).
 
     One call runs `length` steps: the first on its own, the rest in a `tf.while_loop`
-    that carries the logs (a one-step call has no loop). `length` and `batch` are
-    Python ints, part of the trace: an epoch traces at most three calls (K full
-    steps, fewer at the end of an epoch, the partial last batch). With the model's
+    that carries the logs. `length` is a tensor for calls of full batches at K > 1
+    steps per call, else the Python int 1 (no loop: the step traced once), see
+    `tf_call_length`; `batch` is a Python int, part of the trace (`sharded_forward`
+    splits a static batch). An epoch traces at most two calls: its full batches (K
+    per call, any number at the end) and its partial last batch. (With `length` a
+    Python int, the end of an epoch traced a call of its own: about 1 s more in
+    `residual_cnn`'s first epoch, and no faster afterwards.) With the model's
     `jit_compile`, XLA compiles the step alone, as Keras' `fit` does: the whole call
     under XLA, loop and gathers included, trained `bn_mlp` at ~1.3k samples/s on 2
     CPU cores, against 38-53k for the XLA step in TensorFlow's loop.
@@ -194,7 +198,7 @@ def _tf_compiled(model: keras.Model, shards: int = 1):
                 return step(tf.gather(x, index), tf.gather(y, index))
 
             logs = one(0)
-            if length > 1:  # a Python int: no loop in a one-step call
+            if not isinstance(length, int):  # a tensor; the int 1 runs no loop
                 for i in tf.range(1, length):
                     logs = one(i)
             return logs
@@ -292,7 +296,7 @@ class _ExpectedRetracing(logging.Filter):
     """Drops TensorFlow's "triggered tf.function retracing" warning for `_tf_compiled`'s
     functions, and only for them.
 
-    Their traces are bounded by design (at most three per function and model), but
+    Their traces are bounded by design (at most two per function and model), but
     TensorFlow counts the traces of every function made from the same Python code
     together: the train and test functions of every model trained in the process
     (each run of a study, each trial of a search). After a few models it warns, with
@@ -335,7 +339,7 @@ class _JaxCalls:
         if model._jax_state_synced:
             self.state = _read(self.variables)
             model._jax_state_synced = False
-        for steps, batch, offset in parts:
+        for steps, batch, offset, _ in parts:
             logs, self.state = self.train_chunk(self.state, x, y, order, offset, steps, batch)
         model._jax_state = dict(zip(_STATE_KEYS, self.state, strict=True))
         return logs
@@ -348,7 +352,7 @@ class _JaxCalls:
         self.test_state = _read(_test_variables(self.model))
 
     def test(self, x, y, order, parts):
-        for steps, batch, offset in parts:
+        for steps, batch, offset, _ in parts:
             logs, self.test_state = self.test_chunk(self.test_state, x, y, order, offset,
                                                     steps, batch)  # fmt: skip
         return logs
@@ -373,8 +377,9 @@ class _TensorFlowCalls:
         pass
 
     def _run(self, chunk, x, y, order, parts):
-        for steps, batch, offset in parts:
-            logs = chunk(x, y, order, self.tf.constant(offset, "int32"), steps, batch)
+        for steps, batch, offset, looped in parts:
+            offset = self.tf.constant(offset, self.tf.int32)
+            logs = chunk(x, y, order, offset, tf_call_length(steps, looped), batch)
         return logs
 
     def train(self, x, y, order, parts):
@@ -389,6 +394,19 @@ class _TensorFlowCalls:
 DEVICE_BACKENDS = {"jax": _JaxCalls, "tensorflow": _TensorFlowCalls}
 
 
+def tf_call_length(steps: int, looped: bool):
+    """The `length` argument of a `_tf_compiled` call of `steps` steps: an int32 tensor
+    for a `looped` call (one trace for every number of steps), else the Python int 1
+    (a call of one step, traced with no loop)."""
+    import tensorflow as tf
+
+    if looped:
+        return tf.constant(steps, tf.int32)
+    if steps != 1:
+        raise ValueError(f"a call that is not looped runs 1 step. Received: steps={steps}")
+    return 1
+
+
 def _as_int32(labels):
     """`labels` as a NumPy array, int64 narrowed to int32 (class indices fit)."""
     labels = np.asarray(labels)
@@ -400,8 +418,10 @@ def _calls(n: int, batch_size: int, per_call: int):
 
     Callbacks fire once per group, as `model.fit` fires them once per
     `steps_per_execution` steps. `parts` are the compiled calls of the group,
-    `(steps, batch, offset)`: its full batches in one call, and the epoch's last
-    partial batch (a different shape) in a call of its own.
+    `(steps, batch, offset, looped)`: its full batches in one call, and the epoch's
+    last partial batch (a different shape) in a call of its own. `looped`: a call of
+    full batches when `per_call` > 1, which runs its steps in a loop (any number of
+    them, one trace on TensorFlow: `tf_call_length`).
     """
     full, partial = divmod(n, batch_size)
     total = full + (partial > 0)
@@ -409,9 +429,10 @@ def _calls(n: int, batch_size: int, per_call: int):
         last = min(first + per_call, total) - 1
         parts = []
         if first < full:
-            parts.append((min(last + 1, full) - first, batch_size, first * batch_size))
+            steps = min(last + 1, full) - first
+            parts.append((steps, batch_size, first * batch_size, per_call > 1))
         if last == full:  # only when there is a partial batch
-            parts.append((1, partial, full * batch_size))
+            parts.append((1, partial, full * batch_size, False))
         yield first, last, parts
 
 

@@ -270,8 +270,9 @@ def _tiny_model():
 
 def test_tensorflow_traces_are_bounded():
     """300 samples in batches of 32 at 4 steps per call: the training function traces
-    for 4 full steps, 1 full step and the partial batch of 12, no more, epoch after
-    epoch; validation (70 samples) for 2 full steps and the partial batch of 6."""
+    once for its full batches (calls of 4 steps and the epoch's last call of 1: the
+    number of steps is a tensor) and once for the partial batch of 12, no more, epoch
+    after epoch; validation (70 samples) for 2 full steps and the partial batch of 6."""
     x = np.random.default_rng(0).integers(0, 256, size=(300, 28, 28), dtype=np.uint8)
     y = np.arange(300) % 10
     for _ in range(2):
@@ -279,7 +280,7 @@ def test_tensorflow_traces_are_bounded():
         device_loop.device_fit(model, x, y, batch_size=32, epochs=3, verbose=0,
                                validation_data=(x[:70], y[:70]))  # fmt: skip
         train_chunk, test_chunk = device_loop._tf_compiled(model)
-        assert train_chunk.experimental_get_tracing_count() == 3
+        assert train_chunk.experimental_get_tracing_count() == 2
         assert test_chunk.experimental_get_tracing_count() == 2
 
 
@@ -317,19 +318,23 @@ def test_each_epoch_trains_in_the_order_of_its_seed_and_epoch(monkeypatch):
 
 def test_an_epochs_calls_cover_every_sample_once_in_groups_of_steps_per_execution():
     """300 samples, batch 32, 4 steps per call: steps 0-3, 4-7, then 8 (full) and 9 (the
-    partial batch of 12, a call of its own); callbacks see the groups' first and last steps."""
+    partial batch of 12, a call of its own); callbacks see the groups' first and last
+    steps. Calls of full batches loop over their steps when there are several per call
+    (the last one too, of 1 step: the same trace); the partial batch's does not."""
     assert list(device_loop._calls(300, 32, 4)) == [
-        (0, 3, [(4, 32, 0)]),
-        (4, 7, [(4, 32, 128)]),
-        (8, 9, [(1, 32, 256), (1, 12, 288)]),
+        (0, 3, [(4, 32, 0, True)]),
+        (4, 7, [(4, 32, 128, True)]),
+        (8, 9, [(1, 32, 256, True), (1, 12, 288, False)]),
     ]
-    assert list(device_loop._calls(64, 32, 4)) == [(0, 1, [(2, 32, 0)])]  # no partial batch
-    assert list(device_loop._calls(5, 32, 1)) == [(0, 0, [(1, 5, 0)])]  # only a partial one
+    assert list(device_loop._calls(64, 32, 4)) == [(0, 1, [(2, 32, 0, True)])]  # no partial
+    assert list(device_loop._calls(5, 32, 1)) == [(0, 0, [(1, 5, 0, False)])]  # only partial
+    assert list(device_loop._calls(64, 32, 1)) == [(0, 0, [(1, 32, 0, False)]),
+                                                   (1, 1, [(1, 32, 32, False)])]  # fmt: skip
     for n, batch, per_call in [(300, 32, 1), (300, 32, 10), (257, 16, 3), (96, 32, 3)]:
         covered, step = [], 0
         for first, last, parts in device_loop._calls(n, batch, per_call):
             assert first == step and last - first < per_call
-            for steps, size, offset in parts:
+            for steps, size, offset, _ in parts:
                 covered += [range(offset + i * size, offset + (i + 1) * size) for i in range(steps)]
             step = last + 1
         assert step == -(-n // batch)

@@ -84,6 +84,7 @@ def while_loops(length: int) -> int:
     order = np.arange(len(Y), dtype=np.int32)
     if keras.backend.backend() == "tensorflow":
         train_chunk, _ = device_loop._tf_compiled(model)
+        length = device_loop.tf_call_length(length, looped=length > 1)
         graph = train_chunk.get_concrete_function(X, Y, order, 0, length, 8).graph
         return sum(op.type in ("While", "StatelessWhile") for op in graph.get_operations())
     state = device_loop._read(device_loop._train_variables(model))
@@ -102,7 +103,8 @@ def tf_xla_placement() -> dict:
     model._symbolic_build(data_batch=(X[:8], Y[:8]))
     train_chunk, _ = device_loop._tf_compiled(model)
     order = np.arange(len(Y), dtype=np.int32)
-    graph = train_chunk.get_concrete_function(X, Y, order, 0, 3, 8).graph.as_graph_def()
+    length = device_loop.tf_call_length(3, looped=True)
+    graph = train_chunk.get_concrete_function(X, Y, order, 0, length, 8).graph.as_graph_def()
 
     def xla_calls(nodes):
         return sum(n.attr["_XlaMustCompile"].b for n in nodes if "_XlaMustCompile" in n.attr)
