@@ -263,9 +263,10 @@ def _xla_warp():
 
     A model step that runs without XLA (`residual_cnn`, `resnet18`: XLA measured
     slower for their convolutions) would otherwise run the warp's ~60 small ops one
-    by one: 2.1 ms per batch of 64 on the project's 2-core CPU, against 0.75 ms for
-    the same ops as one XLA cluster inside the step (docs/performance.md,
-    "Augmentation"). Inside a step that is compiled by XLA already, this is inlined.
+    by one: 2.0-2.5 ms per batch of 64 on the project's 2-core CPU, against 0.85 ms
+    for the same ops as one XLA cluster inside the step, and `residual_cnn`'s
+    `train.py` epochs took 5.5 s instead of 6.3 (docs/performance.md, "Augmentation").
+    Inside a step that is compiled by XLA already, this is inlined.
     """
     if not _XLA_WARP:
         import tensorflow as tf
