@@ -78,9 +78,16 @@ def filter_lines(text: str, level: int) -> str:
 
 @contextlib.contextmanager
 def filtered_stderr(level: int):
-    """Holds everything written to file descriptor 2 and writes back `filter_lines`."""
+    """Holds everything written to file descriptor 2 and writes back `filter_lines`.
+
+    Without a file descriptor 2 (a process started with it closed) nothing is held.
+    """
     sys.stderr.flush()
-    saved = os.dup(2)
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
     try:
         with tempfile.TemporaryFile() as held:
             os.dup2(held.fileno(), 2)

@@ -130,3 +130,16 @@ def test_the_filter_stays_off_for_verbose_logs_and_once_tensorflow_is_loaded(mon
     monkeypatch.setitem(sys.modules, "tensorflow", object())
     assert not _native_logs.quiet_tensorflow_start()
     assert not any(type(f).__name__ == "_FirstTensorFlowImport" for f in sys.meta_path)
+
+
+def test_filtered_stderr_holds_nothing_without_a_file_descriptor_2():
+    out = _run(
+        """
+        import os
+        os.close(2)
+        with _native_logs.filtered_stderr(2):
+            print("ran", flush=True)
+        """,
+        "2",
+    )
+    assert out.returncode == 0 and out.stdout == "ran\n"
