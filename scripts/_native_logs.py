@@ -108,15 +108,16 @@ def filtered_stderr(level: int):
 class _FilteredLoader(importlib.abc.Loader):
     """TensorFlow's own loader, its module run inside `filtered_stderr`."""
 
-    def __init__(self, loader, level: int):
+    def __init__(self, loader, finder: _FirstTensorFlowImport):
         self._loader = loader
-        self._level = level
+        self._finder = finder
 
     def create_module(self, spec):
         return self._loader.create_module(spec)
 
     def exec_module(self, module):
-        with filtered_stderr(self._level):
+        self._finder.remove()
+        with filtered_stderr(self._finder.level):
             self._loader.exec_module(module)
             # CUDA starts (and logs cuInit's failure) when devices are first listed. A
             # failure here would come again, reported, where the devices are used.
@@ -128,20 +129,29 @@ class _FilteredLoader(importlib.abc.Loader):
 
 
 class _FirstTensorFlowImport(importlib.abc.MetaPathFinder):
-    """Finds `tensorflow` as usual, once, and wraps its loader in `_FilteredLoader`."""
+    """Finds `tensorflow` as the other finders do and wraps its loader in
+    `_FilteredLoader`, until the first import runs (a `find_spec` that only checks
+    whether TensorFlow is installed imports nothing, and leaves the finder in place)."""
 
     def __init__(self, level: int):
-        self._level = level
+        self.level = level
+        self._finding = False
 
     def find_spec(self, name, path=None, target=None):
-        if name != "tensorflow":
+        if name != "tensorflow" or self._finding:
             return None
+        self._finding = True  # the search below comes back here: the other finders answer
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            self._finding = False
+        if spec is not None and spec.loader is not None:
+            spec.loader = _FilteredLoader(spec.loader, self)
+        return spec
+
+    def remove(self) -> None:
         with contextlib.suppress(ValueError):
             sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
-        if spec is not None and spec.loader is not None:
-            spec.loader = _FilteredLoader(spec.loader, self._level)
-        return spec
 
 
 def quiet_tensorflow_start() -> bool:

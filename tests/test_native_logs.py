@@ -102,10 +102,14 @@ def test_filtered_stderr_writes_back_when_the_block_raises():
 def test_the_first_tensorflow_import_is_filtered_and_its_runtime_not_started():
     """A fresh process: `import tensorflow` under the filter prints none of its
     start-up lines at the scripts' level 2, and TensorFlow's threads can still be set
-    afterwards (batch shards need that: kmnist_lab.speed.configure_batch_shards)."""
+    afterwards (batch shards need that: kmnist_lab.speed.configure_batch_shards). A
+    check of whether TensorFlow is installed (`find_spec`) before the import does not
+    use the filter up."""
     pytest.importorskip("tensorflow")
     code = """
+        import importlib.util
         assert _native_logs.quiet_tensorflow_start()
+        assert importlib.util.find_spec("tensorflow").name == "tensorflow"
         import tensorflow as tf
         assert not _native_logs.quiet_tensorflow_start()  # once per process
         tf.config.threading.set_intra_op_parallelism_threads(1)
