@@ -125,6 +125,8 @@ class _FilteredLoader(importlib.abc.Loader):
                 module.config.list_physical_devices()
 
     def __getattr__(self, name):
+        if name.startswith("_"):  # our own, not yet set (a copy): no recursion
+            raise AttributeError(name)
         return getattr(self._loader, name)
 
 

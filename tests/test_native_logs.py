@@ -147,3 +147,21 @@ def test_filtered_stderr_holds_nothing_without_a_file_descriptor_2():
         "2",
     )
     assert out.returncode == 0 and out.stdout == "ran\n"
+
+
+def test_the_wrapped_loader_answers_as_tensorflows_own_and_can_be_copied():
+    # Regression: `copy.copy` of the wrapper recursed through __getattr__ before its
+    # own attributes were set. A fresh process: here TensorFlow is imported already.
+    pytest.importorskip("tensorflow")
+    code = """
+        import copy, importlib.util
+        assert _native_logs.quiet_tensorflow_start()
+        loader = importlib.util.find_spec("tensorflow").loader
+        assert type(loader).__name__ == "_FilteredLoader"
+        assert loader.is_package("tensorflow")
+        assert loader.get_filename("tensorflow").endswith("__init__.py")
+        assert type(copy.copy(loader)).__name__ == "_FilteredLoader"
+        print("ok")
+    """
+    out = _run(code, "2")
+    assert out.returncode == 0 and out.stdout == "ok\n", out.stderr[-2000:]
