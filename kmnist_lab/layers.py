@@ -8,6 +8,7 @@ the loss's scale `s` alone sets the logit range.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 
@@ -255,9 +256,7 @@ def bilinear_warp(images, angle, dx, dy, fill_value):
     return ops.cast(ops.reshape(out, (-1, h, w, c)), dtype)
 
 
-_XLA_WARP = []
-
-
+@functools.cache
 def _xla_warp():
     """`bilinear_warp` compiled by XLA on its own (TensorFlow backend only).
 
@@ -268,11 +267,9 @@ def _xla_warp():
     `train.py` epochs took 5.5 s instead of 6.3 (docs/performance.md, "Augmentation").
     Inside a step that is compiled by XLA already, this is inlined.
     """
-    if not _XLA_WARP:
-        import tensorflow as tf
+    import tensorflow as tf
 
-        _XLA_WARP.append(tf.function(bilinear_warp, jit_compile=True))
-    return _XLA_WARP[0]
+    return tf.function(bilinear_warp, jit_compile=True)
 
 
 @keras.saving.register_keras_serializable(package="kmnist_lab")

@@ -59,11 +59,9 @@ def test_lines_that_are_not_log_lines_and_a_last_line_without_newline_are_kept()
     )
 
 
-def _run(code: str, level: str | None, **extra_env) -> subprocess.CompletedProcess:
+def _run(code: str, level: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TF_CPP_")}
-    env.update(extra_env)
-    if level is not None:
-        env["TF_CPP_MIN_LOG_LEVEL"] = level
+    env["TF_CPP_MIN_LOG_LEVEL"] = level
     prologue = f"import sys; sys.path.insert(0, {str(SCRIPTS)!r}); import _native_logs\n"
     return subprocess.run(
         [sys.executable, "-c", prologue + textwrap.dedent(code)],
