@@ -105,11 +105,23 @@ def select_backend(argv, auto: bool = False) -> str:
                     f"process; run the script in a new process for --backend {backend}"
                 )
         os.environ["KERAS_BACKEND"] = backend
+    prepare_process()
+    return os.environ.get("KERAS_BACKEND", "tensorflow")
+
+
+def prepare_process() -> None:
+    """What a script's process sets up once `KERAS_BACKEND` is settled, before Keras loads.
+
+    TensorFlow's C++ log level defaults to 2 (errors), its start-up lines are filtered
+    by that level (`_native_logs`), and on JAX the persistent compilation cache is on
+    (`jax_compilation_cache`). `select_backend` calls it; so does each process of a
+    `tune.py --workers` search (`python -m tuning`), which starts without the scripts'
+    command line.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     _native_logs.quiet_tensorflow_start()
     if os.environ.get("KERAS_BACKEND") == "jax":
         jax_compilation_cache()
-    return os.environ.get("KERAS_BACKEND", "tensorflow")
 
 
 def jax_compilation_cache() -> None:

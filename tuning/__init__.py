@@ -11,18 +11,32 @@
 See `docs/tuning.md`.
 """
 
-from tuning.hypermodels import SPACES, SpaceHyperModel, TrialSpec, get_hypermodel, list_spaces
-from tuning.search import TUNER_NAMES, SearchConfig, SearchError, SearchResult, run_search
+import importlib
 
-__all__ = [
-    "SPACES",
-    "TUNER_NAMES",
-    "SearchConfig",
-    "SearchError",
-    "SearchResult",
-    "SpaceHyperModel",
-    "TrialSpec",
-    "get_hypermodel",
-    "list_spaces",
-    "run_search",
-]
+# Imported on first use (PEP 562), so that `import tuning` loads no Keras: `python -m
+# tuning` sets up TensorFlow's logging (tuning/__main__.py) before Keras loads it.
+_EXPORTS = {
+    "SPACES": "tuning.hypermodels",
+    "SpaceHyperModel": "tuning.hypermodels",
+    "TrialSpec": "tuning.hypermodels",
+    "get_hypermodel": "tuning.hypermodels",
+    "list_spaces": "tuning.hypermodels",
+    "TUNER_NAMES": "tuning.search",
+    "SearchConfig": "tuning.search",
+    "SearchError": "tuning.search",
+    "SearchResult": "tuning.search",
+    "run_search": "tuning.search",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'tuning' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted({*globals(), *_EXPORTS})
