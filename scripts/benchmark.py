@@ -206,6 +206,12 @@ def _reference_archs(path) -> list[str]:
     try:
         spec.loader.exec_module(module)
     except ImportError as e:
+        if e.name == "torch":
+            raise ConfigError(
+                "--compare-torch runs the PyTorch reference, and PyTorch is not installed "
+                "here: pip install torch (on a CPU-only machine: pip install torch "
+                "--index-url https://download.pytorch.org/whl/cpu)"
+            ) from None
         raise ConfigError(f"--compare-torch: cannot import {path}: {e}") from None
     finally:
         sys.path.remove(folder)

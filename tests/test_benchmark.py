@@ -1,5 +1,6 @@
 """The benchmark's JSON schema on a tiny run (no timing assertions: timing is for the benchmark)."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -7,6 +8,11 @@ import sys
 import _cli
 import benchmark
 import pytest
+
+# PyTorch is an optional extra (`.[torch]`; CI installs it): without it these skip.
+NEEDS_TORCH = pytest.mark.skipif(
+    importlib.util.find_spec("torch") is None, reason="PyTorch is not installed"
+)
 
 
 def test_benchmark_json_schema(tmp_path, capsys):
@@ -54,7 +60,8 @@ def test_benchmark_json_schema(tmp_path, capsys):
     (["--arch", "relu_mlp", "--compare-torch", "--torch-reference", "{ref}"],
      "reference {ref} has no 'relu_mlp'. It has: bn_mlp"),
     (["--from-json", "{list}"], "cannot read benchmark results"),
-    (["--compare-torch", "--torch-device", "nosuch"], "--torch-device 'nosuch': PyTorch cannot"),
+    pytest.param(["--compare-torch", "--torch-device", "nosuch"],
+                 "--torch-device 'nosuch': PyTorch cannot", marks=NEEDS_TORCH),
     (["--torch-device", "cuda"], "--torch-device cuda needs --compare-torch"),
     (["--from-json", "{rowless}"], "is not a benchmark.py --json file"),
 ])  # fmt: skip
@@ -69,6 +76,14 @@ def test_benchmark_bad_input(argv, match, capsys, tmp_path):
     assert _cli.run(benchmark.main, argv) == 2
     err = capsys.readouterr().err
     assert match in err and len(err.strip().splitlines()) == 1
+
+
+def test_compare_torch_without_pytorch_says_how_to_install_it(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` fails as if not installed
+    assert _cli.run(benchmark.main, ["--compare-torch"]) == 2
+    err = capsys.readouterr().err
+    assert "PyTorch is not installed here: pip install torch" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_train_flops_counts_dense_and_conv_multiply_adds():
@@ -106,6 +121,7 @@ def test_the_torch_reference_ships_with_the_repository():
     assert "def mlp(" in text and "torch.optim.SGD(model.parameters(), lr=0.01)" in text
 
 
+@NEEDS_TORCH
 def test_the_torch_reference_runs_off_the_cpu_through_the_device_launcher():
     # `--torch-device` runs the unmodified reference under a launcher that sets torch's
     # default device (and, for CUDA, times the GPU's work). The meta device runs it here:
@@ -115,6 +131,7 @@ def test_the_torch_reference_runs_off_the_cpu_through_the_device_launcher():
     assert benchmark._run_torch(ref, "bn_mlp", 8, 3, "cpu") > 0  # the script as it is
 
 
+@NEEDS_TORCH
 def test_the_device_launcher_stops_the_default_device_mode_before_timing(tmp_path):
     # The default-device mode intercepts every torch call (10-13 % of the reference's
     # CPU rate): it must be off for the timed steps, which start at the first clock read.
@@ -132,19 +149,29 @@ def test_the_device_launcher_stops_the_default_device_mode_before_timing(tmp_pat
     assert proc.stdout.split()[:2] == ["meta", "cpu"]
 
 
-def test_the_device_launcher_runs_a_reference_as_python_would(tmp_path):
-    # `python ref.py` puts ref.py's folder first on sys.path, so a reference may import
-    # a module beside it; the launcher must too, and the CPU path runs it directly.
-    (tmp_path / "helper_mod.py").write_text("RATE = 123\n")
-    (tmp_path / "ref.py").write_text(
+def _reference_beside_a_module(folder):
+    (folder / "helper_mod.py").write_text("RATE = 123\n")
+    (folder / "ref.py").write_text(
         "import helper_mod\nprint(f'torch x bs=1 samples_per_s {helper_mod.RATE}')\n"
     )
-    assert benchmark._run_torch(str(tmp_path / "ref.py"), "x", 1, 1, "cpu") == 123
-    assert benchmark._run_torch(str(tmp_path / "ref.py"), "x", 1, 1, "meta") == 123
+    return str(folder / "ref.py")
+
+
+def test_a_reference_runs_as_python_would(tmp_path):
+    # `python ref.py` puts ref.py's folder first on sys.path, so a reference may import
+    # a module beside it; the CPU path runs it directly.
+    assert benchmark._run_torch(_reference_beside_a_module(tmp_path), "x", 1, 1, "cpu") == 123
     # and `--compare-torch` reads its ARCHS the same way before running it
     (tmp_path / "ref.py").write_text("from helper_mod import RATE\nARCHS = {'x': RATE}\n")
     assert benchmark._reference_archs(tmp_path / "ref.py") == ["x"]
     assert str(tmp_path) not in sys.path
+
+
+@NEEDS_TORCH
+def test_the_device_launcher_runs_a_reference_as_python_would(tmp_path):
+    # The launcher (`--torch-device` other than cpu) imports torch, then runs the
+    # reference as `python ref.py` would: its folder first on sys.path.
+    assert benchmark._run_torch(_reference_beside_a_module(tmp_path), "x", 1, 1, "meta") == 123
 
 
 def test_the_published_results_print_as_tables(capsys):

@@ -1,4 +1,11 @@
-"""CosineDense: a bias-free head whose outputs are cosines between inputs and class weights."""
+"""kmnist_lab's layers, each against a reference.
+
+- `CosineDense`: a bias-free head whose outputs are cosines between inputs and class
+  weights (a NumPy reference, scale invariance, the zero vector, save/load, precision).
+- `RandomAffine`: the documented rotation and shift, identity at inference, the XLA warp.
+- `SmallMapConv2D`: equal to `Conv2D` (values and gradients) on the padded input.
+- `FusedBatchNormalization`: trains as Keras' BatchNormalization, a NumPy reference.
+"""
 
 import importlib.util
 import re

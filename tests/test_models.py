@@ -50,10 +50,22 @@ def test_accepts_uint8_float_and_channel_axis(model_name):
 
 
 def test_cosine_head_outputs_cosines(model_name):
+    """The output is cos(features, class weight) per class: checked against NumPy on the
+    features the head receives (a range check alone would pass the head's clipping)."""
+    from kmnist_lab.layers import CosineDense
+
     model = build_model(model_name, head="cosine")
-    out = model.predict(_images(4), verbose=0)
+    head = model.get_layer("head")
+    assert isinstance(head, CosineDense)
+    x = _images(4)
+    out = model.predict(x, verbose=0)
+    features = keras.Model(model.inputs, head.input).predict(x, verbose=0).astype(np.float64)
+    kernel = keras.ops.convert_to_numpy(head.kernel).astype(np.float64)
+    cosines = (features / np.linalg.norm(features, axis=-1, keepdims=True)) @ (
+        kernel / np.linalg.norm(kernel, axis=0, keepdims=True)
+    )
     assert out.shape == (4, 10)
-    assert np.all(np.abs(out) <= 1 + 1e-5)
+    np.testing.assert_allclose(out, cosines, atol=1e-4)
 
 
 def test_one_training_step_changes_weights_and_gives_finite_loss(model_name):
@@ -224,6 +236,15 @@ def test_augmentation_is_inactive_at_inference():
     x = _images(4)
     np.testing.assert_allclose(model(x, training=False), model(x, training=False))
     assert not np.allclose(model(x, training=True), model(x, training=False))
+
+
+def test_augmentation_is_the_documented_rotation_and_translation():
+    """README: "a random rotation (up to 10 degrees) and translation (up to 10%)"."""
+    from kmnist_lab.layers import RandomAffine
+
+    layer = build_model("bn_mlp", augment=True).get_layer("augment")
+    assert isinstance(layer, RandomAffine)
+    assert (layer.max_rotation, layer.max_translation) == (10.0, 0.1)
 
 
 def test_mlp_options():

@@ -494,6 +494,19 @@ def test_asgd_validation_sees_averaged_weights(golden):
     assert averaging_callbacks(get_optimizer("adam")) == []
 
 
+def test_averaging_callbacks_see_through_loss_scaling_and_cover_ema():
+    """ASGD inside a LossScaleOptimizer (mixed float16) still swaps its averages in;
+    Keras' own EMA (`use_ema=True`) gets Keras' SwapEMAWeights; plain SGD gets none."""
+    scaled = keras.optimizers.LossScaleOptimizer(ASGD(0.1))
+    assert [type(c) for c in averaging_callbacks(scaled)] == [SwapAveragedWeights]
+    ema = keras.optimizers.Adam(use_ema=True)
+    assert [type(c) for c in averaging_callbacks(ema)] == [keras.callbacks.SwapEMAWeights]
+    assert averaging_callbacks(keras.optimizers.LossScaleOptimizer(ema))[0].__class__ is (
+        keras.callbacks.SwapEMAWeights
+    )
+    assert averaging_callbacks(get_optimizer("sgd")) == []
+
+
 def test_asgd_that_has_not_stepped_leaves_the_weights_alone():
     # The averages start as zeros and mean nothing before the first step. A built
     # optimizer (here by hand, as in a custom loop) in a `fit` that runs no step

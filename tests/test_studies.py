@@ -127,7 +127,8 @@ def test_every_study_runs_quick_and_its_report_lists_every_run(name, mnist_5k, t
     )
     study = get_study(name)
     assert set(result.statuses) == {r.name for r in select_runs(study, only)}
-    assert all(s in ("complete", "diverged") for s in result.statuses.values()), result.statuses
+    # Quick mode trains every run to the end (a diverged run would be listed, not fail).
+    assert all(s == "complete" for s in result.statuses.values()), result.statuses
     md, page = write_report(result.study_dir)
     text = md.read_text()
     for run in study.runs:

@@ -137,6 +137,24 @@ def test_existing_complete_run_is_refused_and_kept(tmp_path, tiny_dataset):
     assert len(_rows(tmp_path / "run" / "history.csv")) == 2
 
 
+def test_tensorboard_logs_hold_the_history_of_the_run(tmp_path, tiny_dataset):
+    """`--tensorboard`: each epoch's training and validation loss, as history.csv has them."""
+    pytest.importorskip("tensorboard")  # in the `dev` extra
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util import tensor_util
+
+    train(_config(tmp_path, epochs=2, tensorboard=True, export=False), dataset=tiny_dataset)
+    rows = _rows(tmp_path / "run" / "history.csv")
+    for folder, column in (("train", "loss"), ("validation", "val_loss")):
+        events = EventAccumulator(str(tmp_path / "run" / "tensorboard" / folder))
+        events.Reload()
+        logged = [(e.step, float(tensor_util.make_ndarray(e.tensor_proto)))
+                  for e in events.Tensors("epoch_loss")]  # fmt: skip
+        assert [step for step, _ in logged] == [0, 1], folder
+        np.testing.assert_allclose([v for _, v in logged], [float(r[column]) for r in rows],
+                                   rtol=1e-6, err_msg=folder)  # fmt: skip
+
+
 def test_divergence_stops_with_status_and_history(tmp_path, tiny_dataset):
     cfg = _config(tmp_path, arch="plain_mlp", optimizer="sgd", lr=1e12, lr_schedule="constant")
     with pytest.raises(
@@ -144,8 +162,9 @@ def test_divergence_stops_with_status_and_history(tmp_path, tiny_dataset):
     ) as e:
         train(cfg, dataset=tiny_dataset)
     status = json.loads((tmp_path / "run" / "status.json").read_text())
-    assert status == {"status": "diverged", "epoch": 1, "step": status.get("step")}
-    assert f"step {status['step']} " in str(e.value)  # the step the message names
+    # Step 1's loss is taken before its update; lr 1e12 makes step 2's loss overflow.
+    assert status == {"status": "diverged", "epoch": 1, "step": 2}
+    assert "step 2 " in str(e.value)  # the step the message names
     assert (tmp_path / "run" / "history.csv").exists()
     assert not (tmp_path / "run" / "metrics.json").exists()
 

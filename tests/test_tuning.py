@@ -205,7 +205,7 @@ def test_report_table_shows_the_best_of_trials_with_the_same_configuration():
 
 
 def _fake_search(oracle, n, tuner_id="tuner0"):
-    """Runs `n` trials through the oracle API, scoring each by its batch size."""
+    """Runs `n` trials through the oracle API, scoring each by its learning rate."""
     ran = []
     for _ in range(n):
         trial = oracle.create_trial(tuner_id)
@@ -350,6 +350,23 @@ def test_bayesian_never_repeats_a_configuration_of_a_finite_space(tmp_path):
         oracle.end_trial(trial)
         ran.append((v["batch_size"], v["lr"], v["epochs"]))
     assert len(ran) == 20 and len(set(ran)) == 20
+
+
+def test_random_search_draws_each_configuration_once_then_stops(tmp_path):
+    """docs/tuning.md: random search samples a finite space without replacement and the
+    search stops when it is used up (keras-tuner's gives up after 20 collisions in a row,
+    usually long before the 60th of report A's 60 cells)."""
+    from tuning.tuners import RandomOracle
+
+    hp = kt.HyperParameters()
+    get_hypermodel("a_grid").declare_hyperparameters(hp)
+    oracle = RandomOracle(objective=kt.Objective("val_accuracy", "max"), hyperparameters=hp,
+                          max_trials=100, seed=0)  # fmt: skip
+    oracle._set_project_dir(str(tmp_path), "p")
+    ran = _fake_search(oracle, 100)
+    cells = {(v["batch_size"], v["lr"], v["epochs"]) for v in ran}
+    assert len(ran) == len(cells) == 60
+    assert oracle.create_trial("tuner0").status == "STOPPED"
 
 
 @pytest.mark.parametrize("kind", ["random", "bayesian", "hyperband"])
@@ -733,8 +750,11 @@ def _one_line_error(capsys, code, match):
             "--tuner random: drop them",
         ),  # fmt: skip
         (["--space", "a_grid", "--project-name", "a/b"], "project_name"),
-        (["--space", "a_grid", "--dataset", "kmnist"], "kmnist"),
-        (["--space", "a_grid", "--dataset", "kmnist", "--workers", "1"], "kmnist"),
+        (["--space", "a_grid", "--dataset", "kmnist"], "kmnist is read from --data-dir only"),
+        (
+            ["--space", "a_grid", "--dataset", "kmnist", "--workers", "1"],
+            "kmnist is read from --data-dir only",
+        ),
         # --expect-workers where no chief reads it would do nothing.
         (["--space", "a_grid", "--expect-workers", "2"], "this search is not distributed"),
         (

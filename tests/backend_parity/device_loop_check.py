@@ -1,6 +1,7 @@
-"""Runs `device_fit` and Keras' `model.fit` side by side on JAX; prints a JSON report.
+"""Runs `device_fit` and Keras' `model.fit` side by side; prints a JSON report.
 
-`KERAS_BACKEND=jax python device_loop_check.py`. `tests/test_device_loop.py` asserts.
+`KERAS_BACKEND=jax python device_loop_check.py` (or `KERAS_BACKEND=tensorflow`):
+`tests/test_device_loop.py` runs it on both backends and asserts.
 """
 
 import json
