@@ -19,6 +19,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -993,6 +994,27 @@ def fill(argv, paths):
     return [a.format(**{k: str(v) for k, v in paths.items()}) for a in argv]
 
 
+def documented_messages() -> dict[str, str]:
+    """docs/reliability.md's bad-input table: case -> the message it shows, verbatim."""
+    rows = re.findall(r"^\| ([a-z0-9-]+) \| .*? \| `` (.*) `` \| \d \| `test_bad_input\[",
+                      (ROOT / "docs" / "reliability.md").read_text(), re.MULTILINE)  # fmt: skip
+    return dict(rows)
+
+
+def as_documented(err: str, script: str, world) -> str:
+    """`err` as the table writes it: the script's name, and the world's paths by the
+    names the table gives them (RUN, OUT, DATA; other paths relative to the world)."""
+    err = re.sub(r"^\S+: error:", f"{script}.py: error:", err)
+    for key, name in (("run", "RUN"), ("incomplete", "OUT/interrupted"), ("out", "OUT"),
+                      ("data", "DATA")):  # fmt: skip
+        err = err.replace(str(world[key]), name)
+    return err.replace(f"{world['root']}/", "").replace(str(world["root"]), ".")
+
+
+def test_the_bad_input_table_has_one_row_per_case():
+    assert sorted(documented_messages()) == sorted(c[0] for c in BAD_INPUT)
+
+
 @pytest.mark.parametrize("case", BAD_INPUT, ids=[c[0] for c in BAD_INPUT])
 def test_bad_input(case, world, capsys, request, monkeypatch):
     """Exit code 2 (3: divergence), one line naming the problem, no traceback, nothing lost."""
@@ -1007,6 +1029,8 @@ def test_bad_input(case, world, capsys, request, monkeypatch):
     assert code == expected_code, err
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert fill([match], world)[0] in err, err
+    # docs/reliability.md shows the message as it is.
+    assert as_documented(err, script, world) == documented_messages().get(name), name
     after = _snapshot(world["root"])
     changed = [p for p in before if after.get(p) != before[p]]
     assert changed == [], f"{script} changed or deleted {changed}"

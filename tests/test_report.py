@@ -357,6 +357,18 @@ def test_a_search_stopped_before_its_first_summary_says_how_to_finish_it(tmp_pat
     assert not (tmp_path / "report.md").exists()
 
 
+def test_a_searchs_best_model_points_to_the_search_report(tmp_path):
+    """`best_model/` has a run's metrics.json but no config.json: a run report of it
+    read "dataset None; config {}". The search's report is the one that describes it."""
+    (tmp_path / "search.json").write_text('{"identity": {"space": "a_grid"}}')
+    best = tmp_path / "best_model"
+    best.mkdir()
+    (best / runs.COMPLETE_MARKER).write_text('{"dataset": "mnist_5k"}')
+    with pytest.raises(ReportError, match=f"best model of the search {tmp_path}, not a run"):
+        write_report(best)
+    assert not (best / "report.md").exists()
+
+
 @pytest.mark.parametrize("argv, match", [(["/no/such/dir"], "not a folder"), ([], "required")])
 def test_script_bad_input_is_one_line_exit_2(argv, match, capsys):
     code = _cli.run(report_script.main, argv)

@@ -50,6 +50,12 @@ def detect(path: Path) -> str:
         return "study"
     if (path / "trials.csv").is_file():
         return "search"
+    if not (path / "config.json").is_file() and (path.parent / "search.json").is_file():
+        raise ReportError(
+            f"{path} is the best model of the search {path.parent}, not a run: report the "
+            f"search (scripts/report.py {path.parent}), which shows this model's settings "
+            "and scores"
+        )
     if (path / "config.json").is_file() or (path / runs.COMPLETE_MARKER).is_file():
         return "run"
     if (path / "search.json").is_file():
