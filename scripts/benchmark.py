@@ -26,6 +26,7 @@ import itertools
 import json
 import math
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -128,6 +129,7 @@ def _run_worker(spec: dict, backend: str) -> dict:
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        tail = re.sub(r"^\S+: error: ", "", tail)  # the worker's own one-line error
         from kmnist_lab.errors import KmnistLabError
 
         raise KmnistLabError(f"benchmark of {spec['arch']} on {backend} failed: {tail}")
@@ -268,8 +270,9 @@ def main(argv=None) -> int:
                 f"--compare-torch: the PyTorch reference {args.torch_reference} has no "
                 f"{missing[0]!r}. It has: {', '.join(theirs)}"
             )
-    from kmnist_lab.config import auto_backend
-    from kmnist_lab.device_loop import DEVICE_BACKENDS
+    from kmnist_lab.config import TrainConfig, auto_backend
+    from kmnist_lab.device_loop import DEVICE_BACKENDS, check_shardable
+    from kmnist_lab.models import build_model
 
     def arch_backends(arch):
         chosen = args.backend or [user_backend or "auto"]
@@ -287,6 +290,14 @@ def main(argv=None) -> int:
         if "torch" in arch_backends(arch):
             for k in args.steps_per_execution:
                 check_steps_per_execution("torch", k)
+        for backend, pipeline, shards in itertools.product(
+            arch_backends(arch), args.input_pipeline, args.batch_shards
+        ):
+            # as train.py refuses them (e.g. batch shards on JAX), before any measuring
+            TrainConfig(arch=arch, backend=backend, input_pipeline=pipeline,
+                        batch_shards=shards)._check_batch_shards()  # fmt: skip
+        if any(k is not None and k > 1 for k in args.batch_shards):
+            check_shardable(build_model(arch))  # BatchNorm: the shards would change it
     gflops = matmul_gflops()
     print(f"NumPy fp32 matmul: {gflops:.1f} GFLOP/s on {os.cpu_count()} CPU cores", file=sys.stderr)
     samples: dict[tuple, list] = {}

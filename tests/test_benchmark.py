@@ -63,6 +63,12 @@ def test_benchmark_json_schema(tmp_path, capsys):
     pytest.param(["--compare-torch", "--torch-device", "nosuch"],
                  "--torch-device 'nosuch': PyTorch cannot", marks=NEEDS_TORCH),
     (["--torch-device", "cuda"], "--torch-device cuda needs --compare-torch"),
+    # refused before the matmul rate is measured, as train.py refuses it
+    (["--arch", "bn_mlp", "--backend", "jax", "--batch-shards", "2"],
+     "`batch_shards` > 1 needs the tensorflow backend, the device input pipeline and no "
+     "distribute. Received: batch_shards=2 with backend='jax'"),
+    (["--arch", "bn_mlp", "--backend", "tensorflow", "--batch-shards", "2"],
+     "batch shards would change what bn_mlp computes: layer bn1: BatchNormalization"),
     (["--from-json", "{rowless}"], "is not a benchmark.py --json file"),
 ])  # fmt: skip
 def test_benchmark_bad_input(argv, match, capsys, tmp_path):
@@ -76,6 +82,13 @@ def test_benchmark_bad_input(argv, match, capsys, tmp_path):
     assert _cli.run(benchmark.main, argv) == 2
     err = capsys.readouterr().err
     assert match in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_failed_worker_is_one_error_line_not_two_prefixes(monkeypatch):
+    failed = subprocess.CompletedProcess([], 2, stdout="", stderr="benchmark.py: error: boom\n")
+    monkeypatch.setattr(benchmark.subprocess, "run", lambda *a, **k: failed)
+    with pytest.raises(Exception, match=r"^benchmark of bn_mlp on jax failed: boom$"):
+        benchmark._run_worker({"arch": "bn_mlp"}, "jax")
 
 
 def test_compare_torch_without_pytorch_says_how_to_install_it(capsys, monkeypatch):
