@@ -33,7 +33,10 @@ def build_parser():
     p.add_argument("--list", action="store_true",
                    help="list the studies with their run counts (no NAME or run flags)")  # fmt: skip
     p.add_argument(
-        "--dataset", choices=list_datasets(), default="auto", help="dataset (default auto)"
+        "--dataset",
+        choices=list_datasets(),
+        default="auto",
+        help="dataset (default auto; not for e_regression, which draws its own samples)",
     )
     p.add_argument("--data-dir", help="folder with IDX (.gz or raw) or .npz files, searched first")
     p.add_argument("--epochs-scale", type=_cli.positive_float, default=1.0, metavar="F",
@@ -112,6 +115,14 @@ def main(argv=None) -> int:
         return 0
     if args.name is None:
         _cli.fail("a study NAME or --list is required (see --help)")
+    if get_study(args.name).kind != "classify":
+        given = [flag for dest, flag in _RUN_FLAGS[:2]
+                 if getattr(args, dest) != parser.get_default(dest)]  # fmt: skip
+        if given:
+            parser.error(
+                f"{args.name} fits sin x on samples it draws itself, so {' and '.join(given)} "
+                f"would be ignored; drop {'it' if len(given) == 1 else 'them'}"
+            )
     _cli.setup_logging(not args.quiet)
     logging.getLogger("kmnist_lab").info("Keras backend: %s", backend)
     if backend == "tensorflow":

@@ -840,6 +840,8 @@ BAD_INPUT = [
      "`model_params` cannot set input_features"),
     ("study-without-name", "study", [], 2,
      "a study NAME or --list is required"),
+    ("study-regression-with-dataset", "study", ["e_regression", "--dataset", "mnist_5k"], 2,
+     "e_regression fits sin x on samples it draws itself, so --dataset would be ignored"),
     ("study-only-matches-nothing", "study", ["a_grid", "--only", "bs999*"], 2,
      "`only` pattern 'bs999*' matches no run of a_grid"),
     ("study-name-with-list", "study", ["a_models", "--list"], 2,
