@@ -200,6 +200,7 @@ def run_study(
         data = loaded if loaded is not None else load_dataset(dataset, data_dir, seed=0)
         if quick:
             data = _subset(data)
+        log.info("%s", data.summary())  # once for the study, not once per run
         ds_name = data.name
     else:
         ds_name = "sin"

@@ -205,6 +205,7 @@ def train(
     requested = config.dataset
     if dataset is None and config.dataset == "auto":
         dataset = load_dataset(config.dataset, config.data_dir, config.val_fraction, config.seed)
+        log.info("%s", dataset.summary())
         config = dataclasses.replace(config, dataset=dataset.name)
     cfg = config.resolved()
     run_dir = Path(cfg.output_dir) / cfg.run_name
@@ -231,9 +232,9 @@ def _train_locked(
 ) -> RunResult:
     start = time.perf_counter()
     keras.utils.set_random_seed(cfg.seed)
-    if dataset is None:
+    if dataset is None:  # (a caller that passes its own dataset describes it once)
         dataset = load_dataset(cfg.dataset, cfg.data_dir, cfg.val_fraction, cfg.seed)
-    log.info("%s", dataset.summary())
+        log.info("%s", dataset.summary())
     steps_per_epoch = math.ceil(len(dataset.train[1]) / cfg.batch_size)
     # Data-parallel runs build, compile, fit and evaluate inside the distribution.
     # A Ctrl-C that Keras swallows (see InterruptCheck) still stops the run, uncompleted.

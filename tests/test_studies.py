@@ -1,6 +1,7 @@
 """Studies: every study is valid data, runs end to end in --quick mode, resumes, and reports."""
 
 import json
+import logging
 
 import _cli
 import pytest
@@ -120,12 +121,16 @@ QUICK_SUBSETS = {
 
 # Every study, end to end, in the default run.
 @pytest.mark.parametrize("name", SEEDS_NAMES)
-def test_every_study_runs_quick_and_its_report_lists_every_run(name, mnist_5k, tmp_path):
+def test_every_study_runs_quick_and_its_report_lists_every_run(name, mnist_5k, tmp_path, caplog):
     only = QUICK_SUBSETS.get(name, ["*"])
+    caplog.set_level(logging.INFO, logger="kmnist_lab")
     result = run_study(
         name, dataset="mnist_5k", quick=True, output_dir=tmp_path, loaded=mnist_5k, only=only
     )
     study = get_study(name)
+    # The dataset is described once for the study, not once per run.
+    described = [r for r in caplog.records if "train/val/test" in r.getMessage()]
+    assert len(described) == (study.kind == "classify"), [r.getMessage() for r in described]
     assert set(result.statuses) == {r.name for r in select_runs(study, only)}
     # Quick mode trains every run to the end (a diverged run would be listed, not fail).
     assert all(s == "complete" for s in result.statuses.values()), result.statuses
