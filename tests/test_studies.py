@@ -146,6 +146,9 @@ def test_every_study_runs_quick_and_its_report_lists_every_run(name, mnist_5k, t
         assert (result.study_dir / study.runs[0].name / "evaluation_train.json").is_file()
     if study.heatmap:
         assert (result.study_dir / "report_files" / f"{name}_heatmap.png").is_file()
+    if name == "e_sweeps":  # a factor --quick changed shows what the run trained with
+        assert "| `bs_256` |  |  | 256 (ran 32) |  |" in text
+        assert "| `bs_16` |  |  | 16 |  |" in text
     # Smoke-test numbers are never set beside the report's.
     assert "**quick mode**" in text and "| report % |" not in text and "_vs_report" not in text
     if study.grid:

@@ -144,7 +144,7 @@ def runs_table(doc: Document, entries: list[dict]) -> None:
     for e in entries:
         m, orig = e["metrics"], e.get("original", {})
         acc = m.get("test_accuracy")
-        factors = [e.get("factors", {}).get(k, "") for k in factor_keys]
+        factors = [_factor_cell(e, k) for k in factor_keys]
         # Planned epochs for a run that started; none for one that never did.
         planned = e.get("effective", {}).get("epochs") if e["status"] != "missing" else None
         epochs = m.get("epochs", planned)
@@ -182,6 +182,17 @@ def runs_table(doc: Document, entries: list[dict]) -> None:
         "last process only); samples/s: training throughput in steady epochs (not a "
         "process's first, whose time includes compiling; a one-epoch run has only that one)."
     )
+
+
+def _factor_cell(entry: dict, key: str):
+    """The study's value of a factor, and the value the run trained with where `--quick`
+    changed it (e.g. batch size 256 trained at 32): `256 (ran 32)`."""
+    factors = entry.get("factors", {})
+    if key not in factors:  # a factor of other runs (one-factor sweeps)
+        return ""
+    ran = entry.get("effective", {}).get(key, factors[key])
+    changed = entry["status"] != "missing" and ran != factors[key]
+    return f"{factors[key]} (ran {ran})" if changed else factors[key]
 
 
 def _train_accuracy(entry: dict):
