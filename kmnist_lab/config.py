@@ -16,7 +16,7 @@ import numbers
 import re
 from pathlib import Path
 
-from kmnist_lab.errors import ConfigError
+from kmnist_lab.errors import ConfigError, did_you_mean
 
 BACKENDS = ("tensorflow", "jax", "torch")
 JIT_POLICIES = ("auto", "on", "off")
@@ -405,8 +405,17 @@ class TrainConfig:
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - fields)
         if unknown:
+            from kmnist_lab.models import list_models, user_params
+
+            arch_keys = {k for arch in list_models() for k in user_params(arch)}
+            hint = (
+                f" `{unknown[0]}` is a model parameter: put it under model_params "
+                f'({{"model_params": {{"{unknown[0]}": ...}}}}).'
+                if unknown[0] in arch_keys
+                else did_you_mean(unknown[0], fields)
+            )
             raise ConfigError(
-                f"unknown config keys {unknown}. Valid keys: {', '.join(sorted(fields))}"
+                f"unknown config keys {unknown}.{hint} Valid keys: {', '.join(sorted(fields))}"
             )
         return cls(**data)
 

@@ -5,6 +5,7 @@ Every error here subclasses `ValueError`, so library callers that already catch
 (a traceback).
 """
 
+import difflib
 import numbers
 
 
@@ -14,6 +15,18 @@ def is_real(value) -> bool:
     NaN and the infinities count: callers check the range and say which they allow.
     """
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def did_you_mean(name, choices) -> str:
+    """` Did you mean 'x'?` for the choice closest to a misspelt `name`, else "".
+
+    Uses `difflib.get_close_matches` (ratio >= 0.6): `bnmlp` -> `bn_mlp`, `epoch` ->
+    `epochs`, `marginn` -> `margin`; a name like none of them gets no guess.
+    """
+    if not isinstance(name, str):
+        return ""
+    close = difflib.get_close_matches(name, [str(c) for c in choices], n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 class KmnistLabError(ValueError):

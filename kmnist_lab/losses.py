@@ -21,7 +21,7 @@ import math
 import keras
 from keras import ops
 
-from kmnist_lab.errors import ConfigError, is_real
+from kmnist_lab.errors import ConfigError, did_you_mean, is_real
 from kmnist_lab.registry import Registry
 
 LOSSES = Registry("loss", plural="losses")
@@ -463,8 +463,8 @@ def get_loss(name: str, **params) -> keras.losses.Loss:
         own = [p for p in valid if p not in ("name", "reduction", "dtype")]  # Keras' own
         takes = f"Valid parameters: {', '.join(own)}" if own else "It takes no parameters"
         raise ConfigError(
-            f"Unknown parameter(s) {', '.join(unknown)} for loss {name!r}. {takes}. "
-            f"Received: {received}"
+            f"Unknown parameter(s) {', '.join(unknown)} for loss {name!r}."
+            f"{did_you_mean(unknown[0], own)} {takes}. Received: {received}"
         )
     try:
         return factory(**params)

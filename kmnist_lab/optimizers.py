@@ -15,7 +15,7 @@ import math
 import keras
 from keras import ops
 
-from kmnist_lab.errors import ConfigError, is_real
+from kmnist_lab.errors import ConfigError, did_you_mean, is_real
 from kmnist_lab.registry import Registry
 
 OPTIMIZERS = Registry("optimizer")
@@ -447,8 +447,9 @@ def get_optimizer(name: str, learning_rate=None, **params) -> keras.optimizers.O
                     f"{', '.join(users)}. Received: {key}={value!r}"
                 )
             raise ConfigError(
-                f"Unknown optimizer parameter `{key}`. Optimizer {name!r} takes: "
-                f"{', '.join(['learning_rate', *accepted])}. Received: {key}={value!r}"
+                f"Unknown optimizer parameter `{key}`.{did_you_mean(key, accepted)} Optimizer "
+                f"{name!r} takes: {', '.join(['learning_rate', *accepted])}. "
+                f"Received: {key}={value!r}"
             )
         _check_value(key, value, optimizer=name)
         params[key] = float(value)  # Keras type-checks for float: 1, np.float32(0.5) pass here

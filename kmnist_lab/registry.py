@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from kmnist_lab.errors import ConfigError
+from kmnist_lab.errors import ConfigError, did_you_mean
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +59,8 @@ class Registry:
             return self._entries[name]
         except (KeyError, TypeError):
             raise ConfigError(
-                f"Unknown {self.kind} {name!r}. Valid {self.plural}: {', '.join(self.names())}"
+                f"Unknown {self.kind} {name!r}.{did_you_mean(name, self.names())} "
+                f"Valid {self.plural}: {', '.join(self.names())}"
             ) from None
 
     def names(self) -> list[str]:

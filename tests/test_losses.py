@@ -179,7 +179,9 @@ def test_unknown_loss_name_lists_the_valid_ones():
 
 
 def test_unknown_parameter_lists_the_valid_ones():
-    with pytest.raises(ConfigError, match="Unknown parameter.*gama.*Valid parameters: gamma"):
+    with pytest.raises(
+        ConfigError, match="Unknown parameter.*gama.*Did you mean 'gamma'. Valid parameters: gamma"
+    ):
         get_loss("focal", gama=2.0)
     with pytest.raises(ConfigError, match=r"Valid parameters: .*\. Received: gama=2\.0$"):
         get_loss("focal", gama=2.0)

@@ -196,8 +196,12 @@ def test_params_and_error_messages():
         get_optimizer("sgd", learning_rate=-1)
     with pytest.raises(ConfigError, match="Unknown optimizer parameter `betas`"):
         get_optimizer("adam", betas=(0.9, 0.99))
-    with pytest.raises(ConfigError, match="Unknown optimizer 'adamm'. Valid optimizers: sgd"):
+    with pytest.raises(
+        ConfigError, match="Unknown optimizer 'adamm'. Did you mean 'adam'. Valid optimizers: sgd"
+    ):
         get_optimizer("adamm")
+    with pytest.raises(ConfigError, match="`momentun`. Did you mean 'momentum'. Optimizer 'sgdm'"):
+        get_optimizer("sgdm", momentun=0.5)
     # None means "not set by the user".
     assert get_optimizer("adam", momentum=None, weight_decay=None).weight_decay is None
     assert get_optimizer("sgdm", 0.01, momentum=0.5).momentum == 0.5

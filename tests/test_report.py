@@ -211,6 +211,8 @@ def test_run_report(tmp_path):
     md, page = write_report(tmp_path / "r")
     text = md.read_text()
     assert "`r`" in text and "Training loss vs iteration" in text and page.is_file()
+    figures = sorted(p.name for p in (tmp_path / "r" / "report_files").iterdir())
+    assert "r_iterations.png" in figures and not any("__" in f for f in figures), figures
 
 
 def test_the_report_of_an_interrupted_run_shows_its_planned_epochs(tmp_path):
@@ -229,7 +231,7 @@ def test_run_report_of_a_study_run_keeps_evaluate_py_results_on_other_splits(tmp
     fake_run(tmp_path / "r", 0)  # with evaluation_test.json, on dataset "fake"
     rng = np.random.default_rng(1)
     y = np.repeat(np.arange(10), 5)
-    for name in ("fake-test", "fake-val", "mnist-test"):
+    for name in ("fake-test", "fake-val", "emnist-test"):
         scores = rng.normal(size=(50, 10)) + 3 * np.eye(10)[y]
         (tmp_path / "r" / "evaluation" / name).mkdir(parents=True)
         runs.atomic_write_json(
@@ -237,12 +239,13 @@ def test_run_report_of_a_study_run_keeps_evaluate_py_results_on_other_splits(tmp
             {**score(y, scores, [str(i) for i in range(10)]), "dataset": name.split("-")[0]},
         )
     text = write_report(tmp_path / "r")[0].read_text()
-    assert "Evaluation fake-val" in text and "Evaluation mnist-test" in text
+    # The run's own dataset first, then transfer (not alphabetical: emnist < fake).
+    assert text.index("Evaluation fake-val") < text.index("Evaluation emnist-test")
     assert "Evaluation fake-test" not in text  # the run's own test evaluation, shown already
     # Scored on another dataset than the run's: said once, in that evaluation's section.
-    note = "Scored on mnist; the model was trained on fake, so this measures transfer"
+    note = "Scored on emnist; the model was trained on fake, so this measures transfer"
     assert text.count("measures transfer") == 1
-    assert text.index("Evaluation mnist-test") < text.index(note)
+    assert text.index("Evaluation emnist-test") < text.index(note)
 
 
 def _evaluated_run(run_dir: Path, wheres: list[str]) -> list[Path]:

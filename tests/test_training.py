@@ -382,8 +382,15 @@ def test_config_file_round_trip_and_unknown_keys(tmp_path):
     cfg = TrainConfig(arch="resnet18", epochs=3, loss="am_softmax", loss_params={"margin": 0.1})
     (tmp_path / "c.json").write_text(json.dumps({"config": cfg.to_dict()}))
     assert TrainConfig.from_json(tmp_path / "c.json") == cfg
-    with pytest.raises(ConfigError, match="unknown config keys \\['epoch'\\]"):
+    with pytest.raises(
+        ConfigError, match="unknown config keys \\['epoch'\\]. Did you mean 'epochs'"
+    ):
         TrainConfig.from_dict({"epoch": 3})
+    # A model parameter at the top level: where it belongs, not a spelling guess.
+    with pytest.raises(
+        ConfigError, match="`hidden` is a model parameter: put it under model_params"
+    ):
+        TrainConfig.from_dict({"hidden": [12]})
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ConfigError, match="cannot read config file"):
         TrainConfig.from_json(tmp_path / "bad.json")

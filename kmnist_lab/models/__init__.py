@@ -12,7 +12,7 @@ import numbers
 
 import keras
 
-from kmnist_lab.errors import ConfigError
+from kmnist_lab.errors import ConfigError, did_you_mean
 from kmnist_lab.models import mlp as _mlp
 from kmnist_lab.models import residual_cnn as _cnn
 from kmnist_lab.models import resnet as _resnet
@@ -70,7 +70,8 @@ def check_overrides(name: str, overrides) -> None:
     unknown = sorted(set(overrides) - set(model_params(name)))
     if unknown:
         raise ConfigError(
-            f"arch {name!r} does not take {', '.join(unknown)}. "
+            f"arch {name!r} does not take {', '.join(unknown)}."
+            f"{did_you_mean(unknown[0], user_params(name))} "
             f"It takes: {', '.join(user_params(name))}"
         )
     check = MODELS.get(name).meta.get("check")

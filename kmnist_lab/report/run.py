@@ -19,10 +19,8 @@ def render_run(path: Path, doc: Document) -> str:
     metrics = read_json_or_empty(path / runs.COMPLETE_MARKER)
     title = f"Run `{path.name}`"
     dataset = cfg.get("dataset", {}).get("name", config.get("dataset"))
-    doc.para(
-        f"Status **{runs.run_status(path)}**; dataset {dataset}; "
-        f"config: `{json.dumps(config, sort_keys=True)}`"
-    )
+    doc.para(f"Status **{runs.run_status(path)}**; dataset {dataset}; config:")
+    doc.pre(json.dumps(config, sort_keys=True, indent=1))
     original = {}
     record = read_json_or_empty(path.parent / "study.json")
     study = record.get("study", {})
@@ -45,7 +43,11 @@ def render_run(path: Path, doc: Document) -> str:
                   "kind": "regression" if "mean_error" in metrics else "classify"}  # fmt: skip
     if (path / "history.csv").is_file():
         figures(doc, [entry], colors, fake_study)
-    evaluated = sorted((path / "evaluation").glob("*/evaluation.json"))
+    # The dataset the model learnt first, then transfer to other datasets.
+    evaluated = sorted(
+        (path / "evaluation").glob("*/evaluation.json"),
+        key=lambda p: (not p.parent.name.startswith(f"{dataset}-"), p.parent.name),
+    )
     if (path / "evaluation_test.json").is_file():
         # A study run's own test evaluation is in the figures above already; evaluate.py's
         # other splits and datasets are not.

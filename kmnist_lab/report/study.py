@@ -341,6 +341,7 @@ def figures(doc: Document, entries: list[dict], colors: dict, study: dict) -> No
     doc.heading("Curves")
     for group, members in _groups(done).items():
         suffix = f" — {group}" if group else ""
+        stem = f"{name}_{group}" if group else name  # the figures' file names
         if len(entries) > len(plots.COLORS):
             # Too many runs for distinct study-wide colours: distinct within each figure.
             curve_colors = dict(zip([e["name"] for e in members], plots.palette(len(members)),
@@ -356,13 +357,13 @@ def figures(doc: Document, entries: list[dict], colors: dict, study: dict) -> No
             fig = plots.batch_losses(
                 batches, f"{name}: training loss per iteration{suffix}", colors=curve_colors
             )
-            doc.figure(fig, f"{name}_{group}_iterations", f"Training loss vs iteration{suffix}.")
+            doc.figure(fig, f"{stem}_iterations", f"Training loss vs iteration{suffix}.")
         histories = {e["name"]: e["dir"] / "history.csv" for e in members}
         fig = plots.learning_curves(
             histories, f"{name}: loss and accuracy per epoch{suffix}", colors=curve_colors
         )
         caption = f"Loss and accuracy per epoch, train (solid) and validation (dashed){suffix}."
-        doc.figure(fig, f"{name}_{group}_epochs", caption)
+        doc.figure(fig, f"{stem}_epochs", caption)
     if "epoch_loss" in study.get("extras", []):
         _epoch_losses(doc, done)
     if study.get("heatmap"):
