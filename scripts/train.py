@@ -63,7 +63,9 @@ def build_parser():
         help="read options from a JSON file (a run's config.json works); flags override it, "
         "settings the run took by default follow them (e.g. a new --optimizer's lr), and a "
         "new --loss, --optimizer or --arch starts without the file's keywords for the old one "
-        "(its params; an optimizer's momentum and weight decay too)",
+        "(its params; an optimizer's momentum and weight decay too). The run folder is "
+        "named as the file's run was unless --arch, --dataset, --loss or --seed changes: "
+        "pass --run-name to train a variant beside it",
     )
     g.add_argument("--arch", choices=ARCHS, default=None, help=f"architecture (default {c.arch})")
     g.add_argument(
