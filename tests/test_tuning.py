@@ -684,25 +684,59 @@ def test_overwrite_clears_once_even_when_the_process_restarts(data_dir, tmp_path
     assert "; 2 process restarts |" in (project / "summary.md").read_text()
 
 
-def test_distributed_search_chief_and_two_workers(data_dir, tmp_path):
-    argv = _argv(data_dir, tmp_path, "--space", "a_grid", "--tuner", "grid", "--max-epochs", "1",
-                 "--max-trials", "4", "--no-export", "--workers", "2")  # fmt: skip
+def test_distributed_search_chief_and_two_workers(data_dir, tmp_path, capsys, caplog):
+    import logging
+    import re
+
+    caplog.set_level(logging.INFO, logger="tuning.distributed")
+
+    # Not quiet (progress lines) and exported (the chief writes a SavedModel).
+    argv = [a for a in _argv(data_dir, tmp_path) if a != "-q"]
+    argv += ["--space", "a_grid", "--tuner", "grid", "--max-epochs", "1", "--max-trials", "4",
+             "--workers", "2"]  # fmt: skip
     assert _cli.run(tune_script.main, argv) == 0
     project = tmp_path / "a_grid_grid_kmnist"
     rows = _rows(project)
     assert len(rows) == 4 and all(r["status"] == "COMPLETED" for r in rows)
     assert {r["worker"] for r in rows} == {"tuner0", "tuner1"}
     assert {(r["hp_batch_size"], r["hp_lr"]) for r in rows}.__len__() == 4
+    out = capsys.readouterr()
+    # One progress line per trial as it ends, counting up to the grid's 4 trials.
+    pattern = (r"trial (\d+) done on (tuner[01]): val_accuracy (\d\.\d{4}) "
+               r"\((\d)/4 trials; best (\d\.\d{4})\)")  # fmt: skip
+    progress = [re.fullmatch(pattern, line) for line in out.out.splitlines()
+                if line.startswith("trial ")]  # fmt: skip
+    assert len(progress) == 4 and all(progress), out.out
+    assert [m[4] for m in progress] == ["1", "2", "3", "4"]
+    by_id = {r["trial_id"]: r for r in rows}
+    for m in progress:
+        assert m[2] == by_id[m[1]]["worker"]
+        assert float(m[3]) == pytest.approx(float(by_id[m[1]]["val_accuracy"]), abs=1e-4)
+    best = max(float(r["val_accuracy"]) for r in rows)
+    assert float(progress[-1][5]) == pytest.approx(best, abs=1e-4)
+    assert "started chief and 2 workers (logs in" in caplog.text
+    assert (project / "best_model" / "saved_model" / "saved_model.pb").is_file()
     for name in ("chief", "tuner0", "tuner1"):
         log = (project / "logs" / f"{name}.log").read_text()
         # TensorFlow's start-up lines are filtered in the processes too (scripts/_native_logs.py).
         assert "absl::InitializeLog" not in log and "oneDNN custom operations" not in log, log
+        # ... and so are TensorFlow's Python INFO lines (SavedModel export), as in tune.py.
+        assert "Assets written" not in log, log
+        if name != "chief":
+            assert re.search(rf"^worker {name}: no trial left; memory peak \d+ MB "
+                             r"\([+-]\d+ MB during the search\)$", log, re.M), log  # fmt: skip
+            assert "{'" not in log, log
 
 
-def test_workers_resolve_relative_paths_from_the_callers_folder(data_dir, tmp_path, monkeypatch):
+def test_workers_resolve_relative_paths_from_the_callers_folder(
+    data_dir, tmp_path, monkeypatch, capsys, caplog
+):
     """`--workers` started outside the repository, with a relative --directory (the
     default `searches` is one) and --data-dir: the chief and workers read and write
     the same folders the command named."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="tuning.distributed")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data").symlink_to(data_dir)
     argv = ["--dataset", "kmnist", "--data-dir", "data", "--directory", "s", "--jit", "off", "-q",
@@ -711,6 +745,10 @@ def test_workers_resolve_relative_paths_from_the_callers_folder(data_dir, tmp_pa
     assert _cli.run(tune_script.main, argv) == 0
     rows = _rows(tmp_path / "s" / "a_grid_grid_kmnist")
     assert [r["status"] for r in rows] == ["COMPLETED"]
+    out = capsys.readouterr()
+    # -q: no progress lines (a one-process search prints no per-trial tables either)
+    assert not [line for line in out.out.splitlines() if line.startswith("trial ")], out.out
+    assert "started chief and 1 worker (logs in" in caplog.text  # not "1 workers"
 
 
 # ------------------------------------------------------------------- bad input
@@ -863,7 +901,10 @@ def test_hyperband_settings_refuse_a_resumed_search_only_for_hyperband(tuner, re
 def test_config_validation():
     with pytest.raises(ValueError, match="factor"):
         SearchConfig(space="a_grid", factor=1)
-    with pytest.raises(ValueError, match="Unknown search space 'b_grid'. Valid spaces: a_grid"):
+    with pytest.raises(
+        ValueError,
+        match="Unknown search space 'b_grid'. Did you mean 'a_grid'. Valid spaces: a_grid",
+    ):
         SearchConfig(space="b_grid")
     cfg = SearchConfig(space="a_grid", tuner="grid", dataset="mnist_5k").resolved()
     assert cfg.max_epochs == 15 and cfg.project_name == "a_grid_grid_mnist_5k"
@@ -1233,6 +1274,28 @@ def _panels(fig):
             for ax in fig.axes if ax.images}  # fmt: skip
 
 
+def test_an_lr_drawn_from_a_range_gets_a_scatter_not_a_heatmap(tmp_path):
+    """The mlp space draws lr log-uniformly: a batch size x lr heatmap would have a column
+    per trial, so its figure is val accuracy against lr, a series per batch size."""
+    from tuning.figures import accuracy_vs_lr, write_figures
+
+    rows = [
+        _trial_row("0", 0.50, 1.0, batch_size=32, lr=0.00047876),
+        _trial_row("1", 0.70, 1.0, batch_size=128, lr=0.0738079),
+        _trial_row("2", 0.60, 1.0, batch_size=32, lr=0.0123),
+        _trial_row("3", "", "", status="RUNNING", batch_size=64, lr=0.5),  # not shown
+    ]
+    ax = accuracy_vs_lr(rows).axes[0]
+    assert ax.get_xscale() == "log"
+    series = {c.get_label(): c.get_offsets().tolist() for c in ax.collections}
+    assert series == {"batch 32": [[0.00047876, 50.0], [0.0123, 60.0]],
+                      "batch 128": [[0.0738079, 70.0]]}  # fmt: skip
+    written = write_figures(rows, tmp_path / "figures", lr_values=False)
+    assert "figures/val_accuracy_vs_lr.png" in written
+    assert not any("heatmap" in name for name in written)
+    assert "grid/val_accuracy_heatmap.png" in write_figures(rows, tmp_path / "grid")  # lr values
+
+
 def test_accuracy_heatmap_holds_each_cells_best_trial_and_its_epochs():
     from tuning.figures import accuracy_heatmap, has_heatmap
 
@@ -1412,6 +1475,133 @@ def test_a_local_cluster_starts_a_chief_and_its_workers(tmp_path, monkeypatch):
     # each process runs its own share: no nested cluster, no second overwrite (the
     # launcher cleared the folder once); the chief waits for the 3 workers
     assert (child["workers"], child["overwrite"], child["expect_workers"]) == (0, False, 3)
+
+
+def _trial_json(folder, trial_id, status, score=None):
+    (folder / f"trial_{trial_id}").mkdir(exist_ok=True)
+    state = {"trial_id": trial_id, "hyperparameters": {}, "metrics": {}, "score": score,
+             "best_step": 0, "status": status, "message": None}  # fmt: skip
+    (folder / f"trial_{trial_id}" / "trial.json").write_text(json.dumps(state))
+
+
+def test_trial_progress_reads_only_new_and_unfinished_trials(tmp_path, monkeypatch):
+    from kmnist_lab import runs
+    from tuning.distributed import TrialProgress
+
+    reads = []
+    read_json = runs.read_json
+
+    def counting_read_json(path):
+        reads.append(Path(path).relative_to(tmp_path).as_posix())
+        return read_json(path)
+
+    monkeypatch.setattr(runs, "read_json", counting_read_json)
+    _trial_json(tmp_path, "00", "COMPLETED", 0.8125)
+    _trial_json(tmp_path, "01", "RUNNING")
+    (tmp_path / "trial_02").mkdir()  # created, trial.json not written yet
+    (tmp_path / "trial_03").mkdir()
+    (tmp_path / "trial_03" / "trial.json").write_text('{"trial_id": "03", "stat')  # half-written
+    (tmp_path / "oracle.json").write_text(json.dumps({"kmnist_workers": {"00": "tuner1"}}))
+    progress = TrialProgress(tmp_path, total=12)
+    assert progress.resumed_line() is None
+    (done,) = progress.poll()
+    assert progress.line(done) == (
+        "trial 00 done on tuner1: val_accuracy 0.8125 (1/12 trials; best 0.8125)"
+    )
+    assert sorted(reads) == ["oracle.json", "trial_00/trial.json", "trial_01/trial.json",
+                             "trial_03/trial.json"]  # fmt: skip
+    reads.clear()
+    assert progress.poll() == []
+    # Trial 00 has ended and trial 01's file is unchanged: only the unreadable one is read.
+    assert reads == ["trial_03/trial.json"]
+
+    _trial_json(tmp_path, "01", "FAILED")
+    _trial_json(tmp_path, "02", "COMPLETED", 0.9)
+    _trial_json(tmp_path, "03", "COMPLETED", float("nan"))
+    workers = {"00": "tuner1", "01": "tuner0", "02": "tuner1"}  # 03's is not recorded yet
+    (tmp_path / "oracle.json").write_text(json.dumps({"kmnist_workers": workers}))
+    assert [progress.line(t) for t in progress.poll()] == [
+        "trial 01 failed on tuner0, see logs/tuner0.log (2/12 trials; best 0.8125)",
+        "trial 02 done on tuner1: val_accuracy 0.9000 (3/12 trials; best 0.9000)",
+        "trial 03 done: val_accuracy - (4/12 trials; best 0.9000)",
+    ]
+    reads.clear()
+    assert progress.poll() == [] and reads == []  # nothing left to read
+    # A search whose total is unknown (Hyperband), resumed: the count alone.
+    again = TrialProgress(tmp_path)
+    again.poll()
+    assert again.resumed_line() == "resuming: 4 trials done before; best val_accuracy 0.9000"
+    _trial_json(tmp_path, "04", "COMPLETED", 0.5)
+    assert [again.line(t) for t in again.poll()] == [
+        "trial 04 done: val_accuracy 0.5000 (5 trials; best 0.9000)"
+    ]
+    assert TrialProgress(tmp_path / "missing").poll() == []
+
+
+@pytest.mark.parametrize(
+    "tuner, max_trials, expected",
+    [("grid", None, 12), ("grid", 2, 2), ("grid", 100, 12), ("random", None, 10),
+     ("random", 100, 12), ("bayesian", 3, 3), ("hyperband", 5, None)],
+)  # fmt: skip
+def test_expected_trials_of_a_search(tuner, max_trials, expected):
+    """a_grid with --max-epochs 3: 4 batch sizes x 3 lrs x 1 epoch choice = 12 cells."""
+    from tuning.distributed import expected_trials
+
+    cfg = SearchConfig(space="a_grid", tuner=tuner, dataset="mnist_5k", max_epochs=3,
+                       max_trials=max_trials)  # fmt: skip
+    assert expected_trials(cfg) == expected
+
+
+def test_a_worker_logs_its_memory_readably():
+    from tuning.search import memory_text
+
+    memory = {"before_search_mb": 870.45, "after_search_mb": 1029.1, "peak_mb": 1097.6,
+              "peak_growth_mb": 227.15, "restarts": 0}  # fmt: skip
+    assert memory_text(memory) == "memory peak 1098 MB (+227 MB during the search)"
+    assert memory_text({**memory, "restarts": 2}).endswith("during the search), 2 process restarts")
+
+
+def test_a_local_cluster_prints_each_trial_as_it_ends(tmp_path, monkeypatch, capsys):
+    """The launcher's polling loop reports the trials the search folder records, after a
+    line for those an earlier run had done; quiet (verbose 0) prints none."""
+    import dataclasses
+
+    cfg, launch = _cluster(tmp_path, monkeypatch, {"chief": None, "tuner0": None}, workers=1)
+    cfg = dataclasses.replace(cfg, overwrite=False, max_trials=3)
+    project = tmp_path / "p"
+    project.mkdir()
+    (project / "search.json").write_text(json.dumps({"identity": cfg.identity()}))
+    _trial_json(project, "0", "COMPLETED", 0.5)
+
+    class Trials(_FakeProcess):  # tuner0 ends trials 1 and 2, then everyone exits
+        polls = 0
+
+        def poll(self):
+            if self.name == "tuner0":
+                Trials.polls += 1
+                if Trials.polls == 2:
+                    _trial_json(project, "1", "COMPLETED", 0.75)
+                    (project / "oracle.json").write_text('{"kmnist_workers": {"1": "tuner0"}}')
+                elif Trials.polls == 3:
+                    _trial_json(project, "2", "COMPLETED", 0.625)
+                    (project / "summary.json").write_text('{"best": 1}')
+                    return 0
+            return 0 if Trials.polls >= 3 else None
+
+    from tuning import distributed
+
+    monkeypatch.setattr(distributed.subprocess, "Popen", Trials)
+    assert launch(cfg).summary == {"best": 1}
+    assert capsys.readouterr().out.splitlines() == [
+        "resuming: 1/3 trials done before; best val_accuracy 0.5000",
+        "trial 1 done on tuner0: val_accuracy 0.7500 (2/3 trials; best 0.7500)",
+        "trial 2 done: val_accuracy 0.6250 (3/3 trials; best 0.7500)",
+    ]
+    for name in ("1", "2"):
+        (project / f"trial_{name}" / "trial.json").unlink()
+    Trials.polls = 0
+    assert launch(dataclasses.replace(cfg, verbose=0)).summary == {"best": 1}
+    assert capsys.readouterr().out == ""
 
 
 @pytest.mark.parametrize("code", [1, -9])

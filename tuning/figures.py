@@ -5,7 +5,10 @@ that applies to a search into `<search folder>/figures/`:
 
 - `val_accuracy_heatmap.png`: val accuracy over batch size x lr; one panel per
   epoch count when epochs are a hyperparameter (report A's table as a figure),
-  else the best trial of each cell, annotated with the epochs it reached.
+  else the best trial of each cell, annotated with the epochs it reached. For
+  spaces whose lr is a set of values; where lr is drawn from a range (the `mlp`
+  space), `val_accuracy_vs_lr.png` instead: each trial's val accuracy against its
+  lr (log axis), a colour per batch size.
 - `hyperband_brackets.png`: each Hyperband bracket, a line per configuration
   through its rounds (val accuracy against the epochs the model reached).
 - `epochs_spent.png`: epochs trained per trial with the running total, and the
@@ -101,6 +104,27 @@ def hyperband_brackets(rows, title: str = "Hyperband brackets") -> Figure:
     return fig
 
 
+def accuracy_vs_lr(rows, title: str = "Validation accuracy vs learning rate") -> Figure:
+    """Each completed trial's val accuracy (%) against its learning rate (log axis), a
+    colour per batch size: for an lr drawn from a range, where a batch size x lr grid
+    would have one column per trial."""
+    rows = completed(rows)
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for k, size in enumerate(sorted({int(r["hp_batch_size"]) for r in rows})):
+        mine = [r for r in rows if int(r["hp_batch_size"]) == size]
+        ax.scatter([float(r["hp_lr"]) for r in mine],
+                   [100 * float(r["val_accuracy"]) for r in mine],
+                   color=color_for(k), label=f"batch {size}")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("val accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title)
+    return fig
+
+
 def epochs_spent(rows, title: str = "Epochs spent") -> Figure:
     """Epochs per trial with the running total, and best val accuracy vs epochs spent."""
     rows = [r for r in rows if r["epochs_trained"] != ""]
@@ -145,16 +169,24 @@ def budget_curves(searches: dict, title: str = "Best val accuracy vs epochs spen
     return fig
 
 
-def write_figures(rows, out_dir: Path, label: str = "") -> list[str]:
-    """Saves every figure that applies; returns their paths relative to the search folder."""
+def write_figures(rows, out_dir: Path, label: str = "", lr_values: bool = True) -> list[str]:
+    """Saves every figure that applies; returns their paths relative to the search folder.
+
+    `lr_values`: the space's lr is a set of values (a heatmap over batch size x lr), not
+    a range (a scatter of val accuracy against lr).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     prefix = f"{label}: " if label else ""
-    if has_heatmap(rows):
+    if has_heatmap(rows) and lr_values:
         save(accuracy_heatmap(rows, f"{prefix}validation accuracy (%) over batch size x lr"),
              out_dir / "val_accuracy_heatmap.png")  # fmt: skip
         written.append("val_accuracy_heatmap.png")
+    elif has_heatmap(rows):
+        save(accuracy_vs_lr(rows, f"{prefix}validation accuracy vs learning rate"),
+             out_dir / "val_accuracy_vs_lr.png")  # fmt: skip
+        written.append("val_accuracy_vs_lr.png")
     if any(r["bracket"] != "" for r in completed(rows)):
         save(
             hyperband_brackets(rows, f"{prefix}Hyperband brackets"),

@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 import keras
+import keras_tuner as kt
 
 from kmnist_lab import runs
 from tuning import results
@@ -63,7 +64,12 @@ def finalize(tuner, cfg, dataset, elapsed_s: float = 0.0, memory: dict | None = 
         runs.atomic_write_json(project / "best_hyperparameters.json", best)
         write_train_config(tuner, trial, cfg, dataset, best["epochs"], project)
         best_model = export_best(tuner, trial, cfg, dataset, best["epochs"], project / "best_model")
-    figures = write_figures(rows, project / "figures", label=f"{cfg.space}/{cfg.tuner}")
+    # lr from a range (a Float), or one of a set of values (a Choice): scatter or heatmap
+    lr_range = any(isinstance(h, kt.engine.hyperparameters.Float) and h.name == "lr"
+                   for h in oracle.hyperparameters.space)  # fmt: skip
+    figures = write_figures(
+        rows, project / "figures", label=f"{cfg.space}/{cfg.tuner}", lr_values=not lr_range
+    )
     statuses = [r["status"] for r in rows]
     summary = {
         "config": cfg.to_dict(),

@@ -408,12 +408,25 @@ def _search(cfg: SearchConfig, role: str | None, dataset) -> SearchResult | None
         if earlier:
             memory = {**earlier, "kept_from_an_earlier_process": True}
     if role == "worker":
-        log.info("worker %s: no trial left (memory %s)", tuner.tuner_id, memory)
+        log.info("worker %s: no trial left; %s", tuner.tuner_id, memory_text(memory))
         return None
     from tuning.finalize import finalize
 
     summary = finalize(tuner, cfg, dataset, elapsed_s=time.perf_counter() - start, memory=memory)
     return SearchResult(cfg.project_dir, summary)
+
+
+def memory_text(memory: dict) -> str:
+    """A process's memory over a search, for a log line: `memory peak 1098 MB (+227 MB
+    during the search)`, then `, 1 process restart` when it restarted (`restart`)."""
+    text = (
+        f"memory peak {memory['peak_mb']:.0f} MB"
+        f" ({memory['peak_mb'] - memory['before_search_mb']:+.0f} MB during the search)"
+    )
+    restarts = memory.get("restarts", 0)
+    if restarts:
+        text += f", {restarts} process restart{'' if restarts == 1 else 's'}"
+    return text
 
 
 _RSS0 = "KMNIST_TUNING_RSS0_MB"
