@@ -22,6 +22,7 @@ that meeting it would take ("needs %mm" = torch's share x target).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -47,9 +48,12 @@ TABLE_KEYS = ("arch", "backend", "jit", "jit_compile", "steps_per_execution",
 
 def build_parser():
     from kmnist_lab.config import INPUT_PIPELINES, JIT_POLICIES, PRECISIONS
+    from kmnist_lab.names import ARCHS
 
     p = _cli.Parser(prog="benchmark.py", description=__doc__)
-    p.add_argument("--arch", action="append", help="architecture (repeatable; default bn_mlp)")
+    p.add_argument("--arch", action="extend", nargs="+", choices=ARCHS, metavar="ARCH",
+                   help=f"architecture(s): {', '.join(ARCHS)} (several after one --arch, or "
+                   "--arch repeated; default bn_mlp)")  # fmt: skip
     p.add_argument("--batch-size", type=_cli.positive_int, default=128,
                    help="training batch size (default 128, the targets' size; inference: 1024)")  # fmt: skip
     p.add_argument("--backend", nargs="+", choices=(*_cli.BACKENDS, "auto"), default=None,
@@ -73,7 +77,8 @@ def build_parser():
     p.add_argument("--batch-shards", nargs="+", type=_cli.positive_int, default=[None],
                    metavar="K", help="TensorFlow: run each batch as K independent passes "
                    "side by side, one thread per op (default: the policy's: one per core "
-                   "for residual_cnn on a CPU, else 1)")  # fmt: skip
+                   "for residual_cnn on a CPU, else 1); settings where train.py refuses K > 1 "
+                   "(JAX, Keras' iterator, BatchNorm) are left out")  # fmt: skip
     p.add_argument(
         "--steps",
         type=_cli.positive_int,
@@ -195,6 +200,34 @@ def _check_torch_device(device: str) -> None:
         raise ConfigError(f"--torch-device {device!r}: PyTorch cannot use it here: {tail}")
 
 
+def _shard_problem(arch: str, backend: str, pipeline: str, shards: int) -> str | None:
+    """Why `arch` cannot train in `shards` batch shards on `backend` and `pipeline` (the
+    message train.py gives), or None."""
+    from kmnist_lab.config import TrainConfig
+    from kmnist_lab.errors import ConfigError
+
+    try:
+        TrainConfig(arch=arch, backend=backend, input_pipeline=pipeline,
+                    batch_shards=shards)._check_batch_shards()  # fmt: skip
+    except ConfigError as e:
+        return str(e)
+    return _model_shard_problem(arch)
+
+
+@functools.cache
+def _model_shard_problem(arch: str) -> str | None:
+    """Why shards would change what `arch` computes (BatchNorm), or None; built once."""
+    from kmnist_lab.device_loop import check_shardable
+    from kmnist_lab.errors import ConfigError
+    from kmnist_lab.models import build_model
+
+    try:
+        check_shardable(build_model(arch))
+    except ConfigError as e:
+        return str(e)
+    return None
+
+
 def _reference_archs(path) -> list[str]:
     """The model names (`ARCHS`) the PyTorch reference script at `path` defines."""
     import importlib.util
@@ -247,13 +280,9 @@ def main(argv=None) -> int:
             )
         (_print_markdown if args.markdown else _print_table)(rows, batch_size)
         return 0
-    from kmnist_lab.models import list_models
     from kmnist_lab.speed import check_steps_per_execution
 
-    archs = args.arch or ["bn_mlp"]
-    unknown = [a for a in archs if a not in list_models()]
-    if unknown:
-        raise ConfigError(f"unknown arch {unknown[0]!r}. Valid archs: {', '.join(list_models())}")
+    archs = list(dict.fromkeys(args.arch or ["bn_mlp"]))  # each once, in the order given
     if args.compare_torch and not Path(args.torch_reference).is_file():
         raise ConfigError(
             f"--compare-torch needs {args.torch_reference}; pass --torch-reference PATH"
@@ -270,14 +299,14 @@ def main(argv=None) -> int:
                 f"--compare-torch: the PyTorch reference {args.torch_reference} has no "
                 f"{missing[0]!r}. It has: {', '.join(theirs)}"
             )
-    from kmnist_lab.config import TrainConfig, auto_backend
-    from kmnist_lab.device_loop import DEVICE_BACKENDS, check_shardable
-    from kmnist_lab.models import build_model
+    from kmnist_lab.config import auto_backend
+    from kmnist_lab.device_loop import DEVICE_BACKENDS
 
     def arch_backends(arch):
         chosen = args.backend or [user_backend or "auto"]
         return list(dict.fromkeys(auto_backend(arch) if b == "auto" else b for b in chosen))
 
+    shard_problems: dict[str, dict] = {}
     for arch in archs:  # refuse impossible settings before measuring anything
         runnable = [(b, p) for b in arch_backends(arch) for p in args.input_pipeline
                     if p != "device" or b in DEVICE_BACKENDS]  # fmt: skip
@@ -290,14 +319,15 @@ def main(argv=None) -> int:
         if "torch" in arch_backends(arch):
             for k in args.steps_per_execution:
                 check_steps_per_execution("torch", k)
-        for backend, pipeline, shards in itertools.product(
-            arch_backends(arch), args.input_pipeline, args.batch_shards
-        ):
-            # as train.py refuses them (e.g. batch shards on JAX), before any measuring
-            TrainConfig(arch=arch, backend=backend, input_pipeline=pipeline,
-                        batch_shards=shards)._check_batch_shards()  # fmt: skip
-        if any(k is not None and k > 1 for k in args.batch_shards):
-            check_shardable(build_model(arch))  # BatchNorm: the shards would change it
+        # Batch shards where train.py would refuse them (on JAX, Keras' iterator, a
+        # BatchNorm model) are left out of the product, as `device` is on torch; where
+        # no setting of the product can take them, the run is refused before measuring.
+        sharded = [(b, p, k) for b in arch_backends(arch) for p in args.input_pipeline
+                   for k in args.batch_shards if k is not None and k > 1]  # fmt: skip
+        problems = [_shard_problem(arch, *setting) for setting in sharded]
+        if sharded and all(problems):
+            raise ConfigError(problems[0])
+        shard_problems[arch] = dict(zip(sharded, problems, strict=True))
     gflops = matmul_gflops()
     print(f"NumPy fp32 matmul: {gflops:.1f} GFLOP/s on {os.cpu_count()} CPU cores", file=sys.stderr)
     samples: dict[tuple, list] = {}
@@ -312,6 +342,8 @@ def main(argv=None) -> int:
             ):  # fmt: skip
                 if pipeline == "device" and backend not in DEVICE_BACKENDS:
                     continue  # not on torch; the table shows Keras' iterator there
+                if shard_problems[arch].get((backend, pipeline, shards)):
+                    continue  # shards this setting cannot take (see above)
                 spec = {"arch": arch, "batch_size": args.batch_size, "jit": jit,
                         "steps_per_execution": spe, "steps": steps,
                         "precision": args.precision, "input_pipeline": pipeline,

@@ -302,6 +302,8 @@ def make_tuner(cfg: SearchConfig, num_classes: int, train_size: int | None):
         max_epochs=cfg.max_epochs,
         jit=cfg.jit,
         seed=cfg.seed,
+        # A line per epoch inside each trial (not -q), so a long trial shows progress.
+        verbose=2 if cfg.verbose else 0,
     )
     kwargs = {"seed": cfg.seed, "directory": cfg.directory, "project_name": cfg.project_name}
     if cfg.tuner == "hyperband":
