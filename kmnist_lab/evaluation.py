@@ -46,11 +46,11 @@ def resolve_saved_model(path) -> tuple[Path, Path | None]:
         if status in advice:
             raise ModelLoadError(f"{path} has no saved_model/ yet; {advice[status]}")
         backend = run_config(path).get("backend")
-        if backend not in (None, "tensorflow", "jax"):
+        if backend not in (None, "tensorflow", "jax") and (path / "model.keras").is_file():
             raise ModelLoadError(
-                f"{path} has no saved_model/: it was trained on the {backend} backend, which "
-                "cannot write one; load its model.keras with "
-                "kmnist_lab.models.load_keras_model instead"
+                f"{path} has no saved_model/: on the {backend} backend a TensorFlow process "
+                "exports it, and that could not run (is tensorflow installed?); load its "
+                "model.keras with kmnist_lab.models.load_keras_model instead"
             )
         raise ModelLoadError(
             f"{path} has no saved_model/ (trained with --no-export, or in a --quick study?)"
@@ -84,10 +84,14 @@ def _search_advice(path: Path) -> str | None:
 def _unexported_best(search: Path) -> str:
     """Why a search's best model has no SavedModel, and what to do instead."""
     backend = (read_json(search / "search.json") or {}).get("backend")
-    if backend not in (None, "tensorflow", "jax"):
+    if (
+        backend not in (None, "tensorflow", "jax")
+        and (search / "best_model" / "model.keras").is_file()
+    ):
         return (
-            f"the search ran on the {backend} backend, which cannot write a SavedModel; "
-            "load best_model/model.keras with kmnist_lab.models.load_keras_model instead"
+            f"the search ran on the {backend} backend, where a TensorFlow process exports the "
+            "SavedModel, and that could not run (is tensorflow installed?); load "
+            "best_model/model.keras with kmnist_lab.models.load_keras_model instead"
         )
     return "re-run the search's command without --no-export to export it"
 

@@ -148,8 +148,8 @@ def save_model_files(model: keras.Model, loss: keras.losses.Loss, out_dir) -> li
     """Writes `model.keras` and, where the backend can, `saved_model/` into `out_dir`.
 
     Each is written under a temporary name and then renamed, so a kill mid-write
-    leaves the previous files intact. Backends that cannot write a SavedModel
-    (torch) get `model.keras` only, with a warning.
+    leaves the previous files intact. On a backend that cannot write a SavedModel
+    (torch), a TensorFlow process exports the `model.keras` just written.
 
     Args:
         model: the trained model.
@@ -167,10 +167,51 @@ def save_model_files(model: keras.Model, loss: keras.losses.Loss, out_dir) -> li
     if can_export_saved_model():
         export_saved_model(model, out_dir / "saved_model", score_scale=serving_scale(loss))
         written.append("saved_model")
-    else:
-        log.warning(
-            "backend %s cannot write a TF SavedModel; model.keras was saved (load it on "
-            "any backend with kmnist_lab.models.load_keras_model)",
-            keras.backend.backend(),
-        )
+    elif _export_in_tensorflow(out_dir / "model.keras", out_dir / "saved_model",
+                               serving_scale(loss)):  # fmt: skip
+        written.append("saved_model")
     return written
+
+
+# Loads a model.keras on the TensorFlow backend and exports it (`_export_in_tensorflow`).
+_EXPORT_CODE = """
+import sys
+from kmnist_lab.export import export_saved_model
+from kmnist_lab.models import load_keras_model
+export_saved_model(load_keras_model(sys.argv[1]), sys.argv[2], score_scale=float(sys.argv[3]))
+"""
+
+
+def _export_in_tensorflow(keras_file: Path, path: Path, score_scale: float) -> bool:
+    """Exports `keras_file` as a SavedModel from a TensorFlow-backend process.
+
+    The torch backend cannot trace a TensorFlow graph itself; the weights in
+    `model.keras` are the backend-independent model, so a TensorFlow process loads
+    them and writes the same `serve` signatures (a few seconds: TensorFlow's import and
+    one trace). Returns False, with a warning, where TensorFlow is not installed or the
+    export fails: `model.keras` is there either way.
+    """
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("tensorflow") is None:
+        log.warning("backend %s cannot write a TF SavedModel and tensorflow is not installed; "
+                    "model.keras was saved (kmnist_lab.models.load_keras_model loads it)",
+                    keras.backend.backend())  # fmt: skip
+        return False
+    package_root = str(Path(__file__).resolve().parents[1])  # kmnist_lab's folder's parent
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PYTHONPATH": os.pathsep.join(filter(None, (package_root,
+                                                       os.environ.get("PYTHONPATH"))))}  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", _EXPORT_CODE, str(keras_file), str(path), repr(score_scale)],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        log.warning("the SavedModel export in a TensorFlow process failed (%s); model.keras "
+                    "was saved", tail)  # fmt: skip
+        return False
+    return True

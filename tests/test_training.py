@@ -446,7 +446,12 @@ def test_overwrite_leaves_nothing_of_the_earlier_run(tmp_path, tiny_dataset):
             "training diverged: retrain it with --overwrite and a lower",
         ),
         ({"status": "running"}, "jax", "no saved_model/ yet; an interrupted run: re-run"),
-        (None, "torch", "trained on the torch backend, which cannot write one; load its model"),
+        (
+            None,
+            "torch",
+            "on the torch backend a TensorFlow process exports it, and that could "
+            "not run .is tensorflow installed..; load its model.keras",
+        ),
         (
             None,
             "tensorflow",
@@ -460,6 +465,7 @@ def test_evaluate_says_why_a_run_has_no_saved_model(tmp_path, state, backend, me
     from kmnist_lab.evaluation import resolve_saved_model
 
     (tmp_path / "config.json").write_text(json.dumps({"backend": backend}))
+    (tmp_path / "model.keras").write_bytes(b"")  # written on every backend
     if state is not None:
         (tmp_path / "status.json").write_text(json.dumps(state))
     else:
@@ -473,7 +479,7 @@ def test_evaluate_says_why_a_run_has_no_saved_model(tmp_path, state, backend, me
     [
         (True, "tensorflow", r"is a search folder: evaluate its best model with evaluate.py .*best_model"),
         (False, "tensorflow", r"its best model was not exported: re-run the search's command without --no-export"),
-        (False, "torch", r"ran on the torch backend, which cannot write a SavedModel; load best_model/model.keras"),
+        (False, "torch", r"ran on the torch backend, where a TensorFlow process exports the SavedModel, and that could not run .is tensorflow installed..; load best_model/model.keras"),
     ],
 )  # fmt: skip
 def test_evaluate_points_a_search_folder_at_its_best_model(tmp_path, exported, backend, message):
@@ -485,6 +491,7 @@ def test_evaluate_points_a_search_folder_at_its_best_model(tmp_path, exported, b
     best = tmp_path / "best_model"
     best.mkdir()
     (best / "metrics.json").write_text(json.dumps({"identity": {"space": "losses"}}))
+    (best / "model.keras").write_bytes(b"")
     if exported:
         (best / "saved_model").mkdir()
         (best / "saved_model" / "saved_model.pb").write_bytes(b"")
