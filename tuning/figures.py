@@ -117,12 +117,17 @@ def accuracy_vs_lr(rows, title: str = "Validation accuracy vs learning rate") ->
                    [100 * float(r["val_accuracy"]) for r in mine],
                    color=color_for(k), label=f"batch {size}")  # fmt: skip
     ax.set_xscale("log")
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("val accuracy (%)")
+    _finish(ax, "learning rate", "val accuracy (%)", title)
+    return fig
+
+
+def _finish(ax, xlabel: str, ylabel: str, title: str) -> None:
+    """Axis labels, a light grid, the legend and the title of a one-panel figure."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title(title)
-    return fig
 
 
 def epochs_spent(rows, title: str = "Epochs spent") -> Figure:
@@ -161,11 +166,7 @@ def budget_curves(searches: dict, title: str = "Best val accuracy vs epochs spen
         acc = np.array([100 * _num(r["val_accuracy"]) for r in rows])
         best = np.fmax.accumulate(np.where(np.isnan(acc), -np.inf, acc))
         ax.step(cumulative, best, where="post", color=color_for(k), label=label)
-    ax.set_xlabel("cumulative epochs trained")
-    ax.set_ylabel("best val accuracy so far (%)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    ax.set_title(title)
+    _finish(ax, "cumulative epochs trained", "best val accuracy so far (%)", title)
     return fig
 
 
