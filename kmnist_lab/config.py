@@ -213,7 +213,7 @@ class TrainConfig:
             if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
         }
 
-    def _check_batch_shards(self) -> None:
+    def check_batch_shards(self) -> None:
         """Refuses `batch_shards` > 1 where the shards cannot run (they need TensorFlow's
         `device` input pipeline, which `distribute` replaces)."""
         if self.batch_shards in (None, 1) or not isinstance(self.batch_shards, int):
@@ -260,7 +260,7 @@ class TrainConfig:
                 "backend has no built-in data-parallel trainer. Received: backend='torch'"
             )
         check_steps_per_execution(self.backend, self.steps_per_execution)
-        self._check_batch_shards()
+        self.check_batch_shards()
         if self.lr_schedule is not None:
             _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         if self.backend is not None:

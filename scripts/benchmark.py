@@ -208,7 +208,7 @@ def _shard_problem(arch: str, backend: str, pipeline: str, shards: int) -> str |
 
     try:
         TrainConfig(arch=arch, backend=backend, input_pipeline=pipeline,
-                    batch_shards=shards)._check_batch_shards()  # fmt: skip
+                    batch_shards=shards).check_batch_shards()  # fmt: skip
     except ConfigError as e:
         return str(e)
     return _model_shard_problem(arch)
