@@ -11,8 +11,9 @@ caches). With --compare-torch the PyTorch eager reference of the same model
 (scripts/torch_reference.py, a copy of the project's shared reference, or
 --torch-reference PATH) runs right after
 each of ours, interleaved, and the table shows our/torch ratios of the medians over
---repeats. The NumPy fp32 matmul rate is measured in the same run, and the table
-shows the share of it that each training run reaches, ours and torch's ("%mm"):
+--repeats. The NumPy fp32 matmul rate is measured in the same run (best of 3
+timings, at the start and again at the end; the better of the two counts, and a
+change of more than 20 % between them is reported), and the table shows the share of it that each training run reaches, ours and torch's ("%mm"):
 samples/s x the model's Dense and Conv2D FLOPs per training sample
 (2 x (3 x forward multiply-adds - the first layer's): 2.01 MFLOP for the MLPs,
 11.6 MFLOP for residual_cnn, 733 MFLOP for resnet18). At batch 128 the table also
@@ -262,7 +263,7 @@ def main(argv=None) -> int:
 
         print(json.dumps(measure(**json.loads(args.worker))))
         return 0
-    from kmnist_lab.bench import matmul_gflops
+    from kmnist_lab.bench import cpu_name, matmul_gflops
     from kmnist_lab.errors import ConfigError
 
     if args.from_json:
@@ -328,8 +329,10 @@ def main(argv=None) -> int:
         if sharded and all(problems):
             raise ConfigError(problems[0])
         shard_problems[arch] = dict(zip(sharded, problems, strict=True))
-    gflops = matmul_gflops()
-    print(f"NumPy fp32 matmul: {gflops:.1f} GFLOP/s on {os.cpu_count()} CPU cores", file=sys.stderr)
+    cpu = cpu_name()
+    gflops_start = matmul_gflops()
+    print(f"NumPy fp32 matmul: {gflops_start:.1f} GFLOP/s on {os.cpu_count()} CPU cores ({cpu})",
+          file=sys.stderr)  # fmt: skip
     samples: dict[tuple, list] = {}
     torch_rates: dict[str, list] = {}
     for rep in range(args.repeats):
@@ -363,6 +366,16 @@ def main(argv=None) -> int:
                     f"[{rep + 1}/{args.repeats}] {arch} torch: {rate:.0f} samples/s",
                     file=sys.stderr,
                 )
+    # Measured again at the end: the shares use the better of the two, and a machine
+    # whose speed changed during the run says so (its ratios, interleaved, hold better).
+    gflops_end = matmul_gflops()
+    gflops = max(gflops_start, gflops_end)
+    print(f"NumPy fp32 matmul at the end: {gflops_end:.1f} GFLOP/s", file=sys.stderr)
+    if min(gflops_start, gflops_end) < 0.8 * gflops:
+        print(f"warning: the matmul rate changed by more than 20 % during the run "
+              f"({gflops_start:.0f} -> {gflops_end:.0f} GFLOP/s): the machine is shared "
+              "or throttled; compare the interleaved ratios, not absolute rates",
+              file=sys.stderr)  # fmt: skip
     rows = []
     for (arch, *_), results in samples.items():
         med = {k: statistics.median(r[k] for r in results)
@@ -392,7 +405,8 @@ def main(argv=None) -> int:
 
         atomic_write_json(args.json, {
             "schema": 1,
-            "machine": {"cpu_count": os.cpu_count(), "matmul_gflops": gflops},
+            "machine": {"cpu_count": os.cpu_count(), "cpu": cpu, "matmul_gflops": gflops,
+                        "matmul_gflops_start": gflops_start, "matmul_gflops_end": gflops_end},
             "batch_size": args.batch_size,
             "repeats": args.repeats,
             "torch_device": args.torch_device,

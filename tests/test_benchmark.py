@@ -1,6 +1,7 @@
 """The benchmark's JSON schema on a tiny run (no timing assertions: timing is for the benchmark)."""
 
 import importlib.util
+import itertools
 import json
 import subprocess
 import sys
@@ -23,7 +24,10 @@ def test_benchmark_json_schema(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "plain_mlp" in table and "train/s" in table
     data = json.loads(out.read_text())
-    assert data["schema"] == 1 and data["machine"]["matmul_gflops"] > 0
+    machine = data["machine"]
+    assert data["schema"] == 1 and machine["cpu"] and machine["cpu_count"] >= 1
+    rates = (machine["matmul_gflops_start"], machine["matmul_gflops_end"])
+    assert min(rates) > 0 and machine["matmul_gflops"] == max(rates)
     assert data["torch_device"] == "cpu"
     (row,) = data["results"]
     expected = {"arch", "backend", "batch_size", "jit", "jit_compile", "steps_per_execution",
@@ -353,12 +357,28 @@ def test_measure_times_inference_after_a_call_on_the_same_array(monkeypatch):
     assert predicted == [2048, 2048] and row["infer_samples_per_s"] == 2048.0
 
 
-def test_matmul_rate_counts_2_n_cubed_flops_per_product(monkeypatch):
+def test_matmul_rate_counts_2_n_cubed_flops_per_product_and_keeps_the_best_round(monkeypatch):
     from kmnist_lab import bench
 
-    clock = iter([10.0, 14.0])  # 4 s for the timed products (the warm-up one is not timed)
+    # Rounds of 8 products taking 4 s, 2 s and 8 s (the warm-up product is not timed).
+    clock = iter([10.0, 14.0, 20.0, 22.0, 30.0, 38.0])
     monkeypatch.setattr(bench, "time", type("Clock", (), {"perf_counter": lambda: next(clock)}))
-    assert bench.matmul_gflops(n=100, repeats=8) == pytest.approx(2 * 100**3 * 8 / 4 / 1e9)
+    assert bench.matmul_gflops(n=100, repeats=8, rounds=3) == pytest.approx(
+        2 * 100**3 * 8 / 2 / 1e9
+    )
+
+
+def test_a_matmul_rate_that_changes_during_the_benchmark_is_reported(monkeypatch, capsys):
+    """The rate is measured before and after the runs: the shares use the better one,
+    and a drop of more than 20 % says the machine was disturbed."""
+    _, _, data = _fake_run(monkeypatch, ["--arch", "bn_mlp", "--repeats", "1"], matmul=[2.0, 4.0])
+    assert data["machine"]["matmul_gflops"] == 4.0
+    # 100 samples/s x 2 MFLOP = 0.2 GFLOP/s of the better rate, 4.
+    assert data["results"][0]["matmul_share"] == pytest.approx(0.05)
+    err = capsys.readouterr().err
+    assert "matmul rate changed by more than 20 % during the run (2 -> 4 GFLOP/s)" in err
+    _fake_run(monkeypatch, ["--arch", "bn_mlp", "--repeats", "1"], matmul=[4.0, 3.5])
+    assert "changed" not in capsys.readouterr().err
 
 
 def test_train_flops_counts_only_the_layers_whose_cost_it_knows():
@@ -377,9 +397,10 @@ def test_train_flops_counts_only_the_layers_whose_cost_it_knows():
 
 
 def _fake_run(monkeypatch, argv, rates=None, torch_rates=None, accelerator=False, flops=2_000_000,
-              json_path=None):  # fmt: skip
+              json_path=None, matmul=(4.0, 4.0)):  # fmt: skip
     """Runs benchmark.main on made-up measurements (ours: `rates`, then 100 samples/s;
-    torch: `torch_rates`, then 50; a 4 GFLOP/s matmul rate); returns the specs the
+    torch: `torch_rates`, then 50; the matmul rate `matmul`, at the start and the
+    end of the run: 4 GFLOP/s); returns the specs the
     workers got, the torch reference's calls and the --json file's contents."""
     from kmnist_lab import bench
 
@@ -409,7 +430,8 @@ def _fake_run(monkeypatch, argv, rates=None, torch_rates=None, accelerator=False
     monkeypatch.setattr(benchmark, "_run_torch", run_torch)
     monkeypatch.setattr(benchmark, "_reference_archs", lambda path: ["bn_mlp", "resnet18"])
     monkeypatch.setattr(benchmark, "_check_torch_device", lambda device: None)
-    monkeypatch.setattr(bench, "matmul_gflops", lambda: 4.0)
+    mm_rates = itertools.cycle(matmul)  # start, end, start, ... for a second run
+    monkeypatch.setattr(bench, "matmul_gflops", lambda: next(mm_rates))
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
