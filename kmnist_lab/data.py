@@ -9,7 +9,8 @@ model selection.
 Where the bytes come from, in order (`mnist`, `fashion_mnist`):
 `data_dir` -> the Keras cache (`$KERAS_HOME/datasets`, default `~/.keras/datasets`)
 -> Debian's `/usr/share/datasets/<name>` -> download through `keras.datasets`
-(skipped when the environment variable `KMNIST_LAB_NO_DOWNLOAD=1`).
+(skipped when the environment variable `KMNIST_LAB_NO_DOWNLOAD=1`; a network that
+stays silent for `DOWNLOAD_TIMEOUT_S` seconds fails it).
 Files with a known name are checked against their published sha256.
 """
 
@@ -23,6 +24,7 @@ import io
 import logging
 import math
 import os
+import socket
 import zipfile
 import zlib
 from pathlib import Path
@@ -33,6 +35,9 @@ from kmnist_lab.errors import ConfigError, DataError
 from kmnist_lab.registry import Registry
 
 log = logging.getLogger(__name__)
+
+# Seconds a download's connection attempt or read may wait for the network.
+DOWNLOAD_TIMEOUT_S = 30.0
 
 DIGITS = tuple(str(i) for i in range(10))
 FASHION = (
@@ -135,7 +140,7 @@ def _read_bytes(path: Path) -> bytes:
                 return f.read()
         return path.read_bytes()
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-        raise DataError(f"Cannot read {path}: {e}. Re-download or replace the file.") from None
+        raise DataError(f"cannot read {path}: {e}. Re-download or replace the file.") from None
 
 
 def parse_idx(raw: bytes, path: str = "<bytes>") -> np.ndarray:
@@ -291,17 +296,34 @@ def _keras_cache_dir(name: str) -> Path:
     return home / "datasets" / _KERAS_CACHE_SUBDIR.get(name, name)
 
 
+@contextlib.contextmanager
+def _socket_timeout(seconds: float):
+    """Sets Python's default socket timeout for the duration (Keras' `get_file` uses
+    `urllib` with none: on a network that drops packets a download waited forever)."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
 def _download(name: str) -> tuple[dict, dict]:
     """`keras.datasets.<name>.load_data()`. Keras prints "Downloading data from URL" and
     a progress bar on stdout; where logging is set up with kmnist_lab's INFO messages
     off (the scripts' `-q`) they are dropped too, so that an offline `--dataset auto -q`
-    prints nothing of a download it never made."""
+    prints nothing of a download it never made. Each connection attempt and each read
+    fails after `DOWNLOAD_TIMEOUT_S` seconds without an answer (a slow download that
+    keeps receiving goes on)."""
     import keras  # deferred: importing Keras costs seconds
 
     loader = {"mnist": keras.datasets.mnist, "fashion_mnist": keras.datasets.fashion_mnist}[name]
     log.info("%s is not on this machine: downloading it with keras.datasets", name)
     quiet = logging.getLogger().hasHandlers() and not log.isEnabledFor(logging.INFO)
-    with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+    with (
+        contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext(),
+        _socket_timeout(DOWNLOAD_TIMEOUT_S),
+    ):
         (xtr, ytr), (xte, yte) = loader.load_data()
     splits = {"train": _check_images(xtr, ytr, name), "test": _check_images(xte, yte, name)}
     return splits, {}
@@ -351,6 +373,8 @@ def _load_full(name: str, data_dir: str | os.PathLike | None) -> tuple[dict, dic
         # after the URL: "URL fetch failure on https://...: None -- [Errno -2] Name or
         # service not known". The cause is what a reader needs.
         reason = " ".join(str(e).split()).rsplit(" -- ", 1)[-1][:200] or type(e).__name__
+        if isinstance(e, TimeoutError) or reason.endswith("timed out"):
+            reason = f"no answer within {DOWNLOAD_TIMEOUT_S:g} s"
         raise DataError(
             f"{name} is not on this machine and the download failed ({reason}); "
             "pass --data-dir or use --dataset mnist_5k"

@@ -90,7 +90,7 @@ class CosineDense(keras.layers.Layer):
         input_dim = input_shape[-1]
         if input_dim is None:
             raise ValueError(
-                f"The last dimension of the input of {self.name} must be defined. "
+                f"the last dimension of the input of {self.name} must be defined. "
                 f"Received: input_shape={input_shape}"
             )
         self.kernel = self.add_weight(

@@ -463,7 +463,7 @@ def get_loss(name: str, **params) -> keras.losses.Loss:
         own = [p for p in valid if p not in ("name", "reduction", "dtype")]  # Keras' own
         takes = f"Valid parameters: {', '.join(own)}" if own else "It takes no parameters"
         raise ConfigError(
-            f"Unknown parameter(s) {', '.join(unknown)} for loss {name!r}."
+            f"unknown parameter(s) {', '.join(unknown)} for loss {name!r}."
             f"{did_you_mean(unknown[0], own)} {takes}. Received: {received}"
         )
     try:

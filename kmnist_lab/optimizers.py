@@ -447,7 +447,7 @@ def get_optimizer(name: str, learning_rate=None, **params) -> keras.optimizers.O
                     f"{', '.join(users)}. Received: {key}={value!r}"
                 )
             raise ConfigError(
-                f"Unknown optimizer parameter `{key}`.{did_you_mean(key, accepted)} Optimizer "
+                f"unknown optimizer parameter `{key}`.{did_you_mean(key, accepted)} Optimizer "
                 f"{name!r} takes: {', '.join(['learning_rate', *accepted])}. "
                 f"Received: {key}={value!r}"
             )

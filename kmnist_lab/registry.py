@@ -59,7 +59,7 @@ class Registry:
             return self._entries[name]
         except (KeyError, TypeError):
             raise ConfigError(
-                f"Unknown {self.kind} {name!r}.{did_you_mean(name, self.names())} "
+                f"unknown {self.kind} {name!r}.{did_you_mean(name, self.names())} "
                 f"Valid {self.plural}: {', '.join(self.names())}"
             ) from None
 

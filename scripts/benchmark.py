@@ -5,6 +5,7 @@ Examples:
   python scripts/benchmark.py --arch bn_mlp --arch relu_mlp --arch residual_cnn --arch resnet18 --compare-torch
   python scripts/benchmark.py --arch bn_mlp --batch-size 1024 --compare-torch
   python scripts/benchmark.py --arch bn_mlp --jit on off --steps-per-execution 1 10 50 --backend tensorflow jax
+  python scripts/benchmark.py --arch resnet18 --quick    # does it run? (not a measurement)
 
 Each measurement runs in its own subprocess (clean memory peak, no shared compile
 caches). With --compare-torch the PyTorch eager reference of the same model
@@ -88,8 +89,13 @@ def build_parser():
     p.add_argument(
         "--repeats",
         type=_cli.positive_int,
-        default=2,
         help="measurements per setting; the table shows medians (default 2)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="check that every setting runs: one repeat of one 60-step epoch each "
+        "(--steps 60 --repeats 1, unless given); too short for the ratios to hold",
     )
     p.add_argument(
         "--compare-torch", action="store_true", help="interleave the PyTorch eager reference"
@@ -258,6 +264,8 @@ def main(argv=None) -> int:
     user_backend = os.environ.get("KERAS_BACKEND")  # before select_backend may set it
     _cli.select_backend([])  # this process only measures the matmul rate
     args = build_parser().parse_args(argv)
+    args.steps = args.steps or (60 if args.quick else None)
+    args.repeats = args.repeats or (1 if args.quick else 2)
     if args.worker:
         from kmnist_lab.bench import measure
 
@@ -400,6 +408,9 @@ def main(argv=None) -> int:
         row["target_matmul_share"] = share(torch * target) if torch and target else None
         rows.append(row)
     (_print_markdown if args.markdown else _print_table)(rows, args.batch_size)
+    if args.quick:
+        print("--quick: one short repeat per setting, a check that each runs; measure "
+              "without --quick before comparing numbers", file=sys.stderr)  # fmt: skip
     if args.json:
         from kmnist_lab.runs import atomic_write_json
 
@@ -409,6 +420,7 @@ def main(argv=None) -> int:
                         "matmul_gflops_start": gflops_start, "matmul_gflops_end": gflops_end},
             "batch_size": args.batch_size,
             "repeats": args.repeats,
+            "quick": args.quick,
             "torch_device": args.torch_device,
             "results": rows,
             "torch": torch_rates,

@@ -471,6 +471,19 @@ def test_the_device_pipeline_is_skipped_on_torch_and_steps_round_up(monkeypatch)
     assert {s["steps"] for _, s in specs} == {120}
 
 
+def test_quick_runs_one_60_step_epoch_once_per_setting_unless_told_otherwise(monkeypatch):
+    argv = ["--arch", "bn_mlp", "resnet18", "--backend", "tensorflow", "--quick",
+            "--compare-torch", "--torch-reference", __file__]  # fmt: skip
+    specs, torch_calls, data = _fake_run(monkeypatch, argv)
+    assert [(s["arch"], s["steps"]) for _, s in specs] == [("bn_mlp", 60), ("resnet18", 60)]
+    assert [call[1:4] for call in torch_calls] == [("bn_mlp", 128, 60), ("resnet18", 128, 60)]
+    assert data["quick"] is True and data["repeats"] == 1
+    specs, _, data = _fake_run(monkeypatch, [*argv, "--repeats", "2", "--steps", "120"])
+    assert [(s["arch"], s["steps"]) for _, s in specs] == [("bn_mlp", 120), ("resnet18", 120)] * 2
+    _, _, data = _fake_run(monkeypatch, ["--arch", "bn_mlp", "--backend", "tensorflow"])
+    assert data["quick"] is False and data["repeats"] == 2
+
+
 def test_cpu_0_is_the_cpu_for_torch_device_checks(monkeypatch):
     """`--torch-device cpu:0` names the CPU: it needs no --compare-torch and no probe."""
     specs, torch_calls, data = _fake_run(monkeypatch, ["--torch-device", "cpu:0", "--repeats", "1"])

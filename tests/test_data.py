@@ -228,6 +228,45 @@ def test_a_failed_download_is_named_by_its_cause_not_its_url(tmp_path, monkeypat
     )
 
 
+def test_a_download_from_a_silent_server_fails_after_the_timeout(tmp_path, monkeypatch):
+    """A network that accepts a connection and never answers used to hold `--dataset auto`
+    forever (Keras' `get_file` sets no timeout). The server here closes after 20 s, so
+    without the timeout the test fails on "closed connection" instead of hanging."""
+    import socket
+    import threading
+    import urllib.request
+
+    import keras
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def accept_and_stay_silent():
+        conn, _ = server.accept()
+        threading.Event().wait(20)
+        conn.close()
+
+    threading.Thread(target=accept_and_stay_silent, daemon=True).start()
+    seen = []
+
+    def load_data():  # what Keras' loader does: urllib without a timeout argument
+        seen.append(socket.getdefaulttimeout())
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/mnist.npz").read()
+
+    monkeypatch.delenv("KMNIST_LAB_NO_DOWNLOAD", raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setitem(data._DEBIAN_DIRS, "mnist", str(tmp_path / "none"))
+    monkeypatch.setattr(keras.datasets.mnist, "load_data", load_data)
+    monkeypatch.setattr(data, "DOWNLOAD_TIMEOUT_S", 0.5)
+    try:
+        with pytest.raises(DataError, match=r"download failed \(no answer within 0.5 s\)"):
+            data.load_dataset("mnist")
+    finally:
+        server.close()
+    assert seen == [0.5]
+    assert socket.getdefaulttimeout() is None  # restored
+
+
 def test_auto_with_a_data_dir_does_not_fall_back_to_mnist_5k(tmp_path):
     """A --data-dir without MNIST in it is an error, not a silent switch to mnist_5k."""
     with pytest.raises(DataError, match="holds no mnist files") as info:

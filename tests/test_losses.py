@@ -174,13 +174,13 @@ def test_serving_scale_is_the_margin_loss_scale_and_one_for_logit_heads():
 
 
 def test_unknown_loss_name_lists_the_valid_ones():
-    with pytest.raises(ConfigError, match="Unknown loss 'softmax'.*am_softmax.*hinge"):
+    with pytest.raises(ConfigError, match="unknown loss 'softmax'.*am_softmax.*hinge"):
         get_loss("softmax")
 
 
 def test_unknown_parameter_lists_the_valid_ones():
     with pytest.raises(
-        ConfigError, match="Unknown parameter.*gama.*Did you mean 'gamma'. Valid parameters: gamma"
+        ConfigError, match="unknown parameter.*gama.*Did you mean 'gamma'. Valid parameters: gamma"
     ):
         get_loss("focal", gama=2.0)
     with pytest.raises(ConfigError, match=r"Valid parameters: .*\. Received: gama=2\.0$"):

@@ -287,8 +287,8 @@ def test_mlp_on_feature_vectors_is_a_regressor():
 @pytest.mark.parametrize(
     "name, kwargs, message",
     [
-        ("nope", {}, "Unknown arch 'nope'. Valid archs: plain_mlp"),  # like none: no guess
-        ("bnmlp", {}, "Unknown arch 'bnmlp'. Did you mean 'bn_mlp'. Valid archs: plain_mlp"),
+        ("nope", {}, "unknown arch 'nope'. Valid archs: plain_mlp"),  # like none: no guess
+        ("bnmlp", {}, "unknown arch 'bnmlp'. Did you mean 'bn_mlp'. Valid archs: plain_mlp"),
         ("mlp", {"hiden": [8]}, "does not take hiden. Did you mean 'hidden'. It takes: hidden,"),
         (
             "mlp",

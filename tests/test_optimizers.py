@@ -194,10 +194,10 @@ def test_params_and_error_messages():
         r"Received: learning_rate=-1$",
     ):
         get_optimizer("sgd", learning_rate=-1)
-    with pytest.raises(ConfigError, match="Unknown optimizer parameter `betas`"):
+    with pytest.raises(ConfigError, match="unknown optimizer parameter `betas`"):
         get_optimizer("adam", betas=(0.9, 0.99))
     with pytest.raises(
-        ConfigError, match="Unknown optimizer 'adamm'. Did you mean 'adam'. Valid optimizers: sgd"
+        ConfigError, match="unknown optimizer 'adamm'. Did you mean 'adam'. Valid optimizers: sgd"
     ):
         get_optimizer("adamm")
     with pytest.raises(ConfigError, match="`momentun`. Did you mean 'momentum'. Optimizer 'sgdm'"):

@@ -805,7 +805,7 @@ BAD_INPUT = [
     ("unknown-model-param", "train", T + ["--model-param", "width=3"], 2,
      "does not take width"),
     ("unknown-loss-param", "train", T + ["--loss", "focal", "--loss-param", "beta=1"], 2,
-     "Unknown parameter(s) beta for loss 'focal'"),
+     "unknown parameter(s) beta for loss 'focal'"),
     ("unknown-study", "study", ["nope"], 2,
      "invalid choice: 'nope'"),
     # contradictory options
@@ -816,7 +816,7 @@ BAD_INPUT = [
     ("regression-loss-on-images", "train", T + ["--loss", "mse"], 2,
      "argument --loss: invalid choice: 'mse' (choose from 'ce', 'focal',"),
     ("margin-on-ce", "train", T + ["--loss", "ce", "--loss-param", "margin=0.2"], 2,
-     "Unknown parameter(s) margin for loss 'ce'"),
+     "unknown parameter(s) margin for loss 'ce'"),
     ("hidden-on-fixed-arch", "train", T + ["--arch", "bn_mlp", "--hidden", "64"], 2,
      "does not take hidden"),
     ("hidden-given-twice", "train", T + ["--arch", "mlp", "--hidden", "64", "--model-param",

@@ -580,6 +580,11 @@ def test_a_search_reports_its_result_once(data_dir, tmp_path, capsys, caplog):
     ) in captured.out.splitlines()
     assert "evaluate the best model" not in captured.out  # --no-export: nothing to evaluate
     assert "epochs=1, 1 epoch)" in summaries[0]  # not "1 epochs"
+    # keras-tuner's own lines count from 1; the id beside it is the one summaries use.
+    lines = captured.out.splitlines()
+    assert "Search: Running Trial #1 (id 0)" in lines
+    assert any(line.startswith("Trial 1 (id 0) Complete [") for line in lines), lines
+    assert "(trial 0" in summaries[0]
 
 
 def test_dataset_auto_names_the_search_after_the_dataset_it_found(tmp_path, monkeypatch):
@@ -903,7 +908,7 @@ def test_config_validation():
         SearchConfig(space="a_grid", factor=1)
     with pytest.raises(
         ValueError,
-        match="Unknown search space 'b_grid'. Did you mean 'a_grid'. Valid spaces: a_grid",
+        match="unknown search space 'b_grid'. Did you mean 'a_grid'. Valid spaces: a_grid",
     ):
         SearchConfig(space="b_grid")
     cfg = SearchConfig(space="a_grid", tuner="grid", dataset="mnist_5k").resolved()

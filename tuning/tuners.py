@@ -21,16 +21,22 @@
 - keras-tuner takes any process with IPython installed for a notebook and wrote
   IPython's `clear_output` escape codes (`ESC[2K`) into terminals and log files at
   every trial's end: outside IPython it prints a blank line instead.
+- keras-tuner's console lines give the trial id beside keras-tuner's count from 1:
+  "Search: Running Trial #4 (id 03)".
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import io
 import json
 import math
 import os
 import random
+import re
 import resource
+import sys
 import time
 
 import keras
@@ -38,6 +44,7 @@ import keras_tuner as kt
 import numpy as np
 from keras_tuner.engine.hyperparameters import Boolean, Choice, Fixed, Float, Int
 from keras_tuner.src import utils as kt_utils
+from keras_tuner.src.engine import oracle as kt_oracle
 
 from kmnist_lab import runs
 
@@ -139,11 +146,36 @@ def enumerate_space(hyperparameters: kt.HyperParameters, limit: int = MAX_ENUMER
     return out if walk(0, {}) else None
 
 
+class TrialDisplay(kt_oracle.Display):
+    """keras-tuner's console lines, with the trial id beside keras-tuner's number.
+
+    keras-tuner counts trials from 1 ("Search: Running Trial #4", "Trial 4 Complete")
+    while the trial's folder, `trials.csv`, the progress of a `--workers` search and the
+    summaries name it by its id, which counts from 0 ("03"). The lines now read
+    "Search: Running Trial #4 (id 03)" and "Trial 4 (id 03) Complete [...]".
+    """
+
+    _HEAD = re.compile(r"^(Search: Running Trial #\d+|Trial \d+)(?= Complete|$)", re.MULTILINE)
+
+    def _with_id(self, show, trial) -> None:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            show(trial)
+        sys.stdout.write(self._HEAD.sub(rf"\1 (id {trial.trial_id})", out.getvalue(), count=1))
+
+    def on_trial_begin(self, trial):
+        self._with_id(super().on_trial_begin, trial)
+
+    def on_trial_end(self, trial):
+        self._with_id(super().on_trial_end, trial)
+
+
 class _OracleMixin:
     """Records the tuner id that ran each trial; samples finite spaces without replacement."""
 
     def __init__(self, *args, seed=None, **kwargs):
         super().__init__(*args, seed=seed, **kwargs)
+        self._display = TrialDisplay(oracle=self, verbose=self._display.verbose)
         if seed is not None and self.seed != seed:
             # keras-tuner reads a falsy seed as "none" (`seed or random.randint(...)`), so
             # `--seed 0`, the default, drew a new oracle seed every time: not reproducible.
