@@ -12,7 +12,7 @@ docs/performance.md, "Input path").
 
 `device_fit` instead copies the uint8 images and the labels to the device once,
 draws each epoch's shuffle as one index permutation, and runs K steps per call
-(a `jax.lax.scan`, or a `tf.while_loop` inside one `tf.function`) whose body
+(a `jax.lax.fori_loop`, or a `tf.while_loop` inside one `tf.function`) whose body
 gathers its batch by index and calls Keras' own `model.train_step`: the same
 loss, regularisation, optimizer update and metrics as `model.fit`, with no Python
 between the K steps. Validation runs the same way with `model.test_step`.
@@ -115,7 +115,14 @@ class SeedEachEpoch(keras.callbacks.Callback):
 
 
 def _compiled(model: keras.Model):
-    """`(train_chunk, test_chunk)`, jitted once per model and compile() call."""
+    """`(train_chunk, test_chunk)`, jitted once per model and compile() call.
+
+    A `looped` call runs `length` steps in a `lax.fori_loop` whose trip count is traced,
+    so an epoch compiles at most two calls, as on TensorFlow (`_tf_compiled`): its full
+    batches (K per call, any number at the end) and its partial last batch. (With a
+    static `length` in a `lax.scan`, an epoch whose full batches are not a multiple of
+    K compiled a third call for its last group, in training and in validation.)
+    """
     import jax
 
     key = (id(model.optimizer), id(model._compile_loss), id(model._compile_metrics))
@@ -129,25 +136,32 @@ def _compiled(model: keras.Model):
     ref = weakref.ref(model)
 
     def make(name):
-        def chunk(state, x, y, order, start, length, batch):
+        def chunk(state, x, y, order, start, length, batch, looped):
             step = getattr(ref(), name)
 
-            def body(state, i):
+            def run(state, i):
                 index = jax.lax.dynamic_slice_in_dim(order, start + i * batch, batch)
-                logs, state = step(state, (x[index], y[index]))
-                return state, logs
+                return step(state, (x[index], y[index]))
 
-            if length == 1:
+            if not looped:
                 # One step (steps_per_execution 1, the CNNs' default; an epoch's last
                 # partial batch): no loop. XLA:CPU runs a convolution inside a while
                 # loop's body several times slower (residual_cnn on 2 cores: ~200
                 # samples/s in a one-step scan, ~1,400 called directly).
-                state, logs = body(state, 0)
-                return logs, state
-            state, logs = jax.lax.scan(body, state, np.arange(length, dtype=np.int32))
-            return jax.tree_util.tree_map(lambda v: v[-1], logs), state
+                return run(state, 0)
+            # `length` is traced, not static: an epoch's last group of full batches
+            # (9 of 10 steps, say) runs in the same compiled loop as the others. The
+            # loop carries the last step's logs, zeros until the first step.
+            shapes = jax.eval_shape(run, state, 0)[0]
+            logs = jax.tree_util.tree_map(lambda a: jax.numpy.zeros(a.shape, a.dtype), shapes)
 
-        return jax.jit(chunk, static_argnames=("length", "batch"))
+            def body(i, carry):
+                logs, state = run(carry[1], i)
+                return logs, state
+
+            return jax.lax.fori_loop(0, length, body, (logs, state))
+
+        return jax.jit(chunk, static_argnames=("batch", "looped"))
 
     functions = (make("train_step"), make("test_step"))
     _COMPILED[model] = (key, functions)
@@ -339,8 +353,10 @@ class _JaxCalls:
         if model._jax_state_synced:
             self.state = _read(self.variables)
             model._jax_state_synced = False
-        for steps, batch, offset, _ in parts:
-            logs, self.state = self.train_chunk(self.state, x, y, order, offset, steps, batch)
+        for steps, batch, offset, looped in parts:
+            logs, self.state = self.train_chunk(
+                self.state, x, y, order, offset, steps, batch, looped
+            )
         model._jax_state = dict(zip(_STATE_KEYS, self.state, strict=True))
         return logs
 
@@ -352,9 +368,9 @@ class _JaxCalls:
         self.test_state = _read(_test_variables(self.model))
 
     def test(self, x, y, order, parts):
-        for steps, batch, offset, _ in parts:
+        for steps, batch, offset, looped in parts:
             logs, self.test_state = self.test_chunk(self.test_state, x, y, order, offset,
-                                                    steps, batch)  # fmt: skip
+                                                    steps, batch, looped)  # fmt: skip
         return logs
 
     def end_test(self) -> None:

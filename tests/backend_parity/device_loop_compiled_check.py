@@ -74,8 +74,8 @@ def validation_sees_weights_swapped_in_at_test_begin() -> float:
 
 
 def while_loops(length: int) -> int:
-    """While loops in the compiled training call of `length` steps: `lax.scan`'s on
-    JAX, the `tf.while_loop` of the `tf.function` on TensorFlow."""
+    """While loops in the compiled training call of `length` steps: `lax.fori_loop`'s
+    on JAX, the `tf.while_loop` of the `tf.function` on TensorFlow."""
     model = build_model("residual_cnn")
     model.compile(
         optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -89,7 +89,7 @@ def while_loops(length: int) -> int:
         return sum(op.type in ("While", "StatelessWhile") for op in graph.get_operations())
     state = device_loop._read(device_loop._train_variables(model))
     train_chunk, _ = device_loop._compiled(model)
-    hlo = train_chunk.lower(state, X, Y, order, 0, length=length, batch=8).as_text()
+    hlo = train_chunk.lower(state, X, Y, order, 0, length, batch=8, looped=length > 1).as_text()
     return hlo.count("stablehlo.while")
 
 
@@ -120,11 +120,29 @@ def tf_xla_placement() -> dict:
     }
 
 
+def compiled_calls() -> dict:
+    """Compiled training and validation calls (JAX) or traces (TensorFlow) after 2
+    epochs: 38 images in
+    batches of 4 at 4 steps per call (calls of 4, 4, 1 full batches and the partial
+    batch of 2), validation on 10 (a call of 2 full batches and the partial one)."""
+    model = build_model("relu_mlp")
+    model.compile(optimizer="sgd", steps_per_execution=4,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))  # fmt: skip
+    device_loop.device_fit(model, X[:38], Y[:38], batch_size=4, epochs=2, verbose=0,
+                           validation_data=(X[:10], Y[:10]))  # fmt: skip
+    if keras.backend.backend() == "tensorflow":
+        chunks = device_loop._tf_compiled(model)
+        return dict(zip(("train", "test"), (f.experimental_get_tracing_count() for f in chunks)))
+    chunks = device_loop._compiled(model)
+    return dict(zip(("train", "test"), (f._cache_size() for f in chunks)))
+
+
 report = {
     "model_freed": model_freed_after_device_fit(),
     "recompiled_new_loss": recompiled_trains_with_its_new_loss(),
     "val_loss_zeroed": validation_sees_weights_swapped_in_at_test_begin(),
     "while_loops": {str(k): while_loops(k) for k in (1, 3)},
+    "compiled_calls": compiled_calls(),
 }
 if keras.backend.backend() == "tensorflow":
     report["xla"] = tf_xla_placement()
