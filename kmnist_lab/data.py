@@ -9,8 +9,8 @@ model selection.
 Where the bytes come from, in order (`mnist`, `fashion_mnist`):
 `data_dir` -> the Keras cache (`$KERAS_HOME/datasets`, default `~/.keras/datasets`)
 -> Debian's `/usr/share/datasets/<name>` -> download through `keras.datasets`
-(skipped when the environment variable `KMNIST_LAB_NO_DOWNLOAD=1`; a network that
-stays silent for `DOWNLOAD_TIMEOUT_S` seconds fails it).
+(skipped when the environment variable `KMNIST_LAB_NO_DOWNLOAD=1`; a connection
+attempt or a read that waits `DOWNLOAD_TIMEOUT_S` seconds for the network fails it).
 Files with a known name are checked against their published sha256.
 """
 
@@ -299,7 +299,11 @@ def _keras_cache_dir(name: str) -> Path:
 @contextlib.contextmanager
 def _socket_timeout(seconds: float):
     """Sets Python's default socket timeout for the duration (Keras' `get_file` uses
-    `urllib` with none: on a network that drops packets a download waited forever)."""
+    `urllib` with none: on a network that drops packets a download waited forever).
+
+    The default is process-wide: sockets other threads open meanwhile get it too (none
+    do in kmnist_lab's scripts). It bounds each connection attempt and each read, not
+    the name lookup, nor a download that keeps receiving."""
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(seconds)
     try:

@@ -12,10 +12,10 @@ docs/performance.md, "Input path").
 
 `device_fit` instead copies the uint8 images and the labels to the device once,
 draws each epoch's shuffle as one index permutation, and runs K steps per call
-(a `jax.lax.fori_loop`, or a `tf.while_loop` inside one `tf.function`) whose body
-gathers its batch by index and calls Keras' own `model.train_step`: the same
-loss, regularisation, optimizer update and metrics as `model.fit`, with no Python
-between the K steps. Validation runs the same way with `model.test_step`.
+(a `jax.lax.fori_loop`, a `lax.scan` on a GPU, or a `tf.while_loop` inside one
+`tf.function`) whose body gathers its batch by index and calls Keras' own
+`model.train_step`: the same loss, regularisation, optimizer update and metrics as
+`model.fit`, with no Python between the K steps. Validation runs the same way with `model.test_step`.
 Callbacks see what `model.fit` shows them: the current weights (on JAX through
 Keras' own `jax_state_sync`; TensorFlow's variables are updated in place),
 batch-end logs every K steps (the last group's end is its true last step, where
@@ -114,14 +114,27 @@ class SeedEachEpoch(keras.callbacks.Callback):
             torch.manual_seed(int(rng.integers(2**62)))
 
 
+def _traced_trip_count() -> bool:
+    """Whether JAX's looped calls trace their number of steps: on a CPU. An epoch's
+    last group of full batches (9 of 10 steps, say) then runs in the same compiled
+    call as the others. Elsewhere the number stays static: XLA's GPU while loop with
+    an unknown trip count copies the loop condition to the host after every step
+    (unmeasured here; the GPU numbers in docs/performance.md were taken with a static
+    count)."""
+    import jax
+
+    return jax.default_backend() == "cpu"
+
+
 def _compiled(model: keras.Model):
     """`(train_chunk, test_chunk)`, jitted once per model and compile() call.
 
-    A `looped` call runs `length` steps in a `lax.fori_loop` whose trip count is traced,
-    so an epoch compiles at most two calls, as on TensorFlow (`_tf_compiled`): its full
-    batches (K per call, any number at the end) and its partial last batch. (With a
-    static `length` in a `lax.scan`, an epoch whose full batches are not a multiple of
-    K compiled a third call for its last group, in training and in validation.)
+    A `looped` call runs `length` steps in a loop. On a CPU its trip count is traced
+    (a `lax.fori_loop`), so an epoch compiles at most two calls, as on TensorFlow
+    (`_tf_compiled`): its full batches (K per call, any number at the end) and its
+    partial last batch. (With a static `length` in a `lax.scan`, still used on a GPU,
+    an epoch whose full batches are not a multiple of K compiles a third call for its
+    last group, in training and in validation.)
     """
     import jax
 
@@ -134,6 +147,8 @@ def _compiled(model: keras.Model):
     # strongly, and a strong reference (a bound `model.train_step`) from a value of a
     # WeakKeyDictionary to its key keeps every model trained here alive for good.
     ref = weakref.ref(model)
+
+    traced_length = _traced_trip_count()
 
     def make(name):
         def chunk(state, x, y, order, start, length, batch, looped):
@@ -149,19 +164,18 @@ def _compiled(model: keras.Model):
                 # loop's body several times slower (residual_cnn on 2 cores: ~200
                 # samples/s in a one-step scan, ~1,400 called directly).
                 return run(state, 0)
-            # `length` is traced, not static: an epoch's last group of full batches
-            # (9 of 10 steps, say) runs in the same compiled loop as the others. The
-            # loop carries the last step's logs, zeros until the first step.
+            if not traced_length:
+                state, logs = jax.lax.scan(
+                    lambda state, i: run(state, i)[::-1], state, np.arange(length, dtype=np.int32)
+                )
+                return jax.tree_util.tree_map(lambda v: v[-1], logs), state
+            # The loop carries the last step's logs, zeros until the first step.
             shapes = jax.eval_shape(run, state, 0)[0]
             logs = jax.tree_util.tree_map(lambda a: jax.numpy.zeros(a.shape, a.dtype), shapes)
+            return jax.lax.fori_loop(0, length, lambda i, carry: run(carry[1], i), (logs, state))
 
-            def body(i, carry):
-                logs, state = run(carry[1], i)
-                return logs, state
-
-            return jax.lax.fori_loop(0, length, body, (logs, state))
-
-        return jax.jit(chunk, static_argnames=("batch", "looped"))
+        static = ("batch", "looped") if traced_length else ("batch", "looped", "length")
+        return jax.jit(chunk, static_argnames=static)
 
     functions = (make("train_step"), make("test_step"))
     _COMPILED[model] = (key, functions)
@@ -353,7 +367,7 @@ class _JaxCalls:
         if model._jax_state_synced:
             self.state = _read(self.variables)
             model._jax_state_synced = False
-        for steps, batch, offset, looped in parts:
+        for steps, batch, offset, looped in _checked(parts):
             logs, self.state = self.train_chunk(
                 self.state, x, y, order, offset, steps, batch, looped
             )
@@ -368,7 +382,7 @@ class _JaxCalls:
         self.test_state = _read(_test_variables(self.model))
 
     def test(self, x, y, order, parts):
-        for steps, batch, offset, looped in parts:
+        for steps, batch, offset, looped in _checked(parts):
             logs, self.test_state = self.test_chunk(self.test_state, x, y, order, offset,
                                                     steps, batch, looped)  # fmt: skip
         return logs
@@ -408,6 +422,16 @@ class _TensorFlowCalls:
 
 
 DEVICE_BACKENDS = {"jax": _JaxCalls, "tensorflow": _TensorFlowCalls}
+
+
+def _checked(parts):
+    """`parts` of `_calls`, refusing a call that is not looped but runs several steps
+    (on JAX it would run one of them silently)."""
+    for part in parts:
+        steps, _, _, looped = part
+        if not looped and steps != 1:
+            raise ValueError(f"a call that is not looped runs 1 step. Received: steps={steps}")
+        yield part
 
 
 def tf_call_length(steps: int, looped: bool):

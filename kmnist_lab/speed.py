@@ -31,7 +31,7 @@ XLA_ON_CPU = {"mlp"}  # families
 # docs/performance.md, "The defaults" and "On a GPU".
 STEPS_PER_EXECUTION = 10
 # ...except the CNNs on JAX without an accelerator: XLA:CPU runs convolutions several
-# times slower inside a loop (`lax.fori_loop`), so one step per call there.
+# times slower inside a loop, so one step per call there.
 CPU_LOOP_AVERSE = {("jax", "cnn")}  # (backend, family)
 # Batch shards (`kmnist_lab.device_loop.sharded_forward`), TensorFlow on a CPU: the
 # architectures where they measured faster (residual_cnn, 2 cores, batch 128: see

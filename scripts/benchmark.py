@@ -13,8 +13,9 @@ caches). With --compare-torch the PyTorch eager reference of the same model
 --torch-reference PATH) runs right after
 each of ours, interleaved, and the table shows our/torch ratios of the medians over
 --repeats. The NumPy fp32 matmul rate is measured in the same run (best of 3
-timings, at the start and again at the end; the better of the two counts, and a
-change of more than 20 % between them is reported), and the table shows the share of it that each training run reaches, ours and torch's ("%mm"):
+timings, at the start and again at the end; the higher reading counts, and a lower
+one more than 20 % below it is reported), and the table shows the share of it that
+each training run reaches, ours and torch's ("%mm"):
 samples/s x the model's Dense and Conv2D FLOPs per training sample
 (2 x (3 x forward multiply-adds - the first layer's): 2.01 MFLOP for the MLPs,
 11.6 MFLOP for residual_cnn, 733 MFLOP for resnet18). At batch 128 the table also
@@ -260,6 +261,10 @@ def _reference_archs(path) -> list[str]:
     return sorted(getattr(module, "ARCHS", {}))
 
 
+QUICK_NOTE = ("--quick: one short repeat per setting, a check that each runs; measure "
+              "without --quick before comparing numbers")  # fmt: skip
+
+
 def main(argv=None) -> int:
     user_backend = os.environ.get("KERAS_BACKEND")  # before select_backend may set it
     _cli.select_backend([])  # this process only measures the matmul rate
@@ -288,6 +293,8 @@ def main(argv=None) -> int:
                 f"{', '.join(missing) or 'arch/backend'})"
             )
         (_print_markdown if args.markdown else _print_table)(rows, batch_size)
+        if saved.get("quick"):
+            print(QUICK_NOTE, file=sys.stderr)
         return 0
     from kmnist_lab.speed import check_steps_per_execution
 
@@ -381,8 +388,9 @@ def main(argv=None) -> int:
     print(f"NumPy fp32 matmul at the end: {gflops_end:.1f} GFLOP/s", file=sys.stderr)
     if min(gflops_start, gflops_end) < 0.8 * gflops:
         print(f"warning: the matmul rate changed by more than 20 % during the run "
-              f"({gflops_start:.0f} -> {gflops_end:.0f} GFLOP/s): the machine is shared "
-              "or throttled; compare the interleaved ratios, not absolute rates",
+              f"({gflops_start:.0f} -> {gflops_end:.0f} GFLOP/s, the lower reading more "
+              "than 20 % below the higher): the machine is shared or throttled; compare "
+              "the interleaved ratios, not absolute rates",
               file=sys.stderr)  # fmt: skip
     rows = []
     for (arch, *_), results in samples.items():
@@ -409,8 +417,7 @@ def main(argv=None) -> int:
         rows.append(row)
     (_print_markdown if args.markdown else _print_table)(rows, args.batch_size)
     if args.quick:
-        print("--quick: one short repeat per setting, a check that each runs; measure "
-              "without --quick before comparing numbers", file=sys.stderr)  # fmt: skip
+        print(QUICK_NOTE, file=sys.stderr)
     if args.json:
         from kmnist_lab.runs import atomic_write_json
 

@@ -197,7 +197,7 @@ def test_the_device_launcher_runs_a_reference_as_python_would(tmp_path):
 
 
 def test_the_published_results_print_as_tables(capsys):
-    # docs/performance.md's H100 and CPU (runs 13-14) tables come from these files;
+    # docs/performance.md's H100 and CPU (runs 13-21) tables come from these files;
     # --from-json reprints them: a row per result, the GPU note only for GPU runs, and
     # on the CPU the targets beside the ratios.
     files = sorted((benchmark.ROOT / "docs" / "bench").glob("*.json"))
@@ -205,13 +205,16 @@ def test_the_published_results_print_as_tables(capsys):
     for path in files:
         assert _cli.run(benchmark.main, ["--from-json", str(path), "--markdown"]) == 0
         table = capsys.readouterr().out
-        rows = json.loads(path.read_text())["results"]
+        saved = json.loads(path.read_text())
+        rows = saved["results"]
         for r in rows:
             assert f"| {r['arch']} | {r['backend']} |" in table, path.name
         on_gpu = any(r.get("accelerator") for r in rows)
         assert ("on a GPU/TPU" in table) is on_gpu, path.name
-        if not on_gpu:
-            assert "| 1.60 |" in table and "| 1.15 |" in table, path.name
+        for r in rows:  # a CPU row at batch 128, beside PyTorch: its target
+            if not on_gpu and saved["batch_size"] == 128 and r["torch_samples_per_s"]:
+                target = benchmark.TORCH_RATIO_TARGETS[r["arch"]]
+                assert f"| {r['ratio_vs_torch']:.2f} | {target:.2f} |" in table, path.name
 
 
 @pytest.mark.parametrize("device, cpu", [("cpu", True), ("cpu:0", True), ("cuda", False),
@@ -376,7 +379,7 @@ def test_a_matmul_rate_that_changes_during_the_benchmark_is_reported(monkeypatch
     # 100 samples/s x 2 MFLOP = 0.2 GFLOP/s of the better rate, 4.
     assert data["results"][0]["matmul_share"] == pytest.approx(0.05)
     err = capsys.readouterr().err
-    assert "matmul rate changed by more than 20 % during the run (2 -> 4 GFLOP/s)" in err
+    assert "matmul rate changed by more than 20 % during the run (2 -> 4 GFLOP/s, " in err
     _fake_run(monkeypatch, ["--arch", "bn_mlp", "--repeats", "1"], matmul=[4.0, 3.5])
     assert "changed" not in capsys.readouterr().err
 
@@ -482,6 +485,15 @@ def test_quick_runs_one_60_step_epoch_once_per_setting_unless_told_otherwise(mon
     assert [(s["arch"], s["steps"]) for _, s in specs] == [("bn_mlp", 120), ("resnet18", 120)] * 2
     _, _, data = _fake_run(monkeypatch, ["--arch", "bn_mlp", "--backend", "tensorflow"])
     assert data["quick"] is False and data["repeats"] == 2
+
+
+def test_a_quick_runs_table_says_so_when_printed_again(monkeypatch, tmp_path, capsys):
+    saved = tmp_path / "quick.json"
+    _fake_run(monkeypatch, ["--arch", "bn_mlp", "--quick"], json_path=saved)
+    assert benchmark.QUICK_NOTE in capsys.readouterr().err
+    assert _cli.run(benchmark.main, ["--from-json", str(saved)]) == 0
+    out, err = capsys.readouterr()
+    assert "bn_mlp" in out and benchmark.QUICK_NOTE in err
 
 
 def test_cpu_0_is_the_cpu_for_torch_device_checks(monkeypatch):

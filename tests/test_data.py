@@ -267,6 +267,22 @@ def test_a_download_from_a_silent_server_fails_after_the_timeout(tmp_path, monke
     assert socket.getdefaulttimeout() is None  # restored
 
 
+def test_a_connection_that_times_out_is_reported_as_no_answer(tmp_path, monkeypatch):
+    """A connect timeout reaches us wrapped by Keras: "URL fetch failure on URL: None --
+    timed out"."""
+    import keras
+
+    def load_data():
+        raise Exception("URL fetch failure on https://example.org/mnist.npz: None -- timed out")
+
+    monkeypatch.delenv("KMNIST_LAB_NO_DOWNLOAD", raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setitem(data._DEBIAN_DIRS, "mnist", str(tmp_path / "none"))
+    monkeypatch.setattr(keras.datasets.mnist, "load_data", load_data)
+    with pytest.raises(DataError, match=r"download failed \(no answer within 30 s\); pass"):
+        data.load_dataset("mnist")
+
+
 def test_auto_with_a_data_dir_does_not_fall_back_to_mnist_5k(tmp_path):
     """A --data-dir without MNIST in it is an error, not a silent switch to mnist_5k."""
     with pytest.raises(DataError, match="holds no mnist files") as info:

@@ -158,10 +158,14 @@ class TrialDisplay(kt_oracle.Display):
     _HEAD = re.compile(r"^(Search: Running Trial #\d+|Trial \d+)(?= Complete|$)", re.MULTILINE)
 
     def _with_id(self, show, trial) -> None:
+        # `redirect_stdout` swaps the process's stdout: safe here, where keras-tuner's
+        # oracle lock serialises the calls (and its gRPC server runs one thread).
         out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            show(trial)
-        sys.stdout.write(self._HEAD.sub(rf"\1 (id {trial.trial_id})", out.getvalue(), count=1))
+        try:
+            with contextlib.redirect_stdout(out):
+                show(trial)
+        finally:  # what was printed, even if `show` failed
+            sys.stdout.write(self._HEAD.sub(rf"\1 (id {trial.trial_id})", out.getvalue(), count=1))
 
     def on_trial_begin(self, trial):
         self._with_id(super().on_trial_begin, trial)

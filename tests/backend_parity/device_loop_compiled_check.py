@@ -122,19 +122,35 @@ def tf_xla_placement() -> dict:
 
 def compiled_calls() -> dict:
     """Compiled training and validation calls (JAX) or traces (TensorFlow) after 2
-    epochs: 38 images in
-    batches of 4 at 4 steps per call (calls of 4, 4, 1 full batches and the partial
-    batch of 2), validation on 10 (a call of 2 full batches and the partial one)."""
-    model = build_model("relu_mlp")
-    model.compile(optimizer="sgd", steps_per_execution=4,
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))  # fmt: skip
-    device_loop.device_fit(model, X[:38], Y[:38], batch_size=4, epochs=2, verbose=0,
-                           validation_data=(X[:10], Y[:10]))  # fmt: skip
-    if keras.backend.backend() == "tensorflow":
-        chunks = device_loop._tf_compiled(model)
-        return dict(zip(("train", "test"), (f.experimental_get_tracing_count() for f in chunks)))
-    chunks = device_loop._compiled(model)
-    return dict(zip(("train", "test"), (f._cache_size() for f in chunks)))
+    epochs: 38 images in batches of 4 at 4 steps per call (calls of 4, 4, 1 full
+    batches and the partial batch of 2), validation on 22 (calls of 4 and 1 full
+    batches and the partial one); and the epoch losses. On JAX, also with the number
+    of steps static (`lax.scan`, as on a GPU): one more call each, the same losses."""
+
+    def train():
+        keras.utils.set_random_seed(0)
+        model = build_model("relu_mlp")
+        model.compile(optimizer="sgd", steps_per_execution=4,
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))  # fmt: skip
+        history = device_loop.device_fit(model, X[:38], Y[:38], batch_size=4, epochs=2,
+                                         verbose=0, validation_data=(X[:22], Y[:22]))  # fmt: skip
+        if keras.backend.backend() == "tensorflow":
+            chunks = device_loop._tf_compiled(model)
+            counts = (f.experimental_get_tracing_count() for f in chunks)
+        else:
+            counts = (f._cache_size() for f in device_loop._compiled(model))
+        return {**dict(zip(("train", "test"), counts)),
+                "losses": history.history["loss"] + history.history["val_loss"]}  # fmt: skip
+
+    calls = {"traced": train()}
+    if keras.backend.backend() == "jax":
+        traced = device_loop._traced_trip_count
+        device_loop._traced_trip_count = lambda: False
+        try:
+            calls["static"] = train()
+        finally:
+            device_loop._traced_trip_count = traced
+    return calls
 
 
 report = {
