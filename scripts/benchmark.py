@@ -292,7 +292,7 @@ def main(argv=None) -> int:
                 f"{args.from_json} is not a benchmark.py --json file (rows lack "
                 f"{', '.join(missing) or 'arch/backend'})"
             )
-        (_print_markdown if args.markdown else _print_table)(rows, batch_size)
+        (_print_markdown if args.markdown else _print_table)(rows, batch_size, saved.get("machine"))
         if saved.get("quick"):
             print(QUICK_NOTE, file=sys.stderr)
         return 0
@@ -415,7 +415,9 @@ def main(argv=None) -> int:
         row["target_ratio"] = target
         row["target_matmul_share"] = share(torch * target) if torch and target else None
         rows.append(row)
-    (_print_markdown if args.markdown else _print_table)(rows, args.batch_size)
+    machine = {"cpu_count": os.cpu_count(), "cpu": cpu, "matmul_gflops": gflops,
+               "matmul_gflops_start": gflops_start, "matmul_gflops_end": gflops_end}  # fmt: skip
+    (_print_markdown if args.markdown else _print_table)(rows, args.batch_size, machine)
     if args.quick:
         print(QUICK_NOTE, file=sys.stderr)
     if args.json:
@@ -423,8 +425,7 @@ def main(argv=None) -> int:
 
         atomic_write_json(args.json, {
             "schema": 1,
-            "machine": {"cpu_count": os.cpu_count(), "cpu": cpu, "matmul_gflops": gflops,
-                        "matmul_gflops_start": gflops_start, "matmul_gflops_end": gflops_end},
+            "machine": machine,
             "batch_size": args.batch_size,
             "repeats": args.repeats,
             "quick": args.quick,
@@ -451,13 +452,24 @@ def _pct(share):
     return fmt(share and 100 * share, ".0f")
 
 
-def _print_table(rows, batch_size):
+def _machine(machine) -> str:
+    """Where a table was measured: the CPU, its cores and its matmul rate, where known
+    (JSON files before session 19 record the cores and the rate only)."""
+    if not machine:
+        return ""
+    cpu = f" ({machine['cpu']})" if machine.get("cpu") else ""
+    return (f"{machine.get('cpu_count')} CPU cores{cpu}, NumPy fp32 matmul "
+            f"{machine.get('matmul_gflops', 0):.0f} GFLOP/s")  # fmt: skip
+
+
+def _print_table(rows, batch_size, machine=None):
     header = (f"{'arch':<13} {'backend':<10} {'input':<8} {'jit':<4} {'xla':<5} {'spe':>3} {'sh':>2} {'train/s':>9} "
               f"{'torch/s':>9} {'ratio':>6} {'target':>6} {'compile s':>9} {'epoch s':>8} "
               f"{'infer/s':>9} {'RSS MB':>7} {'%mm':>4} {'torch %mm':>9} {'needs %mm':>9}")  # fmt: skip
+    where = f"; {_machine(machine)}" if machine else ""
     print(
         f"batch size {batch_size}; {_precision(rows)}; medians; samples/s; "
-        f"%mm: share of the NumPy fp32 matmul rate\n{header}\n{'-' * len(header)}"
+        f"%mm: share of the NumPy fp32 matmul rate{where}\n{header}\n{'-' * len(header)}"
     )
     for r in rows:
         print(f"{r['arch']:<13} {r['backend']:<10} {r.get('input_pipeline', 'iterator'):<8} "
@@ -471,9 +483,10 @@ def _print_table(rows, batch_size):
               f"{_pct(r.get('torch_matmul_share')):>9} {_pct(r.get('target_matmul_share')):>9}")  # fmt: skip
 
 
-def _print_markdown(rows, batch_size):
+def _print_markdown(rows, batch_size, machine=None):
+    where = f"; {_machine(machine)}" if machine else ""
     print(f"batch size {batch_size}, {_precision(rows)}, medians of the repeats, samples/s; "
-          "% mm: share of the NumPy fp32 matmul rate\n")  # fmt: skip
+          f"% mm: share of the NumPy fp32 matmul rate{where}\n")  # fmt: skip
     print("| arch | backend | input | jit | XLA | spe | shards | train/s | torch/s | ratio | target "
           "| compile s | epoch s | infer/s | peak RSS MB | % mm | torch % mm | needs % mm |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")

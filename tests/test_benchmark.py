@@ -3,6 +3,7 @@
 import importlib.util
 import itertools
 import json
+import os
 import subprocess
 import sys
 
@@ -434,6 +435,7 @@ def _fake_run(monkeypatch, argv, rates=None, torch_rates=None, accelerator=False
     monkeypatch.setattr(benchmark, "_reference_archs", lambda path: ["bn_mlp", "resnet18"])
     monkeypatch.setattr(benchmark, "_check_torch_device", lambda device: None)
     mm_rates = itertools.cycle(matmul)  # start, end, start, ... for a second run
+    monkeypatch.setattr(bench, "cpu_name", lambda: "Fake CPU 9000")
     monkeypatch.setattr(bench, "matmul_gflops", lambda: next(mm_rates))
     import tempfile
 
@@ -599,6 +601,9 @@ def test_the_markdown_table_has_one_cell_per_header(monkeypatch, capsys, tmp_pat
     _fake_run(monkeypatch, argv, torch_rates=[60.0])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("batch size 128, float32, medians of the repeats")
+    # where it was measured: the table in a document says which machine it came from
+    cores = os.cpu_count()
+    assert lines[0].endswith(f"; {cores} CPU cores (Fake CPU 9000), NumPy fp32 matmul 4 GFLOP/s")
     header, rule, row = lines[2:5]
 
     def cells(line):
