@@ -15,11 +15,11 @@ draws each epoch's shuffle as one index permutation, and runs K steps per call
 (a `jax.lax.fori_loop`, a `lax.scan` on a GPU, or a `tf.while_loop` inside one
 `tf.function`) whose body gathers its batch by index and calls Keras' own
 `model.train_step`: the same loss, regularisation, optimizer update and metrics as
-`model.fit`, with no Python between the K steps. Validation runs the same way with `model.test_step`.
-Callbacks see what `model.fit` shows them: the current weights (on JAX through
-Keras' own `jax_state_sync`; TensorFlow's variables are updated in place),
-batch-end logs every K steps (the last group's end is its true last step, where
-`fit` reports the step K would end on), epoch logs with `val_` metrics,
+`model.fit`, with no Python between the K steps. Validation runs the same way with
+`model.test_step`. Callbacks see what `model.fit` shows them: the current weights
+(on JAX through Keras' own `jax_state_sync`; TensorFlow's variables are updated in
+place), batch-end logs every K steps (the last group's end is its true last step,
+where `fit` reports the step K would end on), epoch logs with `val_` metrics,
 `on_test_begin/end` around validation (so ASGD/EMA weight swaps work),
 `model.stop_training`, and `model._initial_epoch` set by a restoring callback.
 
