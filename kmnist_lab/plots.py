@@ -213,6 +213,16 @@ def palette(n: int) -> list[str]:
     return [to_hex(colormaps["turbo"](i / max(n - 1, 1))) for i in range(n)]
 
 
+def _text_colour(rgba) -> str:
+    """Black or white, whichever reads on a cell of colour `rgba`: white where the
+    cell's luminance (ITU-R BT.601: 0.299 R + 0.587 G + 0.114 B) is below 0.5. (A
+    threshold on the value instead gave black on viridis' darkest colour when every
+    cell held the same value: matplotlib then paints them all at the bottom of the
+    scale.)"""
+    r, g, b = rgba[:3]
+    return "white" if 0.299 * r + 0.587 * g + 0.114 * b < 0.5 else "black"
+
+
 def heatmap(values, row_labels, col_labels, title: str, xlabel: str, ylabel: str,
             fmt: str = "{:.1%}", cbar_label: str = "") -> Figure:  # fmt: skip
     """Annotated heatmap of a 2-D array (NaN cells left blank), e.g. accuracy per depth x width."""
@@ -256,10 +266,9 @@ def heatmap_panels(panels: dict, row_labels, col_labels, title: str, xlabel: str
             for j in range(grid.shape[1]):
                 if not np.isfinite(grid[i, j]):
                     continue
-                dark = grid[i, j] < vmin + 0.5 * (vmax - vmin)
                 text = fmt.format(grid[i, j]) + (note[i][j] if note is not None else "")
                 ax.text(j, i, text, ha="center", va="center", fontsize=8,
-                        color="white" if dark else "black",
+                        color=_text_colour(image.cmap(image.norm(grid[i, j]))),
                         fontweight="bold" if grid[i, j] == best_value else "normal")  # fmt: skip
         ax.set_xticks(range(len(col_labels)), [str(c) for c in col_labels])
         ax.set_xlabel(xlabel)

@@ -447,7 +447,8 @@ E_AUGMENTATION = Study(
     "e_augmentation",
     "E",
     "Report E: a 2-hidden-layer ReLU net (100-100) with and without data augmentation (random "
-    "translation up to 10% plus rotation up to 10 degrees, no flips), 30 epochs. " + _E_NOTE,
+    "translation up to 10% plus rotation up to 10 degrees, no flips), 30 epochs. "
+    + _E_NOTE.replace("10 epochs", "30 epochs"),
     runs=(
         StudyRun(
             "no_augment", _cfg("mlp", model_params=_mlp([100, 100]), **_AUG), {}, {"augment": False}

@@ -540,6 +540,15 @@ def test_heatmap_panels_share_one_scale_and_bold_the_best_cell_over_all_panels()
         plots.heatmap_panels({}, [], [], "t", "x", "y")
 
 
+def test_cell_text_is_white_on_dark_cells_and_black_on_light_ones_even_when_all_are_equal():
+    """viridis runs from dark purple (low) to yellow (high). When every cell holds the
+    same value, matplotlib paints them all dark: their text used to be black on it."""
+    fig = plots.heatmap_panels({"": [[0.2, 0.9]]}, ["r"], ["x", "y"], "t", "x", "y")
+    assert [t.get_color() for t in fig.axes[0].texts] == ["white", "black"]
+    same = plots.heatmap_panels({"": [[0.234, 0.234]]}, ["r"], ["x", "y"], "t", "x", "y")
+    assert [t.get_color() for t in same.axes[0].texts] == ["white", "white"]
+
+
 def test_a_reported_range_gets_a_bar_with_a_whisker_beside_ours(tmp_path, monkeypatch):
     # Report D gave hinge as a range (97.28-97.43 %), its best result; the "ours vs the
     # report" figure drew only runs with one reported number, so hinge had no bar.
