@@ -173,7 +173,30 @@ class Parser(argparse.ArgumentParser):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
+    def _check_value(self, action, value):
+        # argparse's "invalid choice" with the closest choice suggested, as the library's
+        # own registries do: `--arch bnmlp` -> "Did you mean 'bn_mlp'?".
+        if action.choices is not None and value not in action.choices:
+            from kmnist_lab.errors import did_you_mean
+
+            hint = did_you_mean(value, action.choices)
+            if hint:
+                choices = ", ".join(map(repr, action.choices))
+                raise argparse.ArgumentError(
+                    action, f"invalid choice: {value!r}.{hint} (choose from {choices})"
+                )
+        super()._check_value(action, value)
+
     def error(self, message):
+        if message.startswith("unrecognized arguments: "):
+            from kmnist_lab.errors import did_you_mean
+
+            # `--epoch 2` -> "Did you mean '--epochs'?" (abbreviations are off, see above)
+            first = message.split(": ", 1)[1].split()[0].split("=")[0]
+            if first.startswith("--"):
+                options = [o for o in self._option_string_actions if o.startswith("--")]
+                hint = did_you_mean(first, options)
+                message += f".{hint}" if hint else ""
         print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
         raise SystemExit(2)
 
