@@ -42,7 +42,8 @@ def build_parser():
     p.add_argument("--epochs-scale", type=_cli.positive_float, default=1.0, metavar="F",
                    help="multiply every run's epochs by F (nearest whole epoch, halves up; "
                    "at least 1)")  # fmt: skip
-    p.add_argument("--quick", action="store_true", help="a few batches per run on a small subset")
+    p.add_argument("--quick", action="store_true",
+                   help="a few batches per run on a small subset; exports no SavedModels")  # fmt: skip
     p.add_argument("--only", action="append", metavar="PATTERN",
                    help="train only the runs whose names match this shell pattern "
                    "(repeatable), e.g. --only '*_e15'; the others are left as they are")  # fmt: skip

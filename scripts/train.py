@@ -128,7 +128,9 @@ def build_parser():
                    help="optimizer keyword, e.g. eta_plus=1.1 for rprop (repeatable; K=null drops a "
                    "--config value)")  # fmt: skip
     o.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
-                   help="learning-rate schedule over the epochs (default: the arch's, table below)")  # fmt: skip
+                   help="learning-rate schedule over the epochs: constant; step (x0.1 after "
+                   "50%% and again after 75%% of the epochs); cosine (down to 1%% of lr at "
+                   "the end). Default: the arch's, table below")  # fmt: skip
     o.add_argument("--warmup-epochs", type=_cli.nonneg_int, default=None,
                    help="linear lr warm-up to the peak lr over this many epochs (cosine: "
                    "from 0; constant and step: from lr/warm-up steps); default 0; with "
