@@ -50,7 +50,8 @@ def build_parser():
     p.add_argument(
         "--backend",
         choices=_cli.BACKENDS,
-        help="Keras backend (default: KERAS_BACKEND if set, else tensorflow)",
+        help="Keras backend for every run of the study (default: KERAS_BACKEND if set, "
+        "else tensorflow; train.py's --backend auto picks per arch instead, JAX for the MLPs)",
     )
     p.add_argument(
         "--output-dir", help="parent of the study folder (default studies/DATASET[-quick])"
