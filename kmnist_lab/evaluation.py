@@ -5,11 +5,17 @@
 same way, and returns accuracy, cross-entropy of the served probabilities,
 per-class accuracy (report B), the confusion matrix and scikit-learn's
 classification report (report C), and the most confidently wrong examples.
+
+A model scored on another dataset than its own (transfer) predicts its own classes:
+`model_class_names` names them, and `write_report` labels the predicted axis and
+captions with them while the true labels keep the scored dataset's names.
+`check_split_flags` keeps `--split val`/`train` on the splits the run itself used.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -179,8 +185,18 @@ def score(y_true, scores, class_names, n_wrong: int = 24) -> dict:
     }
 
 
-def write_report(result: dict, x: np.ndarray, class_names, out_dir, title: str = "") -> Path:
-    """Writes `evaluation.json` and the figures (confusion, per-class, wrong examples)."""
+def write_report(
+    result: dict, x: np.ndarray, class_names, out_dir, title: str = "", predicted_class_names=None
+) -> Path:
+    """Writes `evaluation.json` and the figures (confusion, per-class, wrong examples).
+
+    Args:
+        class_names: the scored dataset's class names (the true labels).
+        predicted_class_names: the model's class names (what it predicts), where they
+            differ from `class_names` (a model scored on another dataset than its
+            own); they label the confusion matrix's predicted axis and the `pred`
+            of wrong.png's captions. Default: `class_names`.
+    """
     from kmnist_lab import plots
     from kmnist_lab.runs import atomic_write_json
 
@@ -193,9 +209,17 @@ def write_report(result: dict, x: np.ndarray, class_names, out_dir, title: str =
         raise RunFolderError(
             f"cannot create {out_dir}: {e.strerror}; choose another --output-dir"
         ) from None
+    class_names = list(class_names)
+    predicted = list(predicted_class_names) if predicted_class_names is not None else class_names
+    if len(predicted) != len(class_names):
+        raise ValueError(
+            f"{len(predicted)} predicted class names for {len(class_names)} classes: {predicted}"
+        )
     atomic_write_json(out_dir / "evaluation.json", result)
-    plots.save(plots.confusion_matrix(result["confusion_matrix"], class_names, f"Confusion matrix {title}"),
-               out_dir / "confusion.png")  # fmt: skip
+    # Columns are the model's classes, rows the data's.
+    confusion = plots.confusion_matrix(result["confusion_matrix"], class_names,
+                                       f"Confusion matrix {title}", predicted)  # fmt: skip
+    plots.save(confusion, out_dir / "confusion.png")
     plots.save(
         plots.per_class_accuracy(
             {title or "accuracy": list(result["per_class_accuracy"].values())},
@@ -207,7 +231,7 @@ def write_report(result: dict, x: np.ndarray, class_names, out_dir, title: str =
     wrong = result["most_confident_wrong"]
     if wrong:
         captions = [
-            f"true {class_names[w['true']]}\npred {class_names[w['pred']]} {w['confidence']:.2f}"
+            f"true {class_names[w['true']]}\npred {predicted[w['pred']]} {w['confidence']:.2f}"
             for w in wrong
         ]
         images = x[[w["index"] for w in wrong]]
@@ -233,3 +257,86 @@ def run_config(run_dir: Path | None) -> dict:
         return {}
     keys = ("dataset", "data_dir", "val_fraction", "seed")
     return {"config": {k: identity.get(k) for k in keys}, "dataset": {"name": identity["dataset"]}}
+
+
+def model_class_names(run: dict) -> tuple[str, ...] | None:
+    """The names of the classes a run's model predicts, or None where unknown.
+
+    `run` is `run_config(run_dir)`: a run's config.json records them
+    (`dataset.class_names`); otherwise (an older run, a search's `best_model/`) they
+    are those of the dataset it trained on (`dataset.name`, else `config.dataset`).
+    A SavedModel outside a run (`{}`) has none.
+    """
+    from kmnist_lab import data
+
+    recorded = (run.get("dataset") or {}).get("class_names")
+    if isinstance(recorded, list) and recorded:
+        return tuple(str(name) for name in recorded)
+    name = (run.get("dataset") or {}).get("name") or (run.get("config") or {}).get("dataset")
+    # `auto` is MNIST or its 5k subset: digits either way.
+    names = data._CLASS_NAMES.get("mnist" if name == "auto" else name)
+    return tuple(names) if names else None
+
+
+def default_val_fraction(dataset_name: str) -> float:
+    """The validation fraction `data.load_dataset` uses when given none, for the
+    dataset `dataset_name` resolved to (1/9 for mnist_5k, its 4000/500 split; 1/12)."""
+    return 1 / 9 if dataset_name == "mnist_5k" else 1 / 12
+
+
+def check_split_flags(split: str, seed, val_fraction, run: dict | None = None) -> None:
+    """Refuses a `--seed` or `--val-fraction` that does not apply or leaks training data.
+
+    Args:
+        split: the split scored, "test", "val" or "train".
+        seed, val_fraction: the flags as given (None: not given, the run's apply).
+        run: where the model is scored on the dataset it trained on, the split that
+            training used: `{"dataset": name, "seed": int, "val_fraction": float or
+            None (the dataset's default)}`; None otherwise (a SavedModel outside a run,
+            or another dataset), where any values are taken.
+
+    Raises:
+        ConfigError: with `split="test"`, either flag at all (the test split is fixed;
+            they would be ignored); with "val" or "train" and `run`, a value other than
+            the run's: those images would not be the run's validation (training) images.
+    """
+    from kmnist_lab.errors import ConfigError
+
+    given = [f"--seed {seed}"] if seed is not None else []
+    if val_fraction is not None:
+        given.append(f"--val-fraction {val_fraction:g}")
+    if not given:
+        return
+    if split == "test":
+        it, chooses = ("it", "chooses") if len(given) == 1 else ("them", "choose")
+        raise ConfigError(
+            f"{' and '.join(given)} would be ignored: {'they' if it == 'them' else it} only "
+            f"{chooses} which training images form the validation split, and --split test "
+            f"scores the fixed test split; drop {it}"
+        )
+    if run is None:
+        return
+    run_fraction = run.get("val_fraction")
+    default = run_fraction is None
+    if default:
+        run_fraction = default_val_fraction(run["dataset"])
+    differ = []
+    if seed is not None and seed != run["seed"]:
+        differ.append(f"--seed {seed}")
+    if val_fraction is not None and not math.isclose(val_fraction, run_fraction, rel_tol=1e-9):
+        differ.append(f"--val-fraction {val_fraction:g}")
+    if not differ:
+        return
+    consequence = {
+        "val": "would include images the run trained on",
+        "train": "would include the run's validation images and leave out some it trained on",
+    }[split]
+    run_split = f"seed {run['seed']} and val_fraction {run_fraction:g}"
+    if default:
+        run_split += f" (the {run['dataset']} default)"
+    raise ConfigError(
+        f"the run split {run['dataset']}'s training images with {run_split}; "
+        f"{' and '.join(differ)} would split them differently, so --split {split} {consequence}: "
+        f"drop {' and '.join(flag.split()[0] for flag in differ)} to score the run's own "
+        f"{split} split"
+    )

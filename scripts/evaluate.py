@@ -10,13 +10,18 @@ PATH is a run folder, a search's best_model/ folder, or their saved_model/ folde
 Dataset, data dir, validation fraction and seed default to the run's config.json (a
 best_model/'s metrics.json: the search's), so `--split val` is the same
 validation split the run used (the run's data dir applies unless --dataset names
-another dataset); a --dataset other than the run's is scored with a warning on
-stderr naming both. Prints accuracy, cross-entropy of the served probabilities
-(metrics.json's test_loss is the training loss, am_softmax's with its margin, kld's
-smoothed, ...: the same number for `ce` only), per-class accuracy and the
-classification report; writes evaluation.json, confusion.png, per_class.png and
-wrong.png to --output-dir (default RUN/evaluation/DATASET-SPLIT; for a SavedModel
-folder outside a run, evaluation/DATASET-SPLIT beside that folder).
+another dataset). On the run's own dataset, a --seed or --val-fraction other than
+the run's is refused with --split val or train: it would carve another validation
+split, holding images the run trained on. --split test takes neither (the test
+split is fixed). A --dataset other than the run's is scored with a warning on
+stderr naming both; the figures name the predictions by the model's own classes.
+Prints accuracy, cross-entropy of the served probabilities (metrics.json's
+test_loss is the training loss, am_softmax's with its margin, kld's smoothed, ...:
+the same number for `ce` only), per-class accuracy and the classification report;
+writes evaluation.json (with the seed and val_fraction of the splits),
+confusion.png, per_class.png and wrong.png to --output-dir (default
+RUN/evaluation/DATASET-SPLIT; for a SavedModel folder outside a run,
+evaluation/DATASET-SPLIT beside that folder).
 """
 
 from __future__ import annotations
@@ -38,8 +43,12 @@ def build_parser():
                    "when --dataset is the run's dataset)")  # fmt: skip
     p.add_argument("--split", choices=("test", "val", "train"), default="test",
                    help="split to score (default test)")  # fmt: skip
-    p.add_argument("--val-fraction", type=_cli.fraction, help="default: the run's")
-    p.add_argument("--seed", type=int, help="validation-split seed (default: the run's)")
+    p.add_argument("--val-fraction", type=_cli.fraction,
+                   help="validation share of the training set, for --split val/train "
+                   "(default: the run's; on the run's own dataset only the run's)")  # fmt: skip
+    p.add_argument("--seed", type=int,
+                   help="validation-split seed, for --split val/train (default: the run's; on "
+                   "the run's own dataset only the run's)")  # fmt: skip
     p.add_argument("--batch-size", type=_cli.positive_int, default=1024,
                    help="inference batch size (default 1024)")  # fmt: skip
     p.add_argument("--output-dir", help="where evaluation.json and figures go (default: see above)")
@@ -61,7 +70,10 @@ def main(argv=None) -> int:
 
     from kmnist_lab.data import load_dataset
     from kmnist_lab.evaluation import (
+        check_split_flags,
+        default_val_fraction,
         load_saved_model,
+        model_class_names,
         predict_scores,
         resolve_saved_model,
         run_config,
@@ -70,8 +82,9 @@ def main(argv=None) -> int:
     )
 
     saved_dir, run_dir = resolve_saved_model(args.path)
-    cfg = run_config(run_dir).get("config", {})
-    trained_on = run_config(run_dir).get("dataset", {}).get("name") or cfg.get("dataset")
+    run = run_config(run_dir)
+    cfg = run.get("config", {})
+    trained_on = run.get("dataset", {}).get("name") or cfg.get("dataset")
     dataset_name = args.dataset or trained_on or "auto"
     # The run's data folder holds the run's dataset: it applies unless another is named.
     data_dir = (
@@ -86,12 +99,19 @@ def main(argv=None) -> int:
             f"the run's data dir {data_dir} (its config.json) does not exist or is not a "
             "directory; pass --data-dir with the folder that holds its files now"
         )
-    dataset = load_dataset(
-        dataset_name,
-        data_dir,
-        args.val_fraction if args.val_fraction is not None else cfg.get("val_fraction"),
-        args.seed if args.seed is not None else cfg.get("seed", 0),
+    run_seed, run_fraction = cfg.get("seed", 0), cfg.get("val_fraction")
+    seed = args.seed if args.seed is not None else run_seed
+    val_fraction = args.val_fraction if args.val_fraction is not None else run_fraction
+    dataset = load_dataset(dataset_name, data_dir, val_fraction, seed)  # checks their values
+    # Its own dataset (`auto` of an older config: whatever `auto` finds, unless another
+    # dataset is named): the run's split of its training images is the only honest one.
+    own = trained_on is not None and (
+        dataset.name == trained_on or (trained_on == "auto" and args.dataset in (None, "auto"))
     )
+    own_split = {"dataset": dataset.name, "seed": run_seed, "val_fraction": run_fraction}
+    check_split_flags(args.split, args.seed, args.val_fraction, own_split if own else None)
+    if val_fraction is None:
+        val_fraction = default_val_fraction(dataset.name)
     if trained_on and trained_on != "auto" and dataset.name != trained_on:
         # Legitimate (e.g. transfer to another dataset), but easy to do by mistake.
         print(
@@ -110,13 +130,21 @@ def main(argv=None) -> int:
             f"the model outputs {scores.shape[1]} classes but {dataset.name} has {dataset.num_classes}"
         )
     result = score(y, scores, dataset.class_names)
-    result.update({"saved_model": str(saved_dir), "dataset": dataset.name, "split": args.split})
+    # The true labels are the scored dataset's; the predictions are the model's classes
+    # (an MNIST model's 8 is "8", not Fashion-MNIST's "Bag").
+    predicted_names = model_class_names(run)
+    if predicted_names is None or len(predicted_names) != dataset.num_classes:
+        predicted_names = dataset.class_names
+    result.update({"saved_model": str(saved_dir), "dataset": dataset.name, "split": args.split,
+                   "seed": seed, "val_fraction": val_fraction,
+                   "predicted_class_names": list(predicted_names)})  # fmt: skip
     out = (
         Path(args.output_dir)
         if args.output_dir
         else (run_dir or saved_dir.parent) / "evaluation" / f"{dataset.name}-{args.split}"
     )
-    path = write_report(result, x, dataset.class_names, out, title=f"({dataset.name} {args.split})")
+    path = write_report(result, x, dataset.class_names, out, title=f"({dataset.name} {args.split})",
+                        predicted_class_names=predicted_names)  # fmt: skip
     print(f"{dataset.name} {args.split}: accuracy {100 * result['accuracy']:.2f}% "
           f"cross-entropy {result['cross_entropy']:.4f} (n={result['n']})")  # fmt: skip
     print(

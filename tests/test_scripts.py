@@ -112,8 +112,219 @@ def test_evaluate_split_val_is_the_validation_split_the_run_trained_with(
     x, y = load_dataset("kmnist", data_dir, val_fraction=0.3, seed=5).val
     expected = score(y, predict_scores(load_saved_model(run), x), [str(i) for i in range(10)])
     assert (result["split"], result["n"]) == ("val", 30)
+    assert (result["seed"], result["val_fraction"]) == (5, 0.3)  # what made the split
     assert result["cross_entropy"] == pytest.approx(expected["cross_entropy"], rel=1e-6)
     assert result["confusion_matrix"] == expected["confusion_matrix"]
+
+
+def _copy_run(trained_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("evaluation"))
+    return run
+
+
+def test_evaluate_refuses_another_split_of_the_runs_own_training_images(
+    trained_run, data_dir, tmp_path, capsys
+):
+    """`--split val --seed 3` re-split the run's training images: its "val" held images
+    the run trained on and scored higher, into the run's own evaluation/kmnist-val.
+    A --seed or --val-fraction other than the run's is refused on its own dataset."""
+    from kmnist_lab.data import load_dataset
+
+    run = _copy_run(trained_run, tmp_path)
+    config = json.loads((run / "config.json").read_text())["config"]
+    assert (config["seed"], config["val_fraction"]) == (0, None)  # kmnist's 1/12
+    # The leak the refusal prevents: seed 3's validation images are training images of
+    # the run's split (seed 0).
+    x_train = load_dataset("kmnist", data_dir, seed=0).train[0]
+    x_val_3 = load_dataset("kmnist", data_dir, seed=3).val[0]
+    trained = {img.tobytes() for img in x_train}
+    assert sum(img.tobytes() in trained for img in x_val_3) >= len(x_val_3) // 2
+
+    run_split = "seed 0 and val_fraction 0.0833333 (the kmnist default)"
+    cases = {
+        ("--split", "val", "--seed", "3"): (
+            f"the run split kmnist's training images with {run_split}; "
+            "--seed 3 would split them differently, so --split val would include images the "
+            "run trained on: drop --seed to score the run's own val split"
+        ),
+        ("--split", "train", "--val-fraction", "0.3", "--seed", "0"): (
+            f"the run split kmnist's training images with {run_split}; "
+            "--val-fraction 0.3 would split them differently, so --split train would include "
+            "the run's validation images and leave out some it trained on: drop "
+            "--val-fraction to score the run's own train split"
+        ),
+        ("--split", "val", "--dataset", "kmnist", "--seed", "1", "--val-fraction", "0.5"): (
+            "--seed 1 and --val-fraction 0.5 would split them differently, so --split val "
+            "would include images the run trained on: drop --seed and --val-fraction"
+        ),
+    }
+    for flags, message in cases.items():
+        code = _cli.run(evaluate_script.main, [str(run), *flags])
+        assert message in _one_line_error(capsys, code).split(": error: ", 1)[1]
+    assert not (run / "evaluation").exists()  # the honest result is never overwritten
+
+    # The run's own values are its split: scored, and recorded.
+    argv = [str(run), "--split", "val", "--seed", "0", "--val-fraction", str(1 / 12)]
+    assert _cli.run(evaluate_script.main, argv) == 0, capsys.readouterr().err
+    assert "kmnist val: accuracy" in capsys.readouterr().out
+    result = json.loads((run / "evaluation" / "kmnist-val" / "evaluation.json").read_text())
+    assert result["seed"] == 0 and result["val_fraction"] == pytest.approx(1 / 12, rel=1e-12)
+    sizes = json.loads((run / "config.json").read_text())["dataset"]["sizes"]
+    assert result["n"] == sizes["val"] == 10
+    # No flags: the same split, the same numbers.
+    first = result
+    assert _cli.run(evaluate_script.main, [str(run), "--split", "val"]) == 0
+    result = json.loads((run / "evaluation" / "kmnist-val" / "evaluation.json").read_text())
+    assert result["confusion_matrix"] == first["confusion_matrix"]
+    assert (result["seed"], result["val_fraction"]) == (0, first["val_fraction"])
+
+
+def test_evaluate_refuses_split_flags_with_split_test(trained_run, data_dir, tmp_path, capsys):
+    """The test split is fixed: --seed and --val-fraction would be ignored, so they are
+    refused as other flags that do not apply are, with a run or a bare SavedModel."""
+    run = _copy_run(trained_run, tmp_path)
+    bare = [str(run / "saved_model"), "--dataset", "kmnist", "--data-dir", str(data_dir)]
+    cases = {
+        (str(run), "--seed", "0"): (
+            "--seed 0 would be ignored: it only chooses which training "
+            "images form the validation split, and --split test scores the fixed test split; "
+            "drop it"
+        ),
+        (*bare, "--seed", "7", "--val-fraction", "0.2"): (
+            "--seed 7 and --val-fraction 0.2 would be ignored: they only "
+            "choose which training images form the validation split, and --split test scores "
+            "the fixed test split; drop them"
+        ),
+    }
+    for argv, message in cases.items():
+        code = _cli.run(evaluate_script.main, list(argv))
+        assert _one_line_error(capsys, code).split(": error: ", 1)[1] == message
+    assert not (run / "evaluation").exists() and not (tmp_path / "evaluation").exists()
+    # Without them: scored, with the splits' seed and fraction recorded.
+    assert _cli.run(evaluate_script.main, [str(run)]) == 0
+    result = json.loads((run / "evaluation" / "kmnist-test" / "evaluation.json").read_text())
+    assert result["seed"] == 0 and result["val_fraction"] == pytest.approx(1 / 12)
+
+
+def test_evaluate_a_bare_saved_model_takes_any_split_and_records_it(
+    trained_run, data_dir, tmp_path, capsys
+):
+    """A SavedModel outside a run has no split to compare with: --seed/--val-fraction
+    make the split asked for, as before, and evaluation.json records them."""
+    import shutil
+
+    from kmnist_lab.data import load_dataset
+    from kmnist_lab.evaluation import load_saved_model, predict_scores, score
+
+    shutil.copytree(trained_run / "saved_model", tmp_path / "export" / "sm")
+    argv = [str(tmp_path / "export" / "sm"), "--dataset", "kmnist", "--data-dir", str(data_dir),
+            "--split", "val", "--seed", "3", "--val-fraction", "0.2"]  # fmt: skip
+    assert _cli.run(evaluate_script.main, argv) == 0, capsys.readouterr().err
+    path = tmp_path / "export" / "evaluation" / "kmnist-val" / "evaluation.json"
+    result = json.loads(path.read_text())
+    assert (result["seed"], result["val_fraction"]) == (3, 0.2)
+    x, y = load_dataset("kmnist", data_dir, val_fraction=0.2, seed=3).val
+    scores = predict_scores(load_saved_model(tmp_path / "export" / "sm"), x)
+    expected = score(y, scores, [str(i) for i in range(10)])
+    assert result["n"] == 20 and result["confusion_matrix"] == expected["confusion_matrix"]
+
+
+def test_default_val_fraction_is_the_one_load_dataset_uses(data_dir):
+    from kmnist_lab.data import load_dataset
+    from kmnist_lab.evaluation import default_val_fraction
+
+    for name, where in (("kmnist", data_dir), ("mnist_5k", None)):
+        default = load_dataset(name, where, seed=4)
+        explicit = load_dataset(name, where, default_val_fraction(name), seed=4)
+        np.testing.assert_array_equal(default.val[1], explicit.val[1])
+        np.testing.assert_array_equal(default.val[0], explicit.val[0])
+    assert len(load_dataset("mnist_5k").val[1]) == 500  # its 4000/500 split
+
+
+def _capture_figures(monkeypatch):
+    """`plots.save` records each figure by file name (and still writes it)."""
+    from kmnist_lab import plots
+
+    figures, save = {}, plots.save
+
+    def record(fig, path, *args, **kwargs):
+        figures[Path(path).name] = fig
+        return save(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(plots, "save", record)
+    return figures
+
+
+def test_evaluate_on_another_dataset_names_predictions_by_the_models_classes(
+    trained_run, data_dir, tmp_path, monkeypatch, capsys
+):
+    """A kmnist model scored on MNIST predicts kmnist's classes: the confusion
+    matrix's predicted axis names them (o, ki, ...), its true axis MNIST's digits."""
+    from kmnist_lab.data import DIGITS, KUZUSHIJI
+
+    figures = _capture_figures(monkeypatch)
+    argv = [str(trained_run), "--dataset", "mnist", "--data-dir", str(data_dir),
+            "--output-dir", str(tmp_path / "other")]  # fmt: skip
+    assert _cli.run(evaluate_script.main, argv) == 0, capsys.readouterr().err
+    ax = figures["confusion.png"].axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(KUZUSHIJI)
+    assert [t.get_text() for t in ax.get_yticklabels()] == list(DIGITS)
+    assert ax.get_xlabel() == "predicted class (the model's)"
+    result = json.loads((tmp_path / "other" / "evaluation.json").read_text())
+    assert result["predicted_class_names"] == list(KUZUSHIJI)
+    assert list(result["per_class_accuracy"]) == list(DIGITS)  # true labels: MNIST's
+    # (This model makes no mistakes here, so wrong.png's captions, named the same way,
+    # are checked with write_report below.)
+    # On its own dataset both axes carry the same names, as before.
+    figures.clear()
+    argv = [str(trained_run), "--output-dir", str(tmp_path / "own")]
+    assert _cli.run(evaluate_script.main, argv) == 0
+    ax = figures["confusion.png"].axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(KUZUSHIJI)
+    assert [t.get_text() for t in ax.get_yticklabels()] == list(KUZUSHIJI)
+    assert ax.get_xlabel() == "predicted class"
+
+
+def test_write_report_captions_wrong_images_with_the_models_class_names(tmp_path, monkeypatch):
+    """An MNIST model's 8 on a Fashion-MNIST Bag is "pred 8", not "pred Bag"."""
+    from kmnist_lab.data import DIGITS, FASHION
+    from kmnist_lab.evaluation import score, write_report
+
+    figures = _capture_figures(monkeypatch)
+    y = np.array([8, 0, 1])
+    scores = np.zeros((3, 10))
+    scores[0, 8] = scores[1, 3] = scores[2, 1] = 5.0  # right, wrong (3), right
+    result = score(y, scores, FASHION)
+    x = np.zeros((3, 28, 28), np.uint8)
+    write_report(result, x, FASHION, tmp_path, predicted_class_names=DIGITS)
+    (caption,) = [ax.get_title() for ax in figures["wrong.png"].axes if ax.get_title()]
+    confidence = result["most_confident_wrong"][0]["confidence"]
+    assert caption == f"true {FASHION[0]}\npred 3 {confidence:.2f}"
+    ax = figures["confusion.png"].axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(DIGITS)
+    assert [t.get_text() for t in ax.get_yticklabels()] == list(FASHION)
+    # Default: the data's names on both axes and in the captions.
+    write_report(result, x, FASHION, tmp_path / "same")
+    (caption,) = [ax.get_title() for ax in figures["wrong.png"].axes if ax.get_title()]
+    assert caption.startswith(f"true {FASHION[0]}\npred {FASHION[3]} ")
+    with pytest.raises(ValueError, match="9 predicted class names for 10 classes"):
+        write_report(result, x, FASHION, tmp_path / "bad", predicted_class_names=DIGITS[:9])
+
+
+def test_model_class_names_come_from_the_run(tmp_path):
+    from kmnist_lab.data import DIGITS, FASHION
+    from kmnist_lab.evaluation import model_class_names
+
+    recorded = {"dataset": {"name": "kmnist", "class_names": list("abcdefghij")}}
+    assert model_class_names(recorded) == tuple("abcdefghij")
+    # An older config without them, a search's best_model/: the trained-on dataset's.
+    assert model_class_names({"config": {"dataset": "fashion_mnist"}}) == FASHION
+    assert model_class_names({"dataset": {"name": "mnist_5k"}}) == DIGITS
+    assert model_class_names({"config": {"dataset": "auto"}}) == DIGITS
+    assert model_class_names({}) is None  # a SavedModel outside a run: unknown
 
 
 def test_evaluate_a_saved_model_outside_a_run_writes_beside_it(trained_run, data_dir, tmp_path):
@@ -305,17 +516,20 @@ def test_bad_train_arguments_exit_2_with_one_line(argv, match, capsys, tmp_path)
     _one_line_error(capsys, code, match=match)
 
 
-def test_study_list_with_a_name_is_refused_and_lists_nothing(capsys):
-    """--list lists every study and runs none: a NAME beside it would be ignored."""
+def test_study_list_with_a_name_and_a_run_flag_is_refused_and_lists_nothing(capsys):
+    """`NAME --list` lists that study's runs and trains none: a run flag beside it would
+    be ignored. Without one it lists the runs; without NAME, the studies."""
     import study as study_script
 
-    code = _cli.run(study_script.main, ["a_models", "--list"])
+    code = _cli.run(study_script.main, ["a_models", "--list", "--quick"])
     captured = capsys.readouterr()
     assert code == 2 and captured.out == "", captured.out
     assert captured.err.strip().splitlines() == [
-        "study.py: error: --list lists every study and runs none, so NAME 'a_models' would be "
-        "ignored; drop --list to run a_models, or drop NAME to list the studies (see --help)"
+        "study.py: error: --list lists the runs of a_models and trains none, so --quick would "
+        "be ignored; drop --list to run a_models with it (see --help)"
     ]
+    assert _cli.run(study_script.main, ["a_models", "--list"]) == 0
+    assert capsys.readouterr().out.split()[:3] == ["plain_mlp", "model", "plain_mlp"]
     assert _cli.run(study_script.main, ["--list"]) == 0
     assert "a_models" in capsys.readouterr().out
 

@@ -72,7 +72,8 @@ def render_evaluations(doc: Document, evaluated: list[Path], trained_on: str | N
                     "measures transfer to another dataset."
                 )
             where = ev_path.parent.name
-            fig = plots.confusion_matrix(ev["confusion_matrix"], names, f"Confusion {where}")
+            fig = plots.confusion_matrix(ev["confusion_matrix"], names, f"Confusion {where}",
+                                         ev.get("predicted_class_names"))  # fmt: skip
             doc.figure(fig, f"confusion_{where}", "Confusion matrix.")
             doc.pre(ev.get("classification_report_text", ""))
             fig = plots.per_class_accuracy(
