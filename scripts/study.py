@@ -3,6 +3,7 @@
 
 Examples:
   python scripts/study.py --list
+  python scripts/study.py a_grid --list               # its 60 runs: the names --only matches
   python scripts/study.py a_models --dataset mnist_5k
   python scripts/study.py b_resnet --dataset fashion_mnist --epochs-scale 0.5
   python scripts/study.py e_sweeps --quick            # a few batches per run, under a minute
@@ -31,7 +32,9 @@ def build_parser():
     p.add_argument("name", nargs="?", choices=list_studies(), metavar="NAME",
                    help="study to run: " + ", ".join(list_studies()))  # fmt: skip
     p.add_argument("--list", action="store_true",
-                   help="list the studies with their run counts (no NAME or run flags)")  # fmt: skip
+                   help="list the studies with their run counts; with NAME, list that study's "
+                   "runs (the names --only matches) and the settings they vary, or with --only "
+                   "the runs it selects (no other run flags)")  # fmt: skip
     p.add_argument(
         "--dataset",
         choices=list_datasets(),
@@ -89,6 +92,18 @@ def _configure_batch_shards(study) -> None:
         configure_batch_shards(plans.pop())
 
 
+def _list_runs(study, only) -> None:
+    """Prints each run of `study` (those `only`'s patterns select), one a line: its name
+    (what --only matches) and the settings that vary across the study."""
+    from kmnist_lab.studies import select_runs
+
+    selected = select_runs(study, only)
+    width = max(len(run.name) for run in selected)
+    for run in selected:
+        factors = ", ".join(f"{k} {v}" for k, v in run.factors.items())
+        print(f"{run.name:<{width}}  {factors}".rstrip())
+
+
 def main(argv=None) -> int:
     backend = _cli.select_backend(argv)
     parser = build_parser()
@@ -96,10 +111,16 @@ def main(argv=None) -> int:
     from kmnist_lab.studies import get_study, list_studies
 
     if args.list and args.name is not None:
-        parser.error(
-            f"--list lists every study and runs none, so NAME {args.name!r} would be ignored; "
-            f"drop --list to run {args.name}, or drop NAME to list the studies"
-        )
+        ignored = [flag for dest, flag in _RUN_FLAGS
+                   if dest != "only" and getattr(args, dest) != parser.get_default(dest)]  # fmt: skip
+        if ignored:
+            parser.error(
+                f"--list lists the runs of {args.name} and trains none, so "
+                f"{', '.join(ignored)} would be ignored; drop --list to run {args.name} with "
+                f"{'it' if len(ignored) == 1 else 'them'}"
+            )
+        _list_runs(get_study(args.name), args.only)
+        return 0
     if args.list:
         ignored = [
             flag for dest, flag in _RUN_FLAGS if getattr(args, dest) != parser.get_default(dest)

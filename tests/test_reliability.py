@@ -690,6 +690,11 @@ def world(tmp_path_factory):
     (root / "npz_zip").mkdir()
     (root / "npz_zip" / "kmnist.npz").write_bytes(b"PK\x03\x04 this is not a zip archive")
     paths["npz_zip"] = root / "npz_zip"
+    for name, file, text in (("not_a_run", "config.json", '{"foo": 1}'),
+                             ("not_a_study", "study.json", '{"study": ')):  # fmt: skip
+        paths[name] = root / name
+        paths[name].mkdir()
+        (paths[name] / file).write_text(text)
     configs = {
         "cfg_malformed": '{"arch": "bn_mlp", "epochs": ',
         "cfg_list": "[1, 2]",
@@ -844,8 +849,8 @@ BAD_INPUT = [
      "e_regression fits sin x on samples it draws itself, so --dataset would be ignored"),
     ("study-only-matches-nothing", "study", ["a_grid", "--only", "bs999*"], 2,
      "`only` pattern 'bs999*' matches no run of a_grid"),
-    ("study-name-with-list", "study", ["a_models", "--list"], 2,
-     "--list lists every study and runs none, so NAME 'a_models' would be ignored"),
+    ("study-name-list-with-run-flags", "study", ["a_models", "--list", "--quick"], 2,
+     "--list lists the runs of a_models and trains none, so --quick would be ignored"),
     ("study-list-with-run-flags", "study", ["--list", "--quick"], 2,
      "--list lists every study and runs none, so --quick would be ignored"),
     ("cpu-devices-without-distribute", "train", T + ["--cpu-devices", "2"], 2,
@@ -924,8 +929,16 @@ BAD_INPUT = [
      "--batch-size"),
     ("evaluate-seed-negative", "evaluate", ["{run}", "--seed", "-1"], 2,
      "`seed` must be an integer"),
+    ("evaluate-val-with-another-seed", "evaluate", ["{run}", "--split", "val", "--seed", "3"], 2,
+     "--seed 3 would split them differently, so --split val would include images the run"),
+    ("evaluate-test-with-seed", "evaluate", ["{run}", "--seed", "3"], 2,
+     "--seed 3 would be ignored"),
     ("report-missing-path", "report", ["{root}/nope"], 2,
      "nope"),
+    ("report-not-a-run-folder", "report", ["{not_a_run}"], 2,
+     "is not a kmnist_lab run folder"),
+    ("report-not-a-study-folder", "report", ["{not_a_study}"], 2,
+     "is not a kmnist_lab study folder"),
     # unwritable output, existing or busy run folders
     ("output-dir-under-a-file", "train", T + ["--output-dir", "{file}/sub"], 2,
      "cannot create run folder"),

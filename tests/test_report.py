@@ -6,6 +6,7 @@ what guarantees that a report can be rebuilt without retraining.
 
 import base64
 import csv
+import logging
 import shutil
 import subprocess
 import tempfile
@@ -140,7 +141,7 @@ def test_a_partly_run_study_report_names_its_unfinished_runs(tmp_path, caplog):
     shutil.rmtree(study_dir / "tanh")
     with caplog.at_level("WARNING", logger="kmnist_lab"):
         text = write_report(study_dir)[0].read_text()
-    said = "3 of 5 runs finished; not yet: `sigmoid` (incomplete), `tanh` (missing)"
+    said = "3 of 5 runs finished; 2 not yet: `sigmoid` (incomplete), `tanh` (missing)"
     command = (
         f"python scripts/study.py b_resnet --dataset mnist_5k --backend tensorflow "
         f"--output-dir {tmp_path}"
@@ -331,19 +332,78 @@ def test_search_report_shows_evaluate_py_results_for_the_best_model(tmp_path):
 
 def test_corrupt_study_record_is_an_error_not_an_empty_report(tmp_path):
     (tmp_path / "study.json").write_text("{bad")
-    with pytest.raises(ReportError, match=r"cannot read .*study\.json"):
+    with pytest.raises(ReportError, match=r"not a kmnist_lab study folder: its study\.json is not"):
         write_report(tmp_path)
 
 
 @pytest.mark.parametrize(
-    "record", ['{"study": 5}', '{"study": {"runs": 3}}', '{"study": {"runs": [{"epochs": 1}]}}']
+    "record, found",
+    [
+        ('{"study": 5}', 'has no "study" object'),
+        ('{"study": {"runs": 3}}', "has no list of runs"),
+        ('{"study": {"runs": []}}', "has no list of runs"),
+        ('{"study": {"runs": [{"epochs": 1}]}}', 'run 1 is not an object with a "name"'),
+    ],
 )
-def test_a_study_record_of_another_shape_is_an_error_not_a_traceback(tmp_path, record):
+def test_a_study_record_of_another_shape_is_an_error_not_a_traceback(tmp_path, record, found):
     """A study.json that parses but is not what study.py writes (edited by hand, another
     tool's file) is refused with a ReportError (one line, exit 2 from report.py)."""
     (tmp_path / "study.json").write_text(record)
-    with pytest.raises(ReportError, match=r"study\.json is not a study record"):
+    with pytest.raises(
+        ReportError, match=f"not a kmnist_lab study folder: its study.json.*{found}"
+    ):
         write_report(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "file, text, found",
+    [
+        ("config.json", '{"foo": 1}', 'its config.json has no "config" object (its keys: foo)'),
+        ("config.json", "{bad", "its config.json is not valid JSON"),
+        ("config.json", "[1, 2]", "its config.json holds a JSON list, not an object"),
+        (
+            "config.json",
+            '{"config": 3}',
+            'its config.json has no "config" object (its keys: config)',
+        ),
+        (runs.COMPLETE_MARKER, '{"foo": 1}', "it has metrics.json but no config.json"),
+        ("study.json", '{"foo": 1}', 'its study.json has no "study" object (its keys: foo)'),
+        ("study.json", "{bad", "its study.json is not valid JSON"),
+    ],
+)
+def test_a_folder_that_is_not_a_kmnist_lab_run_or_study_is_refused_and_nothing_written(
+    tmp_path, capsys, file, text, found
+):
+    """report.py wrote "Status incomplete; dataset None; config: {}" (exit 0) for any folder
+    with a config.json, even `{"foo": 1}` or invalid JSON, and an empty study report for a
+    study.json without runs. It is refused as train.py refuses a folder that is not a run,
+    naming what it found, before anything is written (--output-dir not even created)."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / file).write_text(text)
+    kind = "study" if file == "study.json" else "run"
+    out = tmp_path / "elsewhere"
+    for argv in ([str(folder)], [str(folder), "--output-dir", str(out)]):
+        assert _cli.run(report_script.main, argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.split(": error: ", 1)[1] == (
+            f"{folder} is not a kmnist_lab {kind} folder: {found}; report a folder that "
+            f"{'scripts/train.py or ' if kind == 'run' else ''}scripts/study.py wrote"
+        ), err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(["folder", file])
+
+
+def test_a_run_still_training_gets_a_report(tmp_path):
+    """The config.json training writes before its first epoch makes a run folder: a run
+    with no history or metrics yet is reported (status, planned epochs), not refused."""
+    run = tmp_path / "r"
+    run.mkdir()
+    runs.atomic_write_json(run / "config.json", {"config": {"arch": "mlp", "epochs": 4}})
+    runs.atomic_write_json(run / "status.json", {"status": "running"})
+    (run / "batches.csv").write_text("epoch,step,steps,loss\n")  # BatchLogger's first write
+    text = write_report(run)[0].read_text()
+    assert _rows(text, "r")[0][:4] == ["`r`", "incomplete", "4", "—"]
+    assert "Damaged" not in text
 
 
 def test_not_a_report_folder(tmp_path):
@@ -699,7 +759,7 @@ def test_a_diverged_run_is_finished_and_the_unfinished_note_repeats_the_studys_s
     runs.atomic_write_json(study_dir / "b" / "status.json", {"status": "diverged"})
     shutil.rmtree(study_dir / "c")
     text = write_report(study_dir)[0].read_text()
-    assert "2 of 3 runs finished; not yet: `c` (missing). " in text
+    assert "2 of 3 runs finished; 1 not yet: `c` (missing). " in text
     command = (
         f"python scripts/study.py tiny --dataset mnist_5k --quick --epochs-scale 0.5 "
         f"--output-dir {tmp_path}"
@@ -757,6 +817,33 @@ def test_per_class_tables_read_each_split_from_its_own_evaluation(tmp_path):
     assert test_row == ["`a`", "50.00", "100.00", "100.00"]
     assert train_row == ["`a`", "100.00", "50.00", "50.00"]
     assert (study_dir / "report_files" / "per_class_train.png").is_file()
+
+
+def test_a_transfer_evaluations_confusion_matrix_names_predictions_by_the_models_classes(
+    tmp_path, monkeypatch
+):
+    """evaluate.py records the model's class names when it scores another dataset; the
+    run report's confusion matrix labels its predicted axis with them, not the data's."""
+    from kmnist_lab.report.document import Document
+    from kmnist_lab.report.run import render_evaluations
+
+    names = ["T-shirt", "Trouser"]
+    result = score(np.array([0, 1]), np.eye(2)[[0, 0]], names)
+    result.update(dataset="fashion_mnist", predicted_class_names=["0", "1"])
+    path = tmp_path / "evaluation" / "fashion_mnist-test" / "evaluation.json"
+    path.parent.mkdir(parents=True)
+    runs.atomic_write_json(path, result)
+    drawn = []
+    confusion = plots.confusion_matrix
+    monkeypatch.setattr(plots, "confusion_matrix",
+                        lambda *a, **k: drawn.append(confusion(*a, **k)) or drawn[-1])  # fmt: skip
+    render_evaluations(Document(tmp_path), [path], trained_on="mnist")
+    (ax,) = drawn[0].axes[:1]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == names
+    assert ax.get_xlabel() == "predicted class (the model's)"
+    same = plots.confusion_matrix([[1, 0], [0, 1]], names)  # a run's own dataset
+    assert same.axes[0].get_xlabel() == "predicted class"
 
 
 def test_document_escapes_table_pipes_in_markdown_and_markup_in_html(tmp_path):
@@ -942,3 +1029,97 @@ def test_a_run_report_written_elsewhere_names_each_evaluations_wrong_images(tmp_
     files = sorted(p.name for p in (report.parent / "report_files").glob("wrong*"))
     assert files == ["wrong_fake-test.png", "wrong_fake-val.png"]
     assert "](report_files/wrong_fake-val.png)" in report.read_text()
+
+
+def test_a_mostly_unfinished_study_names_a_few_runs_and_counts_the_rest(tmp_path, caplog):
+    """After `study.py a_grid --only ...` trained 2 of 60 runs, report.py (and study.py
+    --report) printed one line naming all 58 others. It names the first few (interrupted
+    ones first) and counts the rest; -q prints nothing but errors."""
+    study_dir = fake_study(tmp_path, "a_grid")
+    names = [r.name for r in get_study("a_grid").runs]
+    for name in names[2:]:
+        shutil.rmtree(study_dir / name)
+    (study_dir / names[1] / "metrics.json").unlink()  # interrupted
+    with caplog.at_level("WARNING", logger="kmnist_lab"):
+        assert _cli.run(report_script.main, [str(study_dir)]) == 0
+    said = (
+        f"1 of 60 runs finished; 59 not yet: `{names[1]}` (incomplete), `{names[2]}` (missing), "
+        f"`{names[3]}` (missing) and 56 more (see the report's table). "
+        "`python scripts/study.py a_grid --dataset mnist_5k"
+    )
+    assert said in (study_dir / "report.md").read_text()
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert said.replace("`", "") in warning, warning
+    assert len(warning.replace(str(tmp_path), "")) < 300, warning  # was 1,400 characters
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="kmnist_lab"):
+        assert _cli.run(report_script.main, [str(study_dir), "-q"]) == 0
+    assert caplog.records == []
+    assert logging.getLogger("kmnist_lab").level == logging.NOTSET  # -q does not outlive main
+
+
+@pytest.mark.parametrize(
+    "file, text, said, drawn",
+    [
+        ("batches.csv", "garbage\n", "has no loss column (its header: garbage)", False),
+        ("batches.csv", "garbage\nfoo\n", "has no loss column (its header: garbage)", False),
+        ("batches.csv", "", "has no loss column (empty)", False),
+        ("history.csv", "epoch,loss,accuracy\nx,y,z\n", "damaged rows: 1 of 1 (line 2: epoch 'x')",
+         False),
+        ("history.csv", "epoch,loss,accuracy\n1,0.5,0.8\n2,abc,0.9\n3,0.3,0.95\n",
+         "damaged rows: 1 of 3 (line 3: loss 'abc')", True),
+        ("batches.csv", "epoch,step,steps,loss\n1,1,1,0.5\n1,2,1\n1,3,1,0.4,9\n1,4,1,0.3\n",
+         "damaged rows: 2 of 4 (line 3: fewer cells than the header)", True),
+    ],
+)  # fmt: skip
+def test_a_damaged_csv_log_is_named_and_its_readable_rows_drawn(
+    tmp_path, caplog, monkeypatch, file, text, said, drawn
+):
+    """A batches.csv holding "garbage" gave an empty figure, one with a row under that
+    header a KeyError traceback, a history.csv of text an empty figure: all exit 0, no
+    word of it. The file is named with what is wrong, on stderr and in the report, which
+    draws the rows it can read (a figure of none is left out) and is written still."""
+    fake_run(tmp_path / "r", 0)
+    path = tmp_path / "r" / file
+    path.write_text(text)
+    seen = {}
+
+    def spy(name):
+        original = getattr(plots, name)
+
+        def drawn_from(logs, *args, **kwargs):
+            seen[name] = {k: plots.read_csv(v) for k, v in logs.items()}
+            return original(logs, *args, **kwargs)
+
+        return drawn_from
+
+    for name in ("batch_losses", "learning_curves"):
+        monkeypatch.setattr(plots, name, spy(name))
+    with caplog.at_level("WARNING", logger="kmnist_lab"):
+        assert _cli.run(report_script.main, [str(tmp_path / "r")]) == 0
+    consequence = "its other rows are drawn" if drawn else "left out of the figures"
+    assert [r.getMessage() for r in caplog.records] == [f"{path}: {said}; {consequence}"]
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert f"**Damaged files.** `r/{file}`: {said}; {consequence}." in report
+    figure = {"batches.csv": "batch_losses", "history.csv": "learning_curves"}[file]
+    if drawn:  # only the readable rows, every value a number
+        [rows] = seen[figure].values()
+        assert len(rows["loss"]) == 2 and not np.isnan(rows["loss"]).any()
+    else:
+        assert figure not in seen
+    stem = {"batches.csv": "r_iterations.png", "history.csv": "r_epochs.png"}[file]
+    assert (tmp_path / "r" / "report_files" / stem).is_file() == drawn
+    assert (tmp_path / "r" / "report.html").is_file()
+
+
+def test_a_diverged_runs_nan_losses_and_an_epoch_without_validation_are_not_damage(
+    tmp_path, caplog
+):
+    fake_run(tmp_path / "r", 0)
+    (tmp_path / "r" / "history.csv").write_text(
+        "epoch,loss,accuracy,val_loss,val_accuracy\n1,0.5,0.8,,\n2,nan,0.1,inf,0.1\n"
+    )
+    (tmp_path / "r" / "batches.csv").write_text("epoch,step,steps,loss\n1,1,1,0.5\n2,1,1,nan\n")
+    with caplog.at_level("WARNING", logger="kmnist_lab"):
+        text = write_report(tmp_path / "r")[0].read_text()
+    assert not caplog.records and "Damaged" not in text

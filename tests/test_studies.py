@@ -647,6 +647,30 @@ def test_script_list_gives_each_studys_run_count_and_report(capsys):
     ]
 
 
+def test_script_lists_one_studys_runs_by_name(capsys):
+    """`study.py --list` gave only run counts and refused a NAME, so the names that --only
+    matches could not be listed. `study.py NAME --list` prints each run, one a line: its
+    name and the settings that vary across the study; with --only, the runs it selects."""
+    assert _cli.run(study_script.main, ["a_grid", "--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == [r.name for r in get_study("a_grid").runs]
+    assert lines[0].split(None, 1)[1] == "batch_size 32, lr 0.01, epochs 3"
+    assert _cli.run(study_script.main, ["a_grid", "--list", "--only", "bs128_*_e15"]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == [
+        "bs128_lr0.01_e15", "bs128_lr0.02_e15", "bs128_lr0.03_e15"]  # fmt: skip
+    assert _cli.run(study_script.main, ["e_regression", "--list"]) == 0
+    assert capsys.readouterr().out == "sin_3x50  hidden 50-50-50\n"
+    # Run flags other than --only would be ignored: refused, as without NAME.
+    assert _cli.run(study_script.main, ["a_grid", "--list", "--quick", "--dataset", "kmnist"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(
+        "--list lists the runs of a_grid and trains none, so --dataset, --quick would be "
+        "ignored; drop --list to run a_grid with them (see --help)"
+    ), err
+    assert _cli.run(study_script.main, ["a_grid", "--list", "--only", "nope*"]) == 2
+    assert "matches no run of a_grid" in capsys.readouterr().err
+
+
 def test_script_passes_every_run_flag_and_prints_the_summary(tmp_path, monkeypatch, capsys):
     """study.py hands each flag to `run_study` (nothing trains here) and prints one
     summary line, plus the diverged runs by name."""

@@ -9,7 +9,8 @@
   two-factor studies; confusion matrices, classification reports, per-class bars and
   a training-loss-per-epoch table where the study has them; the fit plot of a
   regression;
-- a run (`config.json` / `metrics.json`): the same for one run;
+- a run (`config.json` with its `"config"`, written before training starts; then
+  `metrics.json`): the same for one run;
 - a search (`trials.csv`): the trials sorted by validation accuracy, every PNG under
   `figures/` and `summary.md`.
 
@@ -30,7 +31,7 @@ import logging
 from pathlib import Path
 
 from kmnist_lab import runs
-from kmnist_lab.report.common import ReportError
+from kmnist_lab.report.common import ReportError, run_folder_problem, study_folder_problem
 from kmnist_lab.report.document import FIG_DIR, Document
 from kmnist_lab.report.run import render_run
 from kmnist_lab.report.search import render_search
@@ -42,11 +43,19 @@ log = logging.getLogger(__name__)
 
 
 def detect(path: Path) -> str:
-    """`study`, `run` or `search`; raises `ReportError` otherwise."""
+    """`study`, `run` or `search`; raises `ReportError` otherwise, before anything is
+    written (a `study.json` or `config.json` that is not what study.py or train.py
+    writes makes the folder none of them: its report would be empty)."""
     path = Path(path)
     if not path.is_dir():
         raise ReportError(f"{path} is not a folder (expected a run, study or search folder)")
     if (path / "study.json").is_file():
+        problem = study_folder_problem(path)
+        if problem:
+            raise ReportError(
+                f"{path} is not a kmnist_lab study folder: {problem}; report a folder that "
+                "scripts/study.py wrote"
+            )
         return "study"
     if (path / "trials.csv").is_file():
         return "search"
@@ -57,6 +66,12 @@ def detect(path: Path) -> str:
             "and scores"
         )
     if (path / "config.json").is_file() or (path / runs.COMPLETE_MARKER).is_file():
+        problem = run_folder_problem(path)
+        if problem:
+            raise ReportError(
+                f"{path} is not a kmnist_lab run folder: {problem}; report a folder that "
+                "scripts/train.py or scripts/study.py wrote"
+            )
         return "run"
     if (path / "search.json").is_file():
         raise ReportError(

@@ -1,8 +1,11 @@
-"""What the study, run and search reports share: their error, a tolerant JSON reader
-and the number formats (`—` for a missing value)."""
+"""What the study, run and search reports share: their error, the readers of the
+folders' JSON and CSV files (which say what is wrong with a damaged one) and the number
+formats (`—` for a missing value)."""
 
 from __future__ import annotations
 
+import csv
+import json
 import math
 from pathlib import Path
 
@@ -16,6 +19,121 @@ class ReportError(KmnistLabError):
 
 def read_json_or_empty(path: Path) -> dict:
     return runs.read_json(path) or {}
+
+
+def _keys(data: dict, limit: int = 5) -> str:
+    keys = [str(k) for k in data]
+    shown = ", ".join(keys[:limit]) + (
+        f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    )
+    return f"its keys: {shown}" if keys else "an empty object"
+
+
+def json_object_problem(path: Path, key: str) -> str | None:
+    """What keeps `path` from holding a JSON object with the object `key` (None: nothing),
+    as a phrase about `path`'s name, e.g. `its config.json is not valid JSON`."""
+    try:
+        data = json.loads(path.read_text())
+    except OSError as e:
+        return f"its {path.name} cannot be read ({e.strerror or type(e).__name__})"
+    except ValueError:  # UnicodeDecodeError included
+        return f"its {path.name} is not valid JSON"
+    if not isinstance(data, dict):
+        return f"its {path.name} holds a JSON {type(data).__name__}, not an object"
+    if not isinstance(data.get(key), dict):
+        return f'its {path.name} has no "{key}" object ({_keys(data)})'
+    return None
+
+
+def run_folder_problem(path: Path) -> str | None:
+    """Why `path` is not a kmnist_lab run folder, or None when it is one.
+
+    train.py's test of a run it may resume (`runs.prepare_run_dir`): a `config.json`
+    whose `"config"` is an object. Training writes it before the first epoch, so a run
+    still training (no metrics yet), an interrupted and a diverged run all pass; a
+    `metrics.json` without it is not a run that kmnist_lab wrote.
+    """
+    if not (path / "config.json").is_file():
+        found = [f for f in (runs.COMPLETE_MARKER, runs.STATUS_FILE) if (path / f).is_file()]
+        return f"it has {' and '.join(found) or 'nothing of a run'} but no config.json"
+    return json_object_problem(path / "config.json", "config")
+
+
+def study_folder_problem(path: Path) -> str | None:
+    """Why `path` is not a kmnist_lab study folder, or None when it is one: its
+    `study.json` holds the record `studies.run_study` writes, a `"study"` object whose
+    `"runs"` list at least one run, each an object with a `"name"`."""
+    problem = json_object_problem(path / "study.json", "study")
+    if problem:
+        return problem
+    study = runs.read_json(path / "study.json")["study"]
+    runs_ = study.get("runs")
+    if not isinstance(runs_, list) or not runs_:
+        return 'its study.json\'s "study" has no list of runs'
+    for i, r in enumerate(runs_):
+        if not (isinstance(r, dict) and isinstance(r.get("name"), str)):
+            return f'its study.json\'s run {i + 1} is not an object with a "name"'
+    return None
+
+
+# The columns the figures draw from each CSV log, and those that a row needs filled in
+# (and the file needs in its header) to be drawn at all.
+CSV_DRAWN = {
+    "history.csv": (("epoch", "loss", "accuracy", "val_loss", "val_accuracy"), ("epoch", "loss")),
+    "batches.csv": (("epoch", "step", "steps", "loss"), ("loss",)),
+}
+_EXTRA = "\0extra"  # DictReader's key for the cells past the header's
+
+
+def _cell_problem(row: dict, column: str, needed: tuple[str, ...]) -> str | None:
+    cell = row[column]
+    if cell is None:
+        return "fewer cells than the header"
+    if cell == "":
+        return f"no {column}" if column in needed else None  # no validation: a gap
+    try:
+        float(cell)  # `nan` and `inf` too: a diverged run logs them
+    except ValueError:
+        return f"{column} {cell[:20]!r}"
+    return None
+
+
+def read_csv_log(path: Path) -> tuple[list[dict], str | None]:
+    """The drawable rows of a run's `history.csv` or `batches.csv`, and what is wrong
+    with the file (None: nothing).
+
+    A row is drawable when its cells in the drawn columns (`CSV_DRAWN`) are numbers or
+    empty (an epoch without validation), the needed ones filled in; damaged rows (text
+    where a number belongs, too few or too many cells) are left out and counted. A file
+    with a header but no rows yet (a run that has just started) has nothing wrong.
+    """
+    drawn, needed = CSV_DRAWN[path.name]
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f, restkey=_EXTRA)
+            header = list(reader.fieldnames or [])
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
+        return [], f"cannot be read ({why})"
+    missing = [c for c in needed if c not in header]
+    if missing:
+        shown = ",".join(header)
+        shown = f"its header: {shown[:60]}{'...' if len(shown) > 60 else ''}" if header else "empty"
+        return [], f"has no {' or '.join(missing)} column ({shown})"
+    good, bad = [], []
+    for line, row in enumerate(rows, start=2):
+        problems = [_cell_problem(row, c, needed) for c in drawn if c in header]
+        problems = [p for p in problems if p] + (
+            ["more cells than the header"] if _EXTRA in row else []
+        )
+        if problems:
+            bad.append(f"line {line}: {problems[0]}")
+        else:
+            good.append(row)
+    if not bad:
+        return good, None
+    return good, f"damaged rows: {len(bad)} of {len(rows)} ({bad[0]})"
 
 
 def pct(x) -> str:

@@ -11,8 +11,10 @@ of a single run.
 
 from __future__ import annotations
 
+import csv
 import logging
 import math
+import tempfile
 from pathlib import Path
 
 from kmnist_lab import plots, runs
@@ -22,7 +24,9 @@ from kmnist_lab.report.common import (
     num,
     original_acc,
     pct,
+    read_csv_log,
     read_json_or_empty,
+    study_folder_problem,
 )
 from kmnist_lab.report.document import Document
 
@@ -42,16 +46,11 @@ def compares_with_report(record: dict) -> bool:
 
 def render_study(path: Path, doc: Document) -> str:
     record = runs.read_json(path / "study.json")
-    if record is None:
-        raise ReportError(f"cannot read {path / 'study.json'}: not a readable JSON object")
-    study = record.get("study", {})
-    runs_ = study.get("runs", []) if isinstance(study, dict) else None
-    if not isinstance(runs_, list) or not all(
-        isinstance(r, dict) and isinstance(r.get("name"), str) for r in runs_
-    ):
-        raise ReportError(
-            f"{path / 'study.json'} is not a study record (as scripts/study.py writes it)"
-        )
+    problem = study_folder_problem(path)
+    if problem:  # `detect` refused it already; here for callers that skip it
+        raise ReportError(f"{path} is not a kmnist_lab study folder: {problem}")
+    study = record["study"]
+    runs_ = study["runs"]
     dataset = record.get("dataset", "?")
     title = (
         f"Study `{study.get('name', path.name)}` (report {study.get('report', '?')}) on {dataset}"
@@ -93,10 +92,16 @@ def render_study(path: Path, doc: Document) -> str:
     return title
 
 
+# Unfinished runs named in the report's note and on stderr; the others are counted.
+_UNFINISHED_SHOWN = 3
+
+
 def _unfinished(doc: Document, path: Path, record: dict, entries: list[dict]) -> None:
     """Says which runs a partly run study still lacks (in the report and on stderr) and
     the command that finishes them (with the settings the study ran with, as study.json
-    records them); a diverged run is finished."""
+    records them); a diverged run is finished. It names the first few (interrupted and
+    running ones before those not started) and counts the rest: after `study.py --only`
+    most of a study may be unfinished, and the table lists each run's status."""
     left = [e for e in entries if e["status"] not in ("complete", "diverged")]
     if not left:
         return
@@ -113,10 +118,14 @@ def _unfinished(doc: Document, path: Path, record: dict, entries: list[dict]) ->
     if record.get("export") is False and not record.get("quick"):  # as the finished runs
         command += " --no-export"
     command += f" --output-dir {path.parent}"
-    names = ", ".join(f"`{e['name']}` ({e['status']})" for e in left)
+    first = sorted(left, key=lambda e: e["status"] == "missing")  # stable: study order
+    shown = first if len(first) <= _UNFINISHED_SHOWN + 1 else first[:_UNFINISHED_SHOWN]
+    names = ", ".join(f"`{e['name']}` ({e['status']})" for e in shown)
+    if len(shown) < len(left):
+        names += f" and {len(left) - len(shown)} more (see the report's table)"
     text = (
-        f"{len(entries) - len(left)} of {len(entries)} runs finished; not yet: {names}. "
-        f"`{command}` finishes them, then re-run the report."
+        f"{len(entries) - len(left)} of {len(entries)} runs finished; {len(left)} not yet: "
+        f"{names}. `{command}` finishes them, then re-run the report."
     )
     doc.para(f"**Unfinished study.** {text}")
     log.warning("%s: %s", path, text.replace("`", ""))
@@ -338,34 +347,8 @@ def figures(doc: Document, entries: list[dict], colors: dict, study: dict) -> No
                 "whisker spans it."
             )
         doc.figure(fig, f"{name}_vs_report", caption)
-    doc.heading("Curves")
-    for group, members in _groups(done).items():
-        suffix = f" — {group}" if group else ""
-        stem = f"{name}_{group}" if group else name  # the figures' file names
-        if len(entries) > len(plots.COLORS):
-            # Too many runs for distinct study-wide colours: distinct within each figure.
-            curve_colors = dict(zip([e["name"] for e in members], plots.palette(len(members)),
-                                    strict=True))  # fmt: skip
-        else:
-            curve_colors = colors
-        batches = {
-            e["name"]: e["dir"] / "batches.csv"
-            for e in members
-            if (e["dir"] / "batches.csv").is_file()
-        }
-        if batches:
-            fig = plots.batch_losses(
-                batches, f"{name}: training loss per iteration{suffix}", colors=curve_colors
-            )
-            doc.figure(fig, f"{stem}_iterations", f"Training loss vs iteration{suffix}.")
-        histories = {e["name"]: e["dir"] / "history.csv" for e in members}
-        fig = plots.learning_curves(
-            histories, f"{name}: loss and accuracy per epoch{suffix}", colors=curve_colors
-        )
-        caption = f"Loss and accuracy per epoch, train (solid) and validation (dashed){suffix}."
-        doc.figure(fig, f"{stem}_epochs", caption)
-    if "epoch_loss" in study.get("extras", []):
-        _epoch_losses(doc, done)
+    with tempfile.TemporaryDirectory(prefix="kmnist_lab-report-") as tmp:
+        _curves(doc, entries, done, colors, name, study, Path(tmp))
     if study.get("heatmap"):
         _heatmap(doc, entries, study)
     if study.get("kind") == "regression":
@@ -380,10 +363,103 @@ def figures(doc: Document, entries: list[dict], colors: dict, study: dict) -> No
         _evaluations(doc, done, extras, colors)
 
 
-def _epoch_losses(doc: Document, done: list[dict]) -> None:
+def _curves(
+    doc: Document,
+    entries: list[dict],
+    done: list[dict],
+    colors: dict,
+    name: str,
+    study: dict,
+    tmp: Path,
+) -> None:
+    """The loss-per-iteration and per-epoch figures of `done`'s runs (and report B's
+    epoch-loss table) from their `batches.csv` and `history.csv`: a damaged file's
+    readable rows (copied under `tmp`), none of a file with none; each damaged file is
+    named, with what is wrong, in the report and on stderr."""
+    damaged = []
+    logs = {
+        file: _drawable([e for e in done if (e["dir"] / file).is_file()], file, tmp, damaged)
+        for file in ("batches.csv", "history.csv")
+    }
+    doc.heading("Curves")
+    if damaged:
+        _say_damaged(doc, damaged)
+    for group, members in _groups(done).items():
+        suffix = f" — {group}" if group else ""
+        stem = f"{name}_{group}" if group else name  # the figures' file names
+        if len(entries) > len(plots.COLORS):
+            # Too many runs for distinct study-wide colours: distinct within each figure.
+            curve_colors = dict(zip([e["name"] for e in members], plots.palette(len(members)),
+                                    strict=True))  # fmt: skip
+        else:
+            curve_colors = colors
+        batches = {e["name"]: logs["batches.csv"][e["name"]] for e in members
+                   if e["name"] in logs["batches.csv"]}  # fmt: skip
+        if batches:
+            fig = plots.batch_losses(
+                batches, f"{name}: training loss per iteration{suffix}", colors=curve_colors
+            )
+            doc.figure(fig, f"{stem}_iterations", f"Training loss vs iteration{suffix}.")
+        histories = {e["name"]: logs["history.csv"][e["name"]] for e in members
+                     if e["name"] in logs["history.csv"]}  # fmt: skip
+        if histories:
+            fig = plots.learning_curves(
+                histories, f"{name}: loss and accuracy per epoch{suffix}", colors=curve_colors
+            )
+            caption = f"Loss and accuracy per epoch, train (solid) and validation (dashed){suffix}."
+            doc.figure(fig, f"{stem}_epochs", caption)
+    if "epoch_loss" in study.get("extras", []):
+        _epoch_losses(doc, logs["history.csv"])
+
+
+def _drawable(entries: list[dict], file: str, tmp: Path, damaged: list) -> dict[str, Path]:
+    """`{run: path}` of the `file` logs of `entries` that hold something to draw: the file
+    itself, or a copy of a damaged file's readable rows under `tmp`. Appends
+    `(path, what is wrong, whether any row is drawn)` to `damaged` per damaged file."""
+    drawable = {}
+    for e in entries:
+        path = e["dir"] / file
+        rows, problem = read_csv_log(path)
+        if problem is None:
+            drawable[e["name"]] = path
+            continue
+        damaged.append((path, problem, bool(rows)))
+        if rows:
+            copy = tmp / e["name"] / file
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            with open(copy, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+            drawable[e["name"]] = copy
+    return drawable
+
+
+# Damaged files named one per line on stderr; the report names every one.
+_DAMAGED_SHOWN = 5
+
+
+def _say_damaged(doc: Document, damaged: list) -> None:
+    said = [
+        (path, f"{problem}; {'its other rows are drawn' if drawn else 'left out of the figures'}")
+        for path, problem, drawn in damaged
+    ]
+    doc.para(
+        "**Damaged files.** "
+        + ". ".join(f"`{path.parent.name}/{path.name}`: {text}" for path, text in said)
+        + "."
+    )
+    for path, text in said[:_DAMAGED_SHOWN]:
+        log.warning("%s: %s", path, text)
+    if len(said) > _DAMAGED_SHOWN:
+        log.warning("... and %d more damaged CSV files (the report names them)",
+                    len(said) - _DAMAGED_SHOWN)  # fmt: skip
+
+
+def _epoch_losses(doc: Document, histories: dict[str, Path]) -> None:
     """Report B's epoch-loss table: each run's training loss per epoch (`history.csv`)."""
-    losses = {e["name"]: list(plots.read_csv(e["dir"] / "history.csv").get("loss", []))
-              for e in done}  # fmt: skip
+    losses = {name: list(plots.read_csv(path).get("loss", []))
+              for name, path in histories.items()}  # fmt: skip
     width = max(map(len, losses.values()), default=0)
     if not width:
         return
