@@ -450,6 +450,12 @@ def _mnist_5k_loader(data_dir):
     return ("mnist_5k", *_load_mnist_5k())
 
 
+def default_val_fraction(dataset_name: str) -> float:
+    """The validation fraction `load_dataset` holds out when given none, for the dataset
+    `dataset_name` resolved to: 1/9 for mnist_5k (its 4000/500 split), else 1/12."""
+    return 1 / 9 if dataset_name == "mnist_5k" else 1 / 12
+
+
 def _check_val_fraction(val_fraction) -> None:
     if (
         isinstance(val_fraction, bool)
@@ -513,7 +519,7 @@ def load_dataset(
         raise ConfigError(f"`seed` must be an integer in [0, 2**32 - 1]. Received: seed={seed!r}")
     resolved, splits, source = loader(data_dir)
     if val_fraction is None:
-        val_fraction = 1 / 9 if resolved == "mnist_5k" else 1 / 12
+        val_fraction = default_val_fraction(resolved)
     x, y = splits["train"]
     keep, held = stratified_split(y, val_fraction, seed)
     num_classes = len(_CLASS_NAMES[resolved])

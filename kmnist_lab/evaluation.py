@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kmnist_lab.data import default_val_fraction  # noqa: F401  (evaluate.py's, re-exported)
 from kmnist_lab.errors import ModelLoadError
 from kmnist_lab.runs import read_json
 
@@ -276,12 +277,6 @@ def model_class_names(run: dict) -> tuple[str, ...] | None:
     # `auto` is MNIST or its 5k subset: digits either way.
     names = data._CLASS_NAMES.get("mnist" if name == "auto" else name)
     return tuple(names) if names else None
-
-
-def default_val_fraction(dataset_name: str) -> float:
-    """The validation fraction `data.load_dataset` uses when given none, for the
-    dataset `dataset_name` resolved to (1/9 for mnist_5k, its 4000/500 split; 1/12)."""
-    return 1 / 9 if dataset_name == "mnist_5k" else 1 / 12
 
 
 def check_split_flags(split: str, seed, val_fraction, run: dict | None = None) -> None:
