@@ -1,14 +1,19 @@
 """Score a SavedModel with TensorFlow alone (no model code) and report per class.
 
-`evaluate_saved_model(path, x, y, class_names)` loads the `serve` signature with
-`tf.saved_model.load`, so any exported run (logit or cosine head) is scored the
-same way, and returns accuracy, cross-entropy of the served probabilities,
-per-class accuracy (report B), the confusion matrix and scikit-learn's
-classification report (report C), and the most confidently wrong examples.
+`load_saved_model(path)` loads the `serve` signature with `tf.saved_model.load`, so
+any exported run (logit or cosine head) is scored the same way: `predict_scores` runs
+it in batches, and `score(y, scores, class_names)` returns accuracy, cross-entropy of
+the served probabilities, per-class accuracy (report B), the confusion matrix and
+scikit-learn's classification report (report C), and the most confidently wrong
+examples; `write_report` saves them (evaluation.json, confusion.png, per_class.png,
+wrong.png).
 
 A model scored on another dataset than its own (transfer) predicts its own classes:
 `model_class_names` names them, and `write_report` labels the predicted axis and
-captions with them while the true labels keep the scored dataset's names.
+captions with them while the true labels keep the scored dataset's names; `score`
+names each row of the classification report by both (`"Bag (pred 8)"`).
+`unfinished_run` says when a run folder's SavedModel belongs to a run that has not
+written its `metrics.json` (still running, or stopped after its export).
 `check_split_flags` keeps `--split val`/`train` on the splits the run itself used.
 """
 
@@ -21,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from kmnist_lab.data import default_val_fraction  # noqa: F401  (evaluate.py's, re-exported)
-from kmnist_lab.errors import ModelLoadError
+from kmnist_lab.errors import ModelLoadError, RunFolderError
 from kmnist_lab.runs import read_json
 
 log = logging.getLogger(__name__)
@@ -38,7 +43,10 @@ def resolve_saved_model(path) -> tuple[Path, Path | None]:
         return path / "saved_model", path
     if (path / "saved_model.pb").is_file():
         parent = path.parent
-        return path, parent if run_config(parent) else None
+        try:
+            return path, parent if run_config(parent) else None
+        except RunFolderError:  # a config.json beside it that training did not write
+            return path, None
     if not path.exists():
         raise ModelLoadError(f"{path} does not exist")
     if (path / "config.json").is_file():
@@ -135,11 +143,19 @@ def predict_scores(loaded, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
-def score(y_true, scores, class_names, n_wrong: int = 24) -> dict:
+def score(y_true, scores, class_names, n_wrong: int = 24, predicted_class_names=None) -> dict:
     """Accuracy, cross-entropy, per-class accuracy, confusion matrix, classification report.
 
     Cross-entropy is `mean(-log softmax(scores)_y)`, computed stably with
     `log_softmax(s) = s - logsumexp(s)`.
+
+    Args:
+        class_names: the scored dataset's class names (the true labels).
+        predicted_class_names: the model's class names, where they differ from
+            `class_names` (a model scored on another dataset than its own). Row `k` of
+            the classification report is about true class `k` (recall) and about the
+            model's predictions of its class `k` (precision): it is then named by both,
+            `"Bag (pred 8)"`. Default: `class_names`, rows named by them alone.
     """
     from sklearn.metrics import classification_report, confusion_matrix
 
@@ -156,13 +172,9 @@ def score(y_true, scores, class_names, n_wrong: int = 24) -> dict:
     wrong = np.flatnonzero(pred != y_true)
     confidence = probs[wrong, pred[wrong]]
     worst = wrong[np.argsort(-confidence)][:n_wrong]
+    rows = report_row_names(class_names, predicted_class_names)
     report = classification_report(
-        y_true,
-        pred,
-        labels=labels,
-        target_names=list(class_names),
-        output_dict=True,
-        zero_division=0,
+        y_true, pred, labels=labels, target_names=rows, output_dict=True, zero_division=0
     )
     return {
         "n": int(len(y_true)),
@@ -172,7 +184,7 @@ def score(y_true, scores, class_names, n_wrong: int = 24) -> dict:
         "confusion_matrix": cm.tolist(),
         "classification_report": report,
         "classification_report_text": classification_report(
-            y_true, pred, labels=labels, target_names=list(class_names), digits=4, zero_division=0
+            y_true, pred, labels=labels, target_names=rows, digits=4, zero_division=0
         ),
         "most_confident_wrong": [
             {
@@ -184,6 +196,23 @@ def score(y_true, scores, class_names, n_wrong: int = 24) -> dict:
             for i in worst
         ],
     }
+
+
+def report_row_names(class_names, predicted_class_names=None) -> list[str]:
+    """The classification report's row names: the true classes' names, each followed by
+    the model's name of that class (`"Bag (pred 8)"`, as wrong.png's captions name a
+    prediction) where the model's classes are not the scored data's."""
+    class_names = [str(name) for name in class_names]
+    if predicted_class_names is None:
+        return class_names
+    predicted = [str(name) for name in predicted_class_names]
+    if len(predicted) != len(class_names):
+        raise ValueError(
+            f"{len(predicted)} predicted class names for {len(class_names)} classes: {predicted}"
+        )
+    if predicted == class_names:
+        return class_names
+    return [f"{true} (pred {model})" for true, model in zip(class_names, predicted)]
 
 
 def write_report(
@@ -205,8 +234,6 @@ def write_report(
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        from kmnist_lab.errors import RunFolderError
-
         raise RunFolderError(
             f"cannot create {out_dir}: {e.strerror}; choose another --output-dir"
         ) from None
@@ -223,7 +250,7 @@ def write_report(
     plots.save(confusion, out_dir / "confusion.png")
     plots.save(
         plots.per_class_accuracy(
-            {title or "accuracy": list(result["per_class_accuracy"].values())},
+            {"accuracy": list(result["per_class_accuracy"].values())},  # one series: no legend
             class_names,
             f"Per-class accuracy {title}",
         ),  # fmt: skip
@@ -244,20 +271,69 @@ def write_report(
 def run_config(run_dir: Path | None) -> dict:
     """The `config.json` of a run folder, or {}.
 
+    Raises:
+        RunFolderError: the folder's `config.json` is not the one training writes
+            (`report.common.run_folder_problem`: damaged, or a field of another type).
+
     A search's `best_model/` has none: its `metrics.json` names the search's data
     (`identity`: dataset, data dir, validation fraction, seed), returned in
     `config.json`'s shape, so that its model is scored on the splits it was tuned on.
     """
     if run_dir is None:
         return {}
-    config = read_json(run_dir / "config.json")
-    if config:
-        return config
+    if (run_dir / "config.json").is_file():
+        from kmnist_lab.report.common import run_folder_problem
+
+        problem = run_folder_problem(run_dir)
+        if problem:
+            raise RunFolderError(
+                f"{run_dir} is not a kmnist_lab run folder: {problem}; restore the "
+                f"config.json train.py wrote, or pass {run_dir / 'saved_model'} to score the "
+                "SavedModel on its own (with --dataset)"
+            )
+        return read_json(run_dir / "config.json")
     identity = (read_json(run_dir / "metrics.json") or {}).get("identity")
     if not isinstance(identity, dict) or "space" not in identity:
         return {}
     keys = ("dataset", "data_dir", "val_fraction", "seed")
     return {"config": {k: identity.get(k) for k in keys}, "dataset": {"name": identity["dataset"]}}
+
+
+def run_complete(run_dir: Path | None) -> bool | None:
+    """Whether a run folder's run finished (its `metrics.json`, written last, exists);
+    None for a SavedModel outside a run folder (no `config.json` nor `metrics.json`)."""
+    if run_dir is None:
+        return None
+    from kmnist_lab.runs import COMPLETE_MARKER
+
+    if (run_dir / COMPLETE_MARKER).is_file():
+        return True
+    return False if (run_dir / "config.json").is_file() else None
+
+
+def unfinished_run(run_dir: Path | None) -> str | None:
+    """What an unfinished training run's SavedModel is, for a warning; None otherwise.
+
+    `training.train` exports `saved_model/` once, after the last epoch and the test
+    evaluation, and writes `metrics.json` last: a run folder with the one and not the
+    other stopped (or is still busy) in between, so its SavedModel is the final model
+    but the run has no recorded test metrics and counts as unfinished.
+    """
+    if run_complete(run_dir) is not False:
+        return None
+    from kmnist_lab.runs import run_status
+
+    if run_status(run_dir) == "running":
+        return (
+            f"{run_dir} has no metrics.json yet: its training is still running, in the steps "
+            "after its last epoch (saved_model/ is exported then, metrics.json written last); "
+            "this scores that model, but the run is not complete"
+        )
+    return (
+        f"{run_dir} has no metrics.json: its training stopped after exporting saved_model/ "
+        "(after its last epoch) and before writing metrics.json; this scores that model, but "
+        "the run is unfinished: re-run its training command to complete it"
+    )
 
 
 def model_class_names(run: dict) -> tuple[str, ...] | None:
@@ -270,10 +346,14 @@ def model_class_names(run: dict) -> tuple[str, ...] | None:
     """
     from kmnist_lab import data
 
-    recorded = (run.get("dataset") or {}).get("class_names")
+    dataset = run.get("dataset") if isinstance(run.get("dataset"), dict) else {}
+    config = run.get("config") if isinstance(run.get("config"), dict) else {}
+    recorded = dataset.get("class_names")
     if isinstance(recorded, list) and recorded:
         return tuple(str(name) for name in recorded)
-    name = (run.get("dataset") or {}).get("name") or (run.get("config") or {}).get("dataset")
+    name = dataset.get("name") or config.get("dataset")
+    if not isinstance(name, str):
+        return None
     # `auto` is MNIST or its 5k subset: digits either way.
     names = data._CLASS_NAMES.get("mnist" if name == "auto" else name)
     return tuple(names) if names else None

@@ -166,7 +166,9 @@ def confusion_matrix(
 
 
 def per_class_accuracy(values: dict, class_names, title: str = "Per-class accuracy") -> Figure:
-    """Grouped bars of per-class accuracy, `{split_or_run: [acc per class]}`."""
+    """Grouped bars of per-class accuracy, `{split_or_run: [acc per class]}`.
+
+    A legend names the series where there are several; one series is the title's."""
     fig = Figure(figsize=(9, 4))
     ax = fig.subplots()
     n, k = len(class_names), max(len(values), 1)
@@ -186,7 +188,8 @@ def per_class_accuracy(values: dict, class_names, title: str = "Per-class accura
     ax.set_ylim(max(0.0, min(lows, default=0.0) - 0.05), 1.0)
     ax.grid(axis="y", alpha=0.3)
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    if len(values) > 1:
+        ax.legend(fontsize=8)
     return fig
 
 

@@ -177,7 +177,8 @@ def run_study(
         data_dir: folder with the dataset files.
         epochs_scale: multiplies every run's epochs (the nearest whole epoch, halves up;
             at least 1).
-        quick: a few batches per run on a small subset (tests, smoke runs).
+        quick: a few batches per run on a small subset (tests, smoke runs), one step per
+            compiled call, so that `batches.csv` has a row per batch.
         output_dir: parent of the study folder (default `studies/<dataset>[-quick]`).
         loaded: an already loaded `Dataset` to use instead of loading `dataset`.
         export: write each run's SavedModel and model.keras (never in quick mode).
@@ -243,6 +244,10 @@ def run_study(
                     output_dir=str(study_dir),
                     export=export and not quick,
                     jit="off" if quick else "auto",
+                    # The batch log gets a row per compiled call: a quick run's epoch has
+                    # a few steps (4 of 32 images), which the default (10 per call, capped
+                    # at an epoch's steps) ran as one call: one point per epoch to draw.
+                    steps_per_execution=1 if quick else None,
                     verbose=0,
                 )
                 after_fit = _after_fit(study)

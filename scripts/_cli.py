@@ -6,12 +6,14 @@
 - `Parser`: argparse whose errors are one line on stderr with exit code 2.
 - `run(main_fn)`: turns kmnist_lab's user errors into one line + exit code 2
   (3 for divergence), never a traceback.
+- `report_logs(quiet)`: a report's warnings on stderr, or none of them for `-q`.
 - argparse `type=` helpers that reject zero, negatives, NaN and non-numbers.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -274,6 +276,22 @@ def setup_logging(verbose: bool = True) -> None:
     )
     for noisy in ("tensorflow", "absl", "h5py", "matplotlib", "jax"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def report_logs(quiet: bool):
+    """Writes a report with its warnings (an unfinished study, damaged files) on stderr,
+    or with `quiet` none of them: they are in the report too, and `-q` prints nothing
+    but errors of the report (report.py, study.py --report). The level of kmnist_lab's
+    logger is restored afterwards."""
+    logger = logging.getLogger("kmnist_lab")
+    level = logger.level
+    if quiet:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def run(main_fn, argv=None, resumable: bool = True) -> int:

@@ -14,11 +14,16 @@ another dataset). On the run's own dataset, a --seed or --val-fraction other tha
 the run's is refused with --split val or train: it would carve another validation
 split, holding images the run trained on. --split test takes neither (the test
 split is fixed). A --dataset other than the run's is scored with a warning on
-stderr naming both; the figures name the predictions by the model's own classes.
+stderr naming both; the figures name the predictions by the model's own classes,
+and the classification report's rows both (`Bag (pred 8)`: a row's precision is
+about the model's predictions of its class 8). A run folder without metrics.json
+(written last) is scored with a warning on stderr: its training is still running,
+or stopped after exporting saved_model/ (which follows the last epoch).
 Prints accuracy, cross-entropy of the served probabilities (metrics.json's
 test_loss is the training loss, am_softmax's with its margin, kld's smoothed, ...:
 the same number for `ce` only), per-class accuracy and the classification report;
-writes evaluation.json (with the seed and val_fraction of the splits),
+writes evaluation.json (with the seed and val_fraction of the splits, and
+run_complete: false for such an unfinished run, null outside a run folder),
 confusion.png, per_class.png and wrong.png to --output-dir (default
 RUN/evaluation/DATASET-SPLIT; for a SavedModel folder outside a run,
 evaluation/DATASET-SPLIT beside that folder).
@@ -76,8 +81,10 @@ def main(argv=None) -> int:
         model_class_names,
         predict_scores,
         resolve_saved_model,
+        run_complete,
         run_config,
         score,
+        unfinished_run,
         write_report,
     )
 
@@ -129,14 +136,15 @@ def main(argv=None) -> int:
         raise ModelLoadError(
             f"the model outputs {scores.shape[1]} classes but {dataset.name} has {dataset.num_classes}"
         )
-    result = score(y, scores, dataset.class_names)
     # The true labels are the scored dataset's; the predictions are the model's classes
     # (an MNIST model's 8 is "8", not Fashion-MNIST's "Bag").
     predicted_names = model_class_names(run)
     if predicted_names is None or len(predicted_names) != dataset.num_classes:
         predicted_names = dataset.class_names
-    result.update({"saved_model": str(saved_dir), "dataset": dataset.name, "split": args.split,
-                   "seed": seed, "val_fraction": val_fraction,
+    result = score(y, scores, dataset.class_names, predicted_class_names=predicted_names)
+    result.update({"saved_model": str(saved_dir), "run_complete": run_complete(run_dir),
+                   "dataset": dataset.name, "split": args.split, "seed": seed,
+                   "val_fraction": val_fraction,
                    "predicted_class_names": list(predicted_names)})  # fmt: skip
     out = (
         Path(args.output_dir)
@@ -145,6 +153,11 @@ def main(argv=None) -> int:
     )
     path = write_report(result, x, dataset.class_names, out, title=f"({dataset.name} {args.split})",
                         predicted_class_names=predicted_names)  # fmt: skip
+    # Useful to score, but not a finished run's model. Said once nothing can be refused
+    # any more, so that a refusal stays one line.
+    unfinished = unfinished_run(run_dir)
+    if unfinished:
+        print(f"evaluate.py: warning: {unfinished}", file=sys.stderr)
     print(f"{dataset.name} {args.split}: accuracy {100 * result['accuracy']:.2f}% "
           f"cross-entropy {result['cross_entropy']:.4f} (n={result['n']})")  # fmt: skip
     print(

@@ -9,13 +9,13 @@ Examples:
 Figures are drawn from the folders' CSV/JSON files only, so a report is rebuilt
 without retraining. A folder whose config.json or study.json is not what train.py or
 study.py writes is refused; a damaged history.csv or batches.csv is named on stderr
-(and in the report), which draws the rows it can read.
+(and in the report), which draws the rows it can read, and so is a damaged metrics.json
+(its numbers shown as —). -q leaves these warnings to the report.
 Exit codes: 0 ok, 2 bad input (one line on stderr), 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import _cli
@@ -34,16 +34,10 @@ def main(argv=None) -> int:
     _cli.setup_logging(False)
     from kmnist_lab.report import write_report
 
-    # The report's warnings (an unfinished study, damaged CSV files) are in the report
-    # too; -q prints nothing but errors.
-    logger = logging.getLogger("kmnist_lab")
-    level = logger.level
-    if args.quiet:
-        logger.setLevel(logging.ERROR)
-    try:
+    # The report's warnings (an unfinished study, damaged files) are in the report too;
+    # -q prints nothing but errors.
+    with _cli.report_logs(args.quiet):
         md, page = write_report(args.path, args.output_dir)
-    finally:
-        logger.setLevel(level)
     if not args.quiet:
         print(f"wrote {md} and {page}")
     return 0

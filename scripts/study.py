@@ -46,7 +46,8 @@ def build_parser():
                    help="multiply every run's epochs by F (nearest whole epoch, halves up; "
                    "at least 1)")  # fmt: skip
     p.add_argument("--quick", action="store_true",
-                   help="a few batches per run on a small subset; exports no SavedModels")  # fmt: skip
+                   help="a few batches per run on a small subset, one step per compiled call "
+                   "(every batch in batches.csv); exports no SavedModels")  # fmt: skip
     p.add_argument("--only", action="append", metavar="PATTERN",
                    help="train only the runs whose names match this shell pattern "
                    "(repeatable), e.g. --only '*_e15'; the others are left as they are")  # fmt: skip
@@ -62,7 +63,11 @@ def build_parser():
     p.add_argument("--no-export", dest="export", action="store_false",
                    help="skip each run's SavedModel/model.keras (faster)")  # fmt: skip
     p.add_argument("--report", action="store_true", help="write report.md/report.html afterwards")
-    p.add_argument("-q", "--quiet", action="store_true", help="only the summary line")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="print the summary (its line, the diverged runs, the report's files) "
+                   "and no progress; training's warnings and errors still show, the report's "
+                   "warnings (unfinished runs, damaged files) only in the report, as with "
+                   "report.py -q")  # fmt: skip
     return p
 
 
@@ -176,7 +181,8 @@ def main(argv=None) -> int:
     if args.report:
         from kmnist_lab.report import write_report
 
-        md, html = write_report(result.study_dir)
+        with _cli.report_logs(args.quiet):  # as report.py -q: they are in the report
+            md, html = write_report(result.study_dir)
         print(f"report: {md} and {html}")
     return 0
 

@@ -691,7 +691,11 @@ def world(tmp_path_factory):
     (root / "npz_zip" / "kmnist.npz").write_bytes(b"PK\x03\x04 this is not a zip archive")
     paths["npz_zip"] = root / "npz_zip"
     for name, file, text in (("not_a_run", "config.json", '{"foo": 1}'),
-                             ("not_a_study", "study.json", '{"study": ')):  # fmt: skip
+                             ("not_a_study", "study.json", '{"study": '),
+                             ("str_dataset", "config.json",
+                              '{"config": {"arch": "bn_mlp"}, "dataset": "mnist"}'),
+                             ("str_epochs", "config.json",
+                              '{"config": {"arch": "bn_mlp", "epochs": "ten"}}')):  # fmt: skip
         paths[name] = root / name
         paths[name].mkdir()
         (paths[name] / file).write_text(text)
@@ -939,6 +943,10 @@ BAD_INPUT = [
      "is not a kmnist_lab run folder"),
     ("report-not-a-study-folder", "report", ["{not_a_study}"], 2,
      "is not a kmnist_lab study folder"),
+    ("report-dataset-not-an-object", "report", ["{str_dataset}"], 2,
+     'its config.json has "dataset": "mnist", not an object'),
+    ("report-epochs-not-an-integer", "report", ["{str_epochs}"], 2,
+     'its config.json\'s "config" has "epochs": "ten", not a positive integer'),
     # unwritable output, existing or busy run folders
     ("output-dir-under-a-file", "train", T + ["--output-dir", "{file}/sub"], 2,
      "cannot create run folder"),

@@ -6,6 +6,7 @@ what guarantees that a report can be rebuilt without retraining.
 
 import base64
 import csv
+import json
 import logging
 import shutil
 import subprocess
@@ -1123,3 +1124,112 @@ def test_a_diverged_runs_nan_losses_and_an_epoch_without_validation_are_not_dama
     with caplog.at_level("WARNING", logger="kmnist_lab"):
         text = write_report(tmp_path / "r")[0].read_text()
     assert not caplog.records and "Damaged" not in text
+
+
+@pytest.mark.parametrize(
+    "text, said, left",
+    [
+        ('{"status": "complete", "test_acc', "is not valid JSON", "its numbers"),
+        ("", "is not valid JSON", "its numbers"),
+        ("[0.9, 0.3]", "holds a JSON list, not an object", "its numbers"),
+        ('{"test_accuracy": "high", "test_loss": 0.3, "wall_time_s": [1]}',
+         'has values that are not numbers: test_accuracy "high", wall_time_s [1]', "them"),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("kind", ["run", "study"])
+def test_a_damaged_metrics_json_is_named_not_shown_as_missing_numbers(
+    tmp_path, caplog, kind, text, said, left
+):
+    """A run folder whose metrics.json was cut short showed "—" in the table (a list, or a
+    number in quotes, a ValueError traceback), with no word of it: the — of a run not
+    finished yet. It is named with what is wrong, on stderr and in the report, as a
+    damaged CSV log is; the numbers it does hold are shown."""
+    if kind == "run":
+        fake_run(tmp_path / "r", 0)
+        folder = tmp_path / "r"
+    else:
+        folder = tiny_study(tmp_path, [{"name": "r"}, {"name": "ok"}])
+    path = folder / "r" if kind == "study" else folder
+    (path / "metrics.json").write_text(text)
+    with caplog.at_level("WARNING", logger="kmnist_lab"):
+        assert _cli.run(report_script.main, [str(folder)]) == 0
+    told = f"{said}; the table shows — for {left}"
+    assert [r.getMessage() for r in caplog.records] == [f"{path / 'metrics.json'}: {told}"]
+    report = (folder / "report.md").read_text()
+    assert f"**Damaged files.** `r/metrics.json`: {told}." in report
+    row = _rows(report, "r")[0]
+    planned = "10" if kind == "study" else "—"  # the study's epochs; the run's config has none
+    assert row[1:4] == ["complete", planned, "—"]  # no test accuracy
+    assert ("0.300" in row) == (left == "them")  # the test loss it holds
+    if kind == "study":  # the other run's numbers are all there
+        assert "—" not in _rows(report, "ok")[0]
+
+
+def test_a_run_without_metrics_json_yet_is_unfinished_not_damaged(tmp_path, caplog):
+    fake_run(tmp_path / "r", 0, complete=False)
+    with caplog.at_level("WARNING", logger="kmnist_lab"):
+        text = write_report(tmp_path / "r")[0].read_text()
+    assert not caplog.records and "Damaged" not in text
+    assert _rows(text, "r")[0][1:4] == ["incomplete", "—", "—"]
+
+
+@pytest.mark.parametrize(
+    "config, found",
+    [
+        ({"config": {"arch": "mlp"}, "dataset": "mnist"},
+         'its config.json has "dataset": "mnist", not an object'),
+        ({"config": {"arch": "mlp"}, "dataset": None},
+         'its config.json has "dataset": null, not an object'),
+        ({"config": {"arch": "mlp"}, "dataset": ["mnist", 1]},
+         'its config.json has "dataset": ["mnist", 1], not an object'),
+        ({"config": {"arch": "mlp"}, "dataset": {"name": 3}},
+         'its config.json\'s "dataset" has "name": 3, not a string'),
+        ({"config": {"arch": "mlp", "dataset": {"name": "mnist"}}},
+         'its config.json\'s "config" has "dataset": {"name": "mnist"}, not a string'),
+        ({"config": {"arch": "mlp", "epochs": "ten"}},
+         'its config.json\'s "config" has "epochs": "ten", not a positive integer'),
+        ({"config": {"arch": "mlp", "epochs": True}},
+         'its config.json\'s "config" has "epochs": true, not a positive integer'),
+        ({"config": {"arch": "mlp"}, "dataset": ["mnist"] * 10},  # cut short
+         'its config.json has "dataset": ["mnist", "mnist", "mnist",..., not an object'),
+    ],
+)  # fmt: skip
+def test_a_config_json_whose_fields_have_other_types_is_refused_not_a_traceback(
+    tmp_path, capsys, config, found
+):
+    """A config.json whose "dataset" was a string or null gave report.py an AttributeError
+    traceback; a dataset name or planned epochs of another type went into the report as
+    they were. Such a folder is not what train.py writes: refused as one whose "config"
+    is missing, saying what the field holds and what it should be, before anything is
+    written."""
+    run = tmp_path / "r"
+    fake_run(run, 0)
+    (run / "config.json").write_text(json.dumps(config))
+    before = sorted(p.name for p in run.iterdir())
+    assert _cli.run(report_script.main, [str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.split(": error: ", 1)[1] == (
+        f"{run} is not a kmnist_lab run folder: {found}; report a folder that "
+        "scripts/train.py or scripts/study.py wrote"
+    ), err
+    assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_a_config_json_of_an_older_run_without_the_dataset_object_is_reported(tmp_path):
+    """The checked fields may be absent: the dataset's name is read from "config" then."""
+    run = tmp_path / "r"
+    fake_run(run, 0)
+    runs.atomic_write_json(run / "config.json", {"config": {"dataset": "mnist", "epochs": 3}})
+    text = write_report(run)[0].read_text()
+    assert "dataset mnist;" in text and _rows(text, "r")[0][2] == "3"
+
+
+@pytest.mark.parametrize("record", ['{"study": 5}', "{bad", '{"study": {"runs": ["r"]}}'])
+def test_a_run_beside_a_study_json_of_another_shape_is_reported_on_its_own(tmp_path, record):
+    """A run whose folder's parent holds a study.json that study.py did not write (a
+    `"study"` number) gave report.py an AttributeError traceback: the run is reported
+    without a study's numbers, as one outside any study."""
+    fake_run(tmp_path / "r", 0)
+    (tmp_path / "study.json").write_text(record)
+    text = write_report(tmp_path / "r")[0].read_text()
+    assert "Part of study" not in text and _rows(text, "r")[0][1] == "complete"

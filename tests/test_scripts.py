@@ -226,6 +226,7 @@ def test_evaluate_a_bare_saved_model_takes_any_split_and_records_it(
     path = tmp_path / "export" / "evaluation" / "kmnist-val" / "evaluation.json"
     result = json.loads(path.read_text())
     assert (result["seed"], result["val_fraction"]) == (3, 0.2)
+    assert result["run_complete"] is None  # no run to be finished or not
     x, y = load_dataset("kmnist", data_dir, val_fraction=0.2, seed=3).val
     scores = predict_scores(load_saved_model(tmp_path / "export" / "sm"), x)
     expected = score(y, scores, [str(i) for i in range(10)])
@@ -314,6 +315,111 @@ def test_write_report_captions_wrong_images_with_the_models_class_names(tmp_path
         write_report(result, x, FASHION, tmp_path / "bad", predicted_class_names=DIGITS[:9])
 
 
+def test_evaluate_on_another_dataset_names_report_rows_by_both_classes(
+    trained_run, data_dir, tmp_path, capsys
+):
+    """A kmnist model scored on MNIST: row k of the classification report holds the
+    recall of MNIST's k and the precision of the model's predictions of its class k,
+    so it is named by both ("3 (pred tsu)"), in evaluation.json and as printed. On its
+    own dataset the rows keep the class names alone."""
+    from kmnist_lab.data import DIGITS, KUZUSHIJI
+
+    argv = [str(trained_run), "--dataset", "mnist", "--data-dir", str(data_dir),
+            "--output-dir", str(tmp_path / "other")]  # fmt: skip
+    assert _cli.run(evaluate_script.main, argv) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    result = json.loads((tmp_path / "other" / "evaluation.json").read_text())
+    rows = [f"{digit} (pred {kana})" for digit, kana in zip(DIGITS, KUZUSHIJI)]
+    assert list(result["classification_report"])[:10] == rows
+    for row in rows:
+        assert row in result["classification_report_text"] and row in printed
+    argv = [str(trained_run), "--output-dir", str(tmp_path / "own")]
+    assert _cli.run(evaluate_script.main, argv) == 0
+    result = json.loads((tmp_path / "own" / "evaluation.json").read_text())
+    assert list(result["classification_report"])[:10] == list(KUZUSHIJI)
+    assert "(pred" not in result["classification_report_text"]
+
+
+def test_score_names_report_rows_by_the_true_and_the_predicted_class():
+    """An MNIST model on Fashion-MNIST: the row "Bag (pred 8)" has the precision of its
+    predictions of 8 (how many were Bags) and the recall of Bags (how many it called 8)."""
+    from kmnist_lab.data import DIGITS, FASHION
+    from kmnist_lab.evaluation import score
+
+    y = np.array([8, 8, 0, 1])
+    scores = np.zeros((4, 10))
+    scores[0, 8] = scores[1, 3] = scores[2, 8] = scores[3, 1] = 5.0
+    report = score(y, scores, FASHION, predicted_class_names=DIGITS)["classification_report"]
+    bag = report["Bag (pred 8)"]
+    assert (bag["precision"], bag["recall"], bag["support"]) == (0.5, 0.5, 2)
+    assert list(report)[:3] == ["T-shirt/top (pred 0)", "Trouser (pred 1)", "Pullover (pred 2)"]
+    # Its own classes (given or not): the names alone.
+    for same in (FASHION, None):
+        report = score(y, scores, FASHION, predicted_class_names=same)["classification_report"]
+        assert list(report)[:10] == list(FASHION)
+
+
+@pytest.mark.parametrize("state", ["stopped", "running"])
+def test_evaluate_scores_an_unfinished_run_with_a_warning(trained_run, tmp_path, capsys, state):
+    """A run folder with saved_model/ but no metrics.json stopped (or is still busy)
+    between its export, which follows its last epoch, and metrics.json, written last:
+    it is scored all the same, with one warning saying so, and evaluation.json
+    records that the run is not complete. A finished run gets neither."""
+    from kmnist_lab.runs import RunLock
+
+    assert (
+        _cli.run(evaluate_script.main, [str(trained_run), "--output-dir", str(tmp_path / "done")])
+        == 0
+    )
+    assert "warning" not in capsys.readouterr().err
+    assert json.loads((tmp_path / "done" / "evaluation.json").read_text())["run_complete"] is True
+    run = _copy_run(trained_run, tmp_path)
+    (run / "metrics.json").unlink()
+    (run / "status.json").write_text(json.dumps({"status": "interrupted"}))
+    argv = [str(run), "--output-dir", str(tmp_path / "out")]
+    if state == "running":
+        with RunLock(run):  # as train.py holds it while it runs
+            code = _cli.run(evaluate_script.main, argv)
+    else:
+        code = _cli.run(evaluate_script.main, argv)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "kmnist test: accuracy" in captured.out  # scored all the same
+    (warning,) = [line for line in captured.err.splitlines() if "warning" in line]
+    assert warning.startswith(f"evaluate.py: warning: {run} has no metrics.json")
+    expected = {
+        "stopped": "its training stopped after exporting saved_model/ (after its last epoch) "
+        "and before writing metrics.json",
+        "running": "its training is still running, in the steps after its last epoch",
+    }[state]
+    assert expected in warning, warning
+    if state == "stopped":
+        assert warning.endswith("re-run its training command to complete it"), warning
+    assert json.loads((tmp_path / "out" / "evaluation.json").read_text())["run_complete"] is False
+    # A refused command says only why: the warning comes once nothing can be refused.
+    code = _cli.run(evaluate_script.main, [str(run), "--seed", "3"])
+    _one_line_error(capsys, code, match="--seed 3 would be ignored")
+
+
+def test_per_class_figure_has_a_legend_only_for_several_series(tmp_path, monkeypatch):
+    """evaluate.py's per_class.png draws one series, which its title names: a legend
+    would repeat the title. Several series (runs, splits) are told apart by one."""
+    from kmnist_lab import plots
+    from kmnist_lab.evaluation import score, write_report
+
+    figures = _capture_figures(monkeypatch)
+    y = np.array([0, 1, 2])
+    scores = np.eye(3) * 5.0
+    write_report(score(y, scores, list("abc")), np.zeros((3, 28, 28), np.uint8), list("abc"),
+                 tmp_path, title="(kmnist test)")  # fmt: skip
+    ax = figures["per_class.png"].axes[0]
+    assert ax.get_title() == "Per-class accuracy (kmnist test)"
+    assert ax.get_legend() is None
+    several = plots.per_class_accuracy({"run a": [1, 0.5], "run b": [0.5, 1]}, ["x", "y"])
+    legend = several.axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["run a", "run b"]
+
+
 def test_model_class_names_come_from_the_run(tmp_path):
     from kmnist_lab.data import DIGITS, FASHION
     from kmnist_lab.evaluation import model_class_names
@@ -325,6 +431,8 @@ def test_model_class_names_come_from_the_run(tmp_path):
     assert model_class_names({"dataset": {"name": "mnist_5k"}}) == DIGITS
     assert model_class_names({"config": {"dataset": "auto"}}) == DIGITS
     assert model_class_names({}) is None  # a SavedModel outside a run: unknown
+    assert model_class_names({"dataset": "mnist"}) is None  # damaged: unknown, no traceback
+    assert model_class_names({"dataset": {"name": 5}, "config": []}) is None
 
 
 def test_evaluate_a_saved_model_outside_a_run_writes_beside_it(trained_run, data_dir, tmp_path):
@@ -334,6 +442,28 @@ def test_evaluate_a_saved_model_outside_a_run_writes_beside_it(trained_run, data
     argv = [str(tmp_path / "export" / "sm"), "--dataset", "kmnist", "--data-dir", str(data_dir)]
     assert _cli.run(evaluate_script.main, argv) == 0
     assert (tmp_path / "export" / "evaluation" / "kmnist-test" / "evaluation.json").is_file()
+
+
+@pytest.mark.parametrize("dataset", ['"kmnist"', "null", "[1, 2]"])
+def test_evaluate_refuses_a_run_whose_config_json_is_not_trainings(
+    trained_run, data_dir, tmp_path, capsys, dataset
+):
+    """A run folder's config.json with a `"dataset"` that is no object is refused with
+    what is wrong (no traceback); its saved_model/ passed on its own is still scored."""
+    import shutil
+
+    run = tmp_path / "r"
+    shutil.copytree(trained_run / "saved_model", run / "saved_model")
+    config = json.loads((trained_run / "config.json").read_text())
+    text = json.dumps(config).replace(json.dumps(config["dataset"]), dataset, 1)
+    (run / "config.json").write_text(text)
+    code = _cli.run(evaluate_script.main, [str(run)])
+    err = _one_line_error(capsys, code, match="is not a kmnist_lab run folder")
+    assert f'has "dataset": {json.dumps(json.loads(dataset))}, not an object' in err
+    assert str(run / "saved_model") in err
+    argv = [str(run / "saved_model"), "--dataset", "kmnist", "--data-dir", str(data_dir)]
+    assert _cli.run(evaluate_script.main, argv) == 0
+    assert (run / "evaluation" / "kmnist-test" / "evaluation.json").is_file()
 
 
 def test_evaluate_on_another_dataset_does_not_read_the_runs_data_dir(

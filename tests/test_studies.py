@@ -1,5 +1,6 @@
 """Studies: every study is valid data, runs end to end in --quick mode, resumes, and reports."""
 
+import csv
 import json
 import logging
 import re
@@ -705,3 +706,52 @@ def test_script_passes_every_run_flag_and_prints_the_summary(tmp_path, monkeypat
         "output_dir": None, "export": True, "only": None,
     })]  # fmt: skip
     assert "diverged:" in capsys.readouterr().out  # the fake's d2_w20
+
+
+def test_quiet_study_report_prints_the_summary_and_leaves_the_reports_warnings_to_it(
+    tmp_path, monkeypatch, capsys, caplog
+):
+    """`study.py NAME -q --report` printed the report's warning of unfinished runs, which
+    `report.py -q` leaves to the report: -q prints the summary, not the report's warnings
+    (without -q they show, as with report.py)."""
+    from kmnist_lab import studies
+    from kmnist_lab.studies import _study_record
+
+    study_dir = tmp_path / "e_batchnorm"
+    study_dir.mkdir()
+    record = _study_record(get_study("e_batchnorm"), "mnist_5k", True, 1.0)
+    runs.atomic_write_json(study_dir / "study.json", record)  # neither run trained
+    result = studies.StudyResult(get_study("e_batchnorm"), study_dir, "mnist_5k", {}, [])
+    monkeypatch.setattr(studies, "run_study", lambda name, **kwargs: result)
+    said = "0 of 2 runs finished; 2 not yet: without_bn (missing), with_bn (missing)"
+    for quiet in (False, True):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="kmnist_lab"):
+            argv = ["e_batchnorm", "--quick", "--report", *(["-q"] if quiet else [])]
+            assert _cli.run(study_script.main, argv) == 0
+        warnings = [r.getMessage() for r in caplog.records]
+        assert warnings == ([] if quiet else [f"{study_dir}: {said}. python scripts/study.py "
+                                               f"e_batchnorm --dataset mnist_5k --quick --backend "
+                                               f"tensorflow --output-dir {tmp_path} finishes them, "
+                                               "then re-run the report."]), warnings  # fmt: skip
+        out = capsys.readouterr().out.splitlines()
+        assert out[1:] == [f"report: {study_dir / 'report.md'} and {study_dir / 'report.html'}"]
+        assert said in (study_dir / "report.md").read_text().replace("`", "")  # either way
+    assert logging.getLogger("kmnist_lab").level == logging.NOTSET  # -q does not outlive main
+
+
+def test_a_quick_runs_batch_log_has_a_row_per_step(mnist_5k, tmp_path):
+    """A quick run trains 4 steps per epoch (128 images, batches of 32), which the default
+    steps per compiled call (10, capped at an epoch's 4) ran as one call: batches.csv had
+    one row per epoch and its loss-per-iteration figure one point. Quick runs take one
+    step per call; full runs keep the default (`speed.resolve_steps_per_execution`)."""
+    result = run_study("e_batchnorm", quick=True, output_dir=tmp_path, loaded=mnist_5k,
+                       only="with_bn")  # fmt: skip
+    run_dir = result.study_dir / "with_bn"
+    with open(run_dir / "batches.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["epoch"], r["step"], r["steps"]) for r in rows] == [
+        ("1", str(step), "1") for step in range(1, 5)
+    ]
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["config"]["steps_per_execution"] == config["speed"]["steps_per_execution"] == 1

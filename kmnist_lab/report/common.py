@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 
 from kmnist_lab import runs
-from kmnist_lab.errors import KmnistLabError
+from kmnist_lab.errors import KmnistLabError, is_real
 
 
 class ReportError(KmnistLabError):
@@ -29,20 +29,48 @@ def _keys(data: dict, limit: int = 5) -> str:
     return f"its keys: {shown}" if keys else "an empty object"
 
 
-def json_object_problem(path: Path, key: str) -> str | None:
-    """What keeps `path` from holding a JSON object with the object `key` (None: nothing),
-    as a phrase about `path`'s name, e.g. `its config.json is not valid JSON`."""
+def _read_object(path: Path) -> tuple[dict, str | None]:
+    """The JSON object in `path`, or `{}` and what is wrong with the file, as a phrase
+    that follows its name: `is not valid JSON` (e.g. cut short), `cannot be read (...)`,
+    `holds a JSON list, not an object`."""
     try:
         data = json.loads(path.read_text())
     except OSError as e:
-        return f"its {path.name} cannot be read ({e.strerror or type(e).__name__})"
+        return {}, f"cannot be read ({e.strerror or type(e).__name__})"
     except ValueError:  # UnicodeDecodeError included
-        return f"its {path.name} is not valid JSON"
+        return {}, "is not valid JSON"
     if not isinstance(data, dict):
-        return f"its {path.name} holds a JSON {type(data).__name__}, not an object"
+        return {}, f"holds a JSON {type(data).__name__}, not an object"
+    return data, None
+
+
+def _shown(value, limit: int = 30) -> str:
+    """`value` as it reads in its JSON file, cut to `limit` characters."""
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def json_object_problem(path: Path, key: str) -> str | None:
+    """What keeps `path` from holding a JSON object with the object `key` (None: nothing),
+    as a phrase about `path`'s name, e.g. `its config.json is not valid JSON`."""
+    data, problem = _read_object(path)
+    if problem:
+        return f"its {path.name} {problem}"
     if not isinstance(data.get(key), dict):
         return f'its {path.name} has no "{key}" object ({_keys(data)})'
     return None
+
+
+# What a report reads from a run's config.json besides its "config" object, and the type
+# train.py and study.py write each with: `(where, key, type, what the type is called)`,
+# `where` None for the file's top level. A key may be absent (a run from an older
+# version reads the dataset's name from "config").
+_CONFIG_FIELDS = (
+    (None, "dataset", dict, "an object"),
+    ("dataset", "name", str, "a string"),
+    ("config", "dataset", str, "a string"),
+    ("config", "epochs", int, "a positive integer"),
+)
 
 
 def run_folder_problem(path: Path) -> str | None:
@@ -51,12 +79,30 @@ def run_folder_problem(path: Path) -> str | None:
     train.py's test of a run it may resume (`runs.prepare_run_dir`): a `config.json`
     whose `"config"` is an object. Training writes it before the first epoch, so a run
     still training (no metrics yet), an interrupted and a diverged run all pass; a
-    `metrics.json` without it is not a run that kmnist_lab wrote.
+    `metrics.json` without it is not a run that kmnist_lab wrote. The other fields the
+    report reads (`_CONFIG_FIELDS`: the dataset's name, the planned epochs) must have the
+    type training writes them with, where present.
     """
     if not (path / "config.json").is_file():
         found = [f for f in (runs.COMPLETE_MARKER, runs.STATUS_FILE) if (path / f).is_file()]
         return f"it has {' and '.join(found) or 'nothing of a run'} but no config.json"
-    return json_object_problem(path / "config.json", "config")
+    problem = json_object_problem(path / "config.json", "config")
+    if problem:
+        return problem
+    data = runs.read_json(path / "config.json")
+    for where, key, kind, called in _CONFIG_FIELDS:
+        holder = data if where is None else data.get(where)
+        if not isinstance(holder, dict) or key not in holder:
+            continue
+        value = holder[key]
+        if kind is int:  # JSON's true is no number of epochs, nor is 0
+            fits = isinstance(value, int) and not isinstance(value, bool) and value > 0
+        else:
+            fits = isinstance(value, kind)
+        if not fits:
+            inside = f'its config.json\'s "{where}"' if where else "its config.json"
+            return f'{inside} has "{key}": {_shown(value)}, not {called}'
+    return None
 
 
 def study_folder_problem(path: Path) -> str | None:
@@ -74,6 +120,34 @@ def study_folder_problem(path: Path) -> str | None:
         if not (isinstance(r, dict) and isinstance(r.get("name"), str)):
             return f'its study.json\'s run {i + 1} is not an object with a "name"'
     return None
+
+
+# The numbers a report shows from a run's metrics.json (each may be null: a regression
+# has no test accuracy).
+METRICS_NUMBERS = ("test_accuracy", "test_loss", "val_accuracy", "train_accuracy_eval",
+                   "mean_error", "max_abs_error", "epochs", "wall_time_s", "samples_per_s")  # fmt: skip
+
+
+def read_metrics(path: Path) -> tuple[dict, str | None]:
+    """The metrics of a run's `metrics.json` that a report can show, and what is wrong
+    with the file (None: nothing), as `read_csv_log` says it of a CSV log.
+
+    A missing file is a run not finished yet: `{}`, nothing wrong. A file that cannot be
+    read, is not valid JSON (e.g. cut short) or holds no object gives `{}`; a value of
+    `METRICS_NUMBERS` that is neither a number nor null is left out (the report shows
+    `—` for it), the others kept.
+    """
+    if not path.is_file():
+        return {}, None
+    data, problem = _read_object(path)
+    if problem:
+        return {}, problem
+    bad = [k for k in METRICS_NUMBERS if data.get(k) is not None and not is_real(data[k])]
+    if not bad:
+        return data, None
+    shown = ", ".join(f"{k} {_shown(data[k], 20)}" for k in bad)
+    kept = {k: v for k, v in data.items() if k not in bad}
+    return kept, f"has values that are not numbers: {shown}"
 
 
 # The columns the figures draw from each CSV log, and those that a row needs filled in

@@ -8,21 +8,30 @@ import json
 from pathlib import Path
 
 from kmnist_lab import plots, runs
-from kmnist_lab.report.common import read_json_or_empty
+from kmnist_lab.report.common import read_json_or_empty, read_metrics, study_folder_problem
 from kmnist_lab.report.document import Document
-from kmnist_lab.report.study import compares_with_report, figures, regression_table, runs_table
+from kmnist_lab.report.study import (
+    compares_with_report,
+    figures,
+    regression_table,
+    runs_table,
+    say_damaged_metrics,
+)
 
 
 def render_run(path: Path, doc: Document) -> str:
+    # `detect` refused a config.json of other types (`common.run_folder_problem`).
     cfg = read_json_or_empty(path / "config.json")
     config = cfg.get("config", {})
-    metrics = read_json_or_empty(path / runs.COMPLETE_MARKER)
+    metrics, metrics_problem = read_metrics(path / runs.COMPLETE_MARKER)
     title = f"Run `{path.name}`"
     dataset = cfg.get("dataset", {}).get("name", config.get("dataset"))
     doc.para(f"Status **{runs.run_status(path)}**; dataset {dataset}; config:")
     doc.pre(json.dumps(config, sort_keys=True, indent=1))
     original = {}
-    record = read_json_or_empty(path.parent / "study.json")
+    # A study.json beside the run that is not what study.py writes is no study of it.
+    in_study = (path.parent / "study.json").is_file() and not study_folder_problem(path.parent)
+    record = read_json_or_empty(path.parent / "study.json") if in_study else {}
     study = record.get("study", {})
     comparable = compares_with_report(record)  # as in the study's own report
     for r in study.get("runs", []):
@@ -32,12 +41,14 @@ def render_run(path: Path, doc: Document) -> str:
     # `effective`: the planned epochs, shown (as in a study's table) until metrics.json
     # holds the epochs run.
     entry = {"name": path.name, "dir": path, "status": runs.run_status(path), "metrics": metrics,
-             "original": original, "factors": {}, "effective": {"epochs": config.get("epochs")}}  # fmt: skip
+             "metrics_problem": metrics_problem, "original": original, "factors": {},
+             "effective": {"epochs": config.get("epochs")}}  # fmt: skip
     doc.heading("Results")
     if "mean_error" in metrics:
         regression_table(doc, [entry])
     else:
         runs_table(doc, [entry])
+    say_damaged_metrics(doc, [entry])
     colors = {path.name: plots.COLORS[0]}
     fake_study = {"name": path.name, "extras": ["confusion", "per_class_train"],
                   "kind": "regression" if "mean_error" in metrics else "classify"}  # fmt: skip

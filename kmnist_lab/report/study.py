@@ -26,6 +26,7 @@ from kmnist_lab.report.common import (
     pct,
     read_csv_log,
     read_json_or_empty,
+    read_metrics,
     study_folder_problem,
 )
 from kmnist_lab.report.document import Document
@@ -59,7 +60,8 @@ def render_study(path: Path, doc: Document) -> str:
     quick = bool(record.get("quick"))
     mode = (
         "**quick mode**: a smoke test (at most 128 training images, batches of at most 32, 1-2 "
-        "epochs per run), so the numbers are not compared with the report's"
+        "epochs per run, one step per compiled call so that every batch is logged), so the "
+        "numbers are not compared with the report's"
         if quick
         else "full"
     )
@@ -75,8 +77,9 @@ def render_study(path: Path, doc: Document) -> str:
     entries = []
     for r in runs_:
         run_dir = path / r["name"]
+        metrics, problem = read_metrics(run_dir / runs.COMPLETE_MARKER)
         entries.append({**r, "dir": run_dir, "status": runs.run_status(run_dir),
-                        "metrics": read_json_or_empty(run_dir / runs.COMPLETE_MARKER)})  # fmt: skip
+                        "metrics": metrics, "metrics_problem": problem})  # fmt: skip
         if not comparable:
             entries[-1]["original"] = {}
     colors = dict(zip([e["name"] for e in entries], plots.palette(len(entries)), strict=True))
@@ -85,11 +88,26 @@ def render_study(path: Path, doc: Document) -> str:
         regression_table(doc, entries)
     else:
         runs_table(doc, entries)
+    say_damaged_metrics(doc, entries)
     _unfinished(doc, path, record, entries)
     if study.get("grid"):
         _grid(doc, entries, study)
     figures(doc, entries, colors, study)
     return title
+
+
+def say_damaged_metrics(doc: Document, entries: list[dict]) -> None:
+    """Names each run whose `metrics.json` the table could not read whole (`read_metrics`),
+    with what is wrong, in the report and on stderr, as `_curves` names damaged CSV logs:
+    the table's `—` for such a run is no missing number but a damaged file."""
+    damaged = []
+    for e in entries:
+        if e.get("metrics_problem"):
+            shown = "them" if e["metrics"] else "its numbers"  # some values, or none
+            text = f"{e['metrics_problem']}; the table shows — for {shown}"
+            damaged.append((Path(e["dir"]) / runs.COMPLETE_MARKER, text))
+    if damaged:
+        _say_damaged(doc, damaged)
 
 
 # Unfinished runs named in the report's note and on stderr; the others are counted.
@@ -415,7 +433,7 @@ def _curves(
 def _drawable(entries: list[dict], file: str, tmp: Path, damaged: list) -> dict[str, Path]:
     """`{run: path}` of the `file` logs of `entries` that hold something to draw: the file
     itself, or a copy of a damaged file's readable rows under `tmp`. Appends
-    `(path, what is wrong, whether any row is drawn)` to `damaged` per damaged file."""
+    `(path, what is wrong and what the figures draw of it)` to `damaged` per damaged file."""
     drawable = {}
     for e in entries:
         path = e["dir"] / file
@@ -423,7 +441,8 @@ def _drawable(entries: list[dict], file: str, tmp: Path, damaged: list) -> dict[
         if problem is None:
             drawable[e["name"]] = path
             continue
-        damaged.append((path, problem, bool(rows)))
+        drawn = "its other rows are drawn" if rows else "left out of the figures"
+        damaged.append((path, f"{problem}; {drawn}"))
         if rows:
             copy = tmp / e["name"] / file
             copy.parent.mkdir(parents=True, exist_ok=True)
@@ -439,11 +458,8 @@ def _drawable(entries: list[dict], file: str, tmp: Path, damaged: list) -> dict[
 _DAMAGED_SHOWN = 5
 
 
-def _say_damaged(doc: Document, damaged: list) -> None:
-    said = [
-        (path, f"{problem}; {'its other rows are drawn' if drawn else 'left out of the figures'}")
-        for path, problem, drawn in damaged
-    ]
+def _say_damaged(doc: Document, said: list[tuple[Path, str]]) -> None:
+    """`said`: `(path, what is wrong with it and what the report shows of it)` per file."""
     doc.para(
         "**Damaged files.** "
         + ". ".join(f"`{path.parent.name}/{path.name}`: {text}" for path, text in said)
@@ -452,7 +468,7 @@ def _say_damaged(doc: Document, damaged: list) -> None:
     for path, text in said[:_DAMAGED_SHOWN]:
         log.warning("%s: %s", path, text)
     if len(said) > _DAMAGED_SHOWN:
-        log.warning("... and %d more damaged CSV files (the report names them)",
+        log.warning("... and %d more damaged files (the report names them)",
                     len(said) - _DAMAGED_SHOWN)  # fmt: skip
 
 
