@@ -119,13 +119,13 @@ def main(argv=None) -> int:
     check_split_flags(args.split, args.seed, args.val_fraction, own_split if own else None)
     if val_fraction is None:
         val_fraction = default_val_fraction(dataset.name)
+    warnings = []
     if trained_on and trained_on != "auto" and dataset.name != trained_on:
         # Legitimate (e.g. transfer to another dataset), but easy to do by mistake.
-        print(
-            f"evaluate.py: warning: the model was trained on {trained_on} ({run_dir}) and is "
-            f"evaluated on {dataset.name} (--dataset {args.dataset}); its scores measure "
-            f"{trained_on} -> {dataset.name} transfer and do not compare with the run's own",
-            file=sys.stderr,
+        warnings.append(
+            f"the model was trained on {trained_on} ({run_dir}) and is evaluated on "
+            f"{dataset.name} (--dataset {args.dataset}); its scores measure "
+            f"{trained_on} -> {dataset.name} transfer and do not compare with the run's own"
         )
     x, y = getattr(dataset, args.split)
     loaded = load_saved_model(saved_dir)
@@ -153,11 +153,13 @@ def main(argv=None) -> int:
     )
     path = write_report(result, x, dataset.class_names, out, title=f"({dataset.name} {args.split})",
                         predicted_class_names=predicted_names)  # fmt: skip
-    # Useful to score, but not a finished run's model. Said once nothing can be refused
-    # any more, so that a refusal stays one line.
+    # Useful to score, but not a finished run's model. The warnings are said once
+    # nothing can be refused any more, so that a refusal stays one line.
     unfinished = unfinished_run(run_dir)
     if unfinished:
-        print(f"evaluate.py: warning: {unfinished}", file=sys.stderr)
+        warnings.append(unfinished)
+    for warning in warnings:
+        print(f"evaluate.py: warning: {warning}", file=sys.stderr)
     print(f"{dataset.name} {args.split}: accuracy {100 * result['accuracy']:.2f}% "
           f"cross-entropy {result['cross_entropy']:.4f} (n={result['n']})")  # fmt: skip
     print(

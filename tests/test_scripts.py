@@ -91,6 +91,22 @@ def test_evaluate_warns_when_the_dataset_is_not_the_one_trained_on(
     assert json.loads((tmp_path / "other" / "evaluation.json").read_text())["dataset"] == "mnist"
 
 
+def test_a_refused_transfer_evaluation_is_one_error_line_without_the_warning(
+    trained_run, data_dir, tmp_path, capsys
+):
+    """The transfer warning is printed only once the model has been scored: a model
+    that cannot be loaded gives the one error line alone."""
+    import shutil
+
+    run = tmp_path / "r"
+    shutil.copytree(trained_run, run)
+    (run / "saved_model" / "saved_model.pb").write_bytes(b"not a SavedModel")
+    argv = [str(run), "--dataset", "mnist", "--data-dir", str(data_dir)]
+    code = _cli.run(evaluate_script.main, argv)
+    err = _one_line_error(capsys, code, match="cannot load SavedModel")
+    assert "warning" not in err
+
+
 def test_evaluate_split_val_is_the_validation_split_the_run_trained_with(
     trained_run, data_dir, tmp_path, capsys
 ):
