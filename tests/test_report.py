@@ -250,6 +250,25 @@ def test_run_report_of_a_study_run_keeps_evaluate_py_results_on_other_splits(tmp
     assert text.index("Evaluation emnist-test") < text.index(note)
 
 
+def test_an_evaluation_scored_before_the_run_finished_says_so(tmp_path):
+    """evaluate.py records `"run_complete": false` for a run without metrics.json; the
+    report says so in that evaluation's section, and only there."""
+    fake_run(tmp_path / "r", 0)
+    y = np.repeat(np.arange(10), 5)
+    scores = np.random.default_rng(1).normal(size=(50, 10)) + 3 * np.eye(10)[y]
+    for name, complete in (("fake-val", False), ("fake-train", True)):
+        (tmp_path / "r" / "evaluation" / name).mkdir(parents=True)
+        runs.atomic_write_json(
+            tmp_path / "r" / "evaluation" / name / "evaluation.json",
+            {**score(y, scores, [str(i) for i in range(10)]), "dataset": "fake",
+             "run_complete": complete},
+        )  # fmt: skip
+    text = write_report(tmp_path / "r")[0].read_text()
+    assert text.count("Scored before the run had finished") == 1
+    assert text.index("Evaluation fake-train") < text.index("Evaluation fake-val")
+    assert text.index("Evaluation fake-val") < text.index("Scored before the run had finished")
+
+
 def _evaluated_run(run_dir: Path, wheres: list[str]) -> list[Path]:
     """A `fake_run` with evaluate.py's output (figures, wrong.png) in
     `evaluation/<where>/` for each of `wheres`; returns those folders."""

@@ -70,7 +70,8 @@ def render_run(path: Path, doc: Document) -> str:
 def render_evaluations(doc: Document, evaluated: list[Path], trained_on: str | None = None) -> None:
     """evaluate.py's results, one section per `evaluation.json` in `evaluated`: the
     confusion matrix, the classification report, per-class accuracy and wrong.png;
-    a note where the dataset scored is not `trained_on`, the one the model learnt."""
+    a note where the dataset scored is not `trained_on`, the one the model learnt, and
+    where evaluate.py scored the run before it had finished (`"run_complete": false`)."""
     for ev_path in evaluated:
         ev = read_json_or_empty(ev_path)
         names = list(ev.get("per_class_accuracy", {}))
@@ -81,6 +82,11 @@ def render_evaluations(doc: Document, evaluated: list[Path], trained_on: str | N
                 doc.para(
                     f"Scored on {scored}; the model was trained on {trained_on}, so this "
                     "measures transfer to another dataset."
+                )
+            if ev.get("run_complete") is False:
+                doc.para(
+                    "Scored before the run had finished (its folder had no metrics.json "
+                    "then): the SavedModel of its last epoch, without the run's test metrics."
                 )
             where = ev_path.parent.name
             fig = plots.confusion_matrix(ev["confusion_matrix"], names, f"Confusion {where}",
