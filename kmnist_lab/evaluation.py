@@ -119,7 +119,11 @@ def load_saved_model(path):
     try:
         loaded = tf.saved_model.load(str(saved_dir))
     except Exception as e:  # TF raises many types for corrupt files
-        raise ModelLoadError(f"cannot load SavedModel {saved_dir}: {type(e).__name__}") from None
+        lines = str(e).strip().splitlines()
+        detail = f": {lines[0][:200]}" if lines else ""
+        raise ModelLoadError(
+            f"cannot load SavedModel {saved_dir}: {type(e).__name__}{detail}"
+        ) from None
     if "serve" not in loaded.signatures:
         raise ModelLoadError(
             f"{saved_dir} has no `serve` signature (it has {sorted(loaded.signatures)}); "
@@ -273,7 +277,8 @@ def run_config(run_dir: Path | None) -> dict:
 
     Raises:
         RunFolderError: the folder's `config.json` is not the one training writes
-            (`report.common.run_folder_problem`: damaged, or a field of another type).
+            (`report.common.run_folder_problem`: damaged, or a field of another type),
+            or a run's `metrics.json` is there without it.
 
     A search's `best_model/` has none: its `metrics.json` names the search's data
     (`identity`: dataset, data dir, validation fraction, seed), returned in
@@ -292,8 +297,15 @@ def run_config(run_dir: Path | None) -> dict:
                 "SavedModel on its own (with --dataset)"
             )
         return read_json(run_dir / "config.json")
-    identity = (read_json(run_dir / "metrics.json") or {}).get("identity")
+    metrics = read_json(run_dir / "metrics.json")
+    identity = (metrics or {}).get("identity")
     if not isinstance(identity, dict) or "space" not in identity:
+        if (run_dir / "metrics.json").is_file():  # a run's, whose config.json is gone
+            raise RunFolderError(
+                f"{run_dir} has a metrics.json but no config.json, which names the data "
+                "the run trained on (train.py writes both); restore it, or pass "
+                f"{run_dir / 'saved_model'} to score the SavedModel on its own (with --dataset)"
+            )
         return {}
     keys = ("dataset", "data_dir", "val_fraction", "seed")
     return {"config": {k: identity.get(k) for k in keys}, "dataset": {"name": identity["dataset"]}}

@@ -63,9 +63,11 @@ def build_parser():
         help="read options from a JSON file (a run's config.json works); flags override it, "
         "settings the run took by default follow them (e.g. a new --optimizer's lr), and a "
         "new --loss, --optimizer or --arch starts without the file's keywords for the old one "
-        "(its params; an optimizer's momentum and weight decay too). The run folder is "
-        "named as the file's run was unless --arch, --dataset, --loss or --seed changes: "
-        "pass --run-name to train a variant beside it",
+        "(its params; an optimizer's momentum and weight decay too). A run folder named "
+        "from its settings (the default) is named again from the final ones, so a new "
+        "--arch, --dataset, --loss or --seed trains beside it; a name the file chose "
+        "(--run-name, a search's best_train_config.json) is kept, with a warning when one of "
+        "those four changes: pass --run-name to train a variant beside it",
     )
     g.add_argument("--arch", choices=ARCHS, default=None, help=f"architecture (default {c.arch})")
     g.add_argument(
@@ -258,6 +260,16 @@ def config_from_args(args):
         )  # fmt: skip
         for k in dropped:
             base[k] = {} if k.endswith("_params") else None
+    # A name the file chose (a search's `..._best`) stays: say so when the run it names
+    # is no longer the file's (`--dataset fashion_mnist` of a search on mnist_5k).
+    if base.get("run_name") is not None and args.run_name is None:
+        changed = [f"--{k} {getattr(args, k)}" for k in ("arch", "dataset", "loss", "seed")
+                   if getattr(args, k) is not None and getattr(args, k) != base.get(k)]  # fmt: skip
+        if changed:
+            logging.getLogger("kmnist_lab").warning(
+                "%s: the run keeps the config file's run name %r; pass --run-name to name "
+                "it after its new settings", ", ".join(changed), base["run_name"],
+            )  # fmt: skip
     for name in fields:
         value = getattr(args, name)
         if value is not None:

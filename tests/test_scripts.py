@@ -482,6 +482,22 @@ def test_evaluate_refuses_a_run_whose_config_json_is_not_trainings(
     assert (run / "evaluation" / "kmnist-test" / "evaluation.json").is_file()
 
 
+def test_evaluate_refuses_a_run_folder_that_lost_its_config_json(
+    trained_run, data_dir, tmp_path, capsys
+):
+    """Without config.json, evaluate.py cannot know the run's data: it says so rather
+    than scoring on `auto` (a Fashion-MNIST model on MNIST digits, silently)."""
+    import shutil
+
+    run = tmp_path / "r"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("evaluation"))
+    (run / "config.json").unlink()
+    code = _cli.run(evaluate_script.main, [str(run)])
+    err = _one_line_error(capsys, code, match="has a metrics.json but no config.json")
+    assert str(run / "saved_model") in err
+    assert not (run / "evaluation").exists()
+
+
 def test_evaluate_on_another_dataset_does_not_read_the_runs_data_dir(
     trained_run, tmp_path, monkeypatch, capsys
 ):
@@ -862,6 +878,33 @@ def test_config_file_neither_inherits_overwrite_nor_pins_the_derived_run_name(tm
     # A recorded switch can be turned off again on the command line.
     path.write_text(json.dumps({"config": {**custom, "precise_bn": True}}))
     assert parse().precise_bn is True and parse("--no-precise-bn").precise_bn is False
+
+
+def test_a_config_files_chosen_run_name_kept_for_another_dataset_is_warned_about(tmp_path, caplog):
+    """A search's best_train_config.json names its run (`..._best`); `--dataset` of
+    another dataset trains into that folder's name, which train.py says (once), and a
+    --run-name or an unchanged dataset says nothing."""
+    from kmnist_lab.config import TrainConfig
+
+    chosen = TrainConfig(arch="bn_mlp", dataset="mnist_5k", epochs=1, run_name="s_best",
+                         output_dir=str(tmp_path)).resolved()  # fmt: skip
+    path = tmp_path / "best_train_config.json"
+    path.write_text(json.dumps({"config": chosen.to_dict()}))
+
+    def warnings(*flags):
+        caplog.clear()
+        args = train_script.build_parser().parse_args(["--config", str(path), *flags])
+        cfg = train_script.config_from_args(args).resolved()
+        return cfg, [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+    cfg, said = warnings("--dataset", "fashion_mnist")
+    assert cfg.run_name == "s_best" and len(said) == 1
+    assert said[0].startswith("--dataset fashion_mnist: the run keeps the config file's run name")
+    assert "'s_best'" in said[0] and "--run-name" in said[0]
+    assert warnings("--dataset", "mnist_5k")[1] == []  # the file's own dataset
+    assert warnings("--epochs", "3")[1] == []
+    cfg, said = warnings("--dataset", "fashion_mnist", "--run-name", "fm")
+    assert cfg.run_name == "fm" and said == []
 
 
 def test_cpu_devices_splits_the_cpu_before_the_backend_initialises(tmp_path):
@@ -1329,6 +1372,34 @@ def test_a_ctrl_c_dropped_before_training_began_still_stops_train_py(
     assert not (tmp_path / "r" / "metrics.json").exists()
     assert json.loads((tmp_path / "r" / "status.json").read_text())["status"] == "interrupted"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
+def test_a_ctrl_c_dropped_in_a_callback_prints_no_traceback():
+    """A recorded Ctrl-C whose KeyboardInterrupt Python drops in a callback (a `__del__`
+    here, a weakref callback in tune.py) prints no "Exception ignored" traceback; any
+    other dropped exception still does, and `uninstall` puts Python's hook back."""
+    code = (
+        "import signal, sys\n"
+        "from kmnist_lab import interrupts\n"
+        "class Raises:\n"
+        "    def __init__(self, error): self.error = error\n"
+        "    def __del__(self): raise self.error\n"
+        "assert interrupts.install()\n"
+        "try:\n"
+        "    signal.raise_signal(signal.SIGINT)\n"
+        "except KeyboardInterrupt:\n"
+        "    pass\n"
+        "Raises(KeyboardInterrupt())\n"
+        "Raises(ValueError('other'))\n"
+        "interrupts.uninstall()\n"
+        "assert sys.unraisablehook is sys.__unraisablehook__\n"
+        "print('done')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert out.returncode == 0 and out.stdout.strip() == "done", out.stderr
+    assert "KeyboardInterrupt" not in out.stderr, out.stderr
+    assert out.stderr.count("Exception ignored") == 1 and "ValueError: other" in out.stderr
 
 
 @pytest.mark.parametrize(
