@@ -1184,6 +1184,43 @@ def test_a_damaged_metrics_json_is_named_not_shown_as_missing_numbers(
         assert "—" not in _rows(report, "ok")[0]
 
 
+@pytest.mark.parametrize(
+    "text, said",
+    [
+        ('{"accuracy": 0.9, "per_class_acc', "is not valid JSON"),
+        ('{"accuracy": 0.9, "per_class_accuracy": "high"}',
+         'has "per_class_accuracy": "high", not an object of class accuracies'),
+        ('{"accuracy": 0.9, "per_class_accuracy": {"0": 0.9, "1": "x"}}',
+         "has per-class accuracies that are not numbers: 1"),
+        ('{"accuracy": 0.9, "per_class_accuracy": {"0": 0.9, "1": 0.8}, '
+         '"confusion_matrix": [[1, 0]]}',
+         "has no 2 x 2 confusion matrix of numbers for its 2 classes"),
+        ('{"accuracy": "0.9", "per_class_accuracy": {"0": 0.9, "1": 0.8}, '
+         '"confusion_matrix": [[1, 0], [0, 1]]}', 'has "accuracy": "0.9", not a number'),
+    ],
+)  # fmt: skip
+def test_a_damaged_evaluation_json_is_named_and_left_out(tmp_path, caplog, text, said):
+    """evaluate.py's evaluation.json and a study run's evaluation_train.json, damaged:
+    each was a traceback (or a figure of nothing); now it is named on stderr and in the
+    report, which leaves it out and shows the rest."""
+    fake_run(tmp_path / "r", 0)  # evaluation_test.json and evaluation_train.json
+    (tmp_path / "r" / "evaluation_train.json").write_text(text)
+    (tmp_path / "r" / "evaluation" / "fake-val").mkdir(parents=True)
+    (tmp_path / "r" / "evaluation" / "fake-val" / "evaluation.json").write_text(text)
+    with caplog.at_level("WARNING", logger="kmnist_lab"):
+        assert _cli.run(report_script.main, [str(tmp_path / "r")]) == 0
+    told = f"{said}; the report leaves it out"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / 'r' / 'evaluation_train.json'}: {told}",
+        f"{tmp_path / 'r' / 'evaluation' / 'fake-val' / 'evaluation.json'}: {told}",
+    ]
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert f"`r/evaluation_train.json`: {told}" in report
+    assert f"`fake-val/evaluation.json`: {told}" in report
+    assert "Per-class accuracy on the test split" in report  # the sound test evaluation
+    assert "Evaluation fake-val" not in report
+
+
 def test_a_run_without_metrics_json_yet_is_unfinished_not_damaged(tmp_path, caplog):
     fake_run(tmp_path / "r", 0, complete=False)
     with caplog.at_level("WARNING", logger="kmnist_lab"):

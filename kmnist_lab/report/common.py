@@ -150,6 +150,51 @@ def read_metrics(path: Path) -> tuple[dict, str | None]:
     return kept, f"has values that are not numbers: {shown}"
 
 
+def _evaluation_problem(data: dict) -> str | None:
+    """What keeps an evaluation record from being drawn (None: nothing)."""
+    per_class = data.get("per_class_accuracy")
+    if not isinstance(per_class, dict) or not per_class:
+        return f'has "per_class_accuracy": {_shown(per_class)}, not an object of class accuracies'
+    bad = [k for k, v in per_class.items() if not is_real(v)]
+    if bad:
+        return f"has per-class accuracies that are not numbers: {', '.join(bad[:3])}"
+    if data.get("accuracy") is not None and not is_real(data["accuracy"]):
+        return f'has "accuracy": {_shown(data["accuracy"])}, not a number'
+    n = len(per_class)
+    matrix = data.get("confusion_matrix")
+    square = (
+        isinstance(matrix, list)
+        and len(matrix) == n
+        and all(
+            isinstance(row, list) and len(row) == n and all(map(is_real, row)) for row in matrix
+        )
+    )
+    if not square:
+        return f"has no {n} x {n} confusion matrix of numbers for its {n} classes"
+    predicted = data.get("predicted_class_names")
+    if predicted is not None and not (isinstance(predicted, list) and len(predicted) == n):
+        return f'has "predicted_class_names": {_shown(predicted)}, not a list of {n} names'
+    if not isinstance(data.get("classification_report_text", ""), str):
+        return '"classification_report_text" is not text'
+    return None
+
+
+def read_evaluation(path: Path) -> tuple[dict, str | None]:
+    """An `evaluation.json` (evaluate.py) or a study run's `evaluation_test.json` /
+    `evaluation_train.json`, and what is wrong with the file (None: nothing), as
+    `read_metrics` says it of a `metrics.json`.
+
+    A missing file is `{}`, nothing wrong. One that cannot be read, or whose accuracy,
+    per-class accuracies, confusion matrix, predicted class names or classification
+    report are not what `evaluation.score` writes, gives `{}`: it is named, not drawn.
+    """
+    if not path.is_file():
+        return {}, None
+    data, problem = _read_object(path)
+    problem = problem or _evaluation_problem(data)
+    return ({}, problem) if problem else (data, None)
+
+
 # The columns the figures draw from each CSV log, and those that a row needs filled in
 # (and the file needs in its header) to be drawn at all.
 CSV_DRAWN = {

@@ -8,13 +8,19 @@ import json
 from pathlib import Path
 
 from kmnist_lab import plots, runs
-from kmnist_lab.report.common import read_json_or_empty, read_metrics, study_folder_problem
+from kmnist_lab.report.common import (
+    read_evaluation,
+    read_json_or_empty,
+    read_metrics,
+    study_folder_problem,
+)
 from kmnist_lab.report.document import Document
 from kmnist_lab.report.study import (
     compares_with_report,
     figures,
     regression_table,
     runs_table,
+    say_damaged,
     say_damaged_metrics,
 )
 
@@ -72,8 +78,11 @@ def render_evaluations(doc: Document, evaluated: list[Path], trained_on: str | N
     confusion matrix, the classification report, per-class accuracy and wrong.png;
     a note where the dataset scored is not `trained_on`, the one the model learnt, and
     where evaluate.py scored the run before it had finished (`"run_complete": false`)."""
+    damaged = []
     for ev_path in evaluated:
-        ev = read_json_or_empty(ev_path)
+        ev, problem = read_evaluation(ev_path)
+        if problem:
+            damaged.append((ev_path, f"{problem}; the report leaves it out"))
         names = list(ev.get("per_class_accuracy", {}))
         if names:
             doc.heading(f"Evaluation {ev_path.parent.name}")
@@ -105,3 +114,5 @@ def render_evaluations(doc: Document, evaluated: list[Path], trained_on: str | N
                     "The most confidently wrong images.",
                     name=f"wrong_{where}",  # as confusion_ and per_class_: whose they are
                 )
+    if damaged:
+        say_damaged(doc, damaged)

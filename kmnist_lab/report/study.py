@@ -25,7 +25,7 @@ from kmnist_lab.report.common import (
     original_acc,
     pct,
     read_csv_log,
-    read_json_or_empty,
+    read_evaluation,
     read_metrics,
     study_folder_problem,
 )
@@ -107,7 +107,7 @@ def say_damaged_metrics(doc: Document, entries: list[dict]) -> None:
             text = f"{e['metrics_problem']}; the table shows — for {shown}"
             damaged.append((Path(e["dir"]) / runs.COMPLETE_MARKER, text))
     if damaged:
-        _say_damaged(doc, damaged)
+        say_damaged(doc, damaged)
 
 
 # Unfinished runs named in the report's note and on stderr; the others are counted.
@@ -227,7 +227,7 @@ def _train_accuracy(entry: dict):
     for studies with `per_class_train`), or None."""
     if entry.get("status") != "complete":
         return None
-    ev = read_json_or_empty(Path(entry["dir"]) / "evaluation_train.json")
+    ev, _ = read_evaluation(Path(entry["dir"]) / "evaluation_train.json")  # named if damaged
     return ev.get("accuracy", entry["metrics"].get("train_accuracy_eval"))
 
 
@@ -401,7 +401,7 @@ def _curves(
     }
     doc.heading("Curves")
     if damaged:
-        _say_damaged(doc, damaged)
+        say_damaged(doc, damaged)
     for group, members in _groups(done).items():
         suffix = f" — {group}" if group else ""
         stem = f"{name}_{group}" if group else name  # the figures' file names
@@ -458,7 +458,7 @@ def _drawable(entries: list[dict], file: str, tmp: Path, damaged: list) -> dict[
 _DAMAGED_SHOWN = 5
 
 
-def _say_damaged(doc: Document, said: list[tuple[Path, str]]) -> None:
+def say_damaged(doc: Document, said: list[tuple[Path, str]]) -> None:
     """`said`: `(path, what is wrong with it and what the report shows of it)` per file."""
     doc.para(
         "**Damaged files.** "
@@ -507,9 +507,20 @@ def _heatmap(doc: Document, entries: list[dict], study: dict) -> None:
 
 
 def _evaluations(doc: Document, done: list[dict], extras: list[str], colors: dict) -> None:
-    evals = {e["name"]: read_json_or_empty(e["dir"] / "evaluation_test.json") for e in done}
+    damaged = []
+
+    def read(entry: dict, split: str) -> dict:
+        path = entry["dir"] / f"evaluation_{split}.json"
+        ev, problem = read_evaluation(path)
+        if problem:
+            damaged.append((path, f"{problem}; the report leaves it out"))
+        return ev
+
+    evals = {e["name"]: read(e, "test") for e in done}
     evals = {k: v for k, v in evals.items() if v}
     if not evals:
+        if damaged:
+            say_damaged(doc, damaged)
         return
     class_names = list(next(iter(evals.values()))["per_class_accuracy"])
     doc.heading("Per-class accuracy")
@@ -520,7 +531,7 @@ def _evaluations(doc: Document, done: list[dict], extras: list[str], colors: dic
             ev = (
                 evals.get(e["name"])  # none for a run stopped before its evaluation
                 if split == "test"
-                else read_json_or_empty(e["dir"] / "evaluation_train.json")
+                else read(e, "train")
             )
             if ev:
                 values[e["name"]] = list(ev["per_class_accuracy"].values())
@@ -549,3 +560,5 @@ def _evaluations(doc: Document, done: list[dict], extras: list[str], colors: dic
                 f"{name}: confusion matrix (rows true, columns predicted).",
             )
             doc.pre(f"{name}\n{ev.get('classification_report_text', '')}")
+    if damaged:
+        say_damaged(doc, damaged)
