@@ -358,11 +358,8 @@ class TrainConfig:
             raise ConfigError(
                 f"`val_fraction` must be in (0, 1). Received: val_fraction={self.val_fraction!r}"
             )
-        if self.run_name is not None and not re.fullmatch(r"[A-Za-z0-9._=+-]+", self.run_name):
-            raise ConfigError(
-                "`run_name` may contain only letters, digits and . _ = + -. "
-                f"Received: run_name={self.run_name!r}"
-            )
+        if self.run_name is not None:
+            check_folder_name("run_name", self.run_name, "output_dir")
         if self.verbose not in (0, 1, 2):
             raise ConfigError(f"`verbose` must be 0, 1 or 2. Received: verbose={self.verbose!r}")
 
@@ -429,6 +426,26 @@ class TrainConfig:
         if isinstance(data, dict) and "config" in data and isinstance(data["config"], dict):
             data = data["config"]
         return cls.from_dict(data)
+
+
+def check_folder_name(field: str, name: str, parent: str) -> None:
+    """Raises `ConfigError` unless `name` names one folder inside the folder `parent`.
+
+    For `run_name` (inside `output_dir`) and tune.py's `project_name` (inside
+    `directory`): letters, digits and `. _ = + -` only, so no path separator, and
+    neither `.` (the parent itself) nor `..` (its parent), which `--overwrite` would
+    otherwise replace (or a run would fill) with the whole parent folder's contents.
+    """
+    if not re.fullmatch(r"[A-Za-z0-9._=+-]+", name):
+        raise ConfigError(
+            f"`{field}` may contain only letters, digits and . _ = + -. Received: {field}={name!r}"
+        )
+    if name in (".", ".."):
+        which = f"`{parent}` itself" if name == "." else f"the parent of `{parent}`"
+        raise ConfigError(
+            f"`{field}` must name a folder inside `{parent}`, and {name!r} is {which}. "
+            f"Received: {field}={name!r}"
+        )
 
 
 def _default_lr(optimizer: str, defaults: ArchDefaults) -> float:

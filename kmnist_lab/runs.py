@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +29,11 @@ COMPLETE_MARKER = "metrics.json"
 LOCK_NAME = ".lock"
 STATUS_FILE = "status.json"
 BACKUP_DIR = "backup"
+CONFIG_FILE = "config.json"
+# What `scripts/report.py FOLDER` writes into a run or search folder
+# (`kmnist_lab.report.write_report`; `report.document.FIG_DIR`).
+REPORT_FILES = ("report.md", "report.html")
+REPORT_FIGURES = "report_files"
 
 
 def _umask() -> int:
@@ -94,6 +100,19 @@ def read_json(path: str | os.PathLike) -> dict | None:
 
 def is_complete(run_dir: str | os.PathLike) -> bool:
     return (Path(run_dir) / COMPLETE_MARKER).is_file()
+
+
+def remove_reports(folder: str | os.PathLike) -> None:
+    """Deletes the report `scripts/report.py` wrote into a run or search folder.
+
+    The report describes the folder as it was; a run that trains again (resumed or
+    `--overwrite`) and a search that `scripts/tune.py` resumes, extends or starts over
+    change what it describes, so it goes (re-run `scripts/report.py` for a new one).
+    """
+    folder = Path(folder)
+    for name in REPORT_FILES:
+        (folder / name).unlink(missing_ok=True)
+    shutil.rmtree(folder / REPORT_FIGURES, ignore_errors=True)
 
 
 def run_status(run_dir: str | os.PathLike) -> str:
@@ -381,7 +400,9 @@ def prepare_run_dir(
 ) -> bool:
     """Checks a run folder before a run writes to it; returns True when it resumes.
 
-    Call it while holding the folder's `RunLock`. Nothing is deleted here.
+    Call it while holding the folder's `RunLock`. Nothing is deleted here; with
+    `overwrite`, the caller then replaces the earlier run's files (training deletes
+    them by name), so `overwrite` is honoured for a kmnist_lab run folder only.
     `defaults`: the values of settings that a recorded config may lack because it was
     written before they existed (a run interrupted under an older version).
 
@@ -391,11 +412,15 @@ def prepare_run_dir(
       finished epochs; delete the folder to start over).
     - complete (`metrics.json`) or diverged: refused unless `overwrite` (then its
       artifacts are replaced as the new run writes them).
-    - interrupted run of another config, or a folder that is not a run: refused
-      unless `overwrite`.
+    - interrupted run of another config: refused unless `overwrite`.
+    - a folder that is not a run: refused, with or without `overwrite` (it holds
+      someone's other files). A run folder holds a `config.json` whose `"config"` is
+      an object: training writes it, atomically, before anything else of the run
+      (`report.common.run_folder_problem` tells a run folder the same way).
 
     Raises:
-        RunFolderError: the folder is taken or cannot be written.
+        RunFolderError: the folder holds what this run may not replace, or cannot be
+            created or written.
     """
     run_dir = Path(run_dir)
     try:
@@ -406,9 +431,16 @@ def prepare_run_dir(
         ) from None
     if not os.access(run_dir, os.W_OK):
         raise RunFolderError(f"run folder {run_dir} is not writable; choose another --output-dir")
+    check_inside_parent(run_dir, "--run-name", "--output-dir")
     entries = [p for p in run_dir.iterdir() if p.name != LOCK_NAME]
     if not entries:
         return False
+    recorded = (read_json(run_dir / CONFIG_FILE) or {}).get("config")
+    if not isinstance(recorded, dict):
+        raise RunFolderError(
+            f"{run_dir} exists and is not a kmnist_lab run folder, and --overwrite replaces "
+            "only a run; choose another --run-name or --output-dir"
+        )
     if is_complete(run_dir):
         if overwrite:
             return False
@@ -429,27 +461,35 @@ def prepare_run_dir(
             f"run folder {run_dir} holds a run that diverged{where}; pass --overwrite to "
             "retrain it (with a lower --lr) or choose another --run-name"
         )
-    previous = run_dir / "config.json"
-    if previous.is_file():
-        old = (read_json(previous) or {}).get("config")
-        if isinstance(old, dict):
-            old = {**(defaults or {}), **old}
-        same = isinstance(old, dict) and _comparable(old) == _comparable(config)
-        if same:
-            return (run_dir / BACKUP_DIR).is_dir()
-        if overwrite:
-            return False
-        raise RunFolderError(
-            f"run folder {run_dir} holds an interrupted run with a different config "
-            f"({_config_changes(old, config)}); pass --overwrite to start over or choose "
-            "another --run-name"
-        )
+    old = {**(defaults or {}), **recorded}
+    if _comparable(old) == _comparable(config):
+        return (run_dir / BACKUP_DIR).is_dir()
     if overwrite:
         return False
     raise RunFolderError(
-        f"{run_dir} exists and is not a kmnist_lab run folder; choose another --run-name "
-        "or pass --overwrite"
+        f"run folder {run_dir} holds an interrupted run with a different config "
+        f"({_config_changes(old, config)}); pass --overwrite to start over or choose "
+        "another --run-name"
     )
+
+
+def check_inside_parent(folder: str | os.PathLike, name_flag: str, dir_flag: str) -> None:
+    """Refuses a folder that resolves to its parent or one of the parent's ancestors.
+
+    Names are checked before (`config.check_folder_name` refuses `.`, `..` and paths);
+    this catches a symbolic link that leads back up (`OUT/run -> ..`), whose "run
+    folder" would be the folder that holds it.
+
+    Raises:
+        RunFolderError: `folder` resolves to its parent or above.
+    """
+    folder = Path(folder)
+    target, parent = folder.resolve(), folder.parent.resolve()
+    if target == parent or target in parent.parents:
+        raise RunFolderError(
+            f"{folder} leads to {target}, which holds it (the folder {dir_flag} names or one "
+            f"above it); choose another {name_flag}"
+        )
 
 
 def _config_changes(old, new: dict, limit: int = 4) -> str:

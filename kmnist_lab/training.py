@@ -245,10 +245,6 @@ def _train_locked(
         )  # fmt: skip
 
 
-# What `kmnist_lab.report.write_report` writes into a run folder (`document.FIG_DIR`).
-REPORT_FILES = ("report.md", "report.html")
-REPORT_FIGURES = "report_files"
-
 # Training batches precise BatchNorm averages over (Wu & Johnson use ~200 batches).
 PRECISE_BN_BATCHES = 200
 
@@ -296,9 +292,7 @@ def _fit_and_export(
             shutil.rmtree(run_dir / stale, ignore_errors=True)
     # A report `scripts/report.py RUN` wrote describes the folder as it was (an earlier
     # run, or this one interrupted): the training about to change it makes it stale.
-    for stale in REPORT_FILES:
-        (run_dir / stale).unlink(missing_ok=True)
-    shutil.rmtree(run_dir / REPORT_FIGURES, ignore_errors=True)
+    runs.remove_reports(run_dir)
     runs.atomic_write_json(
         run_dir / "config.json",
         {

@@ -183,12 +183,17 @@ def main(argv=None) -> int:
     if result is None:  # a worker of a distributed search: the chief reports
         return 0
     s = result.summary
+    broken = s.get("trials_diverged", 0)
+    finished = s["trials_completed"] + broken
     line = (
         f"{s['config']['space']}/{s['config']['tuner']} on {s['dataset']}: "
-        f"{s['trials_completed']} trial{'' if s['trials_completed'] == 1 else 's'}, "
-        f"total epochs trained {s['total_epochs']}"
+        f"{finished} trial{'' if finished == 1 else 's'}"
+        + (f" ({broken} diverged)" if broken else "")
+        + f", total epochs trained {s['total_epochs']}"
     )
     best, model = s.get("best"), s.get("best_model") or {}
+    if not best and broken:
+        line += "; no best trial (every trial diverged), no model exported"
     if best:
         hps = " ".join(
             f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"

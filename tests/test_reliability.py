@@ -962,6 +962,10 @@ BAD_INPUT = [
      "`run_name` may contain only"),
     ("run-name-empty", "train", T + ["--run-name", ""], 2,
      "`run_name` must be a non-empty string"),
+    ("run-name-dot", "train", T + ["--run-name", "."], 2,
+     "`run_name` must name a folder inside `output_dir`, and '.' is `output_dir` itself"),
+    ("run-name-parent", "train", T + ["--run-name", ".."], 2,
+     "`run_name` must name a folder inside `output_dir`, and '..' is the parent"),
     ("existing-run", "train", T + ["--run-name", "done"], 2,
      "already holds a finished run; pass --overwrite"),
     ("model-param-value-on-finished-run", "train",
@@ -970,7 +974,10 @@ BAD_INPUT = [
     ("interrupted-other-config", "train", T + ["--run-name", "interrupted"], 2,
      "interrupted run with a different config (arch 'relu_mlp' -> 'bn_mlp', dataset 'auto'"),
     ("not-a-run-folder", "train", T + ["--output-dir", "{root}", "--run-name", "data"], 2,
-     "is not a kmnist_lab run folder"),
+     "is not a kmnist_lab run folder, and --overwrite replaces only a run"),
+    ("not-a-run-folder-overwrite", "train",
+     T + ["--output-dir", "{root}", "--run-name", "data", "--overwrite"], 2,
+     "is not a kmnist_lab run folder, and --overwrite replaces only a run"),
     # divergence
     ("divergence", "train", T + ["--arch", "plain_mlp", "--optimizer", "sgd", "--lr", "1e12",
                                  "--lr-schedule", "constant", "--steps-per-execution", "1",
@@ -999,6 +1006,14 @@ BAD_INPUT = [
                                              "--data-dir", "{data}", "--directory",
                                              "{file}/sub"], 2,
      "cannot create search folder"),
+    ("tune-project-name-parent", "tune", ["--space", "losses", "--dataset", "kmnist", "--data-dir",
+                                          "{data}", "--directory", "{out}", "--project-name",
+                                          ".."], 2,
+     "`project_name` must name a folder inside `directory`, and '..' is the parent"),
+    ("tune-overwrite-not-a-search", "tune", ["--space", "losses", "--dataset", "kmnist",
+                                             "--data-dir", "{data}", "--directory", "{root}",
+                                             "--project-name", "data", "--overwrite"], 2,
+     "is not a kmnist_lab search folder, and --overwrite replaces only a search"),
 ]
 # fmt: on
 # Cases that pass code/message but break "nothing left behind" in code other teams own:

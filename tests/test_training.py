@@ -324,6 +324,8 @@ def test_locked_run_folder_is_refused(tmp_path, tiny_dataset):
         ({"jit": "maybe"}, "`jit` must be one of auto, on, off"),
         ({"momentum": 1.5}, r"`momentum` must be in \[0, 1\)"),
         ({"run_name": "../escape"}, "`run_name` may contain only"),
+        ({"run_name": "."}, r"`run_name` must name a folder inside `output_dir`, and '\.' is"),
+        ({"run_name": ".."}, r"`run_name` must name a folder inside `output_dir`, and '\.\.' is"),
         ({"loss": "mse"}, r"loss 'mse' is a regression loss .*needs one of ce, focal"),
         # Caught here, before a run folder is locked or any data loads:
         ({"optimizer": "adam", "momentum": 0.9}, "`momentum` does not apply to optimizer 'adam'"),
@@ -464,7 +466,8 @@ def test_evaluate_says_why_a_run_has_no_saved_model(tmp_path, state, backend, me
     from kmnist_lab.errors import ModelLoadError
     from kmnist_lab.evaluation import resolve_saved_model
 
-    (tmp_path / "config.json").write_text(json.dumps({"backend": backend}))
+    config = {"config": {"arch": "bn_mlp"}, "backend": backend}
+    (tmp_path / "config.json").write_text(json.dumps(config))
     (tmp_path / "model.keras").write_bytes(b"")  # written on every backend
     if state is not None:
         (tmp_path / "status.json").write_text(json.dumps(state))
@@ -754,3 +757,97 @@ def test_learning_rate_as_an_optimizer_param_is_a_config_error_not_a_crash():
 
     with pytest.raises(ConfigError, match="optimizer_params.*learning_rate.*lr"):
         TrainConfig(optimizer_params={"learning_rate": 0.1})
+
+
+# --------------------------------------------------------------------- --overwrite
+
+
+def _user_folder(folder):
+    """A folder of someone's own files, named like a run's (and a config.json of
+    another tool): what `--overwrite` must never delete."""
+    for name, text in (("report.md", "my notes"), ("plots/mine.png", "png"),
+                       ("evaluation/scores.txt", "0.9"), ("config.json", '{"foo": 1}')):  # fmt: skip
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    return {str(p.relative_to(folder)): p.read_text() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_folder_that_is_not_a_run_is_refused_even_with_overwrite(
+    tmp_path, tiny_dataset, overwrite
+):
+    """--overwrite replaces a run, not a folder of other files: the refusal says so
+    instead of suggesting --overwrite, and every file stays."""
+    before = _user_folder(tmp_path / "run")
+    with pytest.raises(RunFolderError) as refused:
+        train(_config(tmp_path, epochs=1, overwrite=overwrite), dataset=tiny_dataset)
+    assert str(refused.value) == (
+        f"{tmp_path / 'run'} exists and is not a kmnist_lab run folder, and --overwrite "
+        "replaces only a run; choose another --run-name or --output-dir"
+    )
+    after = {str(p.relative_to(tmp_path / "run")): p.read_text()
+             for p in (tmp_path / "run").rglob("*") if p.is_file()}  # fmt: skip
+    assert after == before
+
+
+def test_a_metrics_json_without_a_run_config_is_not_a_finished_run(tmp_path):
+    """Training writes config.json before anything else, so a metrics.json alone is not
+    a run of kmnist_lab's, and --overwrite does not replace its folder."""
+    from kmnist_lab import runs
+
+    (tmp_path / "metrics.json").write_text('{"accuracy": 0.9}')
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(RunFolderError, match="is not a kmnist_lab run folder"):
+        runs.prepare_run_dir(tmp_path, True, {"arch": "bn_mlp"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "notes.txt"]
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_an_empty_folder_takes_a_new_run(tmp_path, overwrite):
+    from kmnist_lab import runs
+
+    assert runs.prepare_run_dir(tmp_path / "run", overwrite, {"arch": "bn_mlp"}) is False
+    (tmp_path / "run" / runs.LOCK_NAME).write_text("1\n")  # its own lock is not content
+    assert runs.prepare_run_dir(tmp_path / "run", overwrite, {"arch": "bn_mlp"}) is False
+
+
+@pytest.mark.parametrize(
+    "state, refusal",
+    [
+        ({"metrics.json": "{}"}, "already holds a finished run; pass --overwrite"),
+        ({"status.json": '{"status": "diverged", "epoch": 1}'}, "diverged at epoch 1"),
+        ({"history.csv": "epoch,loss\n1,0.5\n"}, r"interrupted run with a different config"),
+    ],
+    ids=["complete", "diverged", "interrupted-other-config"],
+)
+def test_overwrite_still_replaces_a_run_folder_in_every_state(tmp_path, state, refusal):
+    """A run folder (config.json with its "config") is refused without --overwrite and
+    replaced with it, as before: complete, diverged, or interrupted with another config."""
+    from kmnist_lab import runs
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"config": {"arch": "relu_mlp"}}))
+    for name, text in state.items():
+        (run / name).write_text(text)
+    with pytest.raises(RunFolderError, match=refusal):
+        runs.prepare_run_dir(run, False, {"arch": "bn_mlp"})
+    assert runs.prepare_run_dir(run, True, {"arch": "bn_mlp"}) is False  # a new run
+
+
+def test_a_run_folder_that_links_back_to_its_output_dir_is_refused(tmp_path):
+    """`OUT/run -> .` (or `..`) would make the run folder the folder that holds it."""
+    import os
+
+    from kmnist_lab import runs
+
+    (tmp_path / "keep.txt").write_text("mine")
+    for name, target in (("here", "."), ("up", "..")):
+        os.symlink(target, tmp_path / name)
+        with pytest.raises(RunFolderError, match=f"{name} leads to .*; choose another --run-name"):
+            runs.prepare_run_dir(tmp_path / name, True, {"arch": "bn_mlp"})
+    assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def test_a_name_of_dots_only_beyond_two_is_an_ordinary_folder(tmp_path):
+    assert TrainConfig(output_dir=str(tmp_path), run_name="...").run_dir == tmp_path / "..."

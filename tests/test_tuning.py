@@ -525,7 +525,9 @@ def test_a_ctrl_c_that_keras_swallows_still_stops_the_search(
 
     from helpers import swallow_a_ctrl_c_after_the_first_epoch
 
-    swallow_a_ctrl_c_after_the_first_epoch(monkeypatch, keras.callbacks.TerminateOnNaN)
+    from kmnist_lab.callbacks import DivergenceGuard  # one of every trial's callbacks
+
+    swallow_a_ctrl_c_after_the_first_epoch(monkeypatch, DivergenceGuard)
     argv = _argv(data_dir, tmp_path, "--space", "a_grid", "--tuner", "grid", "--max-epochs", "3")
     with pytest.raises(KeyboardInterrupt):
         tune_script.main([*argv, "--max-trials", "2", "--no-export"])
@@ -667,6 +669,7 @@ def test_overwrite_clears_once_even_when_the_process_restarts(data_dir, tmp_path
                  "--max-trials", "2", "--no-export", "--recycle-mb", "1")  # fmt: skip
     project = tmp_path / "a_grid_grid_kmnist"
     project.mkdir(parents=True)
+    (project / "search.json").write_text("{}")  # an earlier search: --overwrite clears it
     (project / "stale.txt").write_text("from an earlier search")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     env.pop("KMNIST_TUNING_RESTARTS", None)
@@ -947,13 +950,12 @@ def test_enumerate_space_takes_int_bounds_inclusive_and_gives_up_past_the_limit(
 
 
 def test_a_trial_is_scored_by_its_final_epoch():
-    """A trial of E epochs reports its metrics after epoch E; a non-finite one is NaN."""
+    """A trial of E epochs reports its metrics after epoch E; a non-finite one is left
+    out (keras-tuner would store NaN and warn `All-NaN axis encountered`)."""
     from tuning.tuners import final_metrics
 
     history = {"val_accuracy": [0.5, 0.9, 0.7], "loss": [2.0, 1.0, float("inf")], "lr": []}
-    metrics = final_metrics(history)
-    assert set(metrics) == {"val_accuracy", "loss"}
-    assert metrics["val_accuracy"] == 0.7 and np.isnan(metrics["loss"])
+    assert final_metrics(history) == {"val_accuracy": 0.7}
 
 
 def test_a_grid_defaults_are_report_a_best_cell():
@@ -981,13 +983,16 @@ def test_max_epochs_keeps_the_epoch_choices_up_to_and_including_it(max_epochs, c
 
 
 def test_fit_shuffles_and_stops_at_a_non_finite_loss_unless_told_otherwise():
+    from kmnist_lab.callbacks import DivergenceGuard
+
     hypermodel = get_hypermodel("a_grid")
     hp = kt.HyperParameters()
     hypermodel.declare_hyperparameters(hp)
     model = _FakeModel()
     hypermodel.fit(hp, model, "x", "y")
     assert model.kwargs["shuffle"] is True and model.kwargs["verbose"] == 0
-    assert any(isinstance(c, keras.callbacks.TerminateOnNaN) for c in model.kwargs["callbacks"])
+    # kmnist_lab's guard, not Keras' TerminateOnNaN, which prints a line even under -q
+    assert any(isinstance(c, DivergenceGuard) for c in model.kwargs["callbacks"])
     hypermodel.fit(hp, model, "x", "y", shuffle=False, verbose=2)
     assert model.kwargs["shuffle"] is False and model.kwargs["verbose"] == 2
 
@@ -1023,6 +1028,118 @@ def test_a_folder_that_is_not_a_search_is_never_taken_over(tmp_path):
     (tmp_path / "q").mkdir()  # an empty folder is taken
     prepare_project_dir(dataclasses.replace(cfg, project_name="q"))
     assert (tmp_path / "q" / "search.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "name, which",
+    [(".", r"'\.' is `directory` itself"), ("..", r"'\.\.' is the parent of `directory`")],
+)
+def test_a_project_name_that_is_the_directory_or_its_parent_is_refused(name, which):
+    """`--project-name .` would make `--directory` itself the search folder (and
+    --overwrite clear it), `..` its parent."""
+    from kmnist_lab.errors import ConfigError
+
+    expected = f"`project_name` must name a folder inside `directory`, and {which}"
+    with pytest.raises(ConfigError, match=expected):
+        SearchConfig(space="a_grid", project_name=name)
+    assert SearchConfig(space="a_grid", project_name="...").project_dir.name == "..."
+
+
+def _cfg(tmp_path, name="p", **kw):
+    return SearchConfig(space="a_grid", tuner="grid", dataset="mnist_5k", directory=str(tmp_path),
+                        project_name=name, **kw)  # fmt: skip
+
+
+def _files(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def test_overwrite_never_clears_a_folder_that_is_not_a_search(tmp_path):
+    """--overwrite replaces a search; a folder of other files is refused with or without
+    it, by a message that does not suggest --overwrite, and keeps every file."""
+    from kmnist_lab.errors import RunFolderError
+    from tuning.search import prepare_project_dir
+
+    (tmp_path / "mydata" / "sub").mkdir(parents=True)
+    (tmp_path / "mydata" / "sub" / "images.npz").write_text("mine")
+    (tmp_path / "mydata" / "notes.txt").write_text("mine")
+    for overwrite in (False, True):
+        with pytest.raises(RunFolderError) as refused:
+            prepare_project_dir(_cfg(tmp_path, "mydata", overwrite=overwrite))
+        assert str(refused.value) == (
+            f"{tmp_path / 'mydata'} exists and is not a kmnist_lab search folder, and "
+            "--overwrite replaces only a search; choose another --project-name or --directory"
+        )
+    assert _files(tmp_path) == ["mydata/notes.txt", "mydata/sub/images.npz"]
+    (tmp_path / "empty").mkdir()  # an empty folder is taken, --overwrite or not
+    prepare_project_dir(_cfg(tmp_path, "empty", overwrite=True))
+    assert _files(tmp_path / "empty") == ["search.json"]
+
+
+def test_overwrite_clears_a_search_folder_and_nothing_beside_it(tmp_path):
+    from tuning.search import prepare_project_dir
+
+    prepare_project_dir(_cfg(tmp_path))
+    (tmp_path / "p" / "trial_0").mkdir()
+    (tmp_path / "p" / "trial_0" / "trial.json").write_text("{}")
+    (tmp_path / "p" / "trials.csv").write_text("trial_id\n0\n")
+    (tmp_path / "sibling").mkdir()
+    (tmp_path / "sibling" / "search.json").write_text("{}")
+    (tmp_path / "notes.txt").write_text("mine")
+    prepare_project_dir(_cfg(tmp_path, seed=1, overwrite=True))  # other settings: start over
+    assert _files(tmp_path) == ["notes.txt", "p/search.json", "sibling/search.json"]
+    assert json.loads((tmp_path / "p" / "search.json").read_text())["identity"]["seed"] == 1
+
+
+def test_overwrite_of_a_linked_search_folder_clears_what_the_link_leads_to(tmp_path):
+    """A search folder may be a link (to another disk): --overwrite empties it and keeps
+    the link (`shutil.rmtree` refuses links: it crashed with a traceback)."""
+    from tuning.search import prepare_project_dir
+
+    prepare_project_dir(_cfg(tmp_path / "disk"))
+    (tmp_path / "disk" / "p" / "trials.csv").write_text("trial_id\n0\n")
+    (tmp_path / "searches").mkdir()
+    os.symlink(tmp_path / "disk" / "p", tmp_path / "searches" / "p")
+    prepare_project_dir(_cfg(tmp_path / "searches", overwrite=True))
+    assert (tmp_path / "searches" / "p").is_symlink()
+    assert _files(tmp_path / "disk") == ["p/search.json"]
+
+
+@pytest.mark.parametrize("target", [".", ".."])
+def test_a_search_folder_that_links_back_to_its_directory_is_refused(tmp_path, target):
+    from kmnist_lab.errors import RunFolderError
+    from tuning.search import prepare_project_dir
+
+    (tmp_path / "searches").mkdir()
+    (tmp_path / "searches" / "search.json").write_text("{}")  # as `--project-name .` left it
+    os.symlink(target, tmp_path / "searches" / "loop")
+    with pytest.raises(RunFolderError, match="loop leads to .*; choose another --project-name"):
+        prepare_project_dir(_cfg(tmp_path / "searches", "loop", overwrite=True))
+    assert _files(tmp_path) == ["searches/search.json"]
+
+
+@pytest.mark.parametrize("how", ["resume", "extend", "overwrite"])
+def test_a_search_that_goes_on_drops_the_report_of_its_earlier_state(tmp_path, how):
+    """`report.py SEARCH` writes report.md/.html and report_files/ into the search folder;
+    a tune.py run that resumes, extends (a larger --max-trials) or starts the search over
+    changes what they describe, so they are removed, as a run's are when it trains again.
+    A refused re-run (other settings) leaves them."""
+    from kmnist_lab.errors import RunFolderError
+    from tuning.search import prepare_project_dir
+
+    project = prepare_project_dir(_cfg(tmp_path, max_trials=2))
+    report = ["report.html", "report.md", "report_files/trials.png"]
+    for name in [*report, "summary.md"]:
+        (project / name).parent.mkdir(exist_ok=True)
+        (project / name).write_text("trials: 2")
+    with pytest.raises(RunFolderError, match="other settings"):
+        prepare_project_dir(_cfg(tmp_path, max_trials=2, seed=1))
+    assert set(report) <= set(_files(project))
+    again = {"resume": {"max_trials": 2}, "extend": {"max_trials": 4},
+             "overwrite": {"max_trials": 2, "overwrite": True}}[how]  # fmt: skip
+    prepare_project_dir(_cfg(tmp_path, **again))
+    assert not set(report) & set(_files(project)) and not (project / "report_files").exists()
+    assert ("summary.md" in _files(project)) == (how != "overwrite")
 
 
 def test_a_search_without_validation_data_is_refused(tmp_path):
@@ -1482,10 +1599,10 @@ def test_a_local_cluster_starts_a_chief_and_its_workers(tmp_path, monkeypatch):
     assert (child["workers"], child["overwrite"], child["expect_workers"]) == (0, False, 3)
 
 
-def _trial_json(folder, trial_id, status, score=None):
+def _trial_json(folder, trial_id, status, score=None, metrics=None):
     (folder / f"trial_{trial_id}").mkdir(exist_ok=True)
-    state = {"trial_id": trial_id, "hyperparameters": {}, "metrics": {}, "score": score,
-             "best_step": 0, "status": status, "message": None}  # fmt: skip
+    state = {"trial_id": trial_id, "hyperparameters": {}, "metrics": metrics or {},
+             "score": score, "best_step": 0, "status": status, "message": None}  # fmt: skip
     (folder / f"trial_{trial_id}" / "trial.json").write_text(json.dumps(state))
 
 
@@ -1537,8 +1654,12 @@ def test_trial_progress_reads_only_new_and_unfinished_trials(tmp_path, monkeypat
     again.poll()
     assert again.resumed_line() == "resuming: 4 trials done before; best val_accuracy 0.9000"
     _trial_json(tmp_path, "04", "COMPLETED", 0.5)
+    # keras-tuner holds a diverged trial COMPLETED at the worst score, its metrics say so.
+    diverged = {"metrics": {"diverged": {"direction": "max", "observations": []}}}
+    _trial_json(tmp_path, "05", "COMPLETED", 0.0, metrics=diverged)
     assert [again.line(t) for t in again.poll()] == [
-        "trial 04 done: val_accuracy 0.5000 (5 trials; best 0.9000)"
+        "trial 04 done: val_accuracy 0.5000 (5 trials; best 0.9000)",
+        "trial 05 diverged (non-finite loss; ranked last) (6 trials; best 0.9000)",
     ]
     assert TrialProgress(tmp_path / "missing").poll() == []
 

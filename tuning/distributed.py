@@ -184,6 +184,10 @@ class TrialProgress:
         self._unfinished.pop(entry.name, None)
         if data["trial_id"] in self.finished:
             return None
+        metrics = (data.get("metrics") or {}).get("metrics") or {}
+        if data["status"] == "COMPLETED" and "diverged" in metrics:
+            # keras-tuner holds it COMPLETED at the worst score (`tuners.SearchTuner`).
+            return {"trial_id": data["trial_id"], "status": "DIVERGED", "score": None}
         score = data.get("score")
         valid = isinstance(score, (int, float)) and not isinstance(score, bool) and score == score
         return {"trial_id": data["trial_id"], "status": data["status"],
@@ -202,6 +206,8 @@ class TrialProgress:
         if trial["status"] == "COMPLETED":
             score = "-" if trial["score"] is None else f"{trial['score']:.4f}"
             what = f"done{where}: {OBJECTIVE_NAME} {score}"
+        elif trial["status"] == "DIVERGED":
+            what = f"diverged{where} (non-finite loss; ranked last)"
         else:  # FAILED / INVALID: the worker's log says why
             what = f"{trial['status'].lower()}{where}"
             if trial["worker"]:

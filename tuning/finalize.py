@@ -41,7 +41,23 @@ def finalize(tuner, cfg, dataset, elapsed_s: float = 0.0, memory: dict | None = 
     rows = results.trial_rows(oracle)
     results.write_trials_csv(rows, results.columns(oracle), project / "trials.csv")
     done = results.completed(rows)
+    broken = results.diverged(rows)
     best = best_model = None
+    if broken and done:
+        log.info(
+            "%d of %d trials diverged (non-finite loss), never candidates for the "
+            "best: %s", len(broken), len(rows), ", ".join(r["trial_id"] for r in broken),
+        )  # fmt: skip
+    elif rows and not done:
+        # A diverged trial scores the worst possible val accuracy for keras-tuner, so it
+        # could have come out "best"; the best of nothing is nothing.
+        stale = _remove_best(project)
+        (log.warning if broken else log.info)(
+            "search %s: %s: no best trial, no model exported%s%s",
+            cfg.project_name, results.no_best_reason(rows),
+            " (try lower learning rates)" if broken else "",
+            f"; removed the earlier {', '.join(stale)}" if stale else "",
+        )  # fmt: skip
     if done:
         # Ties go to the earliest trial (rows are in id order and `max` keeps the
         # first): keras-tuner's order of equal scores depends on file load order.
@@ -71,6 +87,7 @@ def finalize(tuner, cfg, dataset, elapsed_s: float = 0.0, memory: dict | None = 
         rows, project / "figures", label=f"{cfg.space}/{cfg.tuner}", lr_values=not lr_range
     )
     statuses = [r["status"] for r in rows]
+    failed = sum(s in ("FAILED", "INVALID") for s in statuses)
     summary = {
         "config": cfg.to_dict(),
         "backend": keras.backend.backend(),
@@ -79,8 +96,9 @@ def finalize(tuner, cfg, dataset, elapsed_s: float = 0.0, memory: dict | None = 
         "tuner_settings": _tuner_settings(cfg),
         "trials": len(rows),
         "trials_completed": len(done),
-        "trials_failed": sum(s in ("FAILED", "INVALID") for s in statuses),
-        "trials_other": len(rows) - len(done) - sum(s in ("FAILED", "INVALID") for s in statuses),
+        "trials_diverged": len(broken),
+        "trials_failed": failed,
+        "trials_other": len(rows) - len(done) - len(broken) - failed,
         "total_epochs": results.total_epochs(rows),
         "trial_wall_time_s": float(sum(r["wall_time_s"] for r in rows if r["wall_time_s"] != "")),
         "session_elapsed_s": elapsed_s,
@@ -200,6 +218,17 @@ def export_best(tuner, trial, cfg, dataset, epochs: int, out: Path) -> dict:
         origin, metrics["val_accuracy"], metrics["test_accuracy"], out,
     )  # fmt: skip
     return metrics
+
+
+def _remove_best(project: Path) -> list[str]:
+    """Deletes the best-trial files of `project` (written for a best trial that is none
+    now: one that diverged, scored before divergence was recorded); returns their names."""
+    names = ("best_hyperparameters.json", "best_train_config.json", "best_model")
+    removed = [name for name in names if (project / name).exists()]
+    (project / names[0]).unlink(missing_ok=True)
+    (project / names[1]).unlink(missing_ok=True)
+    shutil.rmtree(project / names[2], ignore_errors=True)
+    return removed
 
 
 def _remove_artifacts(out: Path) -> None:

@@ -29,6 +29,7 @@ import math
 import keras
 import keras_tuner as kt
 
+from kmnist_lab.callbacks import DivergenceGuard
 from kmnist_lab.errors import ConfigError
 from kmnist_lab.losses import get_loss, loss_head
 from kmnist_lab.models import build_model
@@ -149,22 +150,28 @@ class SpaceHyperModel(kt.HyperModel):
         """Trains with the batch size from `hp`; `epochs` from the tuner or from `hp`.
 
         Extra keyword arguments (`validation_data`, `initial_epoch`, ...) go to
-        `model.fit` unchanged.
+        `model.fit` unchanged. Training stops at the first non-finite loss, silently
+        (Keras' `TerminateOnNaN` prints a line even under `-q`); the returned `History`
+        then has `diverged_at = (epoch, step)` (the model's epoch, from 1), else None.
         """
         spec = self.space(hp)
         if epochs is None:
             epochs = self.epochs(hp)
+        guard = DivergenceGuard()
         callbacks = [
             *([self.interrupts] if self.interrupts is not None else []),
             *(callbacks or []),
             *averaging_callbacks(model.optimizer),
-            keras.callbacks.TerminateOnNaN(),
+            guard,
         ]
         kwargs.setdefault("verbose", self.verbose)
         kwargs.setdefault("shuffle", True)
-        return model.fit(
+        history = model.fit(
             *args, batch_size=spec.batch_size, epochs=epochs, callbacks=callbacks, **kwargs
         )
+        if isinstance(history, keras.callbacks.History):
+            history.diverged_at = guard.diverged_at
+        return history
 
     def train_config(self, hp: kt.HyperParameters, epochs: int) -> dict:
         """The point `hp` as `TrainConfig` fields: `scripts/train.py --config` trains it.

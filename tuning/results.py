@@ -7,12 +7,21 @@ needs no access to the workers' disks.
 
 ```
 trial_id, status, hp_<name>..., val_accuracy, val_loss, epochs_trained, wall_time_s,
-worker, bracket, round, initial_epoch, epochs, from_trial, accuracy, loss, rss_mb
+worker, bracket, round, initial_epoch, epochs, from_trial, accuracy, loss, rss_mb,
+diverged_epoch, diverged_step
 ```
 
 `epochs_trained` is what the trial itself trained; `epochs` is the model's total
 (for a Hyperband continuation: `initial_epoch + epochs_trained`, from the trial it
 continues, `from_trial`).
+
+`status` is keras-tuner's (`COMPLETED`, `FAILED`, `INVALID`, `RUNNING`, ...), except
+for a trial whose loss turned non-finite (in training, or in validation after its last
+epoch): `DIVERGED`. keras-tuner counts it as completed with the worst possible score
+(`tuning.tuners.SearchTuner.run_trial`), so the search goes on; here its scores are
+left empty (those of a model of NaN weights are no scores), `diverged_epoch` /
+`diverged_step` say where the loss broke (the model's epoch, from 1, and the step in
+it; empty where unknown), and it is never a candidate for the best trial.
 """
 
 from __future__ import annotations
@@ -27,8 +36,11 @@ from kmnist_lab import runs
 METRIC_COLUMNS = ("val_accuracy", "val_loss", "epochs_trained", "wall_time_s")
 TAIL_COLUMNS = (
     "worker", "bracket", "round", "initial_epoch", "epochs", "from_trial", "accuracy", "loss",
-    "rss_mb",
+    "rss_mb", "diverged_epoch", "diverged_step",
 )  # fmt: skip
+DIVERGED = "DIVERGED"
+# What a diverged trial reports to keras-tuner: `diverged` (present only then) and where.
+DIVERGED_METRICS = ("diverged", "diverged_epoch", "diverged_step")
 
 
 def hp_names(oracle) -> list[str]:
@@ -41,6 +53,32 @@ def _metric(trial, name):
         return ""
     value = trial.metrics.get_last_value(name)
     return "" if value is None else float(value)
+
+
+def diverged_at(trial) -> tuple[int | None, int | None] | None:
+    """Where a trial's training loss turned non-finite: `(epoch, step)`, None where not
+    recorded; None if it did not diverge.
+
+    A diverged trial reports a `diverged` metric (`SearchTuner.run_trial`); trials run
+    before it did are recognised by their non-finite training loss.
+    """
+    metrics = trial.metrics
+    if metrics.exists("diverged"):
+        return tuple(_whole(_metric(trial, name)) for name in DIVERGED_METRICS[1:])
+    loss = _metric(trial, "loss")
+    if isinstance(loss, float) and not math.isfinite(loss):
+        return (None, None)
+    return None
+
+
+def _whole(value):
+    return int(value) if isinstance(value, float) and math.isfinite(value) else None
+
+
+def where_text(point) -> str:
+    """`epoch 2, step 19` (or what of it is known) for a `diverged_at` point."""
+    parts = [f"{name} {value}" for name, value in zip(("epoch", "step"), point) if value]
+    return ", ".join(parts) or "where not recorded"
 
 
 def trial_order(trial_id: str):
@@ -58,7 +96,8 @@ def trial_rows(oracle) -> list[dict]:
     for trial_id in sorted(oracle.trials, key=trial_order):
         trial = oracle.trials[trial_id]
         values = trial.hyperparameters.values
-        row = {"trial_id": trial_id, "status": trial.status}
+        point = diverged_at(trial) if trial.status == "COMPLETED" else None
+        row = {"trial_id": trial_id, "status": DIVERGED if point else trial.status}
         row.update({f"hp_{n}": values.get(n, "") for n in names})
         row.update({m: _metric(trial, m) for m in METRIC_COLUMNS})
         trained = row["epochs_trained"]
@@ -73,7 +112,12 @@ def trial_rows(oracle) -> list[dict]:
             accuracy=_metric(trial, "accuracy"),
             loss=_metric(trial, "loss"),
             rss_mb=_metric(trial, "rss_mb"),
+            diverged_epoch="" if point is None or point[0] is None else point[0],
+            diverged_step="" if point is None or point[1] is None else point[1],
         )
+        if point:
+            # keras-tuner holds the worst possible score for it, no measured one.
+            row.update(val_accuracy="", val_loss="", accuracy="", loss="")
         rows.append(row)
     return rows
 
@@ -102,7 +146,13 @@ def _cell(value):
 
 
 def completed(rows: list[dict]) -> list[dict]:
+    """The trials that finished with a score: the candidates for the best one."""
     return [r for r in rows if r["status"] == "COMPLETED" and r["val_accuracy"] != ""]
+
+
+def diverged(rows: list[dict]) -> list[dict]:
+    """The trials whose training loss turned non-finite (stopped there, never the best)."""
+    return [r for r in rows if r["status"] == DIVERGED]
 
 
 def total_epochs(rows: list[dict]) -> int:
@@ -156,6 +206,17 @@ def grid_table(rows: list[dict]) -> str | None:
     return "\n".join(lines)
 
 
+def no_best_reason(rows: list[dict]) -> str:
+    """Why a search has no best trial, e.g. `all 3 trials diverged (non-finite training
+    loss)`."""
+    broken = len(diverged(rows))
+    if broken and broken == len(rows):
+        return (f"{'the trial' if broken == 1 else f'all {broken} trials'} diverged"
+                " (non-finite loss)")  # fmt: skip
+    text = "no trial completed with a score"
+    return text + (f" ({broken} diverged)" if broken else "")
+
+
 def summary_markdown(summary: dict, rows: list[dict], figures: list[str]) -> str:
     """`summary.md` of a search folder."""
     cfg = summary["config"]
@@ -168,7 +229,8 @@ def summary_markdown(summary: dict, rows: list[dict], figures: list[str]) -> str
         f"| space | `{cfg['space']}`: {summary['space_summary']} |",
         f"| tuner | {cfg['tuner']} ({summary['tuner_settings']}) |",
         f"| Keras backend | {summary.get('backend', '?')} |",
-        f"| trials | {summary['trials_completed']} completed, {summary['trials_failed']} failed,"
+        f"| trials | {summary['trials_completed']} completed,"
+        f" {summary.get('trials_diverged', 0)} diverged, {summary['trials_failed']} failed,"
         f" {summary['trials_other']} other |",
         f"| epochs trained | **{summary['total_epochs']}** (sum over trials) |",
         f"| trial wall time | {summary['trial_wall_time_s']:.0f} s (sum over trials) |",
@@ -201,6 +263,8 @@ def summary_markdown(summary: dict, rows: list[dict], figures: list[str]) -> str
                 f" test accuracy {_pct(test)}% (test split used once);"
                 f" {', '.join(model.get('artifacts', [])) or 'not exported'} |"
             )
+    elif rows:
+        lines.append(f"| best trial | none: {no_best_reason(rows)}; no model exported |")
     table = grid_table(rows)
     if table:
         lines += [
@@ -219,6 +283,17 @@ def summary_markdown(summary: dict, rows: list[dict], figures: list[str]) -> str
         for r in done:
             cells = [r["trial_id"], *(_fmt(r[c]) for c in hp_cols), _pct(r["val_accuracy"])]
             cells += [str(r["epochs"]), str(int(r["epochs_trained"])), r["worker"]]
+            lines.append("| " + " | ".join(cells) + " |")
+    broken = diverged(rows)
+    if broken:
+        hp_cols = [k for k in broken[0] if k.startswith("hp_")]
+        header = ["trial", *(c[3:] for c in hp_cols), "diverged at", "epochs trained"]
+        lines += ["", "## Diverged trials (non-finite loss; never the best)", ""]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for r in broken:
+            where = where_text((r["diverged_epoch"], r["diverged_step"]))
+            cells = [r["trial_id"], *(_fmt(r[c]) for c in hp_cols), where]
+            cells.append(str(int(r["epochs_trained"])) if r["epochs_trained"] != "" else "")
             lines.append("| " + " | ".join(cells) + " |")
     if figures:
         lines += ["", "## Figures", ""]

@@ -16,7 +16,10 @@ logs/                      per-process logs of a distributed search
 ```
 
 Re-running the same search without `overwrite` resumes it: finished trials are
-kept, the interrupted one is run again, and the outputs are rewritten. The test
+kept, the interrupted one is run again, and the outputs are rewritten. `overwrite`
+empties a search folder (one holding `search.json`) and nothing else. Either way the
+report `scripts/report.py` wrote into the folder goes, as it describes the search as
+it was. The test
 split is used once, by the best model, after the search.
 
 Distributed: keras-tuner's chief/worker mode (`KERASTUNER_TUNER_ID`,
@@ -31,7 +34,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import re
 import shutil
 import sys
 import time
@@ -77,7 +79,7 @@ class SearchConfig:
             Hyperband = as its brackets need).
         directory, project_name: the search folder is `directory/project_name`
             (default name `SPACE_TUNER_DATASET`).
-        overwrite: start over instead of resuming.
+        overwrite: start over instead of resuming (empties a search folder only).
         workers: start a chief and this many workers on this machine (0: one process).
         expect_workers: a chief hands out no trial until this many workers asked
             (at most `WAIT_FOR_WORKERS_S`), so every worker gets work.
@@ -115,7 +117,7 @@ class SearchConfig:
     verbose: int = 1
 
     def __post_init__(self):
-        from kmnist_lab.config import JIT_POLICIES
+        from kmnist_lab.config import JIT_POLICIES, check_folder_name
         from kmnist_lab.data import list_datasets
         from tuning.hypermodels import SPACES
 
@@ -143,13 +145,12 @@ class SearchConfig:
                 raise ConfigError(
                     f"`{name}` must be an integer >= {low}. Received: {name}={value!r}"
                 )
-        if self.project_name is not None and not re.fullmatch(
-            r"[A-Za-z0-9._=+-]+", self.project_name
-        ):
-            raise ConfigError(
-                "`project_name` may contain only letters, digits and . _ = + -. "
-                f"Received: {self.project_name!r}"
-            )
+        if self.project_name is not None:
+            if not isinstance(self.project_name, str):
+                raise ConfigError(
+                    f"`project_name` must be a string. Received: project_name={self.project_name!r}"
+                )
+            check_folder_name("project_name", self.project_name, "directory")
         if self.val_fraction is not None and not (0 < self.val_fraction < 1):
             raise ConfigError(f"`val_fraction` must be in (0, 1). Received: {self.val_fraction!r}")
 
@@ -220,19 +221,32 @@ def distributed_role() -> str | None:
 def prepare_project_dir(cfg: SearchConfig) -> Path:
     """Creates, resumes or (with `overwrite`) clears the search folder; writes search.json.
 
+    A folder is a search when it holds `search.json` (written here, before anything
+    else of the search). `overwrite` empties only such a folder: a folder of other
+    files is refused with or without it. A search that goes on (resumed, extended or
+    started over) loses the report `scripts/report.py` wrote of it, as it describes
+    the search as it was (`runs.remove_reports`).
+
     Raises:
         RunFolderError: the folder holds a different search or something else.
     """
     project = cfg.project_dir
-    # A process that `restart` re-executed (same command line, --overwrite included)
-    # resumes the search its first start cleared: it must not clear it again.
-    if cfg.overwrite and project.exists() and _RESTARTS not in os.environ:
-        shutil.rmtree(project)
+    marker = project / "search.json"
+    if project.is_dir():
+        runs.check_inside_parent(project, "--project-name", "--directory")
+        if not marker.is_file() and any(p.name != runs.LOCK_NAME for p in project.iterdir()):
+            raise RunFolderError(
+                f"{project} exists and is not a kmnist_lab search folder, and --overwrite "
+                "replaces only a search; choose another --project-name or --directory"
+            )
+        # A process that `restart` re-executed (same command line, --overwrite included)
+        # resumes the search its first start cleared: it must not clear it again.
+        if cfg.overwrite and _RESTARTS not in os.environ:
+            _clear(project)
     try:
         project.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise RunFolderError(f"cannot create search folder {project}: {e.strerror}") from None
-    marker = project / "search.json"
     backend = keras_backend()
     if marker.is_file():
         stored = runs.read_json(marker) or {}
@@ -252,15 +266,23 @@ def prepare_project_dir(cfg: SearchConfig) -> Path:
                 f"process runs {backend}; pass --backend {stored['backend']} to resume it, "
                 "--overwrite to start over or choose another --project-name"
             )
-    elif any(project.iterdir()):
-        raise RunFolderError(
-            f"{project} exists and is not a kmnist_lab search folder; choose another "
-            "--project-name or pass --overwrite"
-        )
+        runs.remove_reports(project)  # the search goes on: its report would be stale
     runs.atomic_write_json(
         marker, {"identity": cfg.identity(), "backend": backend, "config": cfg.to_dict()}
     )
     return project
+
+
+def _clear(project: Path) -> None:
+    """Deletes everything in the search folder `project` but the folder (which may be a
+    link or a mount point) and its lock."""
+    for entry in project.iterdir():
+        if entry.name == runs.LOCK_NAME:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def _identity_changes(old: dict | None, new: dict, keys: list[str]) -> str:

@@ -23,6 +23,14 @@
   every trial's end: outside IPython it prints a blank line instead.
 - keras-tuner's console lines give the trial id beside keras-tuner's count from 1:
   "Search: Running Trial #4 (id 03)".
+- A trial whose training loss turns non-finite is stopped there (silently: Keras'
+  `TerminateOnNaN` printed a line even under `-q`) and reported as diverged, with the
+  worst possible score so that keras-tuner neither retries it nor promotes it, and
+  never with a NaN (keras-tuner turned a NaN score into a retried INVALID trial, and
+  NaN metrics into `All-NaN axis encountered` warnings). `tuning.results` lists it as
+  `DIVERGED`; it is never the best trial.
+- keras-tuner's `Reloading Tuner from ...` line, printed when a search resumes, is a
+  log line (INFO: not under `-q`).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import contextlib
 import gc
 import io
 import json
+import logging
 import math
 import os
 import random
@@ -47,8 +56,15 @@ from keras_tuner.src import utils as kt_utils
 from keras_tuner.src.engine import oracle as kt_oracle
 
 from kmnist_lab import runs
+from tuning import results
+
+log = logging.getLogger(__name__)
 
 OBJECTIVE = kt.Objective("val_accuracy", direction="max")
+# What a diverged trial scores for keras-tuner: the worst val accuracy there is, so no
+# tuner prefers it (Hyperband does not promote it, Bayesian optimisation learns to avoid
+# its region); never NaN, which keras-tuner would retry as an INVALID trial.
+DIVERGED_SCORE = 0.0
 # Above this many configurations a space is sampled like a continuous one.
 MAX_ENUMERATED = 200_000
 
@@ -157,7 +173,7 @@ class TrialDisplay(kt_oracle.Display):
 
     _HEAD = re.compile(r"^(Search: Running Trial #\d+|Trial \d+)(?= Complete|$)", re.MULTILINE)
 
-    def _with_id(self, show, trial) -> None:
+    def _with_id(self, show, trial, rewrite=None) -> None:
         # `redirect_stdout` swaps the process's stdout: safe here, where keras-tuner's
         # oracle lock serialises the calls (and its gRPC server runs one thread).
         out = io.StringIO()
@@ -165,13 +181,35 @@ class TrialDisplay(kt_oracle.Display):
             with contextlib.redirect_stdout(out):
                 show(trial)
         finally:  # what was printed, even if `show` failed
-            sys.stdout.write(self._HEAD.sub(rf"\1 (id {trial.trial_id})", out.getvalue(), count=1))
+            text = self._HEAD.sub(rf"\1 (id {trial.trial_id})", out.getvalue(), count=1)
+            sys.stdout.write(rewrite(trial, text) if rewrite else text)
 
     def on_trial_begin(self, trial):
         self._with_id(super().on_trial_begin, trial)
 
     def on_trial_end(self, trial):
-        self._with_id(super().on_trial_end, trial)
+        self._with_id(super().on_trial_end, trial, rewrite=self._say_diverged)
+
+    def _say_diverged(self, trial, text: str) -> str:
+        """A diverged trial's score line says so, not `val_accuracy: 0.0` (the stand-in
+        score that ranks it last), and so does the best so far when every trial diverged."""
+        name = re.escape(self.oracle.objective.name)
+        point = results.diverged_at(trial)
+        if point is not None:
+            text = re.sub(
+                rf"^({name}): .*$",
+                lambda m: f"{m[1]}: none, diverged (non-finite loss at "
+                f"{results.where_text(point)}; ranked last)",
+                text, count=1, flags=re.MULTILINE,
+            )  # fmt: skip
+        best = self.oracle.get_best_trials()
+        if best and results.diverged_at(best[0]) is not None:
+            text = re.sub(
+                rf"^(Best {name} So Far): .*$",
+                lambda m: f"{m[1]}: none (every trial so far diverged)",
+                text, count=1, flags=re.MULTILINE,
+            )  # fmt: skip
+        return text
 
 
 class _OracleMixin:
@@ -360,7 +398,18 @@ class SearchTuner(kt.Tuner):
     """`kt.Tuner` whose trials report final-epoch metrics, epochs, time and memory."""
 
     def __init__(self, *args, recycle_mb: float | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
+        # keras-tuner prints `Reloading Tuner from .../tuner0.json` when it resumes a
+        # search, verbose or not: a log line instead, which `-q` leaves out.
+        out = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(out):
+                super().__init__(*args, **kwargs)
+        finally:
+            for line in out.getvalue().splitlines(keepends=True):
+                if line.startswith("Reloading Tuner from "):
+                    log.info("%s", line.rstrip("\n"))
+                else:
+                    sys.stdout.write(line)
         self._idle_polls = 0
         # TensorFlow keeps every traced Keras train/test function (and the model
         # and optimizer buffers it captured) alive after `clear_session()`:
@@ -385,11 +434,20 @@ class SearchTuner(kt.Tuner):
         kt_utils.save_json(self._get_build_config_fname(trial.trial_id), model.get_build_config())
         # Final-epoch weights: what was scored, and what Hyperband continues from.
         model.save_weights(self._get_checkpoint_fname(trial.trial_id))
-        metrics = final_metrics(history.history)
-        if "val_accuracy" not in metrics:  # stopped at a non-finite loss before validating
-            x_val, y_val = kwargs["validation_data"][:2]
-            scores = model.evaluate(x_val, y_val, verbose=0, return_dict=True)
-            metrics.update({f"val_{k}": _finite(v) for k, v in scores.items()})
+        point = divergence(history)
+        if point is not None:
+            # Its val scores are those of NaN weights (on MNIST 10 %: every image a 0),
+            # no measure of the configuration: the worst score instead, and where it broke.
+            metrics = {OBJECTIVE.name: DIVERGED_SCORE, "diverged": 1.0}
+            for name, value in zip(results.DIVERGED_METRICS[1:], point, strict=True):
+                if value is not None:
+                    metrics[name] = float(value)
+        else:
+            metrics = final_metrics(history.history)
+            if OBJECTIVE.name not in metrics:  # no validation in the history
+                x_val, y_val = kwargs["validation_data"][:2]
+                scores = model.evaluate(x_val, y_val, verbose=0, return_dict=True)
+                metrics.update(final_metrics({f"val_{k}": [v] for k, v in scores.items()}))
         metrics["epochs_trained"] = float(len(history.history.get("loss", [])))
         del model, history
         keras.backend.clear_session()
@@ -416,14 +474,38 @@ class SearchTuner(kt.Tuner):
             raise RecycleProcess(f"resident memory grew {grown:.0f} MB since the search started")
 
 
-def _finite(value) -> float:
-    value = float(value)
-    return value if math.isfinite(value) else float("nan")
-
-
 def final_metrics(logs: dict) -> dict:
-    """Last-epoch value of every metric in a Keras `History.history` dict."""
-    return {key: _finite(values[-1]) for key, values in logs.items() if values}
+    """Last-epoch value of every metric in a Keras `History.history` dict, where finite.
+
+    A non-finite value is left out (an empty cell in `trials.csv`): keras-tuner would
+    store NaN and warn `All-NaN axis encountered` at every update of that metric.
+    """
+    last = {key: float(values[-1]) for key, values in logs.items() if values}
+    return {key: value for key, value in last.items() if math.isfinite(value)}
+
+
+def divergence(history) -> tuple[int | None, int | None] | None:
+    """Where a trial diverged: `(epoch, step)` where its training loss turned non-finite,
+    as `SpaceHyperModel.fit`'s `DivergenceGuard` saw it (1-based, the model's epoch), or
+    `(epoch, None)` from the history alone; None if it did not diverge.
+
+    A final validation loss that is not finite counts too (the epoch's last update broke
+    the weights: an epoch of one step never shows it in a training loss).
+    """
+    point = getattr(history, "diverged_at", None)
+    if point is not None:
+        return tuple(point)
+    logs = history.history
+    losses = logs.get("loss", [])
+    # Keras' epoch indices (from 0, from `initial_epoch` in a Hyperband continuation)
+    epochs = list(getattr(history, "epoch", None) or range(len(losses)))
+    for index, loss in zip(epochs, losses, strict=False):
+        if not math.isfinite(float(loss)):
+            return (index + 1, None)
+    val = logs.get("val_loss") or []
+    if epochs and val and not math.isfinite(float(val[-1])):
+        return (epochs[-1] + 1, None)
+    return None
 
 
 class GridTuner(SearchTuner):
