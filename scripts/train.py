@@ -149,7 +149,12 @@ def build_parser():
         "--output-dir", default=None, help=f"parent of run folders (default {c.output_dir})"
     )
     r.add_argument(
-        "--overwrite", action="store_true", default=None, help="replace a finished run folder"
+        "--overwrite",
+        action="store_true",
+        default=None,
+        help="replace the run in the run folder (finished, diverged, or interrupted with "
+        "other settings; an interrupted run of the same settings resumes all the same); a "
+        "folder train.py did not write is never replaced",
     )
     r.add_argument(
         "--backend",

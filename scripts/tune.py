@@ -75,7 +75,8 @@ def build_parser():
         "--directory", default="searches", help="parent of search folders (default searches)"
     )
     o.add_argument("--project-name", help="search folder name (default SPACE_TUNER_DATASET)")
-    o.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
+    o.add_argument("--overwrite", action="store_true", help="start over instead of resuming "
+                   "(empties the search folder; a folder that holds no search is never emptied)")  # fmt: skip
     o.add_argument("--retrain", action="store_true",
                    help="retrain the best configuration, not restore it")  # fmt: skip
     o.add_argument(

@@ -246,7 +246,9 @@ def prepare_project_dir(cfg: SearchConfig) -> Path:
     try:
         project.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise RunFolderError(f"cannot create search folder {project}: {e.strerror}") from None
+        raise RunFolderError(
+            f"cannot create search folder {project}: {e.strerror}; choose another --directory"
+        ) from None
     backend = keras_backend()
     if marker.is_file():
         stored = runs.read_json(marker) or {}
