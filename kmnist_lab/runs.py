@@ -102,6 +102,14 @@ def is_complete(run_dir: str | os.PathLike) -> bool:
     return (Path(run_dir) / COMPLETE_MARKER).is_file()
 
 
+def is_left_by_a_first_write(entry: Path, first_file: str) -> bool:
+    """Whether `entry` is nothing a folder's owner wrote: its lock, or the temporary file
+    of an `atomic_write_text` of `first_file` (the first file a run or search writes)
+    that a kill left behind before its rename."""
+    name = entry.name
+    return name == LOCK_NAME or (name.startswith(f".{first_file}.") and name.endswith(".tmp"))
+
+
 def remove_reports(folder: str | os.PathLike) -> None:
     """Deletes the report `scripts/report.py` wrote into a run or search folder.
 
@@ -432,7 +440,7 @@ def prepare_run_dir(
     if not os.access(run_dir, os.W_OK):
         raise RunFolderError(f"run folder {run_dir} is not writable; choose another --output-dir")
     check_inside_parent(run_dir, "--run-name", "--output-dir")
-    entries = [p for p in run_dir.iterdir() if p.name != LOCK_NAME]
+    entries = [p for p in run_dir.iterdir() if not is_left_by_a_first_write(p, CONFIG_FILE)]
     if not entries:
         return False
     recorded = (read_json(run_dir / CONFIG_FILE) or {}).get("config")

@@ -298,7 +298,8 @@ def run(main_fn, argv=None, resumable: bool = True) -> int:
     """Calls `main_fn(argv)`; user errors become one stderr line and exit code 2 (or 3).
 
     A Ctrl-C exits 130 with one line, which tells how to resume when the command
-    resumes (`resumable`: train, study, tune) and just says "interrupted" otherwise.
+    resumes (`resumable`: train, study, tune) and just says "interrupted" otherwise;
+    so does one whose KeyboardInterrupt Python dropped (`kmnist_lab.interrupts`).
     """
     from kmnist_lab import interrupts
     from kmnist_lab.errors import KmnistLabError
@@ -306,7 +307,12 @@ def run(main_fn, argv=None, resumable: bool = True) -> int:
     # Records a Ctrl-C even where Python drops its KeyboardInterrupt (kmnist_lab.interrupts).
     installed = interrupts.install()
     try:
-        return main_fn(argv)
+        code = main_fn(argv)
+        if installed and interrupts.received():
+            # A Ctrl-C whose KeyboardInterrupt Python dropped (in a callback) outside
+            # training, which stops at it: the command was interrupted all the same.
+            raise KeyboardInterrupt
+        return code
     except SystemExit as e:  # argparse: --help (0) or a one-line usage error (2)
         if e.code is None:  # a bare sys.exit() is success, as in Python itself
             return 0

@@ -269,7 +269,10 @@ def config_from_args(args):
     # is no longer the file's (`--dataset fashion_mnist` of a search on mnist_5k).
     if base.get("run_name") is not None and args.run_name is None:
         changed = [f"--{k} {getattr(args, k)}" for k in ("arch", "dataset", "loss", "seed")
-                   if getattr(args, k) is not None and getattr(args, k) != base.get(k)]  # fmt: skip
+                   if getattr(args, k) is not None and getattr(args, k) != base.get(k)
+                   # `auto` is MNIST or its 5k subset, whichever is there: no change
+                   and not (k == "dataset" and args.dataset == "auto"
+                            and base.get(k) in ("mnist", "mnist_5k"))]  # fmt: skip
         if changed:
             logging.getLogger("kmnist_lab").warning(
                 "%s: the run keeps the config file's run name %r; pass --run-name to name "

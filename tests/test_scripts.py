@@ -902,6 +902,7 @@ def test_a_config_files_chosen_run_name_kept_for_another_dataset_is_warned_about
     assert said[0].startswith("--dataset fashion_mnist: the run keeps the config file's run name")
     assert "'s_best'" in said[0] and "--run-name" in said[0]
     assert warnings("--dataset", "mnist_5k")[1] == []  # the file's own dataset
+    assert warnings("--dataset", "auto")[1] == []  # MNIST or mnist_5k, whichever is there
     assert warnings("--epochs", "3")[1] == []
     cfg, said = warnings("--dataset", "fashion_mnist", "--run-name", "fm")
     assert cfg.run_name == "fm" and said == []
@@ -1372,6 +1373,25 @@ def test_a_ctrl_c_dropped_before_training_began_still_stops_train_py(
     assert not (tmp_path / "r" / "metrics.json").exists()
     assert json.loads((tmp_path / "r" / "status.json").read_text())["status"] == "interrupted"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
+def test_a_ctrl_c_dropped_outside_training_still_exits_130(capsys):
+    """evaluate.py, report.py or a search's export have no training loop to stop at a
+    recorded Ctrl-C whose KeyboardInterrupt a callback dropped: the command still ends
+    as interrupted (130), not as a success."""
+    import signal
+
+    def work_with_a_dropped_ctrl_c(argv):
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            pass  # as a gc callback does
+        return 0
+
+    assert _cli.run(work_with_a_dropped_ctrl_c, resumable=False) == 130
+    assert capsys.readouterr().err.strip().endswith("error: interrupted")
+    assert _cli.run(lambda argv: 0) == 0  # the recorded Ctrl-C was forgotten after it
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_a_ctrl_c_dropped_in_a_callback_prints_no_traceback():

@@ -809,6 +809,9 @@ def test_an_empty_folder_takes_a_new_run(tmp_path, overwrite):
     assert runs.prepare_run_dir(tmp_path / "run", overwrite, {"arch": "bn_mlp"}) is False
     (tmp_path / "run" / runs.LOCK_NAME).write_text("1\n")  # its own lock is not content
     assert runs.prepare_run_dir(tmp_path / "run", overwrite, {"arch": "bn_mlp"}) is False
+    # A run killed while it wrote its first config.json leaves that write's temporary file.
+    (tmp_path / "run" / ".config.json.k2x9.tmp").write_text('{"conf')
+    assert runs.prepare_run_dir(tmp_path / "run", overwrite, {"arch": "bn_mlp"}) is False
 
 
 @pytest.mark.parametrize(

@@ -669,7 +669,8 @@ def test_overwrite_clears_once_even_when_the_process_restarts(data_dir, tmp_path
                  "--max-trials", "2", "--no-export", "--recycle-mb", "1")  # fmt: skip
     project = tmp_path / "a_grid_grid_kmnist"
     project.mkdir(parents=True)
-    (project / "search.json").write_text("{}")  # an earlier search: --overwrite clears it
+    # An earlier search (another seed): --overwrite clears it.
+    (project / "search.json").write_text('{"identity": {"seed": 7}}')
     (project / "stale.txt").write_text("from an earlier search")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     env.pop("KMNIST_TUNING_RESTARTS", None)
@@ -1074,6 +1075,64 @@ def test_overwrite_never_clears_a_folder_that_is_not_a_search(tmp_path):
     (tmp_path / "empty").mkdir()  # an empty folder is taken, --overwrite or not
     prepare_project_dir(_cfg(tmp_path, "empty", overwrite=True))
     assert _files(tmp_path / "empty") == ["search.json"]
+
+
+@pytest.mark.parametrize("text", ['{"pages": ["index.html"]}', "[1, 2]", "{bad"])
+def test_another_tools_search_json_does_not_make_a_search_folder(tmp_path, text):
+    """Only the search.json this project writes (an object with the search's identity)
+    marks a search folder: another tool's folder with a search.json keeps its files."""
+    from kmnist_lab.errors import RunFolderError
+    from tuning.search import prepare_project_dir
+
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "search.json").write_text(text)
+    (tmp_path / "site" / "index.html").write_text("mine")
+    for overwrite in (False, True):
+        with pytest.raises(RunFolderError, match="is not a kmnist_lab search folder"):
+            prepare_project_dir(_cfg(tmp_path, "site", overwrite=overwrite))
+    assert _files(tmp_path) == ["site/index.html", "site/search.json"]
+
+
+def test_an_overwrite_cut_short_leaves_a_search_the_same_command_clears(tmp_path, monkeypatch):
+    """search.json goes last: a clearing that fails half-way (a file that cannot be
+    deleted, a Ctrl-C) says what stopped it, and the re-run finishes the clearing
+    instead of refusing a folder that lost its search.json."""
+    import shutil
+
+    from kmnist_lab.errors import RunFolderError
+    from tuning import search
+
+    search.prepare_project_dir(_cfg(tmp_path))
+    for name in ("trial_0", "trial_1"):
+        (tmp_path / "p" / name).mkdir()
+        (tmp_path / "p" / name / "checkpoint.weights.h5").write_text("w")
+    rmtree = shutil.rmtree
+
+    def fails_on_trial_1(path, *args, **kwargs):
+        if Path(path).name == "trial_1":
+            raise PermissionError(13, "Permission denied", str(path))
+        return rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(search.shutil, "rmtree", fails_on_trial_1)
+    with pytest.raises(RunFolderError) as refused:
+        search.prepare_project_dir(_cfg(tmp_path, overwrite=True))
+    assert str(refused.value).startswith(f"cannot empty search folder {tmp_path / 'p'}")
+    assert "Permission denied" in str(refused.value) and "trial_1" in str(refused.value)
+    assert (tmp_path / "p" / "search.json").is_file()
+    monkeypatch.setattr(search.shutil, "rmtree", rmtree)
+    search.prepare_project_dir(_cfg(tmp_path, overwrite=True))
+    assert _files(tmp_path / "p") == ["search.json"]
+
+
+def test_a_first_write_cut_short_leaves_a_folder_a_search_still_takes(tmp_path):
+    """A search killed while it wrote its first search.json leaves only the temporary
+    file of that write: the folder is still the search's to take."""
+    from tuning.search import prepare_project_dir
+
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / ".search.json.k2x9.tmp").write_text('{"iden')
+    prepare_project_dir(_cfg(tmp_path))
+    assert (tmp_path / "p" / "search.json").is_file()
 
 
 def test_overwrite_clears_a_search_folder_and_nothing_beside_it(tmp_path):

@@ -264,3 +264,32 @@ def test_tune_py_says_when_every_trial_diverged(tmp_path, monkeypatch, capsys):
     assert out.startswith("a_grid/grid on kmnist: 2 trials (2 diverged), total epochs"), out
     assert "; no best trial (every trial diverged), no model exported" in out
     assert not (tmp_path / "a_grid_grid_kmnist" / "best_model").exists()
+
+
+def test_a_retraining_of_the_best_that_diverges_exports_nothing_and_says_so(
+    tmp_path, monkeypatch, capsys, caplog
+):
+    """`--retrain` trains the best configuration again; where that run diverges (here the
+    space is patched to lr 1e30 after the search), no NaN model is exported as the
+    best: a warning says why, and the summary is still written."""
+    from tuning.hypermodels import AGrid
+
+    data = write_idx_dataset(tmp_path / "data", n_train=400, n_test=20)
+    argv = ["--dataset", "kmnist", "--data-dir", str(data), "--directory", str(tmp_path),
+            "--jit", "off", "-q", "--space", "a_grid", "--tuner", "grid", "--max-epochs", "1",
+            "--max-trials", "1"]  # fmt: skip
+    assert _cli.run(tune_script.main, argv) == 0
+    project = tmp_path / "a_grid_grid_kmnist"
+    assert (project / "best_model" / "saved_model").is_dir()
+    space = AGrid.space
+    monkeypatch.setattr(
+        AGrid, "space", lambda self, hp: dataclasses.replace(space(self, hp), lr=1e30)
+    )
+    with caplog.at_level("WARNING", logger="tuning"):
+        assert _cli.run(tune_script.main, [*argv, "--retrain"]) == 0
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("configuration diverged (non-finite loss at epoch 1): no model exported; "
+               "re-run without --retrain" in m for m in said), said  # fmt: skip
+    assert not (project / "best_model" / "saved_model").exists()
+    summary = json.loads((project / "summary.json").read_text())
+    assert summary["best_model"] is None and summary["best"] is not None

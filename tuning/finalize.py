@@ -11,8 +11,10 @@ import keras
 import keras_tuner as kt
 
 from kmnist_lab import runs
+from kmnist_lab.training import DivergedError
 from tuning import results
 from tuning.figures import write_figures
+from tuning.tuners import divergence
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,12 @@ def finalize(tuner, cfg, dataset, elapsed_s: float = 0.0, memory: dict | None = 
             }
         runs.atomic_write_json(project / "best_hyperparameters.json", best)
         write_train_config(tuner, trial, cfg, dataset, best["epochs"], project)
-        best_model = export_best(tuner, trial, cfg, dataset, best["epochs"], project / "best_model")
+        try:
+            best_model = export_best(
+                tuner, trial, cfg, dataset, best["epochs"], project / "best_model"
+            )
+        except DivergedError as e:  # a retraining that diverged: the rest still holds
+            log.warning("search %s: %s", cfg.project_name, e)
     # lr from a range (a Float), or one of a set of values (a Choice): scatter or heatmap
     lr_range = any(isinstance(h, kt.engine.hyperparameters.Float) and h.name == "lr"
                    for h in oracle.hyperparameters.space)  # fmt: skip
@@ -183,9 +190,21 @@ def export_best(tuner, trial, cfg, dataset, epochs: int, out: Path) -> dict:
         log.info("retraining trial %s's configuration for %d epochs", trial.trial_id, epochs)
         keras.backend.clear_session()
         model = tuner.hypermodel.build(hp)
-        tuner.hypermodel.fit(
+        history = tuner.hypermodel.fit(
             hp, model, x_train, y_train, validation_data=(x_val, y_val), epochs=epochs
         )
+        broke = divergence(history)
+        if broke:  # its trial trained, but this run of it did not: no NaN model as the best
+            advice = (
+                "re-run without --retrain to export the trial's own checkpoint"
+                if checkpoint.is_file()
+                else "train it with scripts/train.py --config on best_train_config.json "
+                "(another seed or a lower --lr)"
+            )
+            raise DivergedError(
+                f"retraining trial {trial.trial_id}'s configuration diverged (non-finite loss "
+                f"at epoch {broke[0]}): no model exported; {advice}"
+            )
         origin = f"retrained from scratch ({epochs} epochs)"
     else:
         model = _restore(tuner, trial)

@@ -234,7 +234,8 @@ def prepare_project_dir(cfg: SearchConfig) -> Path:
     marker = project / "search.json"
     if project.is_dir():
         runs.check_inside_parent(project, "--project-name", "--directory")
-        if not marker.is_file() and any(p.name != runs.LOCK_NAME for p in project.iterdir()):
+        others = [p for p in project.iterdir() if not runs.is_left_by_a_first_write(p, marker.name)]
+        if others and not _holds_a_search(marker):
             raise RunFolderError(
                 f"{project} exists and is not a kmnist_lab search folder, and --overwrite "
                 "replaces only a search; choose another --project-name or --directory"
@@ -242,7 +243,13 @@ def prepare_project_dir(cfg: SearchConfig) -> Path:
         # A process that `restart` re-executed (same command line, --overwrite included)
         # resumes the search its first start cleared: it must not clear it again.
         if cfg.overwrite and _RESTARTS not in os.environ:
-            _clear(project)
+            try:
+                _clear(project)
+            except OSError as e:  # its search.json is kept: the same command goes on
+                raise RunFolderError(
+                    f"cannot empty search folder {project} for --overwrite: {e.strerror} "
+                    f"({e.filename}); remove that, then re-run the same command"
+                ) from None
     try:
         project.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -275,16 +282,27 @@ def prepare_project_dir(cfg: SearchConfig) -> Path:
     return project
 
 
+def _holds_a_search(marker: Path) -> bool:
+    """Whether `marker` is the `search.json` this module writes: a JSON object with the
+    search's `identity` (another tool's `search.json` is not)."""
+    stored = runs.read_json(marker) if marker.is_file() else None
+    return isinstance(stored, dict) and isinstance(stored.get("identity"), dict)
+
+
 def _clear(project: Path) -> None:
     """Deletes everything in the search folder `project` but the folder (which may be a
-    link or a mount point) and its lock."""
+    link or a mount point) and its lock; `search.json` last, so that a clearing cut
+    short (Ctrl-C, a file that cannot be deleted) leaves a search folder, which the
+    same command clears again."""
+    marker = project / "search.json"
     for entry in project.iterdir():
-        if entry.name == runs.LOCK_NAME:
+        if entry.name in (runs.LOCK_NAME, marker.name):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
         else:
             entry.unlink()
+    marker.unlink(missing_ok=True)
 
 
 def _identity_changes(old: dict | None, new: dict, keys: list[str]) -> str:

@@ -25,7 +25,8 @@
   "Search: Running Trial #4 (id 03)".
 - A trial whose training loss turns non-finite is stopped there (silently: Keras'
   `TerminateOnNaN` printed a line even under `-q`) and reported as diverged, with the
-  worst possible score so that keras-tuner neither retries it nor promotes it, and
+  worst possible score so that keras-tuner does not retry it and promotes it only when
+  a Hyperband round has no model that trained left to promote, and
   never with a NaN (keras-tuner turned a NaN score into a retried INVALID trial, and
   NaN metrics into `All-NaN axis encountered` warnings). `tuning.results` lists it as
   `DIVERGED`; it is never the best trial.
@@ -62,8 +63,10 @@ log = logging.getLogger(__name__)
 
 OBJECTIVE = kt.Objective("val_accuracy", direction="max")
 # What a diverged trial scores for keras-tuner: the worst val accuracy there is, so no
-# tuner prefers it (Hyperband does not promote it, Bayesian optimisation learns to avoid
-# its region); never NaN, which keras-tuner would retry as an INVALID trial.
+# tuner prefers it (Hyperband promotes it only when every other candidate of a round has
+# been promoted, and the continuation then diverges again at its first step; Bayesian
+# optimisation learns to avoid its region); never NaN, which keras-tuner would retry as
+# an INVALID trial.
 DIVERGED_SCORE = 0.0
 # Above this many configurations a space is sampled like a continuous one.
 MAX_ENUMERATED = 200_000

@@ -227,7 +227,8 @@ def _train_accuracy(entry: dict):
     for studies with `per_class_train`), or None."""
     if entry.get("status") != "complete":
         return None
-    ev, _ = read_evaluation(Path(entry["dir"]) / "evaluation_train.json")  # named if damaged
+    # A damaged file is named where the per-class section reads it (`_evaluations`).
+    ev, _ = read_evaluation(Path(entry["dir"]) / "evaluation_train.json")
     return ev.get("accuracy", entry["metrics"].get("train_accuracy_eval"))
 
 
