@@ -1375,7 +1375,7 @@ def test_a_ctrl_c_dropped_before_training_began_still_stops_train_py(
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
 
 
-def test_a_ctrl_c_dropped_outside_training_still_exits_130(capsys):
+def test_a_ctrl_c_dropped_outside_training_still_exits_130(capsys, python_sigint):
     """evaluate.py, report.py or a search's export have no training loop to stop at a
     recorded Ctrl-C whose KeyboardInterrupt a callback dropped: the command still ends
     as interrupted (130), not as a success."""
@@ -1401,6 +1401,8 @@ def test_a_ctrl_c_dropped_in_a_callback_prints_no_traceback():
     code = (
         "import signal, sys\n"
         "from kmnist_lab import interrupts\n"
+        # Python's own handler, which a process started in the background lacks.
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "class Raises:\n"
         "    def __init__(self, error): self.error = error\n"
         "    def __del__(self): raise self.error\n"
