@@ -316,6 +316,7 @@ def _run_regression(cfg: dict, run_dir: Path) -> dict:
     with runs.RunLock(run_dir), InterruptCheck() as interrupts:
         for stale in ("history.csv", "batches.csv", "fit.csv", "status.json"):
             (run_dir / stale).unlink(missing_ok=True)
+        runs.remove_reports(run_dir)  # it described the run this one replaces
         start = time.perf_counter()
         keras.utils.set_random_seed(cfg["seed"])
         rng = np.random.default_rng(cfg["seed"])

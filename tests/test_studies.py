@@ -203,6 +203,21 @@ def test_a_diverging_regression_run_is_recorded_not_raised(tmp_path, monkeypatch
     assert run_study("e_regression", quick=True, output_dir=tmp_path).statuses == result.statuses
 
 
+def test_a_regression_run_that_trains_again_drops_its_stale_report(tmp_path):
+    """As `train` does for a classification run: report.py's files described the run
+    this one replaces (an interrupted one), so they go when it trains."""
+    from kmnist_lab import studies
+
+    run_dir = tmp_path / "sin_3x50"
+    (run_dir / "report_files").mkdir(parents=True)
+    (run_dir / "report.md").write_text("the interrupted run")
+    (run_dir / "report.html").write_text("the interrupted run")
+    cfg = studies.effective_config(get_study("e_regression").runs[0], quick=True)
+    studies._run_regression(cfg, run_dir)
+    assert (run_dir / "history.csv").is_file()
+    assert not any((run_dir / n).exists() for n in ("report.md", "report.html", "report_files"))
+
+
 def test_a_ctrl_c_that_keras_swallows_still_stops_a_regression_run(
     tmp_path, monkeypatch, python_sigint
 ):
