@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from kmnist_lab.data import default_val_fraction  # noqa: F401  (evaluate.py's, re-exported)
-from kmnist_lab.errors import ModelLoadError, RunFolderError
-from kmnist_lab.runs import read_json
+from kmnist_lab.errors import ConfigError, ModelLoadError, RunFolderError
+from kmnist_lab.runs import COMPLETE_MARKER, atomic_write_json, read_json, run_status
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,6 @@ def resolve_saved_model(path) -> tuple[Path, Path | None]:
     if not path.exists():
         raise ModelLoadError(f"{path} does not exist")
     if (path / "config.json").is_file():
-        from kmnist_lab.runs import run_status
-
         status = run_status(path)
         advice = {
             "incomplete": "an interrupted run: re-run its training command to resume it",
@@ -232,7 +230,6 @@ def write_report(
             of wrong.png's captions. Default: `class_names`.
     """
     from kmnist_lab import plots
-    from kmnist_lab.runs import atomic_write_json
 
     out_dir = Path(out_dir)
     try:
@@ -316,8 +313,6 @@ def run_complete(run_dir: Path | None) -> bool | None:
     None for a SavedModel outside a run folder (no `config.json` nor `metrics.json`)."""
     if run_dir is None:
         return None
-    from kmnist_lab.runs import COMPLETE_MARKER
-
     if (run_dir / COMPLETE_MARKER).is_file():
         return True
     return False if (run_dir / "config.json").is_file() else None
@@ -333,8 +328,6 @@ def unfinished_run(run_dir: Path | None) -> str | None:
     """
     if run_complete(run_dir) is not False:
         return None
-    from kmnist_lab.runs import run_status
-
     if run_status(run_dir) == "running":
         return (
             f"{run_dir} has no metrics.json yet: its training is still running, in the steps "
@@ -387,8 +380,6 @@ def check_split_flags(split: str, seed, val_fraction, run: dict | None = None) -
             they would be ignored); with "val" or "train" and `run`, a value other than
             the run's: those images would not be the run's validation (training) images.
     """
-    from kmnist_lab.errors import ConfigError
-
     given = [f"--seed {seed}"] if seed is not None else []
     if val_fraction is not None:
         given.append(f"--val-fraction {val_fraction:g}")
