@@ -16,6 +16,7 @@ Files with a known name are checked against their published sha256.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import gzip
@@ -536,6 +537,24 @@ def load_dataset(
     )
 
 
+def _check_class_names(class_names) -> None:
+    """Class names are keys of per-class results (`evaluation.json`, the reports): each
+    must be a non-empty string, and no two alike."""
+    if isinstance(class_names, str) or not all(
+        isinstance(c, str) and c.strip() for c in class_names
+    ):
+        raise DataError(
+            f"class_names must be a list of non-empty strings, one per class; "
+            f"got {class_names!r}"
+        )
+    repeated = sorted(name for name, n in collections.Counter(class_names).items() if n > 1)
+    if repeated:
+        raise DataError(
+            f"class_names must be distinct: {', '.join(map(repr, repeated))} "
+            f"names more than one class in {list(class_names)!r}"
+        )
+
+
 def from_arrays(
     x_train, y_train, x_test, y_test, val_fraction=0.1, seed=0, class_names=None, name="arrays"
 ) -> Dataset:
@@ -553,7 +572,8 @@ def from_arrays(
 
     Raises:
         ConfigError: invalid `val_fraction`.
-        DataError: bad shapes, pixel values or labels (the message says which).
+        DataError: bad shapes, pixel values, labels or class names (the message says
+            which).
     """
     val_fraction = 0.1 if val_fraction is None else val_fraction
     _check_val_fraction(val_fraction)
@@ -562,6 +582,8 @@ def from_arrays(
     if class_names is None:
         n = int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1
         class_names = tuple(str(i) for i in range(n))
+    class_names = class_names if isinstance(class_names, str) else tuple(class_names)
+    _check_class_names(class_names)
     for where, labels in (("y_train", y_train), ("y_test", y_test)):
         if labels.size and (labels.min() < 0 or labels.max() >= len(class_names)):
             raise DataError(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -259,6 +260,11 @@ class RunLock:
                 if not same:
                     os.close(fd)
                     return False
+            if not _is_ours(self.path):
+                raise RunFolderError(
+                    f"{self.path} was not written by kmnist_lab (it does not hold a process "
+                    f"ID), so it is left alone; choose another {self.name_flag}"
+                )
             pid, started = _read_owner(self.path)
             if pid is not None and pid != os.getpid() and _process_alive(pid, started):
                 self._refuse(pid)
@@ -351,6 +357,17 @@ def lock_owner(run_dir: str | os.PathLike) -> int | None:
     if pid is not None and pid != os.getpid() and _process_alive(pid, started):
         return pid
     return None
+
+
+def _is_ours(path: Path) -> bool:
+    """True when a lock file is empty (just created, or cut short before its PID was
+    written) or holds `"PID [START]"` as `RunLock` writes it: another tool's `.lock`
+    is neither, and must not be overwritten or deleted."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return re.fullmatch(r"\s*(\d+(\s+\d+)?\s*)?", text) is not None
 
 
 def _read_owner(path: Path) -> tuple[int | None, int | None]:

@@ -332,6 +332,29 @@ def test_from_arrays_refuses_labels_outside_the_classes():
         data.from_arrays(x, y % 3, x, y, class_names=("a", "b", "c"))
 
 
+@pytest.mark.parametrize(
+    "names, message",
+    [
+        (("a", "b", "a"), r"class_names must be distinct: 'a' names more than one class"),
+        (("a", "", "c"), "class_names must be a list of non-empty strings"),
+        ((0, 1, 2), "class_names must be a list of non-empty strings"),
+        ("abc", "class_names must be a list of non-empty strings"),
+    ],
+)
+def test_from_arrays_refuses_class_names_that_cannot_key_results(names, message):
+    # Per-class accuracies are keyed by name: two classes named alike would merge.
+    from conftest import make_images
+
+    x, y = make_images(40)
+    with pytest.raises(DataError, match=message):
+        data.from_arrays(x, y % 3, x, y % 3, class_names=names)
+    assert data.from_arrays(x, y % 3, x, y % 3, class_names=["a", "b", "c"]).class_names == (
+        "a",
+        "b",
+        "c",
+    )
+
+
 @pytest.mark.parametrize("fraction", [1.5, -0.1, 1.0, "0.1", True])
 def test_from_arrays_refuses_a_bad_val_fraction(fraction):
     from conftest import make_images

@@ -495,6 +495,37 @@ def test_lock_of_a_killed_process_is_stale_and_taken_over(tmp_path):
     assert not (tmp_path / ".lock").exists()
 
 
+@pytest.mark.parametrize("content", ["", "  \n", "4242", "4242 17\n"])
+def test_empty_or_own_format_lock_file_is_taken_over(tmp_path, content):
+    # Empty: a run killed between truncating the file and writing its PID.
+    (tmp_path / ".lock").write_text(content)
+    with runs.RunLock(tmp_path) as lock:
+        assert lock.held
+    assert not (tmp_path / ".lock").exists()
+
+
+@pytest.mark.parametrize("content", ["locked by rsync\n", "pid=4242\n", "4242 17 x\n"])
+def test_another_tools_lock_file_is_refused_and_left_alone(tmp_path, content):
+    (tmp_path / ".lock").write_text(content)
+    with pytest.raises(RunFolderError, match=r"\.lock was not written by kmnist_lab.*--run-name"):
+        runs.RunLock(tmp_path).acquire()
+    assert (tmp_path / ".lock").read_text() == content
+
+
+def test_train_refuses_a_folder_with_another_tools_lock_and_keeps_it(tmp_path, capsys):
+    data_dir = write_idx_dataset(tmp_path / "data", n_train=60, n_test=20)
+    run = tmp_path / "mine"
+    run.mkdir()
+    (run / ".lock").write_text("owner: backup job\n")
+    argv = ["--dataset", "kmnist", "--data-dir", str(data_dir), "--epochs", "1",
+            "--output-dir", str(tmp_path), "--run-name", "mine", "--overwrite", "-q"]  # fmt: skip
+    assert _cli.run(train_script.main, argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "mine/.lock was not written by kmnist_lab" in err.splitlines()[-1], err
+    assert sorted(p.name for p in run.iterdir()) == [".lock"]
+    assert (run / ".lock").read_text() == "owner: backup job\n"
+
+
 def test_lock_whose_pid_was_reused_is_stale(tmp_path):
     # A live PID (ours) that started at another time: the run that wrote it is gone.
     (tmp_path / ".lock").write_text(f"{os.getppid()} 1\n")
