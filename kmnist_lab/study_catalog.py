@@ -361,7 +361,7 @@ E_DEPTH_WIDTH = Study(
     "e_depth_width",
     "E",
     "Report E: fully-connected ReLU nets, depth {2, 4, 8, 16} hidden layers x width "
-    "{10, 20, 30, 50, 100}. " + _E_NOTE,
+    "{10, 20, 30, 50, 100}.",
     runs=tuple(
         StudyRun(
             f"d{d}_w{w}",
@@ -381,7 +381,7 @@ E_SWEEPS = Study(
     "e_sweeps",
     "E",
     "Report E: one-factor sweeps on a 3-hidden-layer 50-unit ReLU net: constant lr, L2 penalty, "
-    "batch size (with wall time) and activation. " + _E_NOTE,
+    "batch size (with wall time) and activation.",
     runs=tuple(
         StudyRun(
             f"lr_{lr:g}",
@@ -424,8 +424,7 @@ _DEEP = [100] * 8
 E_BATCHNORM = Study(
     "e_batchnorm",
     "E",
-    "Report E: a deep sigmoid net (8 hidden layers of 100 units) with and without BatchNorm. "
-    + _E_NOTE,
+    "Report E: a deep sigmoid net (8 hidden layers of 100 units) with and without BatchNorm.",
     runs=(
         StudyRun(
             "without_bn",
@@ -447,8 +446,7 @@ E_AUGMENTATION = Study(
     "e_augmentation",
     "E",
     "Report E: a 2-hidden-layer ReLU net (100-100) with and without data augmentation (random "
-    "translation up to 10% plus rotation up to 10 degrees, no flips), 30 epochs. "
-    + _E_NOTE.replace("10 epochs", "30 epochs"),
+    "translation up to 10% plus rotation up to 10 degrees, no flips), 30 epochs.",
     runs=(
         StudyRun(
             "no_augment", _cfg("mlp", model_params=_mlp([100, 100]), **_AUG), {}, {"augment": False}

@@ -648,6 +648,15 @@ def test_extras_are_what_the_descriptions_promise():
     assert d.heatmap == ("activation", "loss") and d.heatmap_where == (("epochs", 10),)
 
 
+def test_a_studys_notes_do_not_repeat_its_description():
+    # The report prints both, one paragraph after the other.
+    for name in list_studies():
+        study = get_study(name)
+        sentences = [x.strip(" .") for x in re.split(r"[.;] ", study.notes or "")]
+        repeated = [x for x in sentences if len(x) > 20 and x in study.description]
+        assert not repeated, (name, repeated)
+
+
 # Run counts as docs/results.md reports them ("60 runs", "8/8 runs complete", ...).
 RUN_COUNTS = {"a_models": 3, "a_grid": 60, "a_losses": 3, "a_optimizers": 8, "b_resnet": 5,
               "c_optimizers": 4, "d_losses_activations": 16, "e_regression": 1,
