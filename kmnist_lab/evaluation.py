@@ -35,10 +35,14 @@ log = logging.getLogger(__name__)
 def resolve_saved_model(path) -> tuple[Path, Path | None]:
     """Returns `(saved_model_dir, run_dir or None)` for a SavedModel or a run folder.
 
+    `path` may also be a SavedModel's `saved_model.pb` file, which names its folder.
+
     Raises:
         ModelLoadError: `path` is neither.
     """
     path = Path(path)
+    if path.name == "saved_model.pb" and path.is_file():
+        path = path.parent
     if (path / "saved_model" / "saved_model.pb").is_file():
         return path / "saved_model", path
     if (path / "saved_model.pb").is_file():
@@ -266,6 +270,8 @@ def write_report(
         images = x[[w["index"] for w in wrong]]
         plots.save(plots.image_grid(images, captions, title=f"Most confidently wrong {title}"),
                    out_dir / "wrong.png")  # fmt: skip
+    else:  # nothing to draw: an earlier scoring's images would pass for this model's
+        (out_dir / "wrong.png").unlink(missing_ok=True)
     return out_dir / "evaluation.json"
 
 

@@ -14,7 +14,9 @@ shapes it takes): reshaped as they come, (N, 28, 28, 3) images would be scored a
 3N grey ones.
 
 (From the JAX backend, jax2tf converts the model once for (N, 28, 28) float32,
-kept as a third signature `serve_3d`; the two above wrap it.)
+kept as a third signature `serve_3d`; the two above wrap it. Its XLA module is
+lowered for CPUs and NVIDIA GPUs (`SERVING_PLATFORMS`), whichever the model was
+exported on: TensorFlow runs such a module only on the platforms it was lowered for.)
 
 Both return `scores` (logits, or `s * cos` for cosine heads, so argmax and
 softmax work as for logits), `probabilities` (softmax of the scores) and
@@ -37,6 +39,10 @@ from kmnist_lab.errors import ConfigError
 from kmnist_lab.losses import serving_scale
 
 log = logging.getLogger(__name__)
+
+# Where a SavedModel exported from JAX runs: jax2tf lowers the model once for each
+# (its default, JAX's own platform alone, would serve a GPU-trained model on GPUs only).
+SERVING_PLATFORMS = ("cpu", "cuda")
 
 
 def can_export_saved_model() -> bool:
@@ -126,7 +132,12 @@ def export_saved_model(model: keras.Model, path, score_scale: float = 1.0) -> Pa
         # JAX (through jax2tf) needs a known rank: convert once for (N, 28, 28) float32,
         # then serve any rank and uint8 through small TensorFlow wrappers around it.
         core = archive.add_endpoint(
-            "serve_3d", outputs, input_signature=[tf.TensorSpec([None, 28, 28], tf.float32)]
+            "serve_3d",
+            outputs,
+            input_signature=[tf.TensorSpec([None, 28, 28], tf.float32)],
+            # Not JAX's default platform alone: TensorFlow refuses to run the module on
+            # another (a CPU-exported model on a GPU server, a GPU-exported one on a CPU).
+            jax2tf_kwargs={"native_serialization_platforms": SERVING_PLATFORMS},
         )
         for name, dtype in (("serve", tf.float32), ("serve_uint8", tf.uint8)):
             wrapper = tf.function(

@@ -24,7 +24,8 @@ test_loss is the training loss, am_softmax's with its margin, kld's smoothed, ..
 the same number for `ce` only), per-class accuracy and the classification report;
 writes evaluation.json (with the seed and val_fraction of the splits, and
 run_complete: false for such an unfinished run, null outside a run folder),
-confusion.png, per_class.png and wrong.png to --output-dir (default
+confusion.png, per_class.png and wrong.png (the most confidently wrong images; none
+when every image is right) to --output-dir (default
 RUN/evaluation/DATASET-SPLIT; for a SavedModel folder outside a run,
 evaluation/DATASET-SPLIT beside that folder).
 """
@@ -73,7 +74,7 @@ def main(argv=None) -> int:
     _cli.setup_logging(True)
     from pathlib import Path
 
-    from kmnist_lab.data import load_dataset
+    from kmnist_lab.data import list_datasets, load_dataset
     from kmnist_lab.evaluation import (
         check_split_flags,
         default_val_fraction,
@@ -93,6 +94,18 @@ def main(argv=None) -> int:
     cfg = run.get("config", {})
     trained_on = run.get("dataset", {}).get("name") or cfg.get("dataset")
     dataset_name = args.dataset or trained_on or "auto"
+    if args.dataset is None and dataset_name not in list_datasets():
+        from kmnist_lab.errors import ConfigError
+
+        # A run of `training.train(config, dataset=data.from_arrays(...))`: its arrays
+        # are in no file a dataset name reads.
+        raise ConfigError(
+            f"{run_dir} trained on {dataset_name!r}, arrays of its own "
+            "(kmnist_lab.data.from_arrays), which evaluate.py cannot load: score its "
+            "SavedModel from Python with kmnist_lab.evaluation "
+            "(load_saved_model, predict_scores, score) or, with 10 classes saved as files, "
+            "pass --dataset kmnist --data-dir FOLDER"
+        )
     # The run's data folder holds the run's dataset: it applies unless another is named.
     data_dir = (
         args.data_dir
