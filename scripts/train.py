@@ -223,6 +223,7 @@ def config_from_args(args):
     base = TrainConfig.from_json(args.config).to_dict() if args.config else {}
     if args.config:
         _note_a_quick_study_run(args.config)
+        _note_a_run_on_arrays(args.config)
     base.pop("backend", None)
     # A finished run is replaced only on this command line's --overwrite, never on the
     # `overwrite: true` a run's config.json recorded because *it* was run with it.
@@ -343,6 +344,28 @@ def _note_a_quick_study_run(path) -> None:
         logging.getLogger("kmnist_lab").warning(
             "--config %s: that run is from a `study.py --quick` study and trained on a subset "
             "(%s images); this run trains on the whole dataset's splits", path, shown,
+        )  # fmt: skip
+
+
+def _note_a_run_on_arrays(path) -> None:
+    """Warns when `path` is the config.json of a run trained on arrays of its own.
+
+    `training.train(config, dataset=data.from_arrays(..., name=NAME))` records NAME
+    under `dataset` and the config's own `dataset` (`auto` unless set), which is not
+    those arrays: `--config` of such a run trains on that dataset instead.
+    """
+    try:
+        record = json.loads(Path(path).read_text())
+        origin = record["dataset"]["source"]["origin"]
+        name, requested = record["dataset"]["name"], record["config"]["dataset"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # not a run's config.json, or one without a dataset record
+    if origin == "in-memory arrays":
+        logging.getLogger("kmnist_lab").warning(
+            "--config %s: that run trained on in-memory arrays (%r, from Python: "
+            "kmnist_lab.data.from_arrays), which no file holds; this run trains on "
+            "--dataset %s instead unless you pass another",
+            path, name, requested,
         )  # fmt: skip
 
 

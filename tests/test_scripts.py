@@ -1207,6 +1207,28 @@ def test_config_of_a_quick_study_run_warns_that_it_trained_on_a_subset(tmp_path,
             assert warned == []
 
 
+def test_config_of_a_run_on_in_memory_arrays_warns_that_no_file_holds_them(tmp_path, caplog):
+    """`training.train(cfg, dataset=from_arrays(..., name="pets"))` records the config's
+    `dataset` (`auto`), not the arrays: `--config` of that run says it trains on `auto`."""
+    from kmnist_lab.config import TrainConfig
+
+    config = TrainConfig(arch="bn_mlp", epochs=1).resolved().to_dict()
+    for origin in ("in-memory arrays", "/data/mnist"):
+        path = tmp_path / f"{len(origin)}.json"
+        dataset = {"name": "pets", "source": {"origin": origin, "files": {}}}
+        path.write_text(json.dumps({"config": config, "dataset": dataset}))
+        caplog.clear()
+        args = train_script.build_parser().parse_args(["--config", str(path)])
+        with caplog.at_level(logging.WARNING, logger="kmnist_lab"):
+            assert train_script.config_from_args(args).dataset == "auto"
+        warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        if origin == "in-memory arrays":
+            assert len(warned) == 1 and "in-memory arrays ('pets'" in warned[0], warned
+            assert "trains on --dataset auto instead" in warned[0]
+        else:
+            assert warned == []
+
+
 @pytest.mark.parametrize("parse, accepted, refused", [
     (_cli.positive_int, ["1", "60"], ["0", "-1", "1.5", "ten"]),
     (_cli.nonneg_int, ["0", "3"], ["-1", "0.5"]),  # --workers 0, --warmup-epochs 0
