@@ -227,10 +227,12 @@ def bilinear_warp(images, angle, dx, dy, fill_value):
         fill_value: value read for samples outside the image.
 
     Returns:
-        The warped images, shape and dtype of `images`.
+        The warped images, shape and dtype of `images`. Integer images (raw uint8
+        pixels) are rounded to the nearest value and saturated to their dtype's range,
+        so a `fill_value` below 0 reads 0 on every backend.
     """
     h, w, c = images.shape[1], images.shape[2], images.shape[3]
-    dtype = images.dtype
+    dtype = keras.backend.standardize_dtype(images.dtype)
     ys, xs = ops.meshgrid(
         ops.arange(h, dtype="float32"), ops.arange(w, dtype="float32"), indexing="ij"
     )
@@ -253,7 +255,13 @@ def bilinear_warp(images, angle, dx, dy, fill_value):
             value = ops.take_along_axis(flat, index, axis=1)
             value = ops.where(ops.expand_dims(inside, -1), value, fill_value)
             out = out + ops.expand_dims(weight, -1) * value
-    return ops.cast(ops.reshape(out, (-1, h, w, c)), dtype)
+    out = ops.reshape(out, (-1, h, w, c))
+    if "int" in dtype:
+        # A bare cast truncates (199.99 -> 199) and is backend-defined out of range
+        # (PyTorch wraps the default fill -1 to 255 in uint8).
+        info = np.iinfo(dtype)
+        out = ops.clip(ops.round(out), float(info.min), float(info.max))
+    return ops.cast(out, dtype)
 
 
 @functools.cache

@@ -26,6 +26,11 @@ from kmnist_lab.registry import Registry
 
 LOSSES = Registry("loss", plural="losses")
 
+# Registers the loss classes and also the per-sample functions: a model compiled with
+# `loss=focal_loss` saves the function by its registered name, and loads back only if
+# Keras can find it under that name.
+_serializable = keras.saving.register_keras_serializable(package="kmnist_lab")
+
 # Floor of `1 - p_y` in the focal modulating factor: keeps `d/dp (1-p)^gamma`
 # finite for gamma < 1 when p_y rounds to 1 (the loss there is 0 anyway).
 _FOCAL_FLOOR = 1e-30
@@ -101,6 +106,7 @@ class _Loss(keras.losses.Loss):
 # --------------------------------------------------------------------- per-sample losses
 
 
+@_serializable
 def softmax_cross_entropy(y_true, logits):
     """Per-sample softmax cross-entropy from logits.
 
@@ -117,6 +123,7 @@ def softmax_cross_entropy(y_true, logits):
     return ops.logsumexp(z, axis=-1) - _target(_one_hot(y_true, z), z)[:, 0]
 
 
+@_serializable
 def focal_loss(y_true, logits, gamma=2.0, alpha=1.0):
     """Per-sample focal loss (Lin et al. 2017, https://arxiv.org/abs/1708.02002).
 
@@ -152,6 +159,7 @@ def focal_loss(y_true, logits, gamma=2.0, alpha=1.0):
     return -alpha * ops.power(one_minus_p, gamma) * log_p_y
 
 
+@_serializable
 def am_softmax_loss(y_true, cosines, scale=30.0, margin=0.2):
     """Per-sample AM-Softmax (Wang et al. 2018, https://arxiv.org/abs/1801.05599).
 
@@ -173,6 +181,7 @@ def am_softmax_loss(y_true, cosines, scale=30.0, margin=0.2):
     return ops.logsumexp(z, axis=-1) - _target(onehot, z)[:, 0]
 
 
+@_serializable
 def arm_softmax_loss(y_true, cosines, scale=30.0, margin=0.2):
     """Per-sample Real AM-Softmax (Li, Nai, Wang 2021, https://arxiv.org/abs/2110.09116).
 
@@ -198,6 +207,7 @@ def arm_softmax_loss(y_true, cosines, scale=30.0, margin=0.2):
     return ops.logsumexp(z, axis=-1) - z_y[:, 0]
 
 
+@_serializable
 def multiclass_hinge_loss(y_true, logits, delta=5.0, mode="weston_watkins"):
     """Per-sample multi-class hinge loss (Weston-Watkins, cs231n SVM).
 
@@ -222,6 +232,7 @@ def multiclass_hinge_loss(y_true, logits, delta=5.0, mode="weston_watkins"):
     return ops.sum(margins, axis=-1)
 
 
+@_serializable
 def kl_divergence_loss(y_true, logits, label_smoothing=0.0):
     """Per-sample `KL(q || softmax(z))` with smoothed one-hot targets `q`.
 
@@ -245,6 +256,7 @@ def kl_divergence_loss(y_true, logits, label_smoothing=0.0):
     return ops.sum(q_log_q - q * ops.log_softmax(z, axis=-1), axis=-1)
 
 
+@_serializable
 def mean_squared_error(y_true, y_pred):
     """Per-sample mean squared error for regression, `L = mean_k (y_k - f_k)^2`.
 
@@ -267,8 +279,6 @@ def mean_squared_error(y_true, y_pred):
 
 
 # ------------------------------------------------------------------------ Loss classes
-
-_serializable = keras.saving.register_keras_serializable(package="kmnist_lab")
 
 
 @LOSSES.register("ce", "softmax cross-entropy from logits", head="logits")

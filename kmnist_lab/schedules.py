@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import keras
 from keras import ops
 
 from kmnist_lab.config import LR_SCHEDULES
-from kmnist_lab.errors import ConfigError
+from kmnist_lab.errors import ConfigError, is_real
 
 
 @keras.saving.register_keras_serializable(package="kmnist_lab")
@@ -19,9 +22,32 @@ class Warmup(keras.optimizers.schedules.LearningRateSchedule):
     not decayed yet). The first step already moves (`lr(0) = peak / warmup_steps`),
     unlike Keras' `CosineDecay` warm-up, which starts at 0 and is the one the cosine
     schedule uses.
+
+    Args:
+        schedule: the `keras.optimizers.schedules.LearningRateSchedule` after the ramp.
+        warmup_steps: optimizer steps of the ramp, a positive integer.
+
+    Raises:
+        ConfigError: `schedule` is not a `LearningRateSchedule` (a constant rate is
+            `PiecewiseConstantDecay([n], [lr, lr])`), or `warmup_steps` is not a
+            positive integer.
     """
 
     def __init__(self, schedule, warmup_steps: int):
+        if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+            raise ConfigError(
+                "`schedule` must be a keras.optimizers.schedules.LearningRateSchedule. "
+                f"Received: schedule={schedule!r}"
+            )
+        if (
+            isinstance(warmup_steps, bool)
+            or not isinstance(warmup_steps, numbers.Integral)
+            or warmup_steps < 1
+        ):
+            raise ConfigError(
+                "`warmup_steps` must be a positive integer. "
+                f"Received: warmup_steps={warmup_steps!r}"
+            )
         self.schedule = schedule
         self.warmup_steps = int(warmup_steps)
 
@@ -73,11 +99,30 @@ def make_schedule(kind: str, lr: float, steps_per_epoch: int, epochs: int, warmu
 
     `warmup_epochs` adds a linear ramp over that many epochs (counted within `epochs`);
     with `step` it must end by the first decay (at most half the epochs).
+
+    Args:
+        kind: one of `constant`, `step`, `cosine`.
+        lr: the peak learning rate, a positive finite number.
+        steps_per_epoch: optimizer steps per epoch, a positive integer.
+        epochs: epochs of the run, a positive integer.
+        warmup_epochs: epochs of linear warm-up, an integer >= 0.
+
+    Raises:
+        ConfigError: an unknown `kind`, a value out of range, or a warm-up that does not
+            end before the last epoch (for `step`: by the first decay).
     """
     if kind not in LR_SCHEDULES:
         raise ConfigError(
-            f"`lr_schedule` must be one of {', '.join(LR_SCHEDULES)}. Received: {kind!r}"
+            f"`lr_schedule` must be one of {', '.join(LR_SCHEDULES)}. "
+            f"Received: lr_schedule={kind!r}"
         )
+    if not is_real(lr) or not 0 < lr < math.inf:
+        raise ConfigError(f"`lr` must be a positive finite number. Received: lr={lr!r}")
+    for arg, value, low in (("steps_per_epoch", steps_per_epoch, 1), ("epochs", epochs, 1),
+                            ("warmup_epochs", warmup_epochs, 0)):  # fmt: skip
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+            rule = "a positive integer" if low else "an integer >= 0"
+            raise ConfigError(f"`{arg}` must be {rule}. Received: {arg}={value!r}")
     check_warmup(warmup_epochs, epochs, kind)
     total = steps_per_epoch * epochs
     warmup = steps_per_epoch * warmup_epochs

@@ -3,6 +3,11 @@
 Every builder takes raw 28x28 pixels (uint8 or float 0-255, with or without the
 channel axis) and owns its rescaling, so a served model needs no outside
 preprocessing.
+
+Importing this module registers every kmnist_lab class a `.keras` file can name
+(layers, losses, optimizers, schedules), so a process that imports it, to build
+models or to call `load_keras_model`, can also load one with
+`keras.saving.load_model` directly.
 """
 
 from __future__ import annotations
@@ -12,6 +17,10 @@ import numbers
 
 import keras
 
+# Registers the custom objects with Keras (`register_keras_serializable`): a model built
+# here may hold `CosineDense`, `RandomAffine`, ... and be compiled with our losses,
+# optimizers and schedules, and loading its `.keras` file needs them all.
+from kmnist_lab import layers, losses, optimizers, schedules  # noqa: F401
 from kmnist_lab.errors import ConfigError, did_you_mean
 from kmnist_lab.models import mlp as _mlp
 from kmnist_lab.models import residual_cnn as _cnn
@@ -91,8 +100,9 @@ def build_model(name: str, num_classes: int = 10, head: str = "logits", **overri
             settings through unchanged.
 
     Raises:
-        ConfigError: unknown name, a `num_classes` that is not a positive integer, or a
-            keyword the builder does not take.
+        ConfigError: unknown name, a `num_classes` that is not a positive integer, a
+            `head` other than `"logits"` or `"cosine"`, a keyword the builder does not
+            take, or a value it refuses (e.g. `dropout=1.0`).
     """
     factory = MODELS.get(name).factory
     if (
@@ -112,9 +122,16 @@ def build_model(name: str, num_classes: int = 10, head: str = "logits", **overri
 def load_keras_model(path, compile: bool = True) -> keras.Model:
     """Loads a `model.keras` written by kmnist_lab on any backend.
 
-    Imports the modules that register kmnist_lab's custom layers, losses,
-    optimizers and schedules first, so `keras.saving.load_model` finds them.
-    """
-    from kmnist_lab import layers, losses, optimizers, schedules  # noqa: F401
+    `keras.saving.load_model` itself, which finds kmnist_lab's custom layers, losses,
+    optimizers and schedules because importing this module registered them.
 
-    return keras.saving.load_model(path, compile=compile)
+    On the torch backend a compiled model also runs one step per call, eagerly: a model
+    trained on TensorFlow or JAX saves its `steps_per_execution` (10 by default, which
+    Keras' torch trainer refuses in `fit`, `evaluate` and `predict`) and
+    `jit_compile=True` (`torch.compile` on torch, measured slower: docs/performance.md).
+    """
+    model = keras.saving.load_model(path, compile=compile)
+    if keras.backend.backend() == "torch" and getattr(model, "compiled", False):
+        model.steps_per_execution = 1
+        model.jit_compile = False
+    return model
