@@ -248,3 +248,14 @@ def test_training_on_arrays_of_your_own_names_the_run_after_them(tmp_path, name,
     # A name given is kept.
     train(dataclasses.replace(config, run_name="mine"), dataset=data)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([folder, "mine"])
+
+
+def test_one_model_predicts_both_input_ranks_with_the_documented_workaround():
+    """README, Models: on TensorFlow a second `predict` with the other rank needs
+    `make_predict_function(force=True)` first (Keras issue #20573)."""
+    model = build_model("relu_mlp")
+    x, _ = make_images(8)
+    flat = model.predict(x, verbose=0)
+    if keras.backend.backend() == "tensorflow":
+        model.make_predict_function(force=True)
+    np.testing.assert_allclose(model.predict(x[..., None], verbose=0), flat, rtol=1e-6)
