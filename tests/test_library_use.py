@@ -259,3 +259,10 @@ def test_one_model_predicts_both_input_ranks_with_the_documented_workaround():
     if keras.backend.backend() == "tensorflow":
         model.make_predict_function(force=True)
     np.testing.assert_allclose(model.predict(x[..., None], verbose=0), flat, rtol=1e-6)
+
+
+def test_build_model_takes_a_keras_model_name_beside_the_architectures():
+    # The architecture's `name` is positional only: `name=` names the Keras model (it
+    # used to be Python's "got multiple values for argument 'name'").
+    assert build_model("mlp", name="my_model", hidden=[8]).name == "my_model"
+    assert build_model("mlp", hidden=[8]).name != "my_model"

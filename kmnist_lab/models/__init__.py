@@ -88,7 +88,9 @@ def check_overrides(name: str, overrides) -> None:
         check(**{k: v for k, v in overrides.items() if k not in RESERVED_PARAMS})
 
 
-def build_model(name: str, num_classes: int = 10, head: str = "logits", **overrides) -> keras.Model:
+def build_model(
+    name: str, /, num_classes: int = 10, head: str = "logits", **overrides
+) -> keras.Model:
     """Builds the registered architecture `name`.
 
     Args:
@@ -96,8 +98,8 @@ def build_model(name: str, num_classes: int = 10, head: str = "logits", **overri
         num_classes: output width.
         head: `"logits"` (dense) or `"cosine"` (`CosineDense`, for margin losses).
         **overrides: builder keywords, e.g. `hidden=(128,)`, `activation="tanh"`,
-            `augment=True`. `None` values are ignored, so callers can pass optional
-            settings through unchanged.
+            `augment=True`, or `name=` for the Keras model's name. `None` values are
+            ignored, so callers can pass optional settings through unchanged.
 
     Raises:
         ConfigError: unknown name, a `num_classes` that is not a positive integer, a
