@@ -53,6 +53,28 @@ class TrialSpec:
     optimizer_params: dict = dataclasses.field(default_factory=dict)
 
 
+def steps(low: float, high: float, step: float) -> list[float]:
+    """`low, low + step, ..., high` (both ends included), each rounded to 10 decimals.
+
+    For a stepped float hyperparameter, as a `hp.Choice`: keras-tuner's `hp.Float(low,
+    high, step=step)` counts `int((high - low) / step) + 1` values, and where that
+    quotient falls just below a whole number (`0.5 / 0.05 = 9.999...`) it drops `high`,
+    so no tuner ever tried it (the `losses` space's margin 0.5 and label smoothing 0.3);
+    its values also carry float noise (`0.15000000000000002`) into
+    `best_train_config.json`.
+
+    Raises:
+        ConfigError: `step` is not positive, or does not divide `high - low`.
+    """
+    count = round((high - low) / step) if step > 0 else 0
+    if step <= 0 or count < 0 or not math.isclose(low + count * step, high, abs_tol=1e-9):
+        raise ConfigError(
+            f"`step` must be positive and divide `high - low`. Received: low={low!r}, "
+            f"high={high!r}, step={step!r}"
+        )
+    return [round(low + i * step, 10) for i in range(count + 1)]
+
+
 class SpaceHyperModel(kt.HyperModel):
     """Base of every search space.
 
@@ -291,12 +313,12 @@ class LossSpace(SpaceHyperModel):
         with hp.conditional_scope("loss", ["focal"]):
             gamma = hp.Float("focal_gamma", 0.0, 5.0, step=0.5, default=2.0)
         with hp.conditional_scope("loss", ["am_softmax", "arm_softmax"]):
-            margin = hp.Float("margin", 0.0, 0.5, step=0.05, default=0.2)
+            margin = hp.Choice("margin", steps(0.0, 0.5, 0.05), default=0.2)
             scale = hp.Choice("scale", [10.0, 16.0, 30.0, 64.0], default=30.0)
         with hp.conditional_scope("loss", ["hinge"]):
             delta = hp.Choice("hinge_delta", [1.0, 2.0, 5.0], default=5.0)
         with hp.conditional_scope("loss", ["kld"]):
-            smoothing = hp.Float("label_smoothing", 0.0, 0.3, step=0.05, default=0.1)
+            smoothing = hp.Choice("label_smoothing", steps(0.0, 0.3, 0.05), default=0.1)
         if loss == "focal":
             params = {"gamma": gamma}
         elif loss in ("am_softmax", "arm_softmax"):
