@@ -4,8 +4,14 @@ Found by walking every documented `scripts/tune.py` command on tiny searches; ea
 names the behaviour a user relies on.
 """
 
+import csv
+
+import _cli
+import h5py
 import keras_tuner as kt
 import pytest
+import tune as tune_script
+from helpers import write_idx_dataset
 
 from kmnist_lab.errors import ConfigError
 from tuning import get_hypermodel
@@ -60,3 +66,30 @@ def test_steps_lists_a_stepped_range_with_both_ends_and_refuses_a_step_that_does
     for low, high, step in [(0.0, 0.5, 0.3), (0.0, 0.5, 0.0), (0.5, 0.0, 0.05)]:
         with pytest.raises(ConfigError, match="`step` must be positive and divide"):
             steps(low, high, step)
+
+
+def _optimizer_steps(checkpoint) -> int:
+    """The optimizer's step count (`iterations`, its first variable) in a checkpoint."""
+    with h5py.File(checkpoint) as f:
+        return int(f["optimizer/vars/0"][()])
+
+
+def test_a_hyperband_continuation_keeps_the_optimizers_state(tmp_path, recwarn):
+    """A promoted model goes on with Adam's moments and step count from its checkpoint:
+    keras-tuner loaded them into an unbuilt optimizer, which Keras skipped with a
+    warning, so every continued trial restarted Adam from zero."""
+    data_dir = write_idx_dataset(tmp_path / "data", n_train=240, n_test=40)
+    argv = ["--dataset", "kmnist", "--data-dir", str(data_dir), "--directory",
+            str(tmp_path / "s"), "--jit", "off", "-q", "--space", "losses", "--tuner",
+            "hyperband", "--max-epochs", "2", "--factor", "2", "--no-export"]  # fmt: skip
+    assert _cli.run(tune_script.main, argv) == 0
+    project = tmp_path / "s" / "losses_hyperband_kmnist"
+    with open(project / "trials.csv", newline="") as f:
+        continued = [r for r in csv.DictReader(f) if r["from_trial"]]
+    assert continued
+    for row in continued:
+        before = _optimizer_steps(project / f"trial_{row['from_trial']}" / "checkpoint.weights.h5")
+        after = _optimizer_steps(project / f"trial_{row['trial_id']}" / "checkpoint.weights.h5")
+        # One more epoch of the same batch size: as many steps again.
+        assert after == 2 * before, (row["trial_id"], before, after)
+    assert not [w for w in recwarn if "Skipping variable loading" in str(w.message)]

@@ -259,9 +259,9 @@ def _remove_artifacts(out: Path) -> None:
 
 
 def _restore(tuner, trial):
-    """The trial's checkpointed model. The checkpoint holds the weights only, so Keras
-    warns that it skips the optimizer's variables; the model is only evaluated and
-    exported, so that warning is noise and is silenced here."""
+    """The trial's checkpointed model. Its optimizer is not built here, so Keras skips
+    the optimizer's variables of the checkpoint and warns; the model is only evaluated
+    and exported, so that warning is noise and is silenced here."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
         return tuner.load_model(trial)

@@ -2,8 +2,9 @@
 
 - Every trial reports its final-epoch validation metrics (a trial "of E epochs" is
   scored like report A's cell after E epochs), the epochs it trained, its wall time
-  and the process's resident memory; its checkpoint holds the final-epoch weights,
-  which Hyperband continues from and which the best model is restored from.
+  and the process's resident memory; its checkpoint holds the final-epoch weights
+  and optimizer state, which Hyperband continues from (optimizer state included:
+  `HyperbandTuner._build_hypermodel`) and which the best model is restored from.
 - The oracle records which tuner (worker) ran each trial, in `oracle.json`, so the
   chief knows it without access to the workers' disks.
 - `GridSearchOracle` forgets its position when reloaded (keras-tuner issue #1055:
@@ -546,6 +547,24 @@ class HyperbandTuner(kt.Hyperband, SearchTuner):
             max_trials=max_trials,
         )
         SearchTuner.__init__(self, oracle, hypermodel, **kwargs)
+
+    def _build_hypermodel(self, hp):
+        """keras-tuner's continuation, with the optimizer built before the weights load.
+
+        The checkpoint (`model.save_weights`) holds the optimizer's state too: Adam's
+        moments and its step count. Keras loads that state only into a built optimizer;
+        keras-tuner's Hyperband loads into an unbuilt one, which Keras skips with a
+        `Skipping variable loading for optimizer` warning, so every continued trial
+        restarted Adam (or momentum) from zero.
+        """
+        model = super(kt.Hyperband, self)._build_hypermodel(hp)  # not kt.Hyperband's
+        if "tuner/trial_id" in hp.values:
+            trial_id = hp.values["tuner/trial_id"]
+            model.build_from_config(kt_utils.load_json(self._get_build_config_fname(trial_id)))
+            if getattr(model, "optimizer", None) is not None and not model.optimizer.built:
+                model.optimizer.build(model.trainable_variables)
+            model.load_weights(self._get_checkpoint_fname(trial_id))
+        return model
 
 
 TUNERS = {
