@@ -156,12 +156,16 @@ def compile_for_config(model, loss, cfg: TrainConfig, steps_per_epoch: int) -> d
     if cfg.distribute == "data-parallel" and keras.backend.backend() == "tensorflow":
         # Keras 3.15 + MirroredStrategy: XLA steps fail to compile on CPU and
         # steps_per_execution > 1 fails ("must feed a value for placeholder").
-        if cfg.jit == "on" or cfg.steps_per_execution not in (None, 1):  # asked for
+        # Name only what was asked for and is overridden: `jit=off` and one step per
+        # call are honoured, and a policy's own choice (`auto`) was not asked for.
+        ignored = [f"--jit {cfg.jit}"] if cfg.jit == "on" else []
+        if cfg.steps_per_execution not in (None, 1):
+            ignored.append(f"--steps-per-execution {cfg.steps_per_execution}")
+        if ignored:
             log.warning(
                 "data-parallel on TensorFlow runs without XLA, one step per call (Keras 3.15 "
-                "fails otherwise); ignoring jit=%s, steps_per_execution=%s",
-                jit,
-                spe,
+                "fails otherwise); ignoring %s",
+                " and ".join(ignored),
             )
         jit, spe = False, 1
     compile_model(model, loss, optimizer, jit_compile=jit, steps_per_execution=spe)
