@@ -168,7 +168,8 @@ def build_parser():
         choices=JIT_POLICIES,
         default=None,
         help="XLA policy (default auto: measured per model; on JAX the step is always "
-        "jitted, off included; on torch, on means torch.compile, several times slower here)",
+        "jitted, off included; on torch, on means torch.compile, several times slower here, "
+        "with torch._dynamo's recompile-limit warnings)",
     )
     r.add_argument(
         "--precision",
