@@ -544,8 +544,7 @@ def _check_class_names(class_names) -> None:
         isinstance(c, str) and c.strip() for c in class_names
     ):
         raise DataError(
-            f"class_names must be a list of non-empty strings, one per class; "
-            f"got {class_names!r}"
+            f"class_names must be a list of non-empty strings, one per class; got {class_names!r}"
         )
     repeated = sorted(name for name, n in collections.Counter(class_names).items() if n > 1)
     if repeated:
@@ -572,11 +571,13 @@ def from_arrays(
 
     Raises:
         ConfigError: invalid `val_fraction`.
-        DataError: bad shapes, pixel values, labels or class names (the message says
-            which).
+        DataError: bad shapes, pixel values, labels, class names or name (the message
+            says which).
     """
     val_fraction = 0.1 if val_fraction is None else val_fraction
     _check_val_fraction(val_fraction)
+    if not isinstance(name, str) or not name.strip():
+        raise DataError(f"name must be a non-empty string (the dataset's name); got {name!r}")
     x_train, y_train = _check_images(np.asarray(x_train), y_train, "x_train")
     x_test, y_test = _check_images(np.asarray(x_test), y_test, "x_test")
     if class_names is None:

@@ -22,7 +22,6 @@ import dataclasses
 import logging
 import math
 import platform
-import re
 import shutil
 import time
 from pathlib import Path
@@ -201,9 +200,7 @@ def train(
     is named and recorded after the dataset `auto` found (`mnist` or `mnist_5k`), as
     `tune.py` and `study.py` do: a derived run name reads `bn_mlp_mnist_5k_ce_s0`, not
     `..._auto_...`, and a run on the full MNIST never shares a folder with one on the
-    subset. `config.json` keeps `"requested": "auto"` under `dataset`. A `dataset` of
-    your own with `config.dataset="auto"` and no `run_name` names the run after
-    `dataset.name` in the same way (`bn_mlp_pets_ce_s0`).
+    subset. `config.json` keeps `"requested": "auto"` under `dataset`.
 
     Raises:
         ConfigError, DataError, RunFolderError: bad input (nothing is overwritten).
@@ -214,13 +211,6 @@ def train(
         dataset = load_dataset(config.dataset, config.data_dir, config.val_fraction, config.seed)
         log.info("%s", dataset.summary())
         config = dataclasses.replace(config, dataset=dataset.name)
-    elif dataset is not None and config.dataset == "auto" and config.run_name is None:
-        # Arrays of the caller's own (`data.from_arrays(..., name=NAME)`): the run is
-        # named after them, as `auto` runs are after what it found, not `..._auto_...`.
-        label = re.sub(r"[^A-Za-z0-9._=+-]+", "_", dataset.name).strip("._") or "arrays"
-        config = dataclasses.replace(
-            config, run_name=f"{config.arch}_{label}_{config.loss}_s{config.seed}"
-        )
     cfg = config.resolved()
     run_dir = Path(cfg.output_dir) / cfg.run_name
     if cfg.tensorboard:

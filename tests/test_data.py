@@ -348,6 +348,9 @@ def test_from_arrays_refuses_class_names_that_cannot_key_results(names, message)
     x, y = make_images(40)
     with pytest.raises(DataError, match=message):
         data.from_arrays(x, y % 3, x, y % 3, class_names=names)
+    for name in (None, 3, " "):
+        with pytest.raises(DataError, match="name must be a non-empty string"):
+            data.from_arrays(x, y % 3, x, y % 3, name=name)
     assert data.from_arrays(x, y % 3, x, y % 3, class_names=["a", "b", "c"]).class_names == (
         "a",
         "b",

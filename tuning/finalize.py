@@ -259,9 +259,10 @@ def _remove_artifacts(out: Path) -> None:
 
 
 def _restore(tuner, trial):
-    """The trial's checkpointed model. Its optimizer is not built here, so Keras skips
-    the optimizer's variables of the checkpoint and warns; the model is only evaluated
-    and exported, so that warning is noise and is silenced here."""
+    """The trial's checkpointed model. Unless the trial continued another (Hyperband),
+    its optimizer is not built here, so Keras skips the checkpoint's optimizer
+    variables and warns; the model is only evaluated and exported, so that warning is
+    noise and is silenced here."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
         return tuner.load_model(trial)

@@ -124,7 +124,7 @@ def build_model(
 def load_keras_model(path, compile: bool = True) -> keras.Model:
     """Loads a `model.keras` written by kmnist_lab on any backend.
 
-    `keras.saving.load_model` itself, which finds kmnist_lab's custom layers, losses,
+    It calls `keras.saving.load_model`, which finds kmnist_lab's custom layers, losses,
     optimizers and schedules because importing this module registered them.
 
     On the torch backend a compiled model also runs one step per call, eagerly: a model
