@@ -12,11 +12,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import numbers
 import re
 from pathlib import Path
 
-from kmnist_lab.errors import ConfigError, did_you_mean
+from kmnist_lab.errors import ConfigError, did_you_mean, is_int, is_real
 
 BACKENDS = ("tensorflow", "jax", "torch")
 JIT_POLICIES = ("auto", "on", "off")
@@ -267,9 +266,7 @@ class TrainConfig:
             _choice("backend", self.backend, BACKENDS)
         for name in ("epochs", "batch_size", "steps_per_execution", "batch_shards"):
             value = getattr(self, name)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value <= 0
-            ):
+            if value is not None and (not is_int(value) or value <= 0):
                 raise ConfigError(
                     f"`{name}` must be a positive integer. Received: {name}={value!r}"
                 )
@@ -277,18 +274,18 @@ class TrainConfig:
         for name in ("momentum", "weight_decay", "l2"):
             value = getattr(self, name)
             if value is not None and (
-                not _is_number(value) or not math.isfinite(value) or value < 0
+                not is_real(value) or not math.isfinite(value) or value < 0
             ):
                 raise ConfigError(
                     f"`{name}` must be a finite number >= 0. Received: {name}={value!r}"
                 )
         if self.momentum is not None and self.momentum >= 1:
             raise ConfigError(f"`momentum` must be in [0, 1). Received: momentum={self.momentum}")
-        if not _is_int(self.warmup_epochs) or self.warmup_epochs < 0:
+        if not is_int(self.warmup_epochs) or self.warmup_epochs < 0:
             raise ConfigError(
                 f"`warmup_epochs` must be an integer >= 0. Received: {self.warmup_epochs!r}"
             )
-        if not _is_int(self.seed) or not 0 <= self.seed < 2**32:
+        if not is_int(self.seed) or not 0 <= self.seed < 2**32:
             raise ConfigError(
                 f"`seed` must be an integer in [0, 2**32 - 1]. Received: seed={self.seed!r}"
             )
@@ -353,7 +350,7 @@ class TrainConfig:
                     f"`{name}` must be a non-empty string. Received: {name}={value!r}"
                 )
         if self.val_fraction is not None and (
-            not _is_number(self.val_fraction) or not (0.0 < self.val_fraction < 1.0)
+            not is_real(self.val_fraction) or not (0.0 < self.val_fraction < 1.0)
         ):
             raise ConfigError(
                 f"`val_fraction` must be in (0, 1). Received: val_fraction={self.val_fraction!r}"
@@ -391,8 +388,9 @@ class TrainConfig:
         return Path(self.output_dir) / (self.run_name or self.resolved().run_name)
 
     def to_dict(self) -> dict:
-        """The fields as JSON types (tuples become lists), as `config.json` reads back."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        """The fields as JSON types (tuples become lists, NumPy scalars Python numbers),
+        as `config.json` reads back."""
+        return json.loads(json.dumps(dataclasses.asdict(self), default=_python_scalar))
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
@@ -462,16 +460,8 @@ def _default_lr(optimizer: str, defaults: ArchDefaults) -> float:
     return float(optimizer_defaults(optimizer)["learning_rate"])
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _positive_float(name: str, value) -> None:
-    if value is not None and (not _is_number(value) or not math.isfinite(value) or value <= 0):
+    if value is not None and (not is_real(value) or not math.isfinite(value) or value <= 0):
         raise ConfigError(f"`{name}` must be a positive finite number. Received: {name}={value!r}")
 
 
@@ -480,3 +470,11 @@ def _choice(name: str, value, allowed) -> None:
         raise ConfigError(
             f"`{name}` must be one of {', '.join(allowed)}. Received: {name}={value!r}"
         )
+
+
+def _python_scalar(value):
+    """`json.dumps` fallback: a NumPy scalar (`np.int64(3)`, a seed drawn with NumPy)
+    becomes its Python number; anything else stays unserializable."""
+    if hasattr(value, "item") and is_real(value):
+        return value.item()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")

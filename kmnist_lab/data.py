@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kmnist_lab.errors import ConfigError, DataError
+from kmnist_lab.errors import ConfigError, DataError, is_int, is_real
 from kmnist_lab.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -458,11 +458,7 @@ def default_val_fraction(dataset_name: str) -> float:
 
 
 def _check_val_fraction(val_fraction) -> None:
-    if (
-        isinstance(val_fraction, bool)
-        or not isinstance(val_fraction, (int, float, np.integer, np.floating))
-        or not 0.0 <= val_fraction < 1.0
-    ):
+    if not is_real(val_fraction) or not 0.0 <= val_fraction < 1.0:
         raise ConfigError(
             f"`val_fraction` must be a number in [0, 1). Received: val_fraction={val_fraction!r}"
         )
@@ -516,7 +512,7 @@ def load_dataset(
     loader = DATASETS.get(name).factory
     if val_fraction is not None:
         _check_val_fraction(val_fraction)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+    if not is_int(seed) or not 0 <= seed < 2**32:
         raise ConfigError(f"`seed` must be an integer in [0, 2**32 - 1]. Received: seed={seed!r}")
     resolved, splits, source = loader(data_dir)
     if val_fraction is None:

@@ -37,7 +37,7 @@ import weakref
 import keras
 import numpy as np
 
-from kmnist_lab.errors import ConfigError
+from kmnist_lab.errors import ConfigError, is_int
 
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -600,7 +600,7 @@ def device_fit(
     y = _as_int32(y)
     if validation_data is not None:
         validation_data = (validation_data[0], _as_int32(validation_data[1]))
-    if isinstance(batch_shards, bool) or not isinstance(batch_shards, int) or batch_shards < 1:
+    if not is_int(batch_shards) or batch_shards < 1:
         raise ConfigError(
             f"batch_shards must be a positive integer. Received: batch_shards={batch_shards!r}"
         )

@@ -17,6 +17,11 @@ def is_real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def is_int(value) -> bool:
+    """True for an integer argument: a Python int or a NumPy integer, not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def did_you_mean(name, choices) -> str:
     """` Did you mean 'x'?` for the choice closest to a misspelt `name`, else "".
 

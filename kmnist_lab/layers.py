@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 
 import keras
 import numpy as np
 from keras import ops
 
-from kmnist_lab.errors import ConfigError, is_real
+from kmnist_lab.errors import ConfigError, is_int, is_real
 
 _HALF_DTYPES = ("float16", "bfloat16")
 
@@ -68,7 +67,7 @@ class CosineDense(keras.layers.Layer):
         kernel_regularizer=None,
         **kwargs,
     ):
-        if isinstance(units, bool) or not isinstance(units, numbers.Integral) or units < 1:
+        if not is_int(units) or units < 1:
             raise ConfigError(f"`units` must be a positive integer. Received: units={units!r}")
         if not is_real(epsilon) or not 0 < epsilon < math.inf:
             raise ConfigError(
@@ -322,11 +321,7 @@ class SmallMapConv2D(keras.layers.Conv2D):
 
     def __init__(self, filters, kernel_size, strides=1, padding="valid", zero_padding=0, **kwargs):
         super().__init__(filters, kernel_size, strides=strides, padding=padding, **kwargs)
-        if (
-            isinstance(zero_padding, bool)
-            or not isinstance(zero_padding, numbers.Integral)
-            or zero_padding < 0
-        ):
+        if not is_int(zero_padding) or zero_padding < 0:
             raise ConfigError(
                 f"`zero_padding` must be an integer >= 0. Received: zero_padding={zero_padding!r}"
             )

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import math
-import numbers
 
 import keras
 from keras import ops
 
 from kmnist_lab.config import LR_SCHEDULES
-from kmnist_lab.errors import ConfigError, is_real
+from kmnist_lab.errors import ConfigError, is_int, is_real
 
 
 @keras.saving.register_keras_serializable(package="kmnist_lab")
@@ -39,11 +38,7 @@ class Warmup(keras.optimizers.schedules.LearningRateSchedule):
                 "`schedule` must be a keras.optimizers.schedules.LearningRateSchedule. "
                 f"Received: schedule={schedule!r}"
             )
-        if (
-            isinstance(warmup_steps, bool)
-            or not isinstance(warmup_steps, numbers.Integral)
-            or warmup_steps < 1
-        ):
+        if not is_int(warmup_steps) or warmup_steps < 1:
             raise ConfigError(
                 "`warmup_steps` must be a positive integer. "
                 f"Received: warmup_steps={warmup_steps!r}"
@@ -120,7 +115,7 @@ def make_schedule(kind: str, lr: float, steps_per_epoch: int, epochs: int, warmu
         raise ConfigError(f"`lr` must be a positive finite number. Received: lr={lr!r}")
     for arg, value, low in (("steps_per_epoch", steps_per_epoch, 1), ("epochs", epochs, 1),
                             ("warmup_epochs", warmup_epochs, 0)):  # fmt: skip
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        if not is_int(value) or value < low:
             rule = "a positive integer" if low else "an integer >= 0"
             raise ConfigError(f"`{arg}` must be {rule}. Received: {arg}={value!r}")
     check_warmup(warmup_epochs, epochs, kind)

@@ -371,6 +371,21 @@ def test_config_values_at_their_bounds_are_valid():
     TrainConfig(val_fraction=1e-3, steps_per_execution=1, warmup_epochs=0)
 
 
+def test_numpy_scalars_are_valid_values_and_config_json_holds_python_numbers():
+    """A seed or epoch count drawn with NumPy is an integer like any other; `to_dict`
+    (what `config.json` holds) turns NumPy scalars into Python numbers."""
+    cfg = TrainConfig(seed=np.int64(7), epochs=np.int32(3), batch_size=np.uint16(64),
+                      lr=np.float32(0.5), val_fraction=np.float64(0.25))  # fmt: skip
+    d = cfg.to_dict()
+    assert (d["seed"], d["epochs"], d["batch_size"], d["val_fraction"]) == (7, 3, 64, 0.25)
+    assert type(d["seed"]) is int and type(d["lr"]) is float
+    assert TrainConfig.from_dict(json.loads(json.dumps(d))).seed == 7
+    with pytest.raises(ConfigError, match="`epochs` must be a positive integer"):
+        TrainConfig(epochs=np.float64(3.0))
+    with pytest.raises(ConfigError, match="`seed` must be an integer"):
+        TrainConfig(seed=np.bool_(True))
+
+
 def test_run_folder_is_named_after_arch_dataset_loss_and_seed(tmp_path):
     """A plain re-run of the same command finds its run again; `run_name` overrides."""
     cfg = TrainConfig(arch="resnet18", dataset="kmnist", loss="focal", seed=7,

@@ -13,7 +13,6 @@ models or to call `load_keras_model`, can also load one with
 from __future__ import annotations
 
 import inspect
-import numbers
 
 import keras
 
@@ -21,7 +20,7 @@ import keras
 # here may hold `CosineDense`, `RandomAffine`, ... and be compiled with our losses,
 # optimizers and schedules, and loading its `.keras` file needs them all.
 from kmnist_lab import layers, losses, optimizers, schedules  # noqa: F401
-from kmnist_lab.errors import ConfigError, did_you_mean
+from kmnist_lab.errors import ConfigError, did_you_mean, is_int
 from kmnist_lab.models import mlp as _mlp
 from kmnist_lab.models import residual_cnn as _cnn
 from kmnist_lab.models import resnet as _resnet
@@ -107,11 +106,7 @@ def build_model(
             take, or a value it refuses (e.g. `dropout=1.0`).
     """
     factory = MODELS.get(name).factory
-    if (
-        isinstance(num_classes, bool)
-        or not isinstance(num_classes, numbers.Integral)
-        or (num_classes < 1)
-    ):
+    if not is_int(num_classes) or num_classes < 1:
         raise ConfigError(
             f"`num_classes` must be a positive integer. Received: num_classes={num_classes!r}"
         )

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import inspect
 import math
-import numbers
 
 import keras
 from keras import layers
 
-from kmnist_lab.errors import ConfigError, is_real
+from kmnist_lab.errors import ConfigError, is_int, is_real
 from kmnist_lab.models.blocks import (
     ACTIVATIONS,
     check_augment,
@@ -172,4 +171,4 @@ bn_mlp = variant(
 
 
 def _is_width(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
+    return is_int(value) and value > 0

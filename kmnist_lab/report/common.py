@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 
 from kmnist_lab import runs
-from kmnist_lab.errors import KmnistLabError, is_real
+from kmnist_lab.errors import KmnistLabError, is_int, is_real
 
 
 class ReportError(KmnistLabError):
@@ -96,7 +96,7 @@ def run_folder_problem(path: Path) -> str | None:
             continue
         value = holder[key]
         if kind is int:  # JSON's true is no number of epochs, nor is 0
-            fits = isinstance(value, int) and not isinstance(value, bool) and value > 0
+            fits = is_int(value) and value > 0
         else:
             fits = isinstance(value, kind)
         if not fits:
