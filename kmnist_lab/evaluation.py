@@ -221,6 +221,24 @@ def report_row_names(class_names, predicted_class_names=None) -> list[str]:
     return [f"{true} (pred {model})" for true, model in zip(class_names, predicted)]
 
 
+def write_evaluation(path, result: dict) -> None:
+    """Writes `score`'s result as strict JSON: a number that is not finite (the accuracy
+    of a class with no images in the scored split is NaN) becomes `null`, since
+    `NaN` is no JSON value and strict readers (`jq`, JavaScript, Go) refuse the file.
+    `report.common.read_evaluation` reads `null` back as NaN."""
+
+    def strict(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: strict(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [strict(v) for v in value]
+        return value
+
+    atomic_write_json(path, strict(result))
+
+
 def write_report(
     result: dict, x: np.ndarray, class_names, out_dir, title: str = "", predicted_class_names=None
 ) -> Path:
@@ -248,7 +266,7 @@ def write_report(
         raise ValueError(
             f"{len(predicted)} predicted class names for {len(class_names)} classes: {predicted}"
         )
-    atomic_write_json(out_dir / "evaluation.json", result)
+    write_evaluation(out_dir / "evaluation.json", result)
     # Columns are the model's classes, rows the data's.
     confusion = plots.confusion_matrix(result["confusion_matrix"], class_names,
                                        f"Confusion matrix {title}", predicted)  # fmt: skip

@@ -140,7 +140,7 @@ def _after_fit(study: Study):
     """
 
     def after_fit(model, dataset, run_dir):
-        from kmnist_lab.evaluation import score
+        from kmnist_lab.evaluation import score, write_evaluation
         from kmnist_lab.losses import serving_scale
 
         splits = ("test", "train") if "per_class_train" in study.extras else ("test",)
@@ -151,7 +151,7 @@ def _after_fit(study: Study):
             scores = model.predict(x, batch_size=512, verbose=0) * scale
             result = score(y, scores, dataset.class_names)
             result["split"] = split
-            runs.atomic_write_json(Path(run_dir) / f"evaluation_{split}.json", result)
+            write_evaluation(Path(run_dir) / f"evaluation_{split}.json", result)
             summary[f"{split}_accuracy_eval"] = result["accuracy"]
         return summary
 

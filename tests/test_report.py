@@ -688,6 +688,23 @@ def test_per_class_accuracy_of_a_class_absent_from_the_split_is_nan_not_zero():
     assert result["confusion_matrix"][2] == [0, 0, 0]
 
 
+def test_evaluation_files_are_strict_json_with_null_for_a_class_absent_from_the_split(tmp_path):
+    """NaN is no JSON value (`jq` and JavaScript refuse `NaN`): the file holds `null`,
+    and the reports read it back as NaN (no bar)."""
+    from kmnist_lab.evaluation import write_evaluation
+    from kmnist_lab.report.common import read_evaluation
+
+    result = score(np.array([0, 0, 1]), np.eye(3)[[0, 1, 1]], ["a", "b", "c"])
+    write_evaluation(tmp_path / "evaluation.json", result)
+    text = (tmp_path / "evaluation.json").read_text()
+    assert "NaN" not in text
+    strict = json.loads(text, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
+    assert strict["per_class_accuracy"] == {"a": 0.5, "b": 1.0, "c": None}
+    read, problem = read_evaluation(tmp_path / "evaluation.json")
+    assert problem is None and read["per_class_accuracy"]["b"] == 1.0
+    assert np.isnan(read["per_class_accuracy"]["c"])
+
+
 def test_most_confidently_wrong_ranks_by_the_predicted_class_probability():
     """Confidence is the probability of the class predicted, not how unlikely the true
     class was: sample 0 is predicted with p = 0.95, sample 1 with 0.52, although its

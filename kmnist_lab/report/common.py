@@ -155,7 +155,7 @@ def _evaluation_problem(data: dict) -> str | None:
     per_class = data.get("per_class_accuracy")
     if not isinstance(per_class, dict) or not per_class:
         return f'has "per_class_accuracy": {_shown(per_class)}, not an object of class accuracies'
-    bad = [k for k, v in per_class.items() if not is_real(v)]
+    bad = [k for k, v in per_class.items() if v is not None and not is_real(v)]
     if bad:
         return f"has per-class accuracies that are not numbers: {', '.join(bad[:3])}"
     if data.get("accuracy") is not None and not is_real(data["accuracy"]):
@@ -187,12 +187,18 @@ def read_evaluation(path: Path) -> tuple[dict, str | None]:
     A missing file is `{}`, nothing wrong. One that cannot be read, or whose accuracy,
     per-class accuracies, confusion matrix, predicted class names or classification
     report are not what `evaluation.score` writes, gives `{}`: it is named, not drawn.
+    A per-class accuracy of `null` (a class with no images in the scored split,
+    `evaluation.write_evaluation`) reads as NaN: no bar.
     """
     if not path.is_file():
         return {}, None
     data, problem = _read_object(path)
     problem = problem or _evaluation_problem(data)
-    return ({}, problem) if problem else (data, None)
+    if problem:
+        return {}, problem
+    per_class = data["per_class_accuracy"]
+    data["per_class_accuracy"] = {k: math.nan if v is None else v for k, v in per_class.items()}
+    return data, None
 
 
 # The columns the figures draw from each CSV log, and those that a row needs filled in
