@@ -273,9 +273,7 @@ class TrainConfig:
         _positive_float("lr", self.lr)
         for name in ("momentum", "weight_decay", "l2"):
             value = getattr(self, name)
-            if value is not None and (
-                not is_real(value) or not math.isfinite(value) or value < 0
-            ):
+            if value is not None and (not is_real(value) or not math.isfinite(value) or value < 0):
                 raise ConfigError(
                     f"`{name}` must be a finite number >= 0. Received: {name}={value!r}"
                 )
