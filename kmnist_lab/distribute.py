@@ -131,6 +131,7 @@ def distribution_scope(mode: str | None):
         )
     if backend == "jax":
         devices = keras.distribution.list_devices()
+        _warn_if_one(devices)
         log.info("data-parallel over %d JAX devices", len(devices))
         previous = keras.distribution.distribution()
         keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
@@ -143,12 +144,25 @@ def distribution_scope(mode: str | None):
 
     gpus = tf.config.list_logical_devices("GPU")
     devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+    _warn_if_one(devices)
     strategy = tf.distribute.MirroredStrategy(devices=devices)
     log.info(
         "data-parallel over %d TensorFlow devices (MirroredStrategy)", strategy.num_replicas_in_sync
     )
     with strategy.scope():
         yield devices
+
+
+def _warn_if_one(devices) -> None:
+    """Data-parallel over one device trains as `distribute none` would, with the
+    strategy's overhead: say so, and how to get more devices."""
+    if len(devices) == 1:
+        log.warning(
+            "--distribute data-parallel found one device (%s): the run trains as "
+            "--distribute none would. Split a CPU with --cpu-devices N, or run on a "
+            "machine with several GPUs",
+            devices[0],
+        )
 
 
 class SyncReplicaState(keras.callbacks.Callback):

@@ -245,3 +245,21 @@ def test_split_cpu_sets_the_jax_flag_once_and_leaves_one_device_alone(monkeypatc
     split_cpu(4)
     split_cpu(4)
     assert os.environ["XLA_FLAGS"] == "--xla_cpu_foo=1 --xla_force_host_platform_device_count=4"
+
+
+def test_data_parallel_over_one_device_says_it_trains_as_one_device(caplog):
+    """An unsplit CPU has one device: the run trains as `distribute none` would, and the
+    warning names the device and how to get more (`--cpu-devices N`)."""
+    import keras
+
+    from kmnist_lab.distribute import distribution_scope
+
+    if keras.backend.backend() == "torch":
+        pytest.skip("torch has no data-parallel scope (refused above)")
+    with caplog.at_level("WARNING", logger="kmnist_lab.distribute"):
+        with distribution_scope("data-parallel") as devices:
+            pass
+    if len(devices) > 1:
+        pytest.skip(f"this process has {len(devices)} devices")
+    assert "--distribute data-parallel found one device" in caplog.text
+    assert "--cpu-devices N" in caplog.text
