@@ -1844,3 +1844,25 @@ def test_a_cluster_process_moves_to_the_callers_folder_and_reports_errors_in_one
     (tmp_path / "c.json").write_text(json.dumps({"config": {**cfg.to_dict(), "seed": 7}}))
     assert distributed.child_main([str(tmp_path / "c.json")]) == 2
     assert capsys.readouterr().err.strip() == "tuner1: error: bad seed"
+
+
+@pytest.mark.parametrize("max_epochs, factor", [(1, 3), (2, 3), (3, 4), (4, 5)])
+def test_hyperband_below_its_factor_says_it_trains_one_bracket(max_epochs, factor):
+    """The note's model count is keras-tuner's own: one bracket, whose size it computes."""
+    from tuning.search import one_bracket_note
+
+    oracle = kt.oracles.HyperbandOracle(objective="val_accuracy", max_epochs=max_epochs,
+                                        factor=factor)  # fmt: skip
+    assert oracle._get_num_brackets() == 1
+    models = oracle._get_size(0, 0)
+    cfg = SearchConfig(space="mlp", tuner="hyperband", max_epochs=max_epochs, factor=factor)
+    note = one_bracket_note(cfg.resolved())
+    assert f"--max-epochs {max_epochs} below --factor {factor} has one bracket" in note
+    assert f"it trains {models} model{'s' if models > 1 else ''} for {max_epochs} epoch" in note
+
+
+def test_hyperband_at_or_above_its_factor_and_other_tuners_get_no_note():
+    from tuning.search import one_bracket_note
+
+    assert one_bracket_note(SearchConfig(space="mlp", tuner="hyperband", max_epochs=3)) is None
+    assert one_bracket_note(SearchConfig(space="mlp", tuner="random", max_epochs=1)) is None

@@ -382,6 +382,10 @@ def run_search(config: SearchConfig) -> SearchResult | None:
         # Name the folder and the search's identity after what "auto" found, so a later
         # run that finds another dataset starts its own search instead of mixing them.
         cfg = dataclasses.replace(config, dataset=dataset.name).resolved()
+    if role in (None, "chief") and not cfg.workers:  # said once: by the process that plans
+        note = one_bracket_note(cfg)
+        if note:
+            log.warning("%s", note)
     if cfg.workers:
         from tuning.distributed import launch_local_cluster
 
@@ -396,6 +400,27 @@ def run_search(config: SearchConfig) -> SearchResult | None:
     finally:
         if lock is not None:
             lock.release()
+
+
+def one_bracket_note(cfg: SearchConfig) -> str | None:
+    """What a Hyperband search with `max_epochs < factor` does, or None.
+
+    keras-tuner's Hyperband has `1 + floor(log_factor(max_epochs))` brackets; below the
+    factor that is one, whose `ceil(1 + log_factor(max_epochs))` models all train
+    `max_epochs` epochs: a random search of 1 or 2 models, no successive halving.
+    """
+    if cfg.tuner != "hyperband" or cfg.max_epochs >= cfg.factor:
+        return None
+    import math
+
+    models = math.ceil(1 + math.log(cfg.max_epochs, cfg.factor))
+    per = " per --hyperband-iterations" if cfg.hyperband_iterations > 1 else ""
+    return (
+        f"Hyperband with --max-epochs {cfg.max_epochs} below --factor {cfg.factor} has one "
+        f"bracket: it trains {models} model{'s' if models > 1 else ''} for "
+        f"{cfg.max_epochs} epoch{'s' if cfg.max_epochs > 1 else ''}{per}, without successive "
+        f"halving. Pass --max-epochs {cfg.factor} or more, or --tuner random --max-trials N"
+    )
 
 
 def _lock_project(cfg: SearchConfig):
