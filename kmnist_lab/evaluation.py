@@ -52,7 +52,10 @@ def resolve_saved_model(path) -> tuple[Path, Path | None]:
         except RunFolderError:  # a config.json beside it that training did not write
             return path, None
     if not path.exists():
-        raise ModelLoadError(f"{path} does not exist")
+        raise ModelLoadError(
+            f"{path} does not exist; pass a run folder (holding saved_model/), a SavedModel "
+            "folder or its saved_model.pb"
+        )
     if (path / "config.json").is_file():
         status = run_status(path)
         advice = {

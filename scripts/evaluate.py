@@ -75,6 +75,7 @@ def main(argv=None) -> int:
     from pathlib import Path
 
     from kmnist_lab.data import list_datasets, load_dataset
+    from kmnist_lab.errors import is_real
     from kmnist_lab.evaluation import (
         check_split_flags,
         default_val_fraction,
@@ -94,6 +95,14 @@ def main(argv=None) -> int:
     cfg = run.get("config", {})
     trained_on = run.get("dataset", {}).get("name") or cfg.get("dataset")
     dataset_name = args.dataset or trained_on or "auto"
+    if args.dataset is None and cfg.get("dataset", "auto") not in list_datasets():
+        from kmnist_lab.errors import ConfigError, did_you_mean
+
+        raise ConfigError(
+            f"{run_dir}/config.json names dataset {cfg['dataset']!r}, which is not one of "
+            f"{', '.join(list_datasets())}.{did_you_mean(cfg['dataset'], list_datasets())} "
+            "Pass --dataset NAME (and --data-dir) to score the model on a dataset"
+        )
     if args.dataset is None and dataset_name not in list_datasets():
         from kmnist_lab.errors import ConfigError
 
@@ -120,6 +129,13 @@ def main(argv=None) -> int:
             "directory; pass --data-dir with the folder that holds its files now"
         )
     run_seed, run_fraction = cfg.get("seed", 0), cfg.get("val_fraction")
+    if run_fraction is not None and not (is_real(run_fraction) and 0 < run_fraction < 1):
+        from kmnist_lab.errors import ConfigError  # train.py refuses it: edited by hand
+
+        raise ConfigError(
+            f"{run_dir}/config.json has val_fraction {run_fraction!r}; it must be in (0, 1) "
+            "(train.py's own check): fix the file"
+        )
     seed = args.seed if args.seed is not None else run_seed
     val_fraction = args.val_fraction if args.val_fraction is not None else run_fraction
     dataset = load_dataset(dataset_name, data_dir, val_fraction, seed)  # checks their values

@@ -482,6 +482,34 @@ def test_evaluate_refuses_a_run_whose_config_json_is_not_trainings(
     assert (run / "evaluation" / "kmnist-test" / "evaluation.json").is_file()
 
 
+def test_evaluate_names_a_bad_dataset_or_val_fraction_in_the_runs_config_json(
+    trained_run, tmp_path, capsys
+):
+    """A hand-edited config.json: a misspelt dataset is an unknown name with a guess (not
+    "arrays of its own"), and a val_fraction train.py would refuse is named as the
+    file's (before, 0 gave an empty split and "the model outputs 0 classes")."""
+    run = _copy_run(trained_run, tmp_path)
+    original = json.loads((run / "config.json").read_text())
+    for field, value, message in [
+        ("dataset", "kmnist_", "names dataset 'kmnist_', which is not one of"),
+        ("val_fraction", 0, "has val_fraction 0; it must be in (0, 1)"),
+        ("val_fraction", 2.5, "has val_fraction 2.5; it must be in (0, 1)"),
+    ]:
+        edited = json.loads(json.dumps(original))
+        edited["config"][field] = value
+        (run / "config.json").write_text(json.dumps(edited))
+        code = _cli.run(evaluate_script.main, [str(run), "--split", "val"])
+        err = _one_line_error(capsys, code, match=message)
+        assert str(run / "config.json") in err
+        if field == "dataset":
+            assert "Did you mean 'kmnist'?" in err and "arrays of its own" not in err
+
+
+def test_evaluate_a_path_that_does_not_exist_says_what_it_takes(tmp_path, capsys):
+    code = _cli.run(evaluate_script.main, [str(tmp_path / "nope")])
+    _one_line_error(capsys, code, match="does not exist; pass a run folder (holding saved_model/)")
+
+
 def test_evaluate_refuses_a_run_folder_that_lost_its_config_json(
     trained_run, data_dir, tmp_path, capsys
 ):
