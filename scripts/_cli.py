@@ -223,35 +223,28 @@ def nonneg_int(text: str) -> int:
     return value
 
 
-def _finite(text: str) -> float:
+def _number(text: str, rule: str, fits) -> float:
+    """`text` as a float for which `fits` holds, else "must be RULE, got TEXT" (the
+    same message for text, NaN, inf and an out-of-range number)."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        value = math.nan
+    if not math.isfinite(value) or not fits(value):
+        raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}")
     return value
 
 
 def positive_float(text: str) -> float:
-    value = _finite(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return value
+    return _number(text, "a positive finite number", lambda v: v > 0)
 
 
 def nonneg_float(text: str) -> float:
-    value = _finite(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
-    return value
+    return _number(text, "a finite number >= 0", lambda v: v >= 0)
 
 
 def fraction(text: str) -> float:
-    value = _finite(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text!r}")
-    return value
+    return _number(text, "a number in (0, 1)", lambda v: 0 < v < 1)
 
 
 def key_value(text: str) -> tuple[str, object]:

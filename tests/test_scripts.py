@@ -676,9 +676,9 @@ def test_train_config_checks_model_param_values_without_building(arch, params, m
         (["--epochs", "-3"], "--epochs"),
         (["--epochs", "ten"], "--epochs"),
         (["--batch-size", "0"], "--batch-size"),
-        (["--lr", "nan"], "--lr: must be a finite number"),
-        (["--lr", "0"], "--lr: must be a positive number"),
-        (["--lr", "fast"], "--lr: must be a number"),
+        (["--lr", "nan"], "--lr: must be a positive finite number"),
+        (["--lr", "0"], "--lr: must be a positive finite number"),
+        (["--lr", "fast"], "--lr: must be a positive finite number"),
         (["--arch", "vgg16"], "invalid choice: 'vgg16' (choose from"),  # no close name
         (["--arch", "bnmlp"], "invalid choice: 'bnmlp'. Did you mean 'bn_mlp'? (choose from"),
         (["--epoch", "2"], "unrecognized arguments: --epoch 2. Did you mean '--epochs'? (see"),
