@@ -199,6 +199,16 @@ class Parser(argparse.ArgumentParser):
                 options = [o for o in self._option_string_actions if o.startswith("--")]
                 hint = did_you_mean(first, options)
                 message += f".{hint}" if hint else ""
+        elif message.startswith("the following arguments are required: "):
+            # `tune.py` alone -> "... required: --space (one of: a_grid, mlp, ...)"
+            named = message.split(": ", 1)[1].split(", ")
+            choices = [
+                f"{name} one of: {', '.join(map(str, action.choices))}"
+                for name in named
+                for action in [self._option_string_actions.get(name)]
+                if action is not None and action.choices is not None
+            ]
+            message += f" ({'; '.join(choices)})" if choices else ""
         print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
         raise SystemExit(2)
 

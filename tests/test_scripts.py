@@ -724,6 +724,21 @@ def test_study_list_with_a_name_and_a_run_flag_is_refused_and_lists_nothing(caps
     assert "a_models" in capsys.readouterr().out
 
 
+def test_a_missing_required_flag_lists_its_choices(capsys):
+    """`tune.py` alone says which spaces --space takes; a positional without choices
+    (evaluate.py's path) gets argparse's message as it is."""
+    import tune as tune_script
+
+    from tuning import list_spaces
+
+    code = _cli.run(tune_script.main, [])
+    err = _one_line_error(capsys, code, match="the following arguments are required: --space")
+    assert f"(--space one of: {', '.join(list_spaces())})" in err
+    code = _cli.run(evaluate_script.main, [])
+    err = _one_line_error(capsys, code)
+    assert err == "evaluate.py: error: the following arguments are required: path (see --help)"
+
+
 @pytest.mark.parametrize(
     "flags, named",
     [
