@@ -119,10 +119,105 @@ def build_parser():
     p.add_argument(
         "--from-json",
         metavar="PATH",
-        help="print the table of an earlier --json file, measure nothing",
+        help="print the table of an earlier --json file, measure nothing (with no other "
+        "option but --markdown)",
     )
     p.add_argument("--worker", help=_suppress())
     return p
+
+
+# The options --from-json takes: the file, and the table's format. Every other one
+# chooses what to measure (or where to write the measurement), and --from-json measures
+# nothing.
+FROM_JSON_OPTIONS = ("from_json", "markdown")
+
+
+def _given_options(argv, but=()) -> list[str]:
+    """The options (`--arch`, ...) the command line `argv` gives, but those whose dest is
+    in `but`, in the parser's order, whatever their values: a default given by hand
+    (`--batch-size 128`) counts."""
+    import argparse
+
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS  # options not given stay out of the namespace
+    given = set(vars(parser.parse_args(argv))) - set(but)
+    return [a.option_strings[0] for a in parser._actions if a.option_strings and a.dest in given]
+
+
+def _json_kind(value) -> str:
+    """The JSON name of `value`'s type: object, array, string, number, boolean, null."""
+    kinds = ((bool, "boolean"), (dict, "object"), (list, "array"), (str, "string"),
+             ((int, float), "number"))  # fmt: skip
+    return next((name for t, name in kinds if isinstance(value, t)), "null")
+
+
+def _read_results(path: str) -> dict:
+    """The contents of a benchmark.py --json file, checked to hold what its table shows;
+    `ConfigError` in one line for a file that cannot be read or is not such a file."""
+    from kmnist_lab.errors import ConfigError
+
+    try:
+        saved = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read benchmark results {path}: {e}") from None
+    if not isinstance(saved, dict):
+        raise ConfigError(
+            f"cannot read benchmark results {path}: it holds a JSON {_json_kind(saved)}, "
+            'not the object with a "results" list that benchmark.py --json writes'
+        )
+    rows = saved.get("results")
+    why = None
+    if "results" not in saved:
+        why = 'no "results" list'
+    elif not isinstance(rows, list):
+        why = f'"results" is a JSON {_json_kind(rows)}, not a list of rows'
+    elif not all(isinstance(r, dict) for r in rows):
+        kind = next(_json_kind(r) for r in rows if not isinstance(r, dict))
+        why = f"a row of its results is a JSON {kind}, not an object"
+    elif "batch_size" not in saved:
+        why = 'no "batch_size"'
+    elif not isinstance(saved.get("machine") or {}, dict):
+        why = f'"machine" is a JSON {_json_kind(saved["machine"])}, not an object'
+    else:
+        needed = set(TABLE_KEYS)
+        missing = sorted(set().union(*(needed - set(r) for r in rows)) if rows else needed)
+        why = f"rows lack {', '.join(missing)}" if missing else None
+    if why:
+        raise ConfigError(f"{path} is not a benchmark.py --json file ({why})")
+    return saved
+
+
+def _check_json_path(path: str) -> None:
+    """Raises `ConfigError` unless `--json path` can be written: checked before measuring,
+    which would otherwise be lost at the end."""
+    from kmnist_lab.errors import ConfigError
+
+    target = Path(path)
+    folder = target.parent
+    try:
+        if not path:
+            why = "an empty path"
+        elif target.is_dir():
+            why = f"is a folder (a file in it: {target / 'bench.json'})"
+        elif target.exists() and not target.is_file():  # a device or pipe: /dev/null
+            if os.access(path, os.W_OK):
+                return
+            why = "is not writable"
+        elif not folder.exists():
+            why = f"folder {folder} does not exist"
+        elif not folder.is_dir():
+            why = f"{folder} is not a folder"
+        elif not os.access(folder, os.W_OK | os.X_OK):
+            why = f"folder {folder} is not writable"
+        else:
+            return
+    except OSError as e:
+        why = e.strerror or str(e)
+    raise ConfigError(
+        f"--json {path}: {why}; --json takes the path of a file to write in an existing, "
+        "writable folder"
+    )
 
 
 def _suppress():
@@ -279,19 +374,16 @@ def main(argv=None) -> int:
     from kmnist_lab.bench import cpu_name, matmul_gflops
     from kmnist_lab.errors import ConfigError
 
-    if args.from_json:
-        try:
-            saved = json.loads(Path(args.from_json).read_text())
-            rows, batch_size = saved["results"], saved["batch_size"]
-            needed = set(TABLE_KEYS)
-            missing = sorted(set().union(*(needed - set(r) for r in rows)) if rows else needed)
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ConfigError(f"cannot read benchmark results {args.from_json}: {e}") from None
-        if missing or not all(isinstance(r, dict) and {"arch", "backend"} <= set(r) for r in rows):
+    if args.from_json is not None:
+        ignored = _given_options(argv, but=FROM_JSON_OPTIONS)
+        if ignored:
             raise ConfigError(
-                f"{args.from_json} is not a benchmark.py --json file (rows lack "
-                f"{', '.join(missing) or 'arch/backend'})"
+                f"--from-json measures nothing, it prints the table of {args.from_json}: it "
+                f"takes no {', '.join(ignored)} (only --markdown); drop them, or --from-json "
+                "to measure"
             )
+        saved = _read_results(args.from_json)
+        rows, batch_size = saved["results"], saved["batch_size"]
         (_print_markdown if args.markdown else _print_table)(rows, batch_size, saved.get("machine"))
         if saved.get("quick"):
             print(QUICK_NOTE, file=sys.stderr)
@@ -299,12 +391,19 @@ def main(argv=None) -> int:
     from kmnist_lab.speed import check_steps_per_execution
 
     archs = list(dict.fromkeys(args.arch or ["bn_mlp"]))  # each once, in the order given
-    if args.compare_torch and not Path(args.torch_reference).is_file():
+    if args.json is not None:
+        _check_json_path(args.json)
+    reference = Path(args.torch_reference)
+    if args.compare_torch and not reference.is_file():
         raise ConfigError(
-            f"--compare-torch needs {args.torch_reference}; pass --torch-reference PATH"
+            f"--torch-reference {args.torch_reference} "
+            f"{'is a folder' if reference.is_dir() else 'does not exist'}: --compare-torch "
+            "needs a PyTorch reference script, such as scripts/torch_reference.py (the default)"
         )
     if not _is_cpu(args.torch_device) and not args.compare_torch:
         raise ConfigError(f"--torch-device {args.torch_device} needs --compare-torch")
+    if not args.compare_torch and "--torch-reference" in _given_options(argv):
+        raise ConfigError(f"--torch-reference {args.torch_reference} needs --compare-torch")
     if args.compare_torch:
         theirs = _reference_archs(args.torch_reference)
         if not _is_cpu(args.torch_device):
@@ -420,19 +519,19 @@ def main(argv=None) -> int:
     (_print_markdown if args.markdown else _print_table)(rows, args.batch_size, machine)
     if args.quick:
         print(QUICK_NOTE, file=sys.stderr)
-    if args.json:
+    if args.json is not None:
+        results = {"schema": 1, "machine": machine, "batch_size": args.batch_size,
+                   "repeats": args.repeats, "quick": args.quick,
+                   "torch_device": args.torch_device, "results": rows, "torch": torch_rates}  # fmt: skip
         from kmnist_lab.runs import atomic_write_json
 
-        atomic_write_json(args.json, {
-            "schema": 1,
-            "machine": machine,
-            "batch_size": args.batch_size,
-            "repeats": args.repeats,
-            "quick": args.quick,
-            "torch_device": args.torch_device,
-            "results": rows,
-            "torch": torch_rates,
-        })  # fmt: skip
+        try:
+            atomic_write_json(args.json, results)
+        except OSError as e:  # the folder went away or became read-only while measuring
+            raise ConfigError(
+                f"cannot write --json {args.json}: {e.strerror or e}; the table above has "
+                "the results"
+            ) from None
     return 0
 
 
