@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 from kmnist_lab import runs
@@ -208,19 +209,80 @@ CSV_DRAWN = {
     "batches.csv": (("epoch", "step", "steps", "loss"), ("loss",)),
 }
 _EXTRA = "\0extra"  # DictReader's key for the cells past the header's
+# Control characters (NUL, newlines, ...): no writer of these files puts one in a cell.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
-def _cell_problem(row: dict, column: str, needed: tuple[str, ...]) -> str | None:
+def _printable(text: str) -> str:
+    """`text` with its control characters written as escapes (`\\x00`), as `repr` does."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def _cell_problem(
+    row: dict, column: str, needed: tuple[str, ...], number: bool = True
+) -> str | None:
     cell = row[column]
     if cell is None:
         return "fewer cells than the header"
     if cell == "":
         return f"no {column}" if column in needed else None  # no validation: a gap
+    if _CONTROL.search(cell):
+        return f"{column} {cell[:20]!r}"
+    if not number:
+        return None
     try:
         float(cell)  # `nan` and `inf` too: a diverged run logs them
     except ValueError:
         return f"{column} {cell[:20]!r}"
     return None
+
+
+def _read_csv(
+    path: Path,
+    numbers: tuple[str, ...],
+    needed: tuple[str, ...],
+    filled: tuple[str, ...],
+    every_column: bool = False,
+) -> tuple[list[str], list[dict], int | None, str | None]:
+    """`(header, readable rows, rows read, what is wrong)` of a CSV file: the checks of
+    `read_csv_log` and `read_trials_csv`; no rows read (None) where the file cannot be
+    read or its header is damaged.
+
+    The header must name every column of `needed`. A row is readable when its cells
+    in `numbers` are numbers or empty, those of `filled` (in the header) filled in, no
+    cell holds a control character and it has as many cells as the header; with
+    `every_column`, the cells of the other columns are checked too (text, not numbers),
+    else only those of `numbers`.
+    """
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f, restkey=_EXTRA)
+            header = list(reader.fieldnames or [])
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
+        return [], [], None, f"cannot be read ({why})"
+    shown = _printable(",".join(header))
+    shown = f"its header: {shown[:60]}{'...' if len(shown) > 60 else ''}" if header else "empty"
+    missing = [c for c in needed if c not in header]
+    if missing:
+        return header, [], None, f"has no {' or '.join(missing)} column ({shown})"
+    if any(_CONTROL.search(c) for c in header):
+        return header, [], None, f"has control characters in its header ({shown})"
+    checked = [c for c in (header if every_column else numbers) if c in header]
+    good, bad = [], []
+    for line, row in enumerate(rows, start=2):
+        problems = [_cell_problem(row, c, filled, c in numbers) for c in checked]
+        problems = [p for p in problems if p] + (
+            ["more cells than the header"] if _EXTRA in row else []
+        )
+        if problems:
+            bad.append(f"line {line}: {problems[0]}")
+        else:
+            good.append(row)
+    if not bad:
+        return header, good, len(rows), None
+    return header, good, len(rows), f"damaged rows: {len(bad)} of {len(rows)} ({bad[0]})"
 
 
 def read_csv_log(path: Path) -> tuple[list[dict], str | None]:
@@ -233,32 +295,42 @@ def read_csv_log(path: Path) -> tuple[list[dict], str | None]:
     with a header but no rows yet (a run that has just started) has nothing wrong.
     """
     drawn, needed = CSV_DRAWN[path.name]
-    try:
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f, restkey=_EXTRA)
-            header = list(reader.fieldnames or [])
-            rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        why = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
-        return [], f"cannot be read ({why})"
-    missing = [c for c in needed if c not in header]
-    if missing:
-        shown = ",".join(header)
-        shown = f"its header: {shown[:60]}{'...' if len(shown) > 60 else ''}" if header else "empty"
-        return [], f"has no {' or '.join(missing)} column ({shown})"
-    good, bad = [], []
-    for line, row in enumerate(rows, start=2):
-        problems = [_cell_problem(row, c, needed) for c in drawn if c in header]
-        problems = [p for p in problems if p] + (
-            ["more cells than the header"] if _EXTRA in row else []
-        )
-        if problems:
-            bad.append(f"line {line}: {problems[0]}")
-        else:
-            good.append(row)
-    if not bad:
-        return good, None
-    return good, f"damaged rows: {len(bad)} of {len(rows)} ({bad[0]})"
+    _, good, _, problem = _read_csv(path, drawn, needed, needed)
+    return good, problem
+
+
+# The columns of a search's `trials.csv` (`tuning.results`) that hold numbers, empty
+# where not applicable (a diverged trial's scores, Hyperband's columns elsewhere); its
+# other columns are text (ids, statuses, choices). The report sorts by `val_accuracy`.
+TRIALS_NUMBERS = ("val_accuracy", "val_loss", "epochs_trained", "wall_time_s", "bracket",
+                  "round", "initial_epoch", "epochs", "accuracy", "loss", "rss_mb",
+                  "diverged_epoch", "diverged_step")  # fmt: skip
+TRIALS_FILLED = ("trial_id", "status")
+
+
+def read_trials_csv(
+    path: Path, expected: int | None = None
+) -> tuple[list[str], list[dict], int, str | None]:
+    """`(header, readable rows, rows read, what is wrong)` of a search's `trials.csv`,
+    as `read_csv_log` reads a run's CSV log (None: nothing wrong; no rows read from a
+    file that cannot be read or whose header is damaged).
+
+    A row is readable when its cells are what `tuning.results.write_trials_csv` writes:
+    numbers or empty in `TRIALS_NUMBERS`, a trial id and status, no control character
+    (NUL, a newline: an unterminated quote swallows the rows after it) in any cell, and
+    as many cells as the header; damaged rows are left out and counted. `expected`, the
+    number of trials the search's `summary.json` counts: a file with fewer rows (cut
+    short, down to its header) says so.
+    """
+    header, good, read, problem = _read_csv(
+        path, TRIALS_NUMBERS, ("val_accuracy",), TRIALS_FILLED, every_column=True
+    )
+    if expected is not None and read is not None and read < expected:
+        rows = f"{read} row{'' if read == 1 else 's'}" if read else "no rows"
+        trials = f"{expected} trial{'' if expected == 1 else 's'}"
+        short = f"has {rows} for the {trials} that summary.json counts"
+        problem = f"{short}; {problem}" if problem else short
+    return header, good, read or 0, problem
 
 
 def pct(x) -> str:

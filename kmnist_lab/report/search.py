@@ -1,22 +1,28 @@
 """Search reports: `trials.csv` sorted by validation accuracy, `summary.md`, every
-PNG under `figures/` and evaluate.py's results for `best_model/`."""
+PNG under `figures/` and evaluate.py's results for `best_model/`.
+
+A damaged `trials.csv` (`common.read_trials_csv`: unreadable, rows that are not what
+`tuning.results` writes, fewer rows than `summary.json`'s trials) is named in the report
+and on stderr, as a run's damaged files are; the table shows the rows it can read."""
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
-from kmnist_lab.report.common import read_json_or_empty
+from kmnist_lab.errors import is_int
+from kmnist_lab.report.common import read_json_or_empty, read_trials_csv
 from kmnist_lab.report.document import Document
 from kmnist_lab.report.run import render_evaluations
+from kmnist_lab.report.study import say_damaged
 
 
 def render_search(path: Path, doc: Document) -> str:
-    with open(path / "trials.csv", newline="") as f:
-        reader = csv.DictReader(f)
-        headers = list(reader.fieldnames or [])
-        trials = list(reader)
+    summary = read_json_or_empty(path / "summary.json")
+    # The trials the search wrote (`tuning.finalize` writes both files): a trials.csv of
+    # fewer rows was cut short.
+    expected = summary.get("trials") if is_int(summary.get("trials")) else None
+    headers, trials, read, problem = read_trials_csv(path / "trials.csv", expected)
 
     def key(row):
         try:
@@ -32,8 +38,19 @@ def render_search(path: Path, doc: Document) -> str:
         _add_summary(doc, (path / "summary.md").read_text())
     # Columns empty in every row (e.g. Hyperband's outside a Hyperband search) are left out.
     headers = [h for h in headers if any(r.get(h, "") != "" for r in trials)]
-    doc.heading(f"Trials ({len(trials)}, best validation accuracy first)")
-    doc.table(headers, [[_short(r.get(h, "")) for h in headers] for r in trials])
+    # The trials the file holds or the summary counts, where the table shows fewer.
+    listed = max(expected or 0, read)
+    shown = f"{len(trials)} of {listed}" if len(trials) < listed else f"{len(trials)}"
+    doc.heading(f"Trials ({shown}, best validation accuracy first)")
+    if problem:
+        trials_word = f"trial{'' if listed == 1 else 's'}"
+        told = (f"the Trials table shows {len(trials) or 'none'} of {listed} {trials_word}"
+                if listed else "the report shows no trials")  # fmt: skip
+        say_damaged(doc, [(path / "trials.csv", f"{problem}; {told}")])
+    if trials:
+        doc.table(headers, [[_short(r.get(h, "")) for h in headers] for r in trials])
+    else:
+        doc.para("No trial rows to show.")
     figures = sorted((path / "figures").glob("**/*.png"))
     if figures:
         doc.heading("Figures")
@@ -43,7 +60,7 @@ def render_search(path: Path, doc: Document) -> str:
     evaluated = sorted((path / "best_model" / "evaluation").glob("*/evaluation.json"))
     if evaluated:
         doc.heading("Best model, scored by evaluate.py")
-        trained_on = read_json_or_empty(path / "summary.json").get("dataset")
+        trained_on = summary.get("dataset")
         render_evaluations(doc, evaluated, trained_on=trained_on)
     return title
 
