@@ -201,6 +201,14 @@ class TrainConfig:
     verbose: int = 1
 
     def __post_init__(self):
+        # A NumPy scalar (a seed drawn with NumPy) or a Fraction is stored as the Python
+        # number it is: TensorFlow's ops and Keras' seed checks refuse `np.int64`.
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if is_int(value) and type(value) is not int:
+                object.__setattr__(self, field.name, int(value))
+            elif is_real(value) and not is_int(value) and type(value) is not float:
+                object.__setattr__(self, field.name, float(value))
         self.validate()
 
     @classmethod
@@ -471,8 +479,9 @@ def _choice(name: str, value, allowed) -> None:
 
 
 def _python_scalar(value):
-    """`json.dumps` fallback: a NumPy scalar (`np.int64(3)`, a seed drawn with NumPy)
+    """`json.dumps` fallback for the parameter dicts (`loss_params`, ...; the fields
+    themselves are Python numbers, see `__post_init__`): a NumPy scalar or a Fraction
     becomes its Python number; anything else stays unserializable."""
-    if hasattr(value, "item") and is_real(value):
-        return value.item()
+    if is_real(value):
+        return int(value) if is_int(value) else float(value)
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")

@@ -600,10 +600,16 @@ def device_fit(
     y = _as_int32(y)
     if validation_data is not None:
         validation_data = (validation_data[0], _as_int32(validation_data[1]))
-    if not is_int(batch_shards) or batch_shards < 1:
-        raise ConfigError(
-            f"batch_shards must be a positive integer. Received: batch_shards={batch_shards!r}"
-        )
+    for name, value, low in (("batch_size", batch_size, 1), ("epochs", epochs, 0),
+                             ("initial_epoch", initial_epoch, 0),
+                             ("batch_shards", batch_shards, 1)):  # fmt: skip
+        if not is_int(value) or value < low:
+            rule = "a positive integer" if low else "an integer >= 0"
+            raise ConfigError(f"{name} must be {rule}. Received: {name}={value!r}")
+    # As Python ints: TensorFlow's ops refuse to mix an `np.int64` with its int32 steps.
+    batch_size, epochs, initial_epoch, batch_shards = map(
+        int, (batch_size, epochs, initial_epoch, batch_shards)
+    )
     if batch_shards > 1:
         if backend != "tensorflow":
             raise ConfigError(

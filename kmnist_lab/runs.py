@@ -51,12 +51,13 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Writes `text` to `path` via a temporary file in the same folder and a rename.
 
     The file gets the usual permissions (0666 minus the umask), not `mkstemp`'s 0600.
-    A device or pipe that exists (`/dev/null`) is written into as it is.
+    A device or pipe that exists (`/dev/null`), and a symbolic link, are written into as
+    they are.
     """
     path = Path(path)
-    if path.exists() and not path.is_file() and not path.is_dir():
-        # A device or pipe (`/dev/null`, `/dev/stdout`) is written into: a rename over it
-        # would replace it (as root, /dev/null by a regular file).
+    if path.is_symlink() or (path.exists() and not path.is_file() and not path.is_dir()):
+        # A rename over a device, a pipe or a link would replace it (as root, /dev/null
+        # by a regular file; `/dev/stdout`, a link, by a file in /dev).
         with open(path, "w") as f:
             f.write(text)
         return

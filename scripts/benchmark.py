@@ -152,6 +152,36 @@ def _json_kind(value) -> str:
     return next((name for t, name in kinds if isinstance(value, t)), "null")
 
 
+# What the table formats each value of a --json file as: text, a number, or a number
+# that may be missing (null: "-" in the table).
+_TEXT = ("arch", "backend", "jit")
+_NUMBERS = ("steps_per_execution", "train_samples_per_s", "compile_s", "epoch_s",
+            "infer_samples_per_s", "peak_rss_mb")  # fmt: skip
+_OPTIONAL_NUMBERS = ("torch_samples_per_s", "ratio_vs_torch", "matmul_share", "target_ratio",
+                     "torch_matmul_share", "target_matmul_share", "batch_shards")  # fmt: skip
+
+
+def _bad_value(saved: dict) -> str | None:
+    """The first value of a --json file's rows or machine that its table cannot show."""
+    from kmnist_lab.errors import is_real
+
+    def kind_of(value, want):
+        return f"{want}, not a JSON {_json_kind(value)}"
+
+    for i, row in enumerate(saved["results"]):
+        for key in _TEXT:
+            if not isinstance(row[key], str):
+                return f'row {i} has "{key}": {kind_of(row[key], "text")}'
+        for key in _NUMBERS + _OPTIONAL_NUMBERS:
+            value = row.get(key)
+            if not (is_real(value) or (value is None and key not in _NUMBERS)):
+                return f'row {i} has "{key}": {kind_of(value, "a number")}'
+    rate = (saved.get("machine") or {}).get("matmul_gflops", 0)
+    if not is_real(rate):
+        return f'"machine" has "matmul_gflops": {kind_of(rate, "a number")}'
+    return None
+
+
 def _read_results(path: str) -> dict:
     """The contents of a benchmark.py --json file, checked to hold what its table shows;
     `ConfigError` in one line for a file that cannot be read or is not such a file."""
@@ -182,7 +212,7 @@ def _read_results(path: str) -> dict:
     else:
         needed = set(TABLE_KEYS)
         missing = sorted(set().union(*(needed - set(r) for r in rows)) if rows else needed)
-        why = f"rows lack {', '.join(missing)}" if missing else None
+        why = f"rows lack {', '.join(missing)}" if missing else _bad_value(saved)
     if why:
         raise ConfigError(f"{path} is not a benchmark.py --json file ({why})")
     return saved

@@ -95,11 +95,15 @@ def main(argv=None) -> int:
     cfg = run.get("config", {})
     trained_on = run.get("dataset", {}).get("name") or cfg.get("dataset")
     dataset_name = args.dataset or trained_on or "auto"
+    # Where the run's settings were read: a search's best_model/ has them in metrics.json.
+    source = run_dir and run_dir / (
+        "config.json" if (run_dir / "config.json").is_file() else "metrics.json"
+    )
     if args.dataset is None and cfg.get("dataset", "auto") not in list_datasets():
         from kmnist_lab.errors import ConfigError, did_you_mean
 
         raise ConfigError(
-            f"{run_dir}/config.json names dataset {cfg['dataset']!r}, which is not one of "
+            f"{source} names dataset {cfg['dataset']!r}, which is not one of "
             f"{', '.join(list_datasets())}.{did_you_mean(cfg['dataset'], list_datasets())} "
             "Pass --dataset NAME (and --data-dir) to score the model on a dataset"
         )
@@ -133,7 +137,7 @@ def main(argv=None) -> int:
         from kmnist_lab.errors import ConfigError  # train.py refuses it: edited by hand
 
         raise ConfigError(
-            f"{run_dir}/config.json has val_fraction {run_fraction!r}; it must be in (0, 1) "
+            f"{source} has val_fraction {run_fraction!r}; it must be in (0, 1) "
             "(train.py's own check): fix the file"
         )
     seed = args.seed if args.seed is not None else run_seed

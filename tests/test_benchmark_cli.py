@@ -175,6 +175,10 @@ def test_an_atomic_write_to_a_device_writes_into_it_and_keeps_it(tmp_path):
     inode = regular.stat().st_ino
     runs.atomic_write_json(regular, {"a": 1})  # a regular file is still replaced atomically
     assert regular.stat().st_ino != inode and json.loads(regular.read_text()) == {"a": 1}
+    to_file = tmp_path / "to_file"  # `/dev/stdout` redirected to a file is such a link
+    to_file.symlink_to(regular)
+    runs.atomic_write_json(to_file, {"b": 2})
+    assert to_file.is_symlink() and json.loads(regular.read_text()) == {"b": 2}
 
 
 def test_a_device_that_cannot_be_written_is_refused(monkeypatch, capsys, no_measurement):
@@ -187,3 +191,32 @@ def test_torch_reference_without_compare_torch_is_refused(capsys, no_measurement
     """As --torch-device: a reference that no comparison runs would be ignored."""
     err = _refused(["--arch", "bn_mlp", "--quick", "--torch-reference", __file__], capsys)
     assert f"--torch-reference {__file__} needs --compare-torch" in err
+
+
+@pytest.mark.parametrize("edit, said", [
+    (lambda d: d["results"][0].update(train_samples_per_s=None),
+     'row 0 has "train_samples_per_s": a number, not a JSON null'),
+    (lambda d: d["results"][0].update(arch=3), 'row 0 has "arch": text, not a JSON number'),
+    (lambda d: d["results"][0].update(ratio_vs_torch="1.2"),
+     'row 0 has "ratio_vs_torch": a number, not a JSON string'),
+    (lambda d: d["machine"].update(matmul_gflops=None),
+     '"machine" has "matmul_gflops": a number, not a JSON null'),
+])  # fmt: skip
+def test_from_json_of_a_value_its_table_cannot_show_names_it(edit, said, tmp_path, capsys):
+    """Before, such a value ended in a formatting traceback (`NoneType.__format__`)."""
+    saved = json.loads(PUBLISHED.read_text())
+    edit(saved)
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps(saved))
+    err = _refused(["--from-json", str(path)], capsys)
+    assert f"{path} is not a benchmark.py --json file ({said})" in err
+
+
+def test_from_json_shows_a_missing_optional_number_as_a_dash(tmp_path, capsys):
+    saved = json.loads(PUBLISHED.read_text())
+    saved["results"][0]["ratio_vs_torch"] = None
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps(saved))
+    assert _cli.run(benchmark.main, ["--from-json", str(path), "--markdown"]) == 0
+    first = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| bn_mlp")][0]
+    assert first.split(" | ")[9] == "-"

@@ -506,6 +506,27 @@ def test_device_fit_refuses_empty_data():
         device_loop.device_fit(_tiny_model(), x, y, validation_data=(x[:0], y[:0]))
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    ({"batch_size": 0}, "batch_size must be a positive integer. Received: batch_size=0"),
+    ({"batch_size": 8.0}, "batch_size must be a positive integer. Received: batch_size=8.0"),
+    ({"epochs": -1}, "epochs must be an integer >= 0. Received: epochs=-1"),
+    ({"initial_epoch": True}, "initial_epoch must be an integer >= 0"),
+])  # fmt: skip
+def test_device_fit_refuses_bad_batch_sizes_and_epochs(kwargs, message):
+    x, y = np.zeros((8, 28, 28), np.uint8), np.zeros(8, np.int32)
+    with pytest.raises(ConfigError, match=message):
+        device_loop.device_fit(_tiny_model(), x, y, verbose=0, **kwargs)
+
+
+def test_device_fit_takes_numpy_integers():
+    """A batch size or epoch count computed with NumPy trains as its Python value would
+    (TensorFlow refused to add an `np.int64` batch size to its int32 step counter)."""
+    x, y = np.random.default_rng(0).integers(0, 256, (16, 28, 28), np.uint8), np.arange(16) % 10
+    history = device_loop.device_fit(_tiny_model(), x, y, batch_size=np.int64(8),
+                                     epochs=np.int32(2), verbose=0)  # fmt: skip
+    assert len(history.history["loss"]) == 2
+
+
 def test_a_recompiled_model_trains_with_its_new_optimizer():
     """The compiled calls are cached per model and `compile()`: after a recompile with a
     learning rate of 0 (and calls of the shapes already traced), the weights stay where

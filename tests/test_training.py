@@ -371,19 +371,29 @@ def test_config_values_at_their_bounds_are_valid():
     TrainConfig(val_fraction=1e-3, steps_per_execution=1, warmup_epochs=0)
 
 
-def test_numpy_scalars_are_valid_values_and_config_json_holds_python_numbers():
-    """A seed or epoch count drawn with NumPy is an integer like any other; `to_dict`
-    (what `config.json` holds) turns NumPy scalars into Python numbers."""
+def test_numpy_scalars_are_stored_as_python_numbers_and_train(tmp_path, tiny_dataset):
+    """A seed or batch size drawn with NumPy is an integer like any other. The config
+    stores it as a Python number: TensorFlow's device loop refuses an `np.int64` batch
+    size (`AddV2` int64 vs int32) and Keras an `np.int64` seed."""
+    from fractions import Fraction
+
     cfg = TrainConfig(seed=np.int64(7), epochs=np.int32(3), batch_size=np.uint16(64),
-                      lr=np.float32(0.5), val_fraction=np.float64(0.25))  # fmt: skip
+                      lr=np.float32(0.5), val_fraction=Fraction(1, 4))  # fmt: skip
+    assert (cfg.seed, cfg.epochs, cfg.batch_size, cfg.val_fraction) == (7, 3, 64, 0.25)
+    assert [type(v) for v in (cfg.seed, cfg.epochs, cfg.batch_size)] == [int] * 3
+    assert type(cfg.lr) is float and type(cfg.val_fraction) is float
     d = cfg.to_dict()
-    assert (d["seed"], d["epochs"], d["batch_size"], d["val_fraction"]) == (7, 3, 64, 0.25)
-    assert type(d["seed"]) is int and type(d["lr"]) is float
-    assert TrainConfig.from_dict(json.loads(json.dumps(d))).seed == 7
+    assert TrainConfig.from_dict(json.loads(json.dumps(d))) == cfg
     with pytest.raises(ConfigError, match="`epochs` must be a positive integer"):
         TrainConfig(epochs=np.float64(3.0))
     with pytest.raises(ConfigError, match="`seed` must be an integer"):
         TrainConfig(seed=np.bool_(True))
+    # NumPy values in a parameter dict are written as Python numbers too.
+    params = TrainConfig(loss="focal", loss_params={"gamma": np.float32(2.0)}).to_dict()
+    assert params["loss_params"] == {"gamma": 2.0}
+    result = train(_config(tmp_path, seed=np.int64(3), batch_size=np.int64(16), epochs=1),
+                   dataset=tiny_dataset)  # fmt: skip
+    assert len(result.history) == 1 and np.isfinite(float(result.history[-1]["loss"]))
 
 
 def test_run_folder_is_named_after_arch_dataset_loss_and_seed(tmp_path):

@@ -382,10 +382,6 @@ def run_search(config: SearchConfig) -> SearchResult | None:
         # Name the folder and the search's identity after what "auto" found, so a later
         # run that finds another dataset starts its own search instead of mixing them.
         cfg = dataclasses.replace(config, dataset=dataset.name).resolved()
-    if role in (None, "chief") and not cfg.workers:  # said once: by the process that plans
-        note = one_bracket_note(cfg)
-        if note:
-            log.warning("%s", note)
     if cfg.workers:
         from tuning.distributed import launch_local_cluster
 
@@ -441,6 +437,9 @@ def _search(cfg: SearchConfig, role: str | None, dataset) -> SearchResult | None
 
     start = time.perf_counter()
     log.info("%s", dataset.summary())
+    note = one_bracket_note(cfg) if role in (None, "chief") else None  # once: by the planner
+    if note:
+        log.warning("%s", note)
     (x_train, y_train), (x_val, y_val) = dataset.train, dataset.val
     if len(y_val) == 0:
         raise ConfigError("the search needs a validation split; the dataset's is empty")
