@@ -83,6 +83,7 @@ def train_flops(model: keras.Model) -> int | None:
 
 
 def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (Linux's `ru_maxrss` is in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

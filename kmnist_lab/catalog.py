@@ -19,6 +19,8 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def models_table() -> str:
+    """The README's table of registered architectures: what each is, its training defaults
+    (`ARCH_DEFAULTS`, else `FALLBACK_DEFAULTS`) and its `--model-param` options."""
     from kmnist_lab.models import MODELS, user_params
 
     rows = []
@@ -31,6 +33,7 @@ def models_table() -> str:
 
 
 def losses_table() -> str:
+    """The README's table of registered losses: what each is and the model head it needs."""
     from kmnist_lab.losses import LOSSES, loss_head
 
     return _table(
@@ -40,6 +43,7 @@ def losses_table() -> str:
 
 
 def optimizers_table() -> str:
+    """The README's table of registered optimizers and what each is."""
     from kmnist_lab.optimizers import OPTIMIZERS
 
     return _table(
@@ -48,6 +52,7 @@ def optimizers_table() -> str:
 
 
 def datasets_table() -> str:
+    """The README's table of registered datasets and what each is."""
     from kmnist_lab.data import DATASETS
 
     return _table(

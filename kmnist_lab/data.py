@@ -127,6 +127,7 @@ def list_datasets() -> list[str]:
 
 
 def sha256_file(path: Path) -> str:
+    """Hex SHA-256 digest of the file's bytes as stored (a `.gz` is not decompressed)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

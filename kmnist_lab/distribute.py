@@ -67,6 +67,8 @@ def split_cpu(n: int) -> None:
 
 
 def device_count() -> int:
+    """Devices data parallelism can use: JAX's devices; TensorFlow's logical GPUs, else its
+    logical CPUs (several after `split_cpu`); 1 on other backends."""
     backend = keras.backend.backend()
     if backend == "jax":
         import jax

@@ -77,6 +77,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, data) -> None:
+    """`atomic_write_text` of `data` as indented JSON and a newline; NumPy values (anything
+    with `tolist`) and paths are converted, other non-JSON values raise `TypeError`."""
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n")
 
 
@@ -108,6 +110,7 @@ def read_json(path: str | os.PathLike) -> dict | None:
 
 
 def is_complete(run_dir: str | os.PathLike) -> bool:
+    """Whether the run in `run_dir` finished: its `metrics.json` (written last) is a file."""
     return (Path(run_dir) / COMPLETE_MARKER).is_file()
 
 

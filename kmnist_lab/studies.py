@@ -76,6 +76,8 @@ def effective_config(run: StudyRun, quick: bool = False, epochs_scale: float = 1
 
 
 def default_output_dir(dataset: str, quick: bool) -> Path:
+    """The study folder used without an output folder: `studies/<dataset>`, or
+    `studies/<dataset>-quick` in quick mode (relative to the working directory)."""
     return Path("studies") / (f"{dataset}-quick" if quick else dataset)
 
 

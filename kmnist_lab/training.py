@@ -88,6 +88,8 @@ class RunResult:
 
 
 def versions() -> dict:
+    """Versions recorded in a run's `config.json`: Python, Keras, the backend's name, and
+    TensorFlow, JAX, PyTorch, NumPy and kmnist_lab where installed (the others left out)."""
     import importlib.metadata as md
 
     out = {

@@ -44,6 +44,8 @@ def _plural(count: int, noun: str) -> str:
 
 
 def has_heatmap(rows) -> bool:
+    """Whether `accuracy_heatmap` can draw `rows`: some trial completed with a score, and
+    the rows have `hp_batch_size` and `hp_lr` columns."""
     rows = completed(rows)
     return bool(rows) and "hp_batch_size" in rows[0] and "hp_lr" in rows[0]
 

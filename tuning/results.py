@@ -123,6 +123,8 @@ def trial_rows(oracle) -> list[dict]:
 
 
 def columns(oracle) -> list[str]:
+    """The `trials.csv` header: `trial_id`, `status`, `hp_<name>` per tuned hyperparameter
+    of `oracle`, then `METRIC_COLUMNS` and `TAIL_COLUMNS`."""
     return [
         "trial_id", "status", *(f"hp_{n}" for n in hp_names(oracle)), *METRIC_COLUMNS,
         *TAIL_COLUMNS,
@@ -130,6 +132,9 @@ def columns(oracle) -> list[str]:
 
 
 def write_trials_csv(rows: list[dict], fields: list[str], path: Path) -> Path:
+    """Writes `rows` to `path` (atomically) as CSV with the columns `fields`: other keys are
+    dropped, missing ones left empty, floats written to 6 significant digits (NaN empty).
+    Returns `path`."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()

@@ -513,18 +513,27 @@ def divergence(history) -> tuple[int | None, int | None] | None:
 
 
 class GridTuner(SearchTuner):
+    """`SearchTuner` that tries the space's configurations in turn (`GridOracle`),
+    maximising `val_accuracy`; `max_trials` None stops only at the end of the grid."""
+
     def __init__(self, hypermodel, max_trials=None, seed=None, **kwargs):
         oracle = GridOracle(objective=OBJECTIVE, max_trials=max_trials, seed=seed)
         super().__init__(oracle, hypermodel, **kwargs)
 
 
 class RandomTuner(SearchTuner):
+    """`SearchTuner` that samples `max_trials` configurations at random (`RandomOracle`),
+    maximising `val_accuracy`."""
+
     def __init__(self, hypermodel, max_trials=10, seed=None, **kwargs):
         oracle = RandomOracle(objective=OBJECTIVE, max_trials=max_trials, seed=seed)
         super().__init__(oracle, hypermodel, **kwargs)
 
 
 class BayesianTuner(SearchTuner):
+    """`SearchTuner` with Gaussian-process Bayesian optimisation (`BayesianOracle`) over
+    `max_trials` trials, maximising `val_accuracy`."""
+
     def __init__(self, hypermodel, max_trials=10, seed=None, **kwargs):
         oracle = BayesianOracle(objective=OBJECTIVE, max_trials=max_trials, seed=seed)
         super().__init__(oracle, hypermodel, **kwargs)

@@ -89,6 +89,7 @@ def regularizer(l2: float):
 
 
 def activation(x, name: str, kind: str = "relu"):
+    """The Keras activation `kind` (e.g. "relu") applied to `x` as a layer named `name`."""
     return layers.Activation(kind, name=name)(x)
 
 

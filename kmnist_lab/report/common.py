@@ -19,6 +19,7 @@ class ReportError(KmnistLabError):
 
 
 def read_json_or_empty(path: Path) -> dict:
+    """The JSON object in `path`, or `{}` when it is missing, unreadable or not an object."""
     return runs.read_json(path) or {}
 
 
@@ -334,10 +335,13 @@ def read_trials_csv(
 
 
 def pct(x) -> str:
+    """A fraction in percent with two decimals and no `%` (0.9512 -> `95.12`); `—` for None
+    or NaN."""
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
 
 
 def num(x, fmt="{:.3f}") -> str:
+    """`x` formatted with `fmt`; `—` for None or NaN."""
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
 
 
@@ -356,6 +360,8 @@ def diff_points(ours, original: dict) -> str:
 
 
 def original_acc(original: dict) -> str:
+    """The report's test accuracy in percent: its `test_accuracy`, else its
+    `test_accuracy_range` as `lo–hi`, else `—`."""
     if original.get("test_accuracy") is not None:
         return pct(original["test_accuracy"])
     rng = original.get("test_accuracy_range")

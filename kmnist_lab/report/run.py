@@ -26,6 +26,9 @@ from kmnist_lab.report.study import (
 
 
 def render_run(path: Path, doc: Document) -> str:
+    """Adds a run folder's report to `doc` and returns its title: status, config, the study
+    report's table and figures for this one run (beside the report's numbers where it is
+    part of a study that compares with them) and evaluate.py's results."""
     # `detect` refused a config.json of other types (`common.run_folder_problem`).
     cfg = read_json_or_empty(path / "config.json")
     config = cfg.get("config", {})

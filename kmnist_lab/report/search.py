@@ -18,6 +18,9 @@ from kmnist_lab.report.study import say_damaged
 
 
 def render_search(path: Path, doc: Document) -> str:
+    """Adds a search folder's report to `doc` and returns its title: `summary.md`, the
+    `trials.csv` rows (best validation accuracy first; a damaged file is named), the PNGs
+    under `figures/` and evaluate.py's results for `best_model/`."""
     summary = read_json_or_empty(path / "summary.json")
     # The trials the search wrote (`tuning.finalize` writes both files): a trials.csv of
     # fewer rows was cut short.

@@ -46,6 +46,13 @@ def compares_with_report(record: dict) -> bool:
 
 
 def render_study(path: Path, doc: Document) -> str:
+    """Adds a study folder's report to `doc` and returns its title: the runs' table (beside
+    the report's numbers where `compares_with_report`), damaged and unfinished runs, the
+    grid and the figures.
+
+    Raises:
+        ReportError: `path` is not a study folder that `scripts/study.py` wrote.
+    """
     record = runs.read_json(path / "study.json")
     problem = study_folder_problem(path)
     if problem:  # `detect` refused it already; here for callers that skip it
@@ -150,6 +157,9 @@ def _unfinished(doc: Document, path: Path, record: dict, entries: list[dict]) ->
 
 
 def runs_table(doc: Document, entries: list[dict]) -> None:
+    """Adds the table of classification runs to `doc`, a row per entry (as `render_study`
+    builds them), and a note on its columns; the report's columns only where some entry's
+    `original` has their numbers, train accuracy only where a run evaluated the train split."""
     factor_keys = []
     for e in entries:
         # `epochs` has its own column (the epochs actually run).
@@ -302,6 +312,8 @@ def _grid(doc: Document, entries: list[dict], study: dict) -> None:
 
 
 def regression_table(doc: Document, entries: list[dict]) -> None:
+    """Adds the table of regression (sin(x)) runs to `doc`, a row per entry: errors, test
+    MSE, wall time and samples/s, beside the report's mean error."""
     headers = ["run", "status", "epochs", "mean error", "report mean error", "max abs error",
                "test MSE", "wall time s", "samples/s"]  # fmt: skip
     rows = []
@@ -335,6 +347,9 @@ def _reported_accuracy(original: dict) -> tuple[float, float] | None:
 
 
 def figures(doc: Document, entries: list[dict], colors: dict, study: dict) -> None:
+    """Adds the figures of the entries that have a `history.csv` to `doc`: test accuracy
+    against the report's, the curves, the study's heatmap, a regression's fit and the
+    study's `extras` (per-class accuracy, confusion matrices); a note when none has one."""
     name = study.get("name", "study")
     done = [e for e in entries if (e["dir"] / "history.csv").is_file()]
     if not done:
