@@ -211,3 +211,15 @@ def test_the_number_columns_are_those_tuning_results_writes_numbers_in():
     worker's name and the id of the trial a Hyperband trial continues."""
     written = {*results.METRIC_COLUMNS, *results.TAIL_COLUMNS}
     assert set(TRIALS_NUMBERS) == written - {"worker", "from_trial"}
+
+
+def test_a_damaged_summary_md_is_shown_escaped_not_copied(tmp_path):
+    """NUL bytes and bytes that are not UTF-8 in summary.md: the report shows `\\x00` and
+    U+FFFD where they were (before, the NULs reached report.md and the non-UTF-8 bytes
+    ended in a UnicodeDecodeError)."""
+    folder = two_trials(tmp_path)
+    summary = folder / "summary.md"
+    summary.write_bytes(summary.read_bytes() + b"\nbest so far: bn\0mlp \xff\xfe\n")
+    text = write_report(folder)[0].read_text()
+    assert "\0" not in text
+    assert "best so far: bn\\x00mlp \ufffd\ufffd" in text

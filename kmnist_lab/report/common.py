@@ -214,7 +214,7 @@ _EXTRA = "\0extra"  # DictReader's key for the cells past the header's
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
     """`text` with its control characters written as escapes (`\\x00`), as `repr` does."""
     return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
@@ -263,7 +263,7 @@ def _read_csv(
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         why = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
         return [], [], None, f"cannot be read ({why})"
-    shown = _printable(",".join(header))
+    shown = printable(",".join(header))
     shown = f"its header: {shown[:60]}{'...' if len(shown) > 60 else ''}" if header else "empty"
     missing = [c for c in needed if c not in header]
     if missing:

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 
 from kmnist_lab.errors import is_int
-from kmnist_lab.report.common import read_json_or_empty, read_trials_csv
+from kmnist_lab.report.common import printable, read_json_or_empty, read_trials_csv
 from kmnist_lab.report.document import Document
 from kmnist_lab.report.run import render_evaluations
 from kmnist_lab.report.study import say_damaged
@@ -38,7 +38,11 @@ def render_search(path: Path, doc: Document) -> str:
     title = f"Search `{path.name}`"
     if (path / "summary.md").is_file():
         doc.heading("Summary")
-        _add_summary(doc, (path / "summary.md").read_text())
+        try:  # bytes that are not UTF-8 (a damaged file) show as U+FFFD, not a traceback
+            text = (path / "summary.md").read_text(errors="replace")
+        except OSError as e:
+            text = f"summary.md cannot be read ({e.strerror or type(e).__name__})."
+        _add_summary(doc, text)
     # Columns empty in every row (e.g. Hyperband's outside a Hyperband search) are left out.
     headers = [h for h in headers if any(r.get(h, "") != "" for r in trials)]
     # The trials the file holds or the summary counts, where the table shows fewer.
@@ -97,7 +101,7 @@ def _add_summary(doc: Document, text: str) -> None:
             table.clear()
 
     for line in text.splitlines():
-        line = line.strip()
+        line = printable(line.strip())  # a NUL of a damaged file is shown, not copied
         if line.startswith("|") and line.endswith("|"):
             table.append([c.strip() for c in line[1:-1].split("|")])
             continue
