@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     from pathlib import Path
 
     from kmnist_lab.data import list_datasets, load_dataset
-    from kmnist_lab.errors import is_real
+    from kmnist_lab.errors import ConfigError, DataError, ModelLoadError, did_you_mean, is_real
     from kmnist_lab.evaluation import (
         check_split_flags,
         default_val_fraction,
@@ -100,16 +100,12 @@ def main(argv=None) -> int:
         "config.json" if (run_dir / "config.json").is_file() else "metrics.json"
     )
     if args.dataset is None and cfg.get("dataset", "auto") not in list_datasets():
-        from kmnist_lab.errors import ConfigError, did_you_mean
-
         raise ConfigError(
             f"{source} names dataset {cfg['dataset']!r}, which is not one of "
             f"{', '.join(list_datasets())}.{did_you_mean(cfg['dataset'], list_datasets())} "
             "Pass --dataset NAME (and --data-dir) to score the model on a dataset"
         )
     if args.dataset is None and dataset_name not in list_datasets():
-        from kmnist_lab.errors import ConfigError
-
         # A run of `training.train(config, dataset=data.from_arrays(...))`: its arrays
         # are in no file a dataset name reads.
         raise ConfigError(
@@ -126,16 +122,12 @@ def main(argv=None) -> int:
         else (cfg.get("data_dir") if args.dataset in (None, trained_on) else None)
     )
     if args.data_dir is None and data_dir is not None and not Path(data_dir).is_dir():
-        from kmnist_lab.errors import DataError
-
         raise DataError(
             f"the run's data dir {data_dir} (its config.json) does not exist or is not a "
             "directory; pass --data-dir with the folder that holds its files now"
         )
     run_seed, run_fraction = cfg.get("seed", 0), cfg.get("val_fraction")
     if run_fraction is not None and not (is_real(run_fraction) and 0 < run_fraction < 1):
-        from kmnist_lab.errors import ConfigError  # train.py refuses it: edited by hand
-
         raise ConfigError(
             f"{source} has val_fraction {run_fraction!r}; it must be in (0, 1) "
             "(train.py's own check): fix the file"
@@ -164,8 +156,6 @@ def main(argv=None) -> int:
     loaded = load_saved_model(saved_dir)
     scores = predict_scores(loaded, x, args.batch_size)
     if scores.shape[1] != dataset.num_classes:
-        from kmnist_lab.errors import ModelLoadError
-
         raise ModelLoadError(
             f"the model outputs {scores.shape[1]} classes but {dataset.name} has {dataset.num_classes}"
         )
