@@ -386,8 +386,19 @@ class TrainConfig:
             else self.model_params.get("augment", d.augment),
         }
         if self.run_name is None:
-            changes["run_name"] = f"{self.arch}_{self.dataset}_{self.loss}_s{self.seed}"
+            changes["run_name"] = self.derived_run_name()
         return dataclasses.replace(self, **changes)
+
+    def derived_run_name(self, arrays: str | None = None) -> str:
+        """The folder name a run without `run_name` gets: `{arch}_{dataset}_{loss}_s{seed}`.
+
+        Args:
+            arrays: the name of a dataset of your own (`data.from_arrays(..., name=...)`)
+                that stands in for `dataset`; characters other than letters, digits and
+                `. _ = + -` become `_`.
+        """
+        dataset = self.dataset if arrays is None else re.sub(r"[^A-Za-z0-9._=+-]", "_", arrays)
+        return f"{self.arch}_{dataset}_{self.loss}_s{self.seed}"
 
     @property
     def run_dir(self) -> Path:

@@ -202,7 +202,10 @@ def train(
     is named and recorded after the dataset `auto` found (`mnist` or `mnist_5k`), as
     `tune.py` and `study.py` do: a derived run name reads `bn_mlp_mnist_5k_ce_s0`, not
     `..._auto_...`, and a run on the full MNIST never shares a folder with one on the
-    subset. `config.json` keeps `"requested": "auto"` under `dataset`.
+    subset. `config.json` keeps `"requested": "auto"` under `dataset`. A `dataset` of
+    your own with `config.dataset="auto"` (the default) names the run the same way,
+    after `dataset.name` (characters other than letters, digits and `. _ = + -` become
+    `_`), unless `config.run_name` is set.
 
     Raises:
         ConfigError, DataError, RunFolderError: bad input (nothing is overwritten).
@@ -213,6 +216,10 @@ def train(
         dataset = load_dataset(config.dataset, config.data_dir, config.val_fraction, config.seed)
         log.info("%s", dataset.summary())
         config = dataclasses.replace(config, dataset=dataset.name)
+    elif config.dataset == "auto" and config.run_name is None:
+        # Your own arrays: the folder takes their name (`from_arrays(..., name=...)`),
+        # not `auto`, which they are not; `config.json` records both.
+        config = dataclasses.replace(config, run_name=config.derived_run_name(dataset.name))
     cfg = config.resolved()
     run_dir = Path(cfg.output_dir) / cfg.run_name
     if cfg.tensorboard:

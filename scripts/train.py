@@ -222,9 +222,10 @@ def config_from_args(args):
     from kmnist_lab.config import TrainConfig
 
     base = TrainConfig.from_json(args.config).to_dict() if args.config else {}
+    arrays = None
     if args.config:
         _note_a_quick_study_run(args.config)
-        _note_a_run_on_arrays(args.config)
+        arrays = _note_a_run_on_arrays(args.config)
     base.pop("backend", None)
     # A finished run is replaced only on this command line's --overwrite, never on the
     # `overwrite: true` a run's config.json recorded because *it* was run with it.
@@ -232,7 +233,8 @@ def config_from_args(args):
     # config.json records the resolved run name; one derived from the settings is derived
     # again from the final ones (`--config RUN/config.json --seed 1` must not write a seed-1
     # run into RUN's `..._s0` folder); a name chosen with --run-name is kept.
-    if base and base.get("run_name") == _derived_run_name(base):
+    # (A run on arrays of your own was named after them: that name was derived too.)
+    if base and base.get("run_name") in _derived_run_names(base, arrays):
         base.pop("run_name")
     # config.json also records the per-arch defaults the run resolved (epochs, batch size,
     # optimizer, lr, schedule, augment). A recorded value equal to the one derived without
@@ -348,19 +350,22 @@ def _note_a_quick_study_run(path) -> None:
         )  # fmt: skip
 
 
-def _note_a_run_on_arrays(path) -> None:
+def _note_a_run_on_arrays(path) -> str | None:
     """Warns when `path` is the config.json of a run trained on arrays of its own.
 
     `training.train(config, dataset=data.from_arrays(..., name=NAME))` records NAME
     under `dataset` and the config's own `dataset` (`auto` unless set), which is not
     those arrays: `--config` of such a run trains on that dataset instead.
+
+    Returns:
+        NAME for such a run, else None.
     """
     try:
         record = json.loads(Path(path).read_text())
         origin = record["dataset"]["source"]["origin"]
         name, requested = record["dataset"]["name"], record["config"]["dataset"]
     except (OSError, ValueError, KeyError, TypeError):
-        return  # not a run's config.json, or one without a dataset record
+        return None  # not a run's config.json, or one without a dataset record
     if origin == "in-memory arrays":
         logging.getLogger("kmnist_lab").warning(
             "--config %s: that run trained on in-memory arrays (%r, from Python: "
@@ -368,6 +373,8 @@ def _note_a_run_on_arrays(path) -> None:
             "--dataset %s instead unless you pass another",
             path, name, requested,
         )  # fmt: skip
+        return name if isinstance(name, str) else None
+    return None
 
 
 # The fields `TrainConfig.resolved` fills in from the architecture's defaults.
@@ -390,11 +397,14 @@ def _derived(config: dict, name: str):
 _NOT_DERIVABLE = object()
 
 
-def _derived_run_name(config: dict) -> str:
-    """The run name `TrainConfig.resolved` derives for a (valid) config dict."""
+def _derived_run_names(config: dict, arrays: str | None) -> set[str]:
+    """The run names a (valid) config dict derives: `TrainConfig.resolved`'s, and with
+    `arrays` (the name of a run's own arrays) the one `training.train` gave that run."""
     from kmnist_lab.config import TrainConfig
 
-    return TrainConfig.from_dict({**config, "run_name": None}).resolved().run_name
+    config = TrainConfig.from_dict({**config, "run_name": None})
+    names = {config.resolved().run_name}
+    return names | {config.derived_run_name(arrays)} if arrays else names
 
 
 def _configure_batch_shards(args, argv) -> None:

@@ -13,6 +13,7 @@ import evaluate as evaluate_script
 import numpy as np
 import pytest
 import train as train_script
+from conftest import make_images
 from helpers import write_idx_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -1270,6 +1271,34 @@ def test_config_of_a_run_on_in_memory_arrays_warns_that_no_file_holds_them(tmp_p
             assert "trains on --dataset auto instead" in warned[0]
         else:
             assert warned == []
+
+
+def test_a_run_on_arrays_of_its_own_is_named_after_them_and_its_config_renames(tmp_path, caplog):
+    """`train(cfg, dataset=from_arrays(..., name="my pets"))` with the default dataset
+    `auto` writes `mlp_my_pets_ce_s0/` (the arrays' name, a space as `_`), not
+    `mlp_auto_ce_s0/`; `--config` of that run, which trains on `auto`, derives its
+    name again instead of writing into the arrays' folder. An explicit `run_name` and
+    an explicit dataset other than `auto` keep their names."""
+    from kmnist_lab.config import TrainConfig
+    from kmnist_lab.data import from_arrays
+    from kmnist_lab.training import train
+
+    x, y = make_images(40, num_classes=3)
+    dataset = from_arrays(x, y, x[:9], y[:9], name="my pets")
+    common = dict(arch="mlp", model_params={"hidden": [4]}, epochs=1, batch_size=16,
+                  output_dir=str(tmp_path), verbose=0, augment=False)  # fmt: skip
+    run_dir = train(TrainConfig(**common), dataset=dataset, plots=False).run_dir
+    assert run_dir == tmp_path / "mlp_my_pets_ce_s0"
+    record = json.loads((run_dir / "config.json").read_text())
+    assert record["config"]["run_name"] == "mlp_my_pets_ce_s0"
+    assert record["config"]["dataset"] == "auto" and record["dataset"]["name"] == "my pets"
+    args = train_script.build_parser().parse_args(["--config", str(run_dir / "config.json")])
+    with caplog.at_level(logging.WARNING, logger="kmnist_lab"):
+        assert train_script.config_from_args(args).run_name is None
+    named = TrainConfig(**common, run_name="mine")
+    assert train(named, dataset=dataset, plots=False).run_dir == tmp_path / "mine"
+    explicit = TrainConfig(**common, dataset="kmnist")
+    assert train(explicit, dataset=dataset, plots=False).run_dir == tmp_path / "mlp_kmnist_ce_s0"
 
 
 @pytest.mark.parametrize("parse, accepted, refused", [
