@@ -123,7 +123,7 @@ def main(argv=None) -> int:
     )
     if args.data_dir is None and data_dir is not None and not Path(data_dir).is_dir():
         raise DataError(
-            f"the run's data dir {data_dir} (its config.json) does not exist or is not a "
+            f"the run's data dir {data_dir} (its {source.name}) does not exist or is not a "
             "directory; pass --data-dir with the folder that holds its files now"
         )
     run_seed, run_fraction = cfg.get("seed", 0), cfg.get("val_fraction")

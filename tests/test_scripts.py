@@ -1221,8 +1221,17 @@ def test_evaluate_says_when_the_runs_own_data_dir_is_gone(trained_run, data_dir,
     (run / "config.json").write_text(json.dumps(record))
     code = _cli.run(evaluate_script.main, [str(run)])
     err = _one_line_error(capsys, code, match=f"the run's data dir {tmp_path / 'moved'}")
-    assert "pass --data-dir" in err
+    assert "(its config.json)" in err and "pass --data-dir" in err
     assert _cli.run(evaluate_script.main, [str(run), "--data-dir", str(data_dir)]) == 0
+    # A search's best_model/ records its data in metrics.json, and the error names that.
+    best = tmp_path / "best_model"
+    shutil.copytree(trained_run / "saved_model", best / "saved_model")
+    identity = {"space": "losses", "dataset": "kmnist", "data_dir": str(tmp_path / "moved"),
+                "val_fraction": 0.1, "seed": 0}  # fmt: skip
+    (best / "metrics.json").write_text(json.dumps({"identity": identity}))
+    code = _cli.run(evaluate_script.main, [str(best)])
+    err = _one_line_error(capsys, code, match=f"the run's data dir {tmp_path / 'moved'}")
+    assert "(its metrics.json)" in err, err
 
 
 def test_config_of_a_quick_study_run_warns_that_it_trained_on_a_subset(tmp_path, caplog):
