@@ -151,6 +151,8 @@ def test_every_study_runs_quick_and_its_report_lists_every_run(name, mnist_5k, t
     if name == "e_sweeps":  # a factor --quick changed shows what the run trained with
         assert "| `bs_256` |  |  | 256 (ran 32) |  |" in text
         assert "| `bs_16` |  |  | 16 |  |" in text
+    if name == "c_optimizers":  # a factor that labels a config (sgdm, momentum 0.5): no "ran"
+        assert "| `sgd_momentum` | sgd_momentum | complete |" in text, text
     # Smoke-test numbers are never set beside the report's.
     assert "**quick mode**" in text and "| report % |" not in text and "_vs_report" not in text
     if study.grid:

@@ -227,9 +227,21 @@ def _factor_cell(entry: dict, key: str):
     factors = entry.get("factors", {})
     if key not in factors:  # a factor of other runs (one-factor sweeps)
         return ""
-    ran = entry.get("effective", {}).get(key, factors[key])
-    changed = entry["status"] != "missing" and ran != factors[key]
-    return f"{factors[key]} (ran {ran})" if changed else factors[key]
+    ran = _ran_otherwise(entry, key)
+    return factors[key] if ran is None else f"{factors[key]} (ran {ran})"
+
+
+def _ran_otherwise(entry: dict, key: str):
+    """The value of config field `key` a started run trained with where `--quick` or
+    `--epochs-scale` changed the study's plan (its `config`), else None.
+
+    A factor is a label, not always a config value (`c_optimizers`' `sgd_momentum`
+    runs optimizer `sgdm`): the plan, not the label, is what the run is compared with.
+    """
+    planned, effective = entry.get("config", {}), entry.get("effective", {})
+    if entry.get("status") == "missing" or key not in planned or key not in effective:
+        return None
+    return effective[key] if effective[key] != planned[key] else None
 
 
 def _train_accuracy(entry: dict):
@@ -270,13 +282,12 @@ def _grid(doc: Document, entries: list[dict], study: dict) -> None:
     changed = [
         e
         for e in entries
-        if e["metrics"]
-        and any(e.get("effective", {}).get(k, v) != v for k, v in e.get("factors", {}).items())
+        if e["metrics"] and any(_ran_otherwise(e, k) is not None for k in e.get("factors", {}))
     ]
     if changed:
         e = changed[0]
-        ran = ", ".join(f"{k} {e['effective'][k]}" for k, v in e["factors"].items()
-                        if e["effective"].get(k, v) != v)  # fmt: skip
+        ran = ", ".join(f"{k} {_ran_otherwise(e, k)}" for k in e["factors"]
+                        if _ran_otherwise(e, k) is not None)  # fmt: skip
         doc.para(
             f"Cells are labelled with the study's settings, but {len(changed)} of them ran with "
             f"others (`--quick` or `--epochs-scale`), e.g. `{e['name']}` ran with {ran}."
