@@ -387,8 +387,8 @@ def precise_batchnorm(model: keras.Model, x: np.ndarray, batch_size: int,
     model here, so over roughly the last 10 steps) of batch statistics taken while the weights were
     still changing. When the weights move a lot per step, as in full-batch training,
     they describe no model that exists, and inference-mode accuracy collapses while
-    training accuracy is fine (report A's full-batch Rprop on Fashion-MNIST: 21.9 %
-    test, 87.6 % once recomputed; docs/results.md). Precise BN (Wu & Johnson 2021,
+    training accuracy is fine (report A's full-batch Rprop on Fashion-MNIST: 21.2 %
+    test, 87.5 % once recomputed; docs/results.md). Precise BN (Wu & Johnson 2021,
     "Rethinking 'Batch' in BatchNorm", arXiv:2105.07576, section 3) replaces them
     with the equal-weight average over K training batches of the final weights:
     forward pass k (from 0) runs in training mode with momentum k / (k + 1), so
