@@ -140,6 +140,9 @@ def test_every_study_runs_quick_and_its_report_lists_every_run(name, mnist_5k, t
     text = md.read_text()
     for run in study.runs:
         assert f"`{run.name}`" in text, run.name
+    # How much of the study the table holds (a_grid: 6 of its 60 runs) and what it cost.
+    done = f"{len(result.statuses)}/{len(study.runs)} runs complete; sum of their wall times "
+    assert done in text, text
     html = page.read_text()
     assert html.count("data:image/png;base64,") >= 2 and 'src="report_files' not in html
     if "confusion" in study.extras:
@@ -782,3 +785,19 @@ def test_a_quick_runs_batch_log_has_a_row_per_step(mnist_5k, tmp_path):
     ]
     config = json.loads((run_dir / "config.json").read_text())
     assert config["config"]["steps_per_execution"] == config["speed"]["steps_per_execution"] == 1
+
+
+def test_runs_summary_counts_complete_runs_and_sums_only_readable_wall_times():
+    """The line under a study's table: complete runs out of all, and the minutes of the
+    wall times that are numbers (a missing run, a damaged or NaN `wall_time_s`, add 0)."""
+    from kmnist_lab.report.study import runs_summary
+
+    entries = [
+        {"status": "complete", "metrics": {"wall_time_s": 90.0}},
+        {"status": "complete", "metrics": {"wall_time_s": 30}},
+        {"status": "diverged", "metrics": {"wall_time_s": float("nan")}},
+        {"status": "running", "metrics": {"wall_time_s": "12"}},
+        {"status": "missing", "metrics": None},
+    ]
+    assert runs_summary(entries) == "2/5 runs complete; sum of their wall times 2.0 min."
+    assert runs_summary([]) == "0/0 runs complete; sum of their wall times 0.0 min."

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from kmnist_lab import plots, runs
+from kmnist_lab.errors import is_real
 from kmnist_lab.report.common import (
     ReportError,
     diff_points,
@@ -95,12 +96,23 @@ def render_study(path: Path, doc: Document) -> str:
         regression_table(doc, entries)
     else:
         runs_table(doc, entries)
+    doc.para(runs_summary(entries))
     say_damaged_metrics(doc, entries)
     _unfinished(doc, path, record, entries)
     if study.get("grid"):
         _grid(doc, entries, study)
     figures(doc, entries, colors, study)
     return title
+
+
+def runs_summary(entries: list[dict]) -> str:
+    """`N/M runs complete; sum of their wall times X min.`: how much of the study the
+    table holds, and what its runs cost (each run's `wall_time_s`, resumed ones' last
+    process only; runs without a readable one add nothing)."""
+    done = sum(e["status"] == "complete" for e in entries)
+    walls = [(e["metrics"] or {}).get("wall_time_s") for e in entries]
+    total = sum(w for w in walls if is_real(w) and math.isfinite(w) and w >= 0)
+    return f"{done}/{len(entries)} runs complete; sum of their wall times {total / 60:.1f} min."
 
 
 def say_damaged_metrics(doc: Document, entries: list[dict]) -> None:
@@ -236,12 +248,15 @@ def _ran_otherwise(entry: dict, key: str):
     `--epochs-scale` changed the study's plan (its `config`), else None.
 
     A factor is a label, not always a config value (`c_optimizers`' `sgd_momentum`
-    runs optimizer `sgdm`): the plan, not the label, is what the run is compared with.
+    runs optimizer `sgdm`): the plan, not the label, is what the run is compared with
+    (the label where a study.json holds no plan).
     """
-    planned, effective = entry.get("config", {}), entry.get("effective", {})
-    if entry.get("status") == "missing" or key not in planned or key not in effective:
+    effective = entry.get("effective", {})
+    if entry.get("status") == "missing" or key not in effective:
         return None
-    return effective[key] if effective[key] != planned[key] else None
+    planned = entry.get("config") or {}
+    plan = planned[key] if key in planned else entry.get("factors", {}).get(key, effective[key])
+    return effective[key] if effective[key] != plan else None
 
 
 def _train_accuracy(entry: dict):
