@@ -294,18 +294,18 @@ def _grid(doc: Document, entries: list[dict], study: dict) -> None:
         doc.para(
             f"Best validation accuracy {pct(top)} %{tie}: {described}; bold in the tables below."
         )
-    changed = [
-        e
+    # Per completed cell, the factors whose run used another value than its label.
+    others = {
+        e["name"]: {k: v for k in e.get("factors", {}) if (v := _ran_otherwise(e, k)) is not None}
         for e in entries
-        if e["metrics"] and any(_ran_otherwise(e, k) is not None for k in e.get("factors", {}))
-    ]
+        if e["metrics"]
+    }
+    changed = [name for name, ran in others.items() if ran]
     if changed:
-        e = changed[0]
-        ran = ", ".join(f"{k} {_ran_otherwise(e, k)}" for k in e["factors"]
-                        if _ran_otherwise(e, k) is not None)  # fmt: skip
+        ran = ", ".join(f"{k} {v}" for k, v in others[changed[0]].items())
         doc.para(
             f"Cells are labelled with the study's settings, but {len(changed)} of them ran with "
-            f"others (`--quick` or `--epochs-scale`), e.g. `{e['name']}` ran with {ran}."
+            f"others (`--quick` or `--epochs-scale`), e.g. `{changed[0]}` ran with {ran}."
         )
     for metric, label, fmt in (
         ("test_accuracy", "test accuracy (%)", pct),
