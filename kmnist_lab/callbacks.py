@@ -166,20 +166,23 @@ class InterruptCheck(keras.callbacks.Callback):
 
     def __init__(self):
         super().__init__()
-        self._pending = False
+        self._pending: KeyboardInterrupt | None = None
         self._installed = False
 
     @property
     def pending(self) -> bool:
-        """True once a Ctrl-C was recorded (kept past `__exit__`)."""
-        return self._pending or interrupts.received()
+        """True once a Ctrl-C (or SIGTERM) was recorded (kept past `__exit__`)."""
+        return self._pending is not None or interrupts.received()
+
+    def _interruption(self) -> KeyboardInterrupt:
+        return interrupts.interruption() if interrupts.received() else self._pending
 
     def __enter__(self) -> InterruptCheck:
         self._installed = interrupts.install()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        pending = self.pending
+        pending = self._interruption() if self.pending else None
         if self._installed:
             interrupts.uninstall()
             self._installed = False
@@ -187,13 +190,14 @@ class InterruptCheck(keras.callbacks.Callback):
         # A library may turn the KeyboardInterrupt into another error: TensorFlow, hit
         # while it traces a step, raised `TypeError: Failed to convert elements of
         # (None, 784) to Tensor`, and the script exited 1 with a traceback. It is a Ctrl-C.
-        if pending and exc_type is not None and issubclass(exc_type, Exception):
-            raise KeyboardInterrupt from exc
+        if pending is not None and exc_type is not None and issubclass(exc_type, Exception):
+            raise pending from exc
 
     def check(self, *args, **kwargs) -> None:
-        """Raises KeyboardInterrupt if a Ctrl-C arrived (even one swallowed since)."""
+        """Raises KeyboardInterrupt (`interrupts.Terminated` for SIGTERM) if a Ctrl-C
+        arrived (even one swallowed since)."""
         if self.pending:
-            raise KeyboardInterrupt
+            raise self._interruption()
 
     on_epoch_begin = on_epoch_end = on_train_batch_begin = on_train_batch_end = check
     on_test_batch_end = on_test_end = check

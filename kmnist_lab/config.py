@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -139,7 +140,9 @@ class TrainConfig:
         val_fraction: share of the training set held out (None: dataset default).
         run_name: folder name under `output_dir` (None: derived from the config).
         output_dir: where run folders go.
-        backend: Keras backend recorded in config.json (set before Keras is imported).
+        backend: Keras backend recorded in config.json: the one Keras runs in the
+            process (`KERAS_BACKEND`, set before Keras is first imported); None takes
+            it, another name is refused by `training.train`.
         jit: XLA policy: `auto` (measured per model and device), `on`, `off`.
         precision: `float32`, or `mixed`: bfloat16 compute with float32 weights,
             head output and losses (Keras' `mixed_bfloat16` policy).
@@ -209,6 +212,10 @@ class TrainConfig:
                 object.__setattr__(self, field.name, int(value))
             elif is_real(value) and not is_int(value) and type(value) is not float:
                 object.__setattr__(self, field.name, float(value))
+        # A folder may be a `pathlib.Path`; config.json records it as the string it is.
+        for name in ("data_dir", "output_dir"):
+            if isinstance(getattr(self, name), os.PathLike):
+                object.__setattr__(self, name, os.fspath(getattr(self, name)))
         self.validate()
 
     @classmethod
@@ -352,9 +359,8 @@ class TrainConfig:
         for name in ("data_dir", "output_dir", "run_name"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, str) and value):
-                raise ConfigError(
-                    f"`{name}` must be a non-empty string. Received: {name}={value!r}"
-                )
+                what = "a non-empty string" + (" or path" if name != "run_name" else "")
+                raise ConfigError(f"`{name}` must be {what}. Received: {name}={value!r}")
         if self.val_fraction is not None and (
             not is_real(self.val_fraction) or not (0.0 < self.val_fraction < 1.0)
         ):
@@ -402,6 +408,19 @@ class TrainConfig:
 
     @property
     def run_dir(self) -> Path:
+        """The run's folder: `output_dir / run_name`, the name derived when unset.
+
+        Raises:
+            ConfigError: no `run_name` and `dataset="auto"`: that run's folder is named
+                after the dataset `auto` finds when `training.train` loads it (`mnist`
+                or `mnist_5k`), which `RunResult.run_dir` gives.
+        """
+        if self.run_name is None and self.dataset == "auto":
+            raise ConfigError(
+                "the folder of a run with dataset 'auto' and no run_name is named after the "
+                "dataset 'auto' finds when training loads it (mnist or mnist_5k): read it "
+                "from training.train's RunResult.run_dir, or set dataset or run_name"
+            )
         return Path(self.output_dir) / (self.run_name or self.resolved().run_name)
 
     def to_dict(self) -> dict:

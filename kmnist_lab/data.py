@@ -223,7 +223,14 @@ def _check_images(x: np.ndarray, y: np.ndarray, where: str) -> tuple[np.ndarray,
         x = x[..., 0]
     if x.ndim != 3 or x.shape[1:] != (28, 28):
         raise DataError(f"{where}: images must be (N, 28, 28); got shape {x.shape}")
-    y = np.asarray(y).reshape(-1)
+    y = np.asarray(y)
+    if y.ndim > 1 and y.size != len(y):
+        labels = "y_" + where[2:] if where.startswith("x_") else where  # from_arrays' names
+        raise DataError(
+            f"{labels}: labels must be integer class ids of shape (N,) or (N, 1), not one-hot; "
+            f"got labels of shape {y.shape} (one-hot labels y give them as y.argmax(axis=1))"
+        )
+    y = y.reshape(-1)
     if len(x) != len(y):
         raise DataError(f"{where}: {len(x)} images but {len(y)} labels")
     if x.dtype != np.uint8:
@@ -577,6 +584,10 @@ def from_arrays(
         raise DataError(f"name must be a non-empty string (the dataset's name); got {name!r}")
     x_train, y_train = _check_images(np.asarray(x_train), y_train, "x_train")
     x_test, y_test = _check_images(np.asarray(x_test), y_test, "x_test")
+    for where, images in (("x_train", x_train), ("x_test", x_test)):
+        if not len(images):
+            # Training needs batches, and a run ends by scoring its test split.
+            raise DataError(f"{where}: no images (shape {images.shape}); it needs at least one")
     if class_names is None:
         n = int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1
         class_names = tuple(str(i) for i in range(n))

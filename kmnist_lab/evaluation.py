@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from kmnist_lab.data import default_val_fraction  # noqa: F401  (evaluate.py's, re-exported)
-from kmnist_lab.errors import ConfigError, ModelLoadError, RunFolderError
+from kmnist_lab.errors import ConfigError, DataError, ModelLoadError, RunFolderError
 from kmnist_lab.runs import COMPLETE_MARKER, atomic_write_json, read_json, run_status
 
 log = logging.getLogger(__name__)
@@ -138,18 +138,55 @@ def load_saved_model(path):
 
 
 def predict_scores(loaded, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """Class scores (logits or `s * cos`) of raw pixel images `x`, batched."""
+    """Class scores (logits or `s * cos`) of raw pixel images `x`, batched.
+
+    `x`: (N, 28, 28), (N, 28, 28, 1) or flattened (N, 784), as the `serve` signature
+    takes them.
+    """
     import tensorflow as tf
 
     x = np.asarray(x)
+    if x.ndim == 2 and x.shape[1] == 28 * 28:
+        x = x.reshape(-1, 28, 28)
     if x.ndim not in (3, 4) or x.shape[1:3] != (28, 28) or (x.ndim == 4 and x.shape[3] != 1):
-        raise ModelLoadError(f"images must be (N, 28, 28) or (N, 28, 28, 1); got shape {x.shape}")
+        raise ModelLoadError(
+            f"images must be (N, 28, 28), (N, 28, 28, 1) or (N, 784); got shape {x.shape}"
+        )
     serve = loaded.signatures["serve"]
     out = []
     for i in range(0, len(x), batch_size):
         batch = tf.constant(x[i : i + batch_size], dtype=tf.float32)
         out.append(serve(pixels=batch)["scores"].numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def _check_scored(y_true, scores, class_names, predicted_class_names) -> None:
+    """Refuses what would make `score`'s per-class numbers wrong without an error: a
+    confusion matrix over fewer classes than the scores have drops the predictions of
+    the others from its rows."""
+    if scores.ndim != 2:
+        raise ModelLoadError(
+            f"`scores` must be (N, classes). Received: scores.shape={scores.shape}"
+        )
+    if len(y_true) != len(scores):
+        raise ModelLoadError(
+            f"{len(y_true)} labels for {len(scores)} rows of scores; they must match"
+        )
+    for what, names in (("class_names", class_names),
+                        ("predicted_class_names", predicted_class_names)):  # fmt: skip
+        if names is not None and len(names) != scores.shape[1]:
+            raise ConfigError(
+                f"{len(names)} {what} for scores with {scores.shape[1]} columns (classes); "
+                "pass one name per class"
+            )
+    if len(y_true) and not np.issubdtype(y_true.dtype, np.integer):
+        raise DataError(f"`y_true` must hold integer class ids. Received: dtype {y_true.dtype}")
+    bad = y_true[(y_true < 0) | (y_true >= scores.shape[1])]
+    if len(bad):
+        raise DataError(
+            f"`y_true` holds class ids outside [0, {scores.shape[1]}) (the scores' columns), "
+            f"e.g. {int(bad[0])}"
+        )
 
 
 def score(y_true, scores, class_names, n_wrong: int = 24, predicted_class_names=None) -> dict:
@@ -165,11 +202,18 @@ def score(y_true, scores, class_names, n_wrong: int = 24, predicted_class_names=
             the classification report is about true class `k` (recall) and about the
             model's predictions of its class `k` (precision): it is then named by both,
             `"Bag (pred 8)"`. Default: `class_names`, rows named by them alone.
+
+    Raises:
+        ModelLoadError: `scores` is not (N, classes), or its N is not `y_true`'s.
+        ConfigError: `class_names` (or `predicted_class_names`) does not name each
+            column of `scores` once.
+        DataError: `y_true` holds something other than integer ids of those columns.
     """
     from sklearn.metrics import classification_report, confusion_matrix
 
     y_true = np.asarray(y_true).reshape(-1)
     scores = np.asarray(scores, dtype=np.float64)
+    _check_scored(y_true, scores, class_names, predicted_class_names)
     labels = list(range(len(class_names)))
     pred = scores.argmax(axis=1)
     shifted = scores - scores.max(axis=1, keepdims=True)

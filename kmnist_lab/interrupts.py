@@ -11,6 +11,12 @@ for a Ctrl-C that arrived before training began. While it is installed, a
 KeyboardInterrupt that Python could not raise (an "Exception ignored in ..." of a
 callback) is not printed once the Ctrl-C is recorded (`_unraisable_hook`): it is not
 lost, and its traceback would only clutter the one line the scripts end on.
+
+SIGTERM, the signal of `kill`, `timeout`, container runtimes and batch schedulers,
+is handled the same way where its handler is the default one (which ends the process
+at once, leaving `status.json` at `running`): it raises `Terminated`, a
+KeyboardInterrupt, so a run stops as on Ctrl-C, records `interrupted`, and resumes
+when the command is re-run.
 """
 
 from __future__ import annotations
@@ -19,15 +25,29 @@ import signal
 import sys
 import threading
 
-_received = False
+_received: int | None = None  # the signal recorded
 _previous_unraisable_hook = None
 
 
-def on_sigint(signum, frame):
-    """SIGINT handler: records the Ctrl-C, then raises KeyboardInterrupt as Python does."""
+class Terminated(KeyboardInterrupt):
+    """A SIGTERM, raised where Python's Ctrl-C raises KeyboardInterrupt."""
+
+
+def on_signal(signum, frame):
+    """SIGINT/SIGTERM handler: records the signal, then raises as Python does for
+    Ctrl-C (`Terminated` for SIGTERM)."""
     global _received
-    _received = True
-    raise KeyboardInterrupt
+    _received = signum
+    raise interruption()
+
+
+on_sigint = on_signal
+
+
+def interruption() -> KeyboardInterrupt:
+    """The exception for the recorded signal: `Terminated` for SIGTERM, else a
+    KeyboardInterrupt."""
+    return Terminated() if _received == signal.SIGTERM else KeyboardInterrupt()
 
 
 def _unraisable_hook(unraisable) -> None:
@@ -43,20 +63,23 @@ def _unraisable_hook(unraisable) -> None:
 
 
 def received() -> bool:
-    """True once `on_sigint` handled a Ctrl-C (until `uninstall`)."""
-    return _received
+    """True once `on_signal` handled a Ctrl-C or SIGTERM (until `uninstall`)."""
+    return _received is not None
 
 
 def install() -> bool:
-    """Installs `on_sigint` in the main thread over Python's own SIGINT handler (not over
-    a custom one, nor where SIGINT is ignored); True when it did."""
+    """Installs `on_signal` in the main thread over Python's own SIGINT handler (not over
+    a custom one, nor where SIGINT is ignored), and over SIGTERM's default; True when
+    it did (for SIGINT)."""
     global _received, _previous_unraisable_hook
     if (
         threading.current_thread() is threading.main_thread()
         and signal.getsignal(signal.SIGINT) is signal.default_int_handler
     ):
-        _received = False
-        signal.signal(signal.SIGINT, on_sigint)
+        _received = None
+        signal.signal(signal.SIGINT, on_signal)
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, on_signal)
         if sys.unraisablehook is not _unraisable_hook:
             _previous_unraisable_hook = sys.unraisablehook
             sys.unraisablehook = _unraisable_hook
@@ -65,11 +88,14 @@ def install() -> bool:
 
 
 def uninstall() -> None:
-    """Puts Python's own SIGINT handler back and forgets the recorded Ctrl-C."""
+    """Puts Python's own SIGINT and SIGTERM handlers back and forgets the recorded
+    signal."""
     global _received, _previous_unraisable_hook
-    _received = False
-    if signal.getsignal(signal.SIGINT) is on_sigint:
+    _received = None
+    if signal.getsignal(signal.SIGINT) is on_signal:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGTERM) is on_signal:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if sys.unraisablehook is _unraisable_hook:
         sys.unraisablehook = _previous_unraisable_hook or sys.__unraisablehook__
         _previous_unraisable_hook = None

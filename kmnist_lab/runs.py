@@ -498,6 +498,8 @@ def prepare_run_dir(
             "retrain it (with a lower --lr) or choose another --run-name"
         )
     old = {**(defaults or {}), **recorded}
+    if old.get("backend") is None:  # written before Python runs recorded their backend
+        old["backend"] = config.get("backend")
     if _comparable(old) == _comparable(config):
         return (run_dir / BACKUP_DIR).is_dir()
     if overwrite:
@@ -539,5 +541,7 @@ def _config_changes(old, new: dict, limit: int = 4) -> str:
 
 
 def _comparable(config: dict) -> dict:
-    ignore = {"overwrite", "verbose", "tensorboard"}
+    # `output_dir` names where the folder is, not what trains in it: the folder is the
+    # one being checked however its path was written (`runs/`, `./runs`) or if moved.
+    ignore = {"overwrite", "verbose", "tensorboard", "output_dir"}
     return {k: v for k, v in config.items() if k not in ignore}

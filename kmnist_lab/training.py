@@ -74,7 +74,8 @@ class RunResult:
         run_dir: the run folder.
         config: the resolved config.
         metrics: the contents of `metrics.json`.
-        history: one dict per epoch (as in `history.csv`).
+        history: one dict per epoch, `history.csv`'s row as numbers (`epoch` an int,
+            the metrics floats).
         model: the trained Keras model.
         dataset: the dataset it was trained on.
     """
@@ -208,9 +209,11 @@ def train(
     `_`), unless `config.run_name` is set.
 
     Raises:
-        ConfigError, DataError, RunFolderError: bad input (nothing is overwritten).
+        ConfigError, DataError, RunFolderError: bad input (nothing is overwritten), or
+            a `config.backend` other than the one Keras runs in this process.
         DivergedError: the loss became non-finite; history is kept, status `diverged`.
     """
+    config = _with_process_backend(config)
     requested = config.dataset
     if dataset is None and config.dataset == "auto":
         dataset = load_dataset(config.dataset, config.data_dir, config.val_fraction, config.seed)
@@ -256,6 +259,25 @@ def _train_locked(
             cfg, run_dir, resume, dataset, steps_per_epoch, devices, start, after_fit, plots,
             requested or cfg.dataset, interrupts,
         )  # fmt: skip
+
+
+def _with_process_backend(config: TrainConfig) -> TrainConfig:
+    """`config` with the backend Keras runs in this process, which `config.json` records.
+
+    Keras fixes its backend when it is first imported (`KERAS_BACKEND`), so a
+    `config.backend` naming another one cannot be honoured: it is refused rather than
+    recorded for a run that trained elsewhere (`train.py --config` re-runs a run on the
+    backend its config.json names).
+    """
+    actual = keras.backend.backend()
+    if config.backend is not None and config.backend != actual:
+        raise ConfigError(
+            f"`backend` must be the backend Keras was loaded with in this process, "
+            f"{actual!r}: set KERAS_BACKEND={config.backend} before Keras is first imported "
+            f"(or run scripts/train.py --backend {config.backend}). "
+            f"Received: backend={config.backend!r}"
+        )
+    return dataclasses.replace(config, backend=actual)
 
 
 # Training batches precise BatchNorm averages over (Wu & Johnson use ~200 batches).
@@ -472,9 +494,21 @@ def _plot(run_dir: Path) -> None:
 
 
 def _read_history(path: Path) -> list[dict]:
+    """`history.csv`'s rows as numbers: `epoch` an int, the metrics floats (None where
+    a cell is empty)."""
     import csv
 
     if not path.is_file():
         return []
     with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+        rows = list(csv.DictReader(f))
+
+    def number(key, text):
+        if text in (None, ""):
+            return None
+        try:
+            return int(float(text)) if key == "epoch" else float(text)
+        except ValueError:  # a value some callback logged as text
+            return text
+
+    return [{k: number(k, v) for k, v in row.items()} for row in rows]

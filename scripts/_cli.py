@@ -81,6 +81,16 @@ def select_backend(argv, auto: bool = False) -> str:
         backend = recorded if recorded in BACKENDS else None
     if backend is not None and backend not in (*BACKENDS, "auto"):
         fail(f"--backend must be one of {', '.join((*BACKENDS, 'auto'))}. Received: {backend!r}")
+    environment = os.environ.get("KERAS_BACKEND")
+    # Keras itself would fail on its first import, with a traceback (its other backends,
+    # numpy and openvino, pass here: the commands that cannot use them refuse them).
+    if backend is None and environment not in (None, *BACKENDS, "numpy", "openvino"):
+        from kmnist_lab.errors import did_you_mean
+
+        fail(
+            f"KERAS_BACKEND must be one of {', '.join(BACKENDS)} (or unset). Received: "
+            f"KERAS_BACKEND={environment!r}.{did_you_mean(environment.lower(), BACKENDS)}"
+        )
     if backend == "auto" or (backend is None and auto and "KERAS_BACKEND" not in os.environ):
         if "keras" in sys.modules:
             import keras
@@ -302,7 +312,9 @@ def run(main_fn, argv=None, resumable: bool = True) -> int:
 
     A Ctrl-C exits 130 with one line, which tells how to resume when the command
     resumes (`resumable`: train, study, tune) and just says "interrupted" otherwise;
-    so does one whose KeyboardInterrupt Python dropped (`kmnist_lab.interrupts`).
+    so does one whose KeyboardInterrupt Python dropped (`kmnist_lab.interrupts`). A
+    SIGTERM (`kill`, `timeout`, a scheduler) stops the command the same way and exits
+    143 (128 + 15, as the signal would).
     """
     from kmnist_lab import interrupts
     from kmnist_lab.errors import KmnistLabError
@@ -314,7 +326,7 @@ def run(main_fn, argv=None, resumable: bool = True) -> int:
         if installed and interrupts.received():
             # A Ctrl-C whose KeyboardInterrupt Python dropped (in a callback) outside
             # training, which stops at it: the command was interrupted all the same.
-            raise KeyboardInterrupt
+            raise interrupts.interruption()
         return code
     except SystemExit as e:  # argparse: --help (0) or a one-line usage error (2)
         if e.code is None:  # a bare sys.exit() is success, as in Python itself
@@ -324,9 +336,11 @@ def run(main_fn, argv=None, resumable: bool = True) -> int:
         return _one_line(
             str(e).splitlines()[0] if str(e) else type(e).__name__, getattr(e, "exit_code", 2)
         )
-    except KeyboardInterrupt:
-        text = "interrupted; re-run the same command to resume" if resumable else "interrupted"
-        return _one_line(text, 130)
+    except KeyboardInterrupt as e:
+        terminated = isinstance(e, interrupts.Terminated)
+        text = "terminated (SIGTERM)" if terminated else "interrupted"
+        text += "; re-run the same command to resume" if resumable else ""
+        return _one_line(text, 143 if terminated else 130)
     finally:
         if installed:
             interrupts.uninstall()

@@ -13,7 +13,7 @@ Runs go to OUTPUT_DIR/NAME/RUN/ (default OUTPUT_DIR: studies/DATASET, or
 studies/DATASET-quick with --quick). Re-running the command skips finished runs
 and resumes the interrupted one. Then: python scripts/report.py OUTPUT_DIR/NAME
 Exit codes: 0 ok (diverged runs are listed, not fatal), 2 bad input, 130 interrupted
-(Ctrl-C; re-run to resume).
+(Ctrl-C), 143 terminated (SIGTERM): re-run to resume.
 """
 
 from __future__ import annotations

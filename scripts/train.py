@@ -10,7 +10,7 @@ Examples:
 Defaults per architecture (epochs, batch size, optimizer, learning rate, schedule)
 are listed at the end of --help. Re-running an interrupted command resumes it.
 Exit codes: 0 ok, 2 bad input (one line on stderr), 3 training diverged,
-130 interrupted (Ctrl-C; re-run the same command to resume).
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM): re-run the same command to resume.
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ def build_parser():
         help="read options from a JSON file (a run's config.json works); flags override it, "
         "settings the run took by default follow them (e.g. a new --optimizer's lr), and a "
         "new --loss, --optimizer or --arch starts without the file's keywords for the old one "
-        "(its params; an optimizer's momentum and weight decay too). A run folder named "
+        "(its params; an optimizer's momentum and weight decay too), a new --dataset without "
+        "its --data-dir. A run folder named "
         "from its settings (the default) is named again from the final ones, so a new "
         "--arch, --dataset, --loss or --seed trains beside it; a name the file chose "
         "(--run-name, a search's best_train_config.json) is kept, with a warning when one of "
@@ -205,14 +206,16 @@ def build_parser():
                    help="split the CPU into N logical devices (to try --distribute without GPUs; "
                    "only with --distribute data-parallel)")  # fmt: skip
     r.add_argument(
-        "--tensorboard", action="store_true", default=None, help="also write TensorBoard logs"
+        "--tensorboard",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also write TensorBoard logs (default: no)",
     )
     r.add_argument(
-        "--no-export",
-        dest="export",
-        action="store_false",
+        "--export",
+        action=argparse.BooleanOptionalAction,
         default=None,
-        help="skip SavedModel/model.keras",
+        help="write the SavedModel and model.keras (default: yes; --no-export skips them)",
     )
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
@@ -257,8 +260,11 @@ def config_from_args(args):
     # The keywords a config file gave its loss, optimizer or arch belong to that component:
     # a different one on the command line starts from none (`--config RUN/config.json
     # --loss ce` of an AM-Softmax run must not hand `margin` to cross-entropy).
+    # So does a data folder to its dataset (`--config RUN/config.json --dataset mnist_5k`
+    # of a run on `--data-dir` files).
     for field, owned in (("loss", ("loss_params",)), ("arch", ("model_params",)),
-                         ("optimizer", ("optimizer_params", "momentum", "weight_decay"))):  # fmt: skip
+                         ("optimizer", ("optimizer_params", "momentum", "weight_decay")),
+                         ("dataset", ("data_dir",))):  # fmt: skip
         new = getattr(args, field)
         dropped = [k for k in owned if base.get(k) not in (None, {})] if base else []
         if new is None or new == base.get(field) or not dropped:

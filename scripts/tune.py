@@ -17,7 +17,7 @@ and resumes. --workers N runs keras-tuner's chief/worker mode on this
 machine; on several machines set KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP and
 KERASTUNER_ORACLE_PORT yourself (see docs/tuning.md).
 Exit codes: 0 ok, 1 a search process failed, 2 bad input (one line on stderr),
-130 interrupted (Ctrl-C; re-run to resume).
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM): re-run to resume.
 """
 
 from __future__ import annotations

@@ -86,11 +86,17 @@ def test_short_training_run_and_cross_backend_model_keras(backend, tmp_path):
     assert "saved_model" in metrics["artifacts"]
     from kmnist_lab.data import load_dataset
 
-    x = load_dataset("kmnist", data_dir=data).test[0]
-    here = np.argmax(
-        load_keras_model(tmp_path / "out" / "run" / "model.keras").predict(x, verbose=0), axis=1
-    )
+    x, y = load_dataset("kmnist", data_dir=data).test
+    model = load_keras_model(tmp_path / "out" / "run" / "model.keras")
+    here = np.argmax(model.predict(x, verbose=0), axis=1)
     np.testing.assert_array_equal(here, np.load(tmp_path / "out" / "classes.npy"))
+    # It trains on here too, its optimizer state continuing: Keras records a torch run's
+    # Adam under a torch-only subclass, whose update would call torch ops on TF variables.
+    assert type(model.optimizer) is keras.optimizers.Adam, type(model.optimizer)
+    steps = int(model.optimizer.iterations.numpy())
+    assert steps > 0
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    assert int(model.optimizer.iterations.numpy()) == steps + -(-len(x) // 16)
     if backend in ("jax", "torch"):
         # The SavedModel jax2tf (or, for torch, a TensorFlow process) wrote serves every input form a TF export serves:
         # (N, 28, 28) and (N, 28, 28, 1), float32 and uint8, and serving_default.

@@ -320,6 +320,24 @@ def test_from_arrays_rounds_float_pixels_and_refuses_images_scaled_to_one():
         data.from_arrays(x / 255.0, y, x, y)
 
 
+def test_from_arrays_refuses_empty_splits_and_one_hot_labels():
+    """An empty test split would train the whole run and fail at its test evaluation;
+    one-hot labels would be counted as ten labels per image."""
+    from conftest import make_images
+
+    x, y = make_images(40)
+    with pytest.raises(DataError, match=r"x_test: no images \(shape \(0, 28, 28\)\)"):
+        data.from_arrays(x, y, x[:0], y[:0])
+    with pytest.raises(DataError, match="x_train: no images"):
+        data.from_arrays(x[:0], y[:0], x, y)
+    one_hot = np.eye(10)[y]
+    with pytest.raises(DataError, match=r"y_train: labels must be integer class ids of shape "
+                       r"\(N,\) or \(N, 1\), not one-hot; .*shape \(40, 10\)"):  # fmt: skip
+        data.from_arrays(x, one_hot, x, y)
+    # A column of ids is fine.
+    assert data.from_arrays(x, y[:, None], x, y).num_classes == 10
+
+
 def test_from_arrays_refuses_labels_outside_the_classes():
     from conftest import make_images
 

@@ -170,16 +170,20 @@ def test_predict_scores_in_batches_gives_every_image_its_scores(tmp_path):
         scores = predict_scores(served, x, batch_size=batch_size)
         np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5, err_msg=batch_size)
         np.testing.assert_allclose(predict_scores(served, x[..., None], batch_size), scores)
+        # Flattened rows, which the `serve` signature takes as well.
+        np.testing.assert_allclose(predict_scores(served, x.reshape(9, 784), batch_size), scores)
 
 
-@pytest.mark.parametrize("shape", [(2, 28, 28, 3), (2, 32, 32), (2, 784)])
+@pytest.mark.parametrize("shape", [(2, 28, 28, 3), (2, 32, 32), (2, 785), (2, 28, 28, 1, 1)])
 def test_predict_scores_refuses_images_that_are_not_28x28_grey(shape):
     """Served as-is, 3-channel images would be reshaped into three times as many
     grey images (and scored silently)."""
     from kmnist_lab.errors import ModelLoadError
     from kmnist_lab.evaluation import predict_scores
 
-    with pytest.raises(ModelLoadError, match=r"images must be \(N, 28, 28\) or \(N, 28, 28, 1\)"):
+    with pytest.raises(
+        ModelLoadError, match=r"images must be \(N, 28, 28\), \(N, 28, 28, 1\) or \(N, 784\)"
+    ):
         predict_scores(None, np.zeros(shape, np.uint8))
 
 

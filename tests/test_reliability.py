@@ -180,6 +180,36 @@ def test_sigkilled_training_resumes_and_matches_an_uninterrupted_run(tmp_path, c
     assert metrics["test_loss"] == pytest.approx(reference.metrics["test_loss"], rel=1e-4, abs=1e-6)
 
 
+def test_sigterm_stops_training_as_ctrl_c_does_and_the_run_resumes(tmp_path):
+    """SIGTERM (`kill`, `timeout`, a scheduler) used to end `train.py` at once, silently,
+    leaving `status.json` at `running`: it now stops the run, records `interrupted`,
+    exits 143 with one line, and the same command resumes."""
+    data_dir = write_idx_dataset(tmp_path / "data", n_train=1200, n_test=200)
+    argv = ["--dataset", "kmnist", "--data-dir", str(data_dir), "--arch", "mlp", "--hidden", "32",
+            "--epochs", "8", "--batch-size", "8", "--steps-per-execution", "1", "--no-augment",
+            "--no-export", "--output-dir", str(tmp_path / "runs"), "--run-name", "r", "-q"]  # fmt: skip
+    run_dir = tmp_path / "runs" / "r"
+    first = _start("train.py", argv, tmp_path / "first.log")
+    try:
+        # Epoch 1's backup is written after its history row, so wait for epoch 2's.
+        _wait_for(lambda: _history_len(run_dir / "history.csv") >= 2, 180, first, "epoch 2")
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    log = (tmp_path / "first.log").read_text().strip().splitlines()
+    assert first.returncode == 143, log[-5:]
+    assert log[-1] == "train.py: error: terminated (SIGTERM); re-run the same command to resume"
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status == {"status": "interrupted", "reason": "Terminated"}
+    assert runs.run_status(run_dir) == "incomplete" and _backup_epoch(run_dir) >= 1
+    resumed = _start("train.py", argv, tmp_path / "resumed.log")
+    assert resumed.wait(timeout=300) == 0, _tail(resumed)
+    assert json.loads((run_dir / "metrics.json").read_text())["resumed"] is True
+
+
 def test_sigkilled_study_resumes_without_losing_finished_runs(tmp_path):
     """SIGKILL `study.py` during its second run; re-running finishes the study."""
     data_dir = write_idx_dataset(tmp_path / "data", n_train=600, n_test=60)

@@ -679,6 +679,33 @@ def test_score_by_hand():
     ] == [4]
 
 
+@pytest.mark.parametrize(
+    "y, names, kw, error, message",
+    [
+        # Two names for three columns: a 2x2 confusion matrix would drop the rows'
+        # predictions of class 2 and report b's recall as 1.0 (it is 1/2).
+        ([0, 1, 1, 2], ["a", "b"], {}, "ConfigError",
+         r"2 class_names for scores with 3 columns \(classes\); pass one name per class"),
+        ([0, 1, 1, 2], ["a", "b", "c"], {"predicted_class_names": ["x"]}, "ConfigError",
+         "1 predicted_class_names for scores with 3 columns"),
+        ([0, 1, 3, 2], ["a", "b", "c"], {}, "DataError",
+         r"class ids outside \[0, 3\) \(the scores' columns\), e.g. 3"),
+        ([0, 1, -1, 2], ["a", "b", "c"], {}, "DataError", "outside .* e.g. -1"),
+        ([0.0, 1.0, 1.0, 2.0], ["a", "b", "c"], {}, "DataError",
+         "must hold integer class ids. Received: dtype float64"),
+        ([0, 1, 1], ["a", "b", "c"], {}, "ModelLoadError", "3 labels for 4 rows of scores"),
+    ],
+)  # fmt: skip
+def test_score_refuses_names_and_labels_that_do_not_fit_the_scores(y, names, kw, error, message):
+    from kmnist_lab import errors
+
+    scores = np.array([[2.0, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 3]])
+    with pytest.raises(getattr(errors, error), match=message):
+        score(np.array(y), scores, names, **kw)
+    with pytest.raises(errors.ModelLoadError, match=r"`scores` must be \(N, classes\)"):
+        score(np.array([0]), np.zeros(3), ["a", "b", "c"])
+
+
 def test_per_class_accuracy_of_a_class_absent_from_the_split_is_nan_not_zero():
     y = np.array([0, 0, 1])
     scores = np.array([[1.0, 0, 0], [0, 1, 0], [0, 1, 0]])

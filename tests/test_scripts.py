@@ -1209,6 +1209,30 @@ def test_a_null_model_param_drops_a_config_value_the_new_arch_does_not_take(tmp_
     assert [layer.units for layer in model.layers if hasattr(layer, "units")] == [512, 128, 10]
 
 
+def test_a_config_files_data_dir_and_switches_give_way_to_the_command_line(tmp_path):
+    """`--config RUN/config.json --dataset mnist_5k` of a run on `--data-dir` files kept
+    that folder (and was refused: mnist_5k reads no files), and `--export`/`--no-tensorboard`
+    did not exist to undo a recorded `--no-export`/`--tensorboard`."""
+    from kmnist_lab.config import TrainConfig
+
+    recorded = TrainConfig(dataset="fashion_mnist", data_dir=str(tmp_path), epochs=1,
+                           export=False, tensorboard=True, output_dir=str(tmp_path))  # fmt: skip
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"config": recorded.resolved().to_dict()}))
+
+    def config(*flags):
+        args = train_script.build_parser().parse_args(["--config", str(path), *flags])
+        return train_script.config_from_args(args)
+
+    kept = config()
+    assert (kept.data_dir, kept.export, kept.tensorboard) == (str(tmp_path), False, True)
+    assert config("--dataset", "fashion_mnist").data_dir == str(tmp_path)  # the same dataset
+    assert config("--dataset", "mnist_5k").data_dir is None
+    assert config("--dataset", "mnist", "--data-dir", "elsewhere").data_dir == "elsewhere"
+    switched = config("--export", "--no-tensorboard")
+    assert (switched.export, switched.tensorboard) == (True, False)
+
+
 def test_evaluate_says_when_the_runs_own_data_dir_is_gone(trained_run, data_dir, tmp_path, capsys):
     """A run whose data folder moved was refused as `--data-dir X does not exist`,
     naming a flag the user never passed; it names the run's config.json instead."""
@@ -1377,6 +1401,21 @@ def test_select_backend_names_a_bad_value_and_keeps_the_users_settings(
         .err.strip()
         .endswith("error: --backend must be one of tensorflow, jax, torch, auto. Received: 'numpy'")
     )
+    # A mistyped KERAS_BACKEND, which Keras' import would fail on with a traceback.
+    for value, hint in (("Jax", " Did you mean 'jax'?"), ("pytorch", " Did you mean 'torch'?"),
+                        ("foo", "")):  # fmt: skip
+        monkeypatch.setenv("KERAS_BACKEND", value)
+        with pytest.raises(SystemExit) as info:
+            _cli.select_backend([])
+        assert info.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.endswith(
+            "error: KERAS_BACKEND must be one of tensorflow, jax, torch (or unset). "
+            f"Received: KERAS_BACKEND={value!r}.{hint}"
+        ), err
+        # The flag decides where one is given.
+        assert _cli.select_backend(["--backend", current]) == current
+    monkeypatch.setenv("KERAS_BACKEND", current)
     # A config.json's backend that is none of ours is ignored, not an error.
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"config": {"arch": "bn_mlp", "backend": "numpy"}}))

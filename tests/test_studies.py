@@ -788,7 +788,7 @@ def test_a_quick_runs_batch_log_has_a_row_per_step(mnist_5k, tmp_path):
 
 
 def test_runs_summary_counts_complete_runs_and_sums_only_readable_wall_times():
-    """The line under a study's table: complete runs out of all, and the minutes of the
+    """The line under a study's table: complete runs out of all, and the time of the
     wall times that are numbers (a missing run, a damaged or NaN `wall_time_s`, add 0)."""
     from kmnist_lab.report.study import runs_summary
 
@@ -800,4 +800,6 @@ def test_runs_summary_counts_complete_runs_and_sums_only_readable_wall_times():
         {"status": "missing", "metrics": None},
     ]
     assert runs_summary(entries) == "2/5 runs complete; sum of their wall times 2.0 min."
-    assert runs_summary([]) == "0/0 runs complete; sum of their wall times 0.0 min."
+    # Under a minute in seconds, as a quick study's runs take (not "0.0 min").
+    assert runs_summary(entries[1:]) == "1/4 runs complete; sum of their wall times 30 s."
+    assert runs_summary([]) == "0/0 runs complete; sum of their wall times 0 s."

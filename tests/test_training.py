@@ -403,6 +403,29 @@ def test_run_folder_is_named_after_arch_dataset_loss_and_seed(tmp_path):
     assert cfg.run_dir == tmp_path / "resnet18_kmnist_focal_s7"
     assert cfg.resolved().run_name == "resnet18_kmnist_focal_s7"
     assert TrainConfig(output_dir=str(tmp_path), run_name="mine").run_dir == tmp_path / "mine"
+    # A folder may be a pathlib.Path; the config holds (and config.json records) its text.
+    assert TrainConfig(output_dir=tmp_path, run_name="p").output_dir == str(tmp_path)
+    # Dataset `auto` names its folder after the dataset it finds when training loads it.
+    with pytest.raises(ConfigError, match="named after the dataset 'auto' finds"):
+        _ = TrainConfig(output_dir=str(tmp_path)).run_dir
+
+
+def test_a_run_records_the_backend_it_trained_on_and_refuses_another(tmp_path, tiny_dataset):
+    """Keras' backend is fixed when Keras is imported: a config naming another one is
+    refused before anything is written, not recorded for a run that trained elsewhere
+    (`train.py --config` would re-run it there)."""
+    import keras
+
+    other = "jax" if keras.backend.backend() != "jax" else "torch"
+    with pytest.raises(ConfigError, match=rf"set KERAS_BACKEND={other} before .*"
+                       rf"Received: backend='{other}'"):  # fmt: skip
+        train(_config(tmp_path, backend=other), dataset=tiny_dataset, plots=False)
+    assert not (tmp_path / "run").exists()
+    result = train(_config(tmp_path, epochs=1, export=False), dataset=tiny_dataset, plots=False)
+    recorded = json.loads((result.run_dir / "config.json").read_text())
+    assert recorded["config"]["backend"] == recorded["backend"] == keras.backend.backend()
+    # The history comes back as numbers, as Keras' History holds them.
+    assert result.history[0]["epoch"] == 1 and isinstance(result.history[0]["loss"], float)
 
 
 def test_config_file_round_trip_and_unknown_keys(tmp_path):
@@ -610,16 +633,33 @@ def test_precise_bn_run_records_the_validation_accuracy_of_the_model_it_exports(
 
 
 def test_a_run_interrupted_before_a_setting_existed_resumes(tmp_path, tiny_dataset, monkeypatch):
-    """A run interrupted under the previous version has no `precise_bn` in config.json;
-    resuming it with the new default (false) is the same run, not "a different config
-    (precise_bn None -> False)"."""
+    """A run interrupted under the previous version has no `precise_bn` in config.json
+    (and, started from Python, a null backend); resuming it with the new default
+    (false) is the same run, not "a different config (precise_bn None -> False)"."""
     cfg = _config(tmp_path, arch="mlp", epochs=3)
     _kill_as_epoch_ends(cfg, tiny_dataset, monkeypatch, 2)
     path = tmp_path / "run" / "config.json"
     recorded = json.loads(path.read_text())
     del recorded["config"]["precise_bn"]  # as the previous version wrote it
+    # Runs started from Python used to record no backend.
+    recorded["config"]["backend"] = None
     path.write_text(json.dumps(recorded))
     assert train(cfg, dataset=tiny_dataset).metrics["resumed"] is True
+
+
+def test_an_interrupted_run_resumes_in_its_folder_however_the_folder_is_reached(
+    tmp_path, tiny_dataset, monkeypatch
+):
+    """`output_dir` says where the run folder is, not what trains in it: the same folder
+    written another way (a trailing slash, a relative path) or moved elsewhere resumes,
+    where it was refused as "a different config (output_dir ...)"."""
+    cfg = _config(tmp_path / "a", arch="mlp", epochs=3, export=False)
+    _kill_as_epoch_ends(cfg, tiny_dataset, monkeypatch, 3)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "run").rename(tmp_path / "b" / "run")
+    monkeypatch.chdir(tmp_path)
+    moved = _config("b/", arch="mlp", epochs=3, export=False)
+    assert train(moved, dataset=tiny_dataset, plots=False).metrics["resumed"] is True
 
 
 def test_precise_bn_on_a_model_without_batchnorm_says_so(tmp_path, tiny_dataset, caplog):

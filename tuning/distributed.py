@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 POLL_S = 0.2
 CWD_VARIABLE = "KMNIST_TUNING_CWD"
 WAIT_FOR_WORKERS_S = 120.0
+# How long the chief keeps serving, once the search is over, for a worker that asked
+# before but has not yet been told to stop (it would wait on a server that is gone).
+STOP_GRACE_S = 60.0
 # keras-tuner's statuses of a trial that has ended (results.py counts FAILED and INVALID
 # as failed).
 FINISHED = ("COMPLETED", "FAILED", "INVALID")
@@ -43,6 +46,13 @@ def serve_oracle(tuner, expect_workers: int = 0, poll_s: float = POLL_S) -> None
     keras-tuner's own chief loop (`oracle_chief.start_server`) with its servicer;
     it polls every `poll_s` (keras-tuner sleeps 20 s between checks) and, with
     `expect_workers`, answers IDLE until that many workers have asked for a trial.
+
+    It stops once the search is over and every worker that asked has been answered
+    STOPPED (or `STOP_GRACE_S` later). keras-tuner's own test, no trial running and
+    no worker registered, misses a worker answered IDLE while the others gathered:
+    the oracle never registered it, so the chief stopped while it still polled, and
+    a `--workers 2` search re-run after its last trial hung (that worker waits on the
+    gone server for keras-tuner's 60-minute client timeout).
     """
     from concurrent import futures
 
@@ -55,14 +65,28 @@ def serve_oracle(tuner, expect_workers: int = 0, poll_s: float = POLL_S) -> None
         def __init__(self, oracle):
             super().__init__(oracle)
             self.seen = set()
+            self.stopped = set()
             self.deadline = time.monotonic() + WAIT_FOR_WORKERS_S
+            self.over_since = None
 
         def CreateTrial(self, request, context):  # noqa: N802 (gRPC method name)
             self.seen.add(request.tuner_id)
             if len(self.seen) < expect_workers and time.monotonic() < self.deadline:
                 idle = trial_module.Trial(self.oracle.get_space(), status="IDLE")
                 return protos.get_service().CreateTrialResponse(trial=idle.to_proto())
-            return super().CreateTrial(request, context)
+            response = super().CreateTrial(request, context)
+            trial = trial_module.Trial.from_proto(response.trial)
+            if trial.status == trial_module.TrialStatus.STOPPED:
+                self.stopped.add(request.tuner_id)
+            return response
+
+        def done(self) -> bool:
+            if not (self.stop_triggered and oracle_chief.exit_chief(self.oracle)):
+                return False
+            if self.seen <= self.stopped:
+                return True
+            self.over_since = self.over_since or time.monotonic()
+            return time.monotonic() - self.over_since > STOP_GRACE_S
 
     tuner.save()
     address = f"{os.environ['KERASTUNER_ORACLE_IP']}:{os.environ['KERASTUNER_ORACLE_PORT']}"
@@ -74,7 +98,7 @@ def serve_oracle(tuner, expect_workers: int = 0, poll_s: float = POLL_S) -> None
     server.start()
     log.info("chief: oracle serving on %s", address)
     try:
-        while not (servicer.stop_triggered and oracle_chief.exit_chief(tuner.oracle)):
+        while not servicer.done():
             time.sleep(poll_s)
     finally:
         server.stop(grace=2)

@@ -353,7 +353,17 @@ def make_tuner(cfg: SearchConfig, num_classes: int, train_size: int | None):
                       hyperband_iterations=cfg.hyperband_iterations)  # fmt: skip
     if cfg.max_trials is not None or cfg.tuner != "grid":
         kwargs["max_trials"] = cfg.max_trials or (None if cfg.tuner == "hyperband" else 10)
-    tuner = TUNERS[cfg.tuner](hypermodel, overwrite=False, recycle_mb=cfg.recycle_mb, **kwargs)
+    try:  # reloads the folder's keras-tuner state (oracle.json, trials) where it has one
+        tuner = TUNERS[cfg.tuner](hypermodel, overwrite=False, recycle_mb=cfg.recycle_mb, **kwargs)
+    except KmnistLabError:
+        raise
+    except (ValueError, KeyError, TypeError) as e:  # a damaged JSON file, or one cut short
+        detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise RunFolderError(
+            f"cannot resume the search in {Path(cfg.directory) / cfg.project_name}: its "
+            f"keras-tuner state (oracle.json, tuner*.json, trial_*/trial.json) is damaged "
+            f"({type(e).__name__}: {detail}); pass --overwrite to start it over"
+        ) from None
     if isinstance(tuner.oracle, kt.Oracle):  # not a worker's client of the chief
         tuner.oracle.verbose = cfg.verbose
     return tuner

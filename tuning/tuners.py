@@ -473,6 +473,11 @@ class SearchTuner(kt.Tuner):
 
     def on_trial_end(self, trial):
         super().on_trial_end(trial)  # the oracle and this tuner are saved here
+        # After the last trial (the oracle's max_trials reached) there is none to free
+        # memory for: a restart would only import everything again to write the outputs.
+        remaining = getattr(self.oracle, "remaining_trials", None)
+        if callable(remaining) and remaining() == 0:
+            return
         grown = resident_memory_mb() - self.rss_start_mb
         if self.recycle_mb and grown > self.recycle_mb:
             raise RecycleProcess(f"resident memory grew {grown:.0f} MB since the search started")

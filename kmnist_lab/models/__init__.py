@@ -116,6 +116,23 @@ def build_model(
     return factory(num_classes=num_classes, head=head, **overrides)
 
 
+def _optimizer_classes() -> dict:
+    """Keras' built-in optimizers by class name, for loading a torch run's `model.keras`
+    on another backend (`load_keras_model`); none on torch, whose own subclasses those
+    names already load."""
+    import inspect
+
+    if keras.backend.backend() == "torch":
+        return {}
+    return {
+        name: cls
+        for name, cls in vars(keras.optimizers).items()
+        if inspect.isclass(cls)
+        and issubclass(cls, keras.optimizers.Optimizer)
+        and cls is not keras.optimizers.Optimizer
+    }
+
+
 def load_keras_model(path, compile: bool = True) -> keras.Model:
     """Loads a `model.keras` written by kmnist_lab on any backend.
 
@@ -126,8 +143,14 @@ def load_keras_model(path, compile: bool = True) -> keras.Model:
     trained on TensorFlow or JAX saves its `steps_per_execution` (10 by default, which
     Keras' torch trainer refuses in `fit`, `evaluate` and `predict`) and
     `jit_compile=True` (`torch.compile` on torch, measured slower: docs/performance.md).
+
+    On TensorFlow and JAX, a model compiled on torch gets Keras' own optimizer classes
+    back: Keras records a torch run's built-in optimizer under its torch-only subclass
+    (`keras.src.backend.torch.optimizers.torch_adam.Adam`), whose update calls torch
+    ops, so `keras.saving.load_model` alone gives a model that predicts but cannot
+    `fit` there. The optimizer's state (iterations, moments) loads either way.
     """
-    model = keras.saving.load_model(path, compile=compile)
+    model = keras.saving.load_model(path, compile=compile, custom_objects=_optimizer_classes())
     if keras.backend.backend() == "torch" and getattr(model, "compiled", False):
         model.steps_per_execution = 1
         model.jit_compile = False

@@ -106,13 +106,14 @@ def render_study(path: Path, doc: Document) -> str:
 
 
 def runs_summary(entries: list[dict]) -> str:
-    """`N/M runs complete; sum of their wall times X min.`: how much of the study the
-    table holds, and what its runs cost (each run's `wall_time_s`, resumed ones' last
-    process only; runs without a readable one add nothing)."""
+    """`N/M runs complete; sum of their wall times X min.` (`X s` under a minute): how
+    much of the study the table holds, and what its runs cost (each run's `wall_time_s`,
+    resumed ones' last process only; runs without a readable one add nothing)."""
     done = sum(e["status"] == "complete" for e in entries)
     walls = [(e["metrics"] or {}).get("wall_time_s") for e in entries]
     total = sum(w for w in walls if is_real(w) and math.isfinite(w) and w >= 0)
-    return f"{done}/{len(entries)} runs complete; sum of their wall times {total / 60:.1f} min."
+    took = f"{total:.0f} s" if round(total) < 60 else f"{total / 60:.1f} min"
+    return f"{done}/{len(entries)} runs complete; sum of their wall times {took}."
 
 
 def say_damaged_metrics(doc: Document, entries: list[dict]) -> None:
