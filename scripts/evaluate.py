@@ -58,6 +58,9 @@ def build_parser():
     p.add_argument("--batch-size", type=_cli.positive_int, default=1024,
                    help="inference batch size (default 1024)")  # fmt: skip
     p.add_argument("--output-dir", help="where evaluation.json and figures go (default: see above)")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="print only the accuracy line and where the files went (no per-class "
+                   "table, classification report or info lines)")  # fmt: skip
     p.add_argument("--backend", choices=_cli.BACKENDS, help=argparse_suppress())
     return p
 
@@ -71,7 +74,7 @@ def argparse_suppress():
 def main(argv=None) -> int:
     _cli.select_backend(argv)
     args = build_parser().parse_args(argv)
-    _cli.setup_logging(True)
+    _cli.setup_logging(not args.quiet)
     from pathlib import Path
 
     from kmnist_lab.data import list_datasets, load_dataset
@@ -185,11 +188,12 @@ def main(argv=None) -> int:
         print(f"evaluate.py: warning: {warning}", file=sys.stderr)
     print(f"{dataset.name} {args.split}: accuracy {100 * result['accuracy']:.2f}% "
           f"cross-entropy {result['cross_entropy']:.4f} (n={result['n']})")  # fmt: skip
-    print(
-        "per-class accuracy: "
-        + "  ".join(f"{k}:{100 * v:.1f}" for k, v in result["per_class_accuracy"].items())
-    )
-    print(result["classification_report_text"])
+    if not args.quiet:
+        print(
+            "per-class accuracy: "
+            + "  ".join(f"{k}:{100 * v:.1f}" for k, v in result["per_class_accuracy"].items())
+        )
+        print(result["classification_report_text"])
     print(f"wrote {path} and figures in {out}")
     return 0
 

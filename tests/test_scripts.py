@@ -62,6 +62,11 @@ def test_evaluate_writes_report_and_matches_training_metrics(trained_run, data_d
     assert np.array(report["confusion_matrix"]).sum() == 40
     for fig in ("confusion.png", "per_class.png"):
         assert (trained_run / "evaluation" / "kmnist-test" / fig).stat().st_size > 1000
+    # -q: the accuracy line and where the files went, as train.py's -q gives one line.
+    assert _cli.run(evaluate_script.main, [str(trained_run), "-q"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 2 and out[0].startswith("kmnist test: accuracy "), out
+    assert out[1].startswith("wrote ") and out[1].endswith("kmnist-test"), out
 
 
 def test_evaluate_naming_the_run_own_dataset_reads_the_run_data_dir(trained_run, tmp_path, capsys):
