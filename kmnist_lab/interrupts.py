@@ -69,17 +69,17 @@ def received() -> bool:
 
 def install() -> bool:
     """Installs `on_signal` in the main thread over Python's own SIGINT handler (not over
-    a custom one, nor where SIGINT is ignored), and over SIGTERM's default; True when
-    it did (for SIGINT)."""
+    a custom one, nor where SIGINT is ignored, as in a job a shell started with `&`),
+    and over SIGTERM's default (each on its own); True when it installed either."""
     global _received, _previous_unraisable_hook
-    if (
-        threading.current_thread() is threading.main_thread()
-        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    ):
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    python_defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+    ours = [sig for sig, handler in python_defaults.items() if signal.getsignal(sig) is handler]
+    if ours:
         _received = None
-        signal.signal(signal.SIGINT, on_signal)
-        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, on_signal)
+        for sig in ours:
+            signal.signal(sig, on_signal)
         if sys.unraisablehook is not _unraisable_hook:
             _previous_unraisable_hook = sys.unraisablehook
             sys.unraisablehook = _unraisable_hook
