@@ -65,23 +65,28 @@ def learning_curves(histories, title: str = "Learning curves", colors=None) -> F
     if not isinstance(histories, dict):
         histories = {"": histories}
     several = len(histories) > 1
-    fig = Figure(figsize=(11, 4), layout="constrained")
-    ax_loss, ax_acc = fig.subplots(1, 2)
+    data = {label: read_csv(path) for label, path in histories.items()}
+    # A regression's history has no accuracy: its figure is the loss panel alone.
+    accuracy = not any(data.values()) or any(
+        "accuracy" in h or "val_accuracy" in h for h in data.values() if h
+    )
+    fig = Figure(figsize=(11, 4) if accuracy else (6.5, 4), layout="constrained")
+    ax_loss, ax_acc = fig.subplots(1, 2) if accuracy else (fig.subplots(), None)
+    panels = ((ax_loss, "loss"), (ax_acc, "accuracy")) if accuracy else ((ax_loss, "loss"),)
     handles = []  # several runs: one legend entry per run (its colour), then the line styles
-    for i, (label, path) in enumerate(histories.items()):
-        h = read_csv(path)
+    for i, (label, h) in enumerate(data.items()):
         if not h:
             continue
         color, prefix = (colors or {}).get(label, color_for(i)), (f"{label} " if label else "")
         marker = "o" if len(h["epoch"]) < 3 else None  # a one-epoch line would be invisible
-        for ax, key in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+        for ax, key in panels:
             if key in h:
                 ax.plot(h["epoch"], h[key], color=color, marker=marker, label=f"{prefix}train")
             if f"val_{key}" in h:
                 ax.plot(h["epoch"], h[f"val_{key}"], color=color, ls="--", marker=marker,
                         label=f"{prefix}val")  # fmt: skip
         handles.append(Line2D([], [], color=color, label=label))
-    for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+    for ax, name in panels:
         ax.set_xlabel("epoch")
         # No epoch 1.2 on short runs; min_n_ticks=1: a one-epoch run gets tick 1, not 0.945-1.05.
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
@@ -101,8 +106,8 @@ def learning_curves(histories, title: str = "Learning curves", colors=None) -> F
     if positive.size and positive.max() / positive.min() > 100:
         ax_loss.set_yscale("log", nonpositive="mask")
         ax_loss.set_ylabel("loss (log scale)")
-    ax_loss.set_title("loss")
-    ax_acc.set_title("accuracy")
+    for ax, name in panels:
+        ax.set_title(name)
     fig.suptitle(title)
     return fig
 

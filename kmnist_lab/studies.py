@@ -24,6 +24,7 @@ import dataclasses
 import fnmatch
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -93,11 +94,16 @@ def _subset(dataset, seed: int = 0):
 
 
 def _study_record(
-    study: Study, dataset: str, quick: bool, epochs_scale: float, export: bool = True
+    study: Study,
+    dataset: str,
+    quick: bool,
+    epochs_scale: float,
+    export: bool = True,
+    data_dir=None,
 ) -> dict:
     """study.json: the study as run (each run's effective config), the settings a resume
-    must share (dataset, quick, epochs_scale, backend) and `export`, for the report's
-    command that finishes a partly run study."""
+    must share (dataset, its `data_dir`, quick, epochs_scale, backend, and `export` where
+    runs export) and the report's command that finishes a partly run study uses."""
     import keras
 
     record = study.to_dict()
@@ -106,7 +112,8 @@ def _study_record(
         for r in study.runs
     ]
     return {"study": record, "dataset": dataset, "quick": quick, "epochs_scale": epochs_scale,
-            "backend": keras.backend.backend(), "export": export}  # fmt: skip
+            "backend": keras.backend.backend(), "export": export,
+            "data_dir": None if data_dir is None else os.path.abspath(data_dir)}  # fmt: skip
 
 
 def _check_settings(study_dir: Path, record: dict) -> None:
@@ -130,6 +137,35 @@ def _check_settings(study_dir: Path, record: dict) -> None:
             f"process runs {record['backend']}; pass --backend {old['backend']} to continue it "
             "or choose another --output-dir"
         )
+    # Its runs must read the same files (folders written before `data_dir` was recorded
+    # continue with any), and export as its finished runs did (quick runs never export).
+    if old.get("data_dir", record["data_dir"]) != record["data_dir"]:
+        where = old["data_dir"] or "the dataset's own location (no --data-dir)"
+        flag = f"pass --data-dir {old['data_dir']}" if old["data_dir"] else "drop --data-dir"
+        raise ConfigError(
+            f"{study_dir} holds this study trained on files from {where}, not "
+            f"{record['data_dir'] or 'the default location'}; {flag} to continue it or "
+            "choose another --output-dir"
+        )
+    if not record["quick"] and old.get("export", record["export"]) != record["export"]:
+        flag = "--no-export" if old["export"] is False else "no --no-export"
+        raise ConfigError(
+            f"{study_dir} holds this study run with {flag}; pass the same to continue it "
+            "or choose another --output-dir"
+        )
+
+
+def _in_study_terms(error: RunFolderError, run_dir: Path) -> RunFolderError:
+    """A run folder's refusal with advice study.py can follow (it takes no --overwrite
+    and no --run-name, which `kmnist_lab.runs` suggests to train.py)."""
+    head, sep, advice = str(error).rpartition("; ")
+    if not sep or "--run-name" not in advice:
+        return error
+    if "in use by process" in head:
+        advice = "wait for it to finish, then run the study again"
+    else:
+        advice = f"delete {run_dir} to train that run again, or choose another --output-dir"
+    return RunFolderError(f"{head}; {advice}")
 
 
 def _after_fit(study: Study):
@@ -215,7 +251,7 @@ def run_study(
         raise RunFolderError(
             f"cannot create study folder {study_dir}: {e.strerror}; choose another --output-dir"
         ) from None
-    record = _study_record(study, ds_name, quick, epochs_scale, export)
+    record = _study_record(study, ds_name, quick, epochs_scale, export, data_dir)
     _check_settings(study_dir, record)
     runs.atomic_write_json(study_dir / STUDY_FILE, record)
     statuses, trained = {}, []
@@ -241,7 +277,7 @@ def run_study(
                 config = TrainConfig(
                     **cfg,
                     dataset=ds_name if ds_name in list_datasets() else dataset,
-                    data_dir=None if data_dir is None else str(data_dir),
+                    data_dir=record["data_dir"],  # absolute: the same however typed
                     run_name=run.name,
                     output_dir=str(study_dir),
                     export=export and not quick,
@@ -258,6 +294,8 @@ def run_study(
             log.warning("[%d/%d] %s: %s", i, len(selected), run.name, e)
             statuses[run.name] = "diverged"
             continue
+        except RunFolderError as e:
+            raise _in_study_terms(e, run_dir) from None
         statuses[run.name] = "complete"
         trained.append(run.name)
         acc = metrics.get("test_accuracy")

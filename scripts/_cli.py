@@ -79,8 +79,9 @@ def select_backend(argv, auto: bool = False) -> str:
     if backend is None:
         recorded = _config_value(argv, "backend")
         backend = recorded if recorded in BACKENDS else None
-    if backend is not None and backend not in (*BACKENDS, "auto"):
-        fail(f"--backend must be one of {', '.join((*BACKENDS, 'auto'))}. Received: {backend!r}")
+    allowed = (*BACKENDS, "auto") if auto else BACKENDS  # `auto`: train.py's choice only
+    if backend is not None and backend not in allowed:
+        fail(f"--backend must be one of {', '.join(allowed)}. Received: {backend!r}")
     environment = os.environ.get("KERAS_BACKEND")
     # Keras itself would fail on its first import, with a traceback (its other backends,
     # numpy and openvino, pass here: the commands that cannot use them refuse them).

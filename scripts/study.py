@@ -81,6 +81,7 @@ _RUN_FLAGS = (
     ("output_dir", "--output-dir"),
     ("export", "--no-export"),
     ("report", "--report"),
+    ("backend", "--backend"),
 )
 
 

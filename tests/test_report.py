@@ -519,6 +519,36 @@ def test_learning_curves_switch_to_log_scale_only_when_one_loss_dwarfs_the_rest(
     assert spiky.axes[0].get_yscale() == "log" and spiky.axes[1].get_yscale() == "linear"
 
 
+def test_learning_curves_of_a_regression_draw_the_loss_alone(tmp_path):
+    """A regression's history has no accuracy: its figure had an empty accuracy panel."""
+    from kmnist_lab.plots import learning_curves
+
+    path = tmp_path / "h.csv"
+    path.write_text("epoch,loss,val_loss\n1,0.5,0.6\n2,0.3,0.4\n")
+    fig = learning_curves({"sin": path})
+    assert [ax.get_title() for ax in fig.axes] == ["loss"] and len(fig.axes[0].lines) == 2
+    both = learning_curves({"sin": path, "a": _history(tmp_path / "a.csv", [0.4, 0.3])})
+    assert [ax.get_title() for ax in both.axes] == ["loss", "accuracy"]
+
+
+def test_a_report_of_dot_names_the_folder(tmp_path, monkeypatch):
+    """`report.py .` from inside a run folder titled the report "Run ``" (Path('.').name
+    is empty) and left out the study it belongs to."""
+    from kmnist_lab.studies import run_study
+
+    study_dir = run_study(
+        "e_regression", quick=True, output_dir=tmp_path, only=["sin_3x50"]
+    ).study_dir
+    monkeypatch.chdir(study_dir / "sin_3x50")
+    md, _ = write_report(".")
+    text = md.read_text()
+    assert text.startswith("# Run `sin_3x50`") and "e_regression" in text, text[:300]
+    monkeypatch.chdir(study_dir / "sin_3x50")
+    md, _ = write_report("..")
+    assert md == study_dir / "report.md" and md.read_text().startswith("# Study `e_regression`")
+    assert f"by `scripts/report.py {study_dir}`" in md.read_text()  # not `report.py ..`
+
+
 @pytest.mark.parametrize("losses", [[0.4, 0.3], [0.4]])
 def test_learning_curves_tick_whole_epochs_only(losses, tmp_path):
     # A 2-epoch run's curves were ticked 1.0, 1.2, ..., 2.0: epochs that do not exist;

@@ -1399,13 +1399,18 @@ def test_select_backend_names_a_bad_value_and_keeps_the_users_settings(
     current = keras.backend.backend()
     monkeypatch.setenv("KERAS_BACKEND", current)
     with pytest.raises(SystemExit) as info:
-        _cli.select_backend(["--backend", "numpy"])
+        _cli.select_backend(["--backend", "numpy"], auto=True)
     assert info.value.code == 2
-    assert (
-        capsys.readouterr()
-        .err.strip()
-        .endswith("error: --backend must be one of tensorflow, jax, torch, auto. Received: 'numpy'")
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(
+        "error: --backend must be one of tensorflow, jax, torch, auto. Received: 'numpy'"
     )
+    # `auto` is train.py's (auto=True) only: study.py, tune.py and evaluate.py refused it
+    # after listing it as valid.
+    with pytest.raises(SystemExit) as info:
+        _cli.select_backend(["--backend", "auto"])
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("error: --backend must be one of tensorflow, jax, torch. Received: 'auto'")
     # A mistyped KERAS_BACKEND, which Keras' import would fail on with a traceback.
     for value, hint in (("Jax", " Did you mean 'jax'?"), ("pytorch", " Did you mean 'torch'?"),
                         ("foo", "")):  # fmt: skip

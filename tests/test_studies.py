@@ -11,7 +11,7 @@ import study as study_script
 
 from kmnist_lab import runs
 from kmnist_lab.config import TrainConfig
-from kmnist_lab.errors import ConfigError
+from kmnist_lab.errors import ConfigError, RunFolderError
 from kmnist_lab.report import write_report
 from kmnist_lab.studies import (
     effective_config,
@@ -293,6 +293,49 @@ def test_a_study_folder_refuses_another_backend(tmp_path):
     del record["backend"]
     (first.study_dir / "study.json").write_text(json.dumps(record))
     run_study("e_regression", quick=True, output_dir=tmp_path)
+
+
+def test_a_study_on_data_dir_files_continues_on_those_files_only(tmp_path):
+    """study.json did not record `--data-dir`: the report's finishing command left it
+    out, and a resume trained the remaining runs on whatever copy of the dataset was
+    found (another MNIST in the Keras cache), with no warning."""
+    from helpers import write_idx_dataset
+
+    from kmnist_lab.studies import _in_study_terms
+
+    data = write_idx_dataset(tmp_path / "data", n_train=60, n_test=20)
+    other = write_idx_dataset(tmp_path / "other", n_train=60, n_test=20, seed=5)
+    common = dict(dataset="kmnist", quick=True, output_dir=tmp_path / "out")
+    first = run_study("e_batchnorm", data_dir=data, only=["without_bn"], **common)
+    record = json.loads((first.study_dir / "study.json").read_text())
+    assert record["data_dir"] == str(data)
+    with pytest.raises(ConfigError, match=rf"trained on files from {data}, not {other}; "
+                       rf"pass --data-dir {data} to continue it"):  # fmt: skip
+        run_study("e_batchnorm", data_dir=other, **common)
+    # The report's command that finishes the study names the files.
+    md, _ = write_report(first.study_dir)
+    assert (f"`python scripts/study.py e_batchnorm --dataset kmnist --quick --backend "
+            f"{record['backend']} --data-dir {data} --output-dir {tmp_path / 'out'}` finishes them"
+            in md.read_text())  # fmt: skip
+    # A full study continues with the export setting its finished runs had.
+    (first.study_dir / "study.json").write_text(json.dumps({**record, "quick": False,
+                                                            "export": False}))  # fmt: skip
+    with pytest.raises(ConfigError, match="run with --no-export; pass the same to continue"):
+        run_study("e_batchnorm", data_dir=data, **{**common, "quick": False})
+    # A run folder's refusal names what study.py takes (no --overwrite, no --run-name).
+    refusal = RunFolderError(
+        "run folder R holds an interrupted run with a different config (lr 0.1 -> 0.2); "
+        "pass --overwrite to start over or choose another --run-name"
+    )
+    assert str(_in_study_terms(refusal, tmp_path / "R")) == (
+        "run folder R holds an interrupted run with a different config (lr 0.1 -> 0.2); "
+        f"delete {tmp_path / 'R'} to train that run again, or choose another --output-dir"
+    )
+    busy = RunFolderError("R is in use by process 7; wait for it to finish or choose another "
+                          "--run-name")  # fmt: skip
+    assert str(_in_study_terms(busy, tmp_path / "R")).endswith(
+        "in use by process 7; wait for it to finish, then run the study again"
+    )
 
 
 def test_script_lists_and_runs(tmp_path, capsys):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 from pathlib import Path
 
 from kmnist_lab import runs
@@ -90,7 +91,9 @@ def write_report(path, out_dir=None) -> tuple[Path, Path]:
         path: a run, study or search folder.
         out_dir: where to write (default: `path` itself).
     """
-    path = Path(path)
+    # Absolute and normalised: a report names the folder and its parent (`report.py .`
+    # or `..` gave a run named "" and a study's finishing command `--output-dir .`).
+    path = Path(os.path.abspath(path))
     kind = detect(path)
     out = Path(out_dir) if out_dir is not None else path
     try:

@@ -155,6 +155,8 @@ def _unfinished(doc: Document, path: Path, record: dict, entries: list[dict]) ->
         command += f" --backend {record['backend']}"
     if record.get("export") is False and not record.get("quick"):  # as the finished runs
         command += " --no-export"
+    if record.get("data_dir"):  # the files its runs read (study.py refuses others)
+        command += f" --data-dir {record['data_dir']}"
     command += f" --output-dir {path.parent}"
     first = sorted(left, key=lambda e: e["status"] == "missing")  # stable: study order
     shown = first if len(first) <= _UNFINISHED_SHOWN + 1 else first[:_UNFINISHED_SHOWN]
@@ -464,10 +466,13 @@ def _curves(
         histories = {e["name"]: logs["history.csv"][e["name"]] for e in members
                      if e["name"] in logs["history.csv"]}  # fmt: skip
         if histories:
+            what = "loss" if study.get("kind") == "regression" else "loss and accuracy"
             fig = plots.learning_curves(
-                histories, f"{name}: loss and accuracy per epoch{suffix}", colors=curve_colors
+                histories, f"{name}: {what} per epoch{suffix}", colors=curve_colors
             )
-            caption = f"Loss and accuracy per epoch, train (solid) and validation (dashed){suffix}."
+            caption = (
+                f"{what.capitalize()} per epoch, train (solid) and validation (dashed){suffix}."
+            )
             doc.figure(fig, f"{stem}_epochs", caption)
     if "epoch_loss" in study.get("extras", []):
         _epoch_losses(doc, logs["history.csv"])
