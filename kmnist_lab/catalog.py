@@ -64,12 +64,31 @@ TABLES = {"models": models_table, "losses": losses_table, "optimizers": optimize
           "datasets": datasets_table}  # fmt: skip
 
 
-def fill(text: str) -> str:
+def fill(text: str, required=()) -> str:
     """Replaces every `<!-- catalog:NAME -->...<!-- /catalog -->` block with a fresh table.
 
+    Args:
+        text: the document (the README).
+        required: the tables that must have exactly one block (the README: all).
+
     Raises:
-        ConfigError: a block names a table that does not exist (NAME not in `TABLES`).
+        ConfigError: a block names a table that does not exist (NAME not in `TABLES`),
+            a required table has no block or more than one, or the markers do not pair
+            up (a missing end marker would make one block swallow the text up to the
+            next block's end).
     """
+    tokens = re.findall(r"<!-- (catalog:\w+|/catalog) -->", text)
+    starts = [t.split(":", 1)[1] for t in tokens if t != "/catalog"]
+    if tokens != [t for name in starts for t in (f"catalog:{name}", "/catalog")]:
+        raise ConfigError(
+            "the catalog markers do not pair up: each <!-- catalog:NAME --> needs its own "
+            f"<!-- /catalog --> before the next block starts. Found, in order: {tokens}"
+        )
+    for name in required:
+        if starts.count(name) != 1:
+            raise ConfigError(
+                f"the text has {starts.count(name)} <!-- catalog:{name} --> blocks; it needs one"
+            )
 
     def sub(match):
         name = match.group(1)

@@ -21,6 +21,17 @@ samples/s x the model's Dense and Conv2D FLOPs per training sample
 11.6 MFLOP for residual_cnn, 733 MFLOP for resnet18). At batch 128 the table also
 shows the project's speed target (our/torch ratio) and the share of the matmul rate
 that meeting it would take ("needs %mm" = torch's share x target).
+
+Columns: train/s, torch/s: training samples/s (steady state, medians); input: how
+batches reach the model (device: the compiled loop over data held on the device;
+iterator: Keras' own); jit: the --jit policy, XLA: what it chose; spe: steps per
+compiled call; sh (shards): --batch-shards; compile s: the warm-up epoch's time
+beyond its steady-state share (tracing and compiling, validation included); epoch
+s: one 60-step epoch (7,680 images at batch 128, not a dataset's 55k) plus
+validation on a sixth as many images; infer/s:
+`predict` at batch 1024; peak RSS MB: the worker process's peak resident memory.
+A failed measurement stops the run; the table and --json keep what was measured
+before it (the JSON's "failed" names the error), and the command exits 2.
 """
 
 from __future__ import annotations
@@ -81,7 +92,8 @@ def build_parser():
                    metavar="K", help="TensorFlow: run each batch as K independent passes "
                    "side by side, one thread per op (default: the policy's: one per core "
                    "for residual_cnn on a CPU, else 1); settings where train.py refuses K > 1 "
-                   "(JAX, Keras' iterator, BatchNorm) are left out")  # fmt: skip
+                   "(JAX, Keras' iterator, BatchNorm) are left out, with a line on stderr; "
+                   "an arch left with none is refused")  # fmt: skip
     p.add_argument(
         "--steps",
         type=_cli.positive_int,
@@ -256,6 +268,20 @@ def _suppress():
     return argparse.SUPPRESS
 
 
+def _exit_status(code: int) -> str:
+    """How a process that printed nothing ended: `killed by SIGKILL (out of memory?)`,
+    `exited with code 3`."""
+    if code is not None and code < 0:
+        import signal
+
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"killed by {name}" + (" (out of memory?)" if -code == signal.SIGKILL else "")
+    return "no output" if code == 0 else f"exited with code {code}, no output"
+
+
 def _run_worker(spec: dict, backend: str) -> dict:
     # Cold compiles: `compile_s` is the time a first run pays, so no persistent cache.
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3",
@@ -266,7 +292,7 @@ def _run_worker(spec: dict, backend: str) -> dict:
     )  # fmt: skip
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        tail = (proc.stderr.strip().splitlines() or [_exit_status(proc.returncode)])[-1]
         tail = re.sub(r"^\S+: error: ", "", tail)  # the worker's own one-line error
         from kmnist_lab.errors import KmnistLabError
 
@@ -307,7 +333,7 @@ def _run_torch(path: str, arch: str, batch_size: int, steps: int, device: str = 
     from kmnist_lab.errors import KmnistLabError
 
     if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        tail = (proc.stderr.strip().splitlines() or [_exit_status(proc.returncode)])[-1]
         raise KmnistLabError(f"torch reference for {arch} failed: {tail}")
     try:
         return float(proc.stdout.split("samples_per_s")[-1])
@@ -470,46 +496,62 @@ def main(argv=None) -> int:
         sharded = [(b, p, k) for b in arch_backends(arch) for p in args.input_pipeline
                    for k in args.batch_shards if k is not None and k > 1]  # fmt: skip
         problems = [_shard_problem(arch, *setting) for setting in sharded]
-        if sharded and all(problems):
+        unsharded = [k for k in args.batch_shards if k is None or k == 1]
+        if sharded and all(problems) and not unsharded:
             raise ConfigError(problems[0])
         shard_problems[arch] = dict(zip(sharded, problems, strict=True))
+        for (backend, pipeline, k), problem in shard_problems[arch].items():
+            if problem:
+                print(f"{arch} on {backend}, input {pipeline}: --batch-shards {k} left out: "
+                      f"{problem}", file=sys.stderr)  # fmt: skip
     cpu = cpu_name()
     gflops_start = matmul_gflops()
     print(f"NumPy fp32 matmul: {gflops_start:.1f} GFLOP/s on {os.cpu_count()} CPU cores ({cpu})",
           file=sys.stderr)  # fmt: skip
     samples: dict[tuple, list] = {}
     torch_rates: dict[str, list] = {}
-    for rep in range(args.repeats):
-        for arch in archs:
-            # Whole 60-step epochs, as `bench.measure` times them; torch gets as many.
-            steps = 60 * math.ceil((args.steps or (300 if arch in MLPS else 60)) / 60)
-            for backend, jit, spe, pipeline, shards in itertools.product(
-                arch_backends(arch), args.jit, args.steps_per_execution, args.input_pipeline,
-                args.batch_shards,
-            ):  # fmt: skip
-                if pipeline == "device" and backend not in DEVICE_BACKENDS:
-                    continue  # not on torch; the table shows Keras' iterator there
-                if shard_problems[arch].get((backend, pipeline, shards)):
-                    continue  # shards this setting cannot take (see above)
-                spec = {"arch": arch, "batch_size": args.batch_size, "jit": jit,
-                        "steps_per_execution": spe, "steps": steps,
-                        "precision": args.precision, "input_pipeline": pipeline,
-                        "batch_shards": shards}  # fmt: skip
-                result = _run_worker(spec, backend)
-                samples.setdefault((arch, backend, jit, spe, pipeline, shards), []).append(result)
-                print(f"[{rep + 1}/{args.repeats}] {arch} {backend} jit={jit} "
-                      f"spe={result['steps_per_execution']} input={result['input_pipeline']} "
-                      f"shards={result.get('batch_shards', 1)}: "
-                      f"{result['train_samples_per_s']:.0f} samples/s", file=sys.stderr)  # fmt: skip
-            if args.compare_torch:
-                rate = _run_torch(
-                    args.torch_reference, arch, args.batch_size, steps, args.torch_device
-                )
-                torch_rates.setdefault(arch, []).append(rate)
-                print(
-                    f"[{rep + 1}/{args.repeats}] {arch} torch: {rate:.0f} samples/s",
-                    file=sys.stderr,
-                )
+    from kmnist_lab.errors import KmnistLabError
+
+    # A failed measurement (a worker killed, the reference failing) ends the run, and
+    # what was measured before it still gets its table and JSON, then the error.
+    failure = None
+    try:
+        for rep in range(args.repeats):
+            for arch in archs:
+                # Whole 60-step epochs, as `bench.measure` times them; torch gets as many.
+                steps = 60 * math.ceil((args.steps or (300 if arch in MLPS else 60)) / 60)
+                for backend, jit, spe, pipeline, shards in itertools.product(
+                    arch_backends(arch), args.jit, args.steps_per_execution, args.input_pipeline,
+                    args.batch_shards,
+                ):  # fmt: skip
+                    if pipeline == "device" and backend not in DEVICE_BACKENDS:
+                        continue  # not on torch; the table shows Keras' iterator there
+                    if shard_problems[arch].get((backend, pipeline, shards)):
+                        continue  # shards this setting cannot take (see above)
+                    spec = {"arch": arch, "batch_size": args.batch_size, "jit": jit,
+                            "steps_per_execution": spe, "steps": steps,
+                            "precision": args.precision, "input_pipeline": pipeline,
+                            "batch_shards": shards}  # fmt: skip
+                    result = _run_worker(spec, backend)
+                    key = (arch, backend, jit, spe, pipeline, shards)
+                    samples.setdefault(key, []).append(result)
+                    print(f"[{rep + 1}/{args.repeats}] {arch} {backend} jit={jit} "
+                          f"spe={result['steps_per_execution']} input={result['input_pipeline']} "
+                          f"shards={result.get('batch_shards', 1)}: "
+                          f"{result['train_samples_per_s']:.0f} samples/s", file=sys.stderr)  # fmt: skip
+                if args.compare_torch:
+                    rate = _run_torch(
+                        args.torch_reference, arch, args.batch_size, steps, args.torch_device
+                    )
+                    torch_rates.setdefault(arch, []).append(rate)
+                    print(
+                        f"[{rep + 1}/{args.repeats}] {arch} torch: {rate:.0f} samples/s",
+                        file=sys.stderr,
+                    )
+    except KmnistLabError as e:
+        failure = e
+        print(f"benchmark.py: {e}; stopping: the table below has what was measured before it",
+              file=sys.stderr)  # fmt: skip
     # Measured again at the end: the shares use the better of the two, and a machine
     # whose speed changed during the run says so (its ratios, interleaved, hold better).
     gflops_end = matmul_gflops()
@@ -552,7 +594,8 @@ def main(argv=None) -> int:
     if args.json is not None:
         results = {"schema": 1, "machine": machine, "batch_size": args.batch_size,
                    "repeats": args.repeats, "quick": args.quick,
-                   "torch_device": args.torch_device, "results": rows, "torch": torch_rates}  # fmt: skip
+                   "torch_device": args.torch_device, "results": rows, "torch": torch_rates,
+                   "failed": None if failure is None else str(failure)}  # fmt: skip
         from kmnist_lab.runs import atomic_write_json
 
         try:
@@ -562,6 +605,8 @@ def main(argv=None) -> int:
                 f"cannot write --json {args.json}: {e.strerror or e}; the table above has "
                 "the results"
             ) from None
+    if failure is not None:
+        raise failure
     return 0
 
 

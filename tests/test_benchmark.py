@@ -101,6 +101,46 @@ def test_a_failed_worker_is_one_error_line_not_two_prefixes(monkeypatch):
         benchmark._run_worker({"arch": "bn_mlp"}, "jax")
 
 
+def test_a_worker_killed_by_a_signal_says_so(monkeypatch):
+    """The out-of-memory killer's SIGKILL was reported as "failed: no output"."""
+    killed = subprocess.CompletedProcess([], -9, stdout="", stderr="")
+    monkeypatch.setattr(benchmark.subprocess, "run", lambda *a, **k: killed)
+    with pytest.raises(Exception, match=r"on jax failed: killed by SIGKILL \(out of memory\?\)$"):
+        benchmark._run_worker({"arch": "bn_mlp"}, "jax")
+    with pytest.raises(Exception, match=r"reference for bn_mlp failed: killed by SIGKILL"):
+        benchmark._run_torch("ref.py", "bn_mlp", 128, 60)
+    monkeypatch.setattr(benchmark.subprocess, "run",
+                        lambda *a, **k: subprocess.CompletedProcess([], 3, "", ""))  # fmt: skip
+    with pytest.raises(Exception, match=r"failed: exited with code 3, no output$"):
+        benchmark._run_worker({"arch": "bn_mlp"}, "jax")
+
+
+def test_a_failed_measurement_keeps_the_table_and_json_of_the_others(tmp_path, capsys, monkeypatch):
+    """One failure (the second arch's worker here) lost every measurement made before it:
+    no table, no --json, in a run of several minutes."""
+    from kmnist_lab.errors import KmnistLabError
+
+    real = benchmark._run_worker
+
+    def second_fails(spec, backend):
+        if spec["arch"] == "relu_mlp":
+            raise KmnistLabError("benchmark of relu_mlp on tensorflow failed: killed by SIGKILL")
+        return real(spec, backend)
+
+    monkeypatch.setattr(benchmark, "_run_worker", second_fails)
+    out = tmp_path / "bench.json"
+    argv = ["--arch", "plain_mlp", "relu_mlp", "--batch-size", "32", "--steps", "3",
+            "--repeats", "1", "--backend", "tensorflow", "--jit", "off", "--json", str(out)]  # fmt: skip
+    assert _cli.run(benchmark.main, argv) == 2
+    captured = capsys.readouterr()
+    assert "plain_mlp" in captured.out and "relu_mlp" not in captured.out
+    err = captured.err.strip().splitlines()
+    assert err[-1].endswith("error: benchmark of relu_mlp on tensorflow failed: killed by SIGKILL")
+    data = json.loads(out.read_text())
+    assert [r["arch"] for r in data["results"]] == ["plain_mlp"]
+    assert data["failed"] == "benchmark of relu_mlp on tensorflow failed: killed by SIGKILL"
+
+
 def test_compare_torch_without_pytorch_says_how_to_install_it(capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` fails as if not installed
     assert _cli.run(benchmark.main, ["--compare-torch"]) == 2
@@ -465,6 +505,18 @@ def test_every_setting_of_the_product_reaches_a_worker(monkeypatch):
     assert {s["arch"]: s["steps"] for _, s in specs} == {"relu_mlp": 300, "residual_cnn": 60}
     assert len(data["results"]) == len(per_repeat) and data["repeats"] == 2
     assert all(len(r["runs"]) == 2 for r in data["results"])
+
+
+def test_shards_an_arch_cannot_take_are_left_out_not_the_whole_run(monkeypatch, capsys):
+    """`--arch bn_mlp residual_cnn --batch-shards 1 2` was refused whole (bn_mlp's
+    BatchNorm takes no shards), though the help said such settings are left out."""
+    argv = ["--arch", "bn_mlp", "residual_cnn", "--backend", "tensorflow", "--batch-shards",
+            "1", "2", "--repeats", "1"]  # fmt: skip
+    specs, _, _ = _fake_run(monkeypatch, argv)
+    assert [(s["arch"], s["batch_shards"]) for _, s in specs] == [
+        ("bn_mlp", 1), ("residual_cnn", 1), ("residual_cnn", 2)]  # fmt: skip
+    err = capsys.readouterr().err
+    assert "bn_mlp on tensorflow, input auto: --batch-shards 2 left out: batch shards would " in err
 
 
 def test_the_device_pipeline_is_skipped_on_torch_and_steps_round_up(monkeypatch):

@@ -1,11 +1,33 @@
 """The README's tables are generated from the registries and must be current."""
 
+import functools
+
 import pytest
 import update_readme
 
 
 def test_readme_tables_match_the_registries(capsys):
     assert update_readme.main(["--check"]) == 0, capsys.readouterr().err
+
+
+def test_unpaired_or_missing_catalog_markers_are_refused_not_swallowed():
+    """A README missing one `<!-- /catalog -->` lost the text up to the next block's end
+    marker (a heading, a paragraph, a whole table) and --check passed afterwards."""
+    from pathlib import Path
+
+    from kmnist_lab.catalog import TABLES, fill
+    from kmnist_lab.errors import ConfigError
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    fill = functools.partial(fill, required=TABLES)  # as update_readme.py calls it
+    models_end = text.index("<!-- /catalog -->")
+    with pytest.raises(ConfigError, match="the catalog markers do not pair up"):
+        fill(text[:models_end] + text[models_end + len("<!-- /catalog -->") :])
+    start = text.index("<!-- catalog:losses -->")
+    end = text.index("<!-- /catalog -->", start) + len("<!-- /catalog -->")
+    with pytest.raises(ConfigError, match="0 <!-- catalog:losses --> blocks; it needs one"):
+        fill(text[:start] + text[end:])
+    assert fill(text) == text
 
 
 def test_quickstart_has_exactly_the_two_commands():
@@ -67,7 +89,8 @@ def test_check_fails_on_a_stale_readme_and_leaves_it_as_it_is(tmp_path, monkeypa
 
     (tmp_path / "scripts").mkdir()
     readme = tmp_path / "README.md"
-    stale = "# x\n<!-- catalog:datasets -->\n| old |\n<!-- /catalog -->\n"
+    stale = "".join(f"# {name}\n<!-- catalog:{name} -->\n| old |\n<!-- /catalog -->\n"
+                    for name in ("models", "losses", "optimizers", "datasets"))  # fmt: skip
     readme.write_text(stale)
     monkeypatch.setattr(update_readme, "__file__", str(tmp_path / "scripts" / "update_readme.py"))
     assert update_readme.main(["--check"]) == 1
