@@ -11,7 +11,7 @@ The SavedModel has two signatures:
 
 Any other shape fails inside the SavedModel (`InvalidArgumentError` naming the
 shapes it takes): reshaped as they come, (N, 28, 28, 3) images would be scored as
-3N grey ones.
+3N grey ones. An empty batch (N = 0) gets empty outputs.
 
 (From the JAX backend, jax2tf converts the model once for (N, 28, 28) float32,
 kept as a third signature `serve_3d`; the two above wrap it. Its XLA module is
@@ -118,6 +118,15 @@ def export_saved_model(model: keras.Model, path, score_scale: float = 1.0) -> Pa
             "class_ids": ops.cast(ops.argmax(scores, axis=-1), "int32"),
         }
 
+    def served(outputs_of, x):
+        """`outputs_of(x)`, empty for an empty batch: a JAX export's shapes start at one
+        image and oneDNN's fused convolution refuses none, so an empty batch runs as one
+        blank image whose outputs are then dropped (the padding adds no image to a batch
+        that has one)."""
+        n = tf.shape(x)[0]
+        padded = tf.concat([x, tf.zeros([tf.maximum(1 - n, 0), 28, 28], x.dtype)], 0)
+        return {name: value[:n] for name, value in outputs_of(padded).items()}
+
     archive = keras.export.ExportArchive()
     archive.track(model)
     if keras.backend.backend() == "tensorflow":
@@ -125,7 +134,7 @@ def export_saved_model(model: keras.Model, path, score_scale: float = 1.0) -> Pa
         for name, dtype in (("serve", tf.float32), ("serve_uint8", tf.uint8)):
             archive.add_endpoint(
                 name,
-                lambda pixels: outputs(images(pixels)),
+                lambda pixels: served(outputs, images(pixels)),
                 input_signature=[tf.TensorSpec(None, dtype, name="pixels")],
             )
     else:
@@ -141,7 +150,7 @@ def export_saved_model(model: keras.Model, path, score_scale: float = 1.0) -> Pa
         )
         for name, dtype in (("serve", tf.float32), ("serve_uint8", tf.uint8)):
             wrapper = tf.function(
-                lambda pixels: core(images(pixels)),
+                lambda pixels: served(core, images(pixels)),
                 input_signature=[tf.TensorSpec(None, dtype, name="pixels")],
             )
             wrapper.get_concrete_function()

@@ -108,5 +108,8 @@ def test_short_training_run_and_cross_backend_model_keras(backend, tmp_path):
                              ("serving_default", x[..., None].astype("float32"))):  # fmt: skip
             served = loaded.signatures[name](pixels=tf.constant(pixels))["class_ids"].numpy()
             np.testing.assert_array_equal(served, here, err_msg=f"{name} {pixels.shape}")
+        # An empty batch: empty outputs (jax2tf's shapes start at one image).
+        empty = loaded.signatures["serve"](pixels=tf.zeros((0, 28, 28)))
+        assert empty["scores"].shape == (0, 10) and empty["class_ids"].shape == (0,)
         with pytest.raises(tf.errors.InvalidArgumentError, match=r"\(N, 784\); received"):
             loaded.signatures["serve"](pixels=tf.zeros((2, 28, 28, 3)))

@@ -174,6 +174,26 @@ def test_predict_scores_in_batches_gives_every_image_its_scores(tmp_path):
         np.testing.assert_allclose(predict_scores(served, x.reshape(9, 784), batch_size), scores)
 
 
+@pytest.mark.parametrize("arch", ["bn_mlp", "residual_cnn"])
+def test_a_saved_model_serves_an_empty_batch(arch, tmp_path):
+    """An empty batch failed in oneDNN's fused convolution (`input depth must be evenly
+    divisible by filter depth: 1 vs 16`); it gets empty outputs, and a batch its scores."""
+    import tensorflow as tf
+
+    from kmnist_lab.export import export_saved_model
+
+    model = build_model(arch)
+    served = tf.saved_model.load(str(export_saved_model(model, tmp_path / "sm")))
+    for name, pixels in (("serve", tf.zeros((0, 28, 28))), ("serve_uint8", tf.zeros((0, 784), tf.uint8)),
+                         ("serve", tf.zeros((0, 28, 28, 1))),):  # fmt: skip
+        out = served.signatures[name](pixels=pixels)
+        assert out["scores"].shape == (0, 10) and out["probabilities"].shape == (0, 10)
+        assert out["class_ids"].shape == (0,) and out["class_ids"].dtype == tf.int32
+    x = _images(3)
+    np.testing.assert_allclose(served.signatures["serve"](pixels=tf.constant(x, tf.float32))["scores"],
+                               model.predict(x, verbose=0), rtol=1e-5, atol=1e-5)  # fmt: skip
+
+
 @pytest.mark.parametrize("shape", [(2, 28, 28, 3), (2, 32, 32), (2, 785), (2, 28, 28, 1, 1)])
 def test_predict_scores_refuses_images_that_are_not_28x28_grey(shape):
     """Served as-is, 3-channel images would be reshaped into three times as many
