@@ -175,7 +175,8 @@ def parse_idx(raw: bytes, path: str = "<bytes>") -> np.ndarray:
 
 def _read_npz(path: Path, keys: tuple[str, ...]) -> list[np.ndarray]:
     try:
-        with np.load(path, allow_pickle=False) as f:
+        # Our own handle: np.load left its file open when the bytes were not a zip.
+        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as f:
             missing = [k for k in keys if k not in f.files]
             if missing:
                 raise DataError(f"{path}: missing arrays {missing}; it holds {f.files}")
@@ -249,6 +250,10 @@ def _check_images(x: np.ndarray, y: np.ndarray, where: str) -> tuple[np.ndarray,
         y.dtype.kind in "bf" and np.isfinite(y).all() and (y == np.round(y)).all()
     ):
         raise DataError(f"{where}: labels must be integers; got dtype {y.dtype}")
+    # Whole floats beyond int64 (1e20) would cast to garbage (NumPy warns) and then be
+    # taken for a class id; no class id comes near this bound.
+    if y.dtype.kind == "f" and y.size and np.abs(y).max() >= 2**62:
+        raise DataError(f"{where}: labels must be class ids; got {np.abs(y).max():.3g}")
     return x, y.astype(np.int64)
 
 

@@ -338,6 +338,22 @@ def test_from_arrays_refuses_empty_splits_and_one_hot_labels():
     assert data.from_arrays(x, y[:, None], x, y).num_classes == 10
 
 
+def test_whole_float_labels_beyond_int64_are_refused_not_cast():
+    """A label of 1e20 (a whole float) was cast to int64 with NumPy's "invalid value
+    encountered in cast" warning and became an arbitrary class id."""
+    import warnings
+
+    from conftest import make_images
+
+    x, y = make_images(40)
+    bad = y.astype(np.float64)
+    bad[5] = 1e20
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no cast warning on the way to the error
+        with pytest.raises(DataError, match=r"x_train: labels must be class ids; got 1e\+20"):
+            data.from_arrays(x, bad, x, y)
+
+
 def test_from_arrays_refuses_labels_outside_the_classes():
     from conftest import make_images
 
