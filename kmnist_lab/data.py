@@ -75,6 +75,11 @@ KNOWN_SHA256 = {
         "train-labels-idx1-ubyte.gz": "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
         "t10k-images-idx3-ubyte.gz": "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
         "t10k-labels-idx1-ubyte.gz": "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
+        # The same files unzipped (`gunzip -c FILE.gz | sha256sum`), as some mirrors hold them.
+        "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+        "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+        "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+        "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
     },
     "kmnist": {},
 }  # fmt: skip
@@ -197,13 +202,17 @@ def _check_sha(name: str, path: Path, digest: str) -> None:
         DataError: the digest is not `name`'s published one for that file name.
     """
     known = KNOWN_SHA256.get(name, {}).get(path.name)
-    if known is not None and known != digest:
-        other = [n for n, files in KNOWN_SHA256.items() if files.get(path.name) == digest]
-        if other:
-            raise DataError(
-                f"{path} is {other[0]}'s published file, not {name}'s; pass --dataset "
-                f"{other[0]}, or point --data-dir at {name}'s files"
-            )
+    if known == digest:
+        return
+    # Also where `name` has no published digest for this file name (MNIST's unzipped
+    # files, Kuzushiji's mnist.npz): another dataset's published file is still refused.
+    other = [n for n, files in KNOWN_SHA256.items() if n != name and files.get(path.name) == digest]
+    if other:
+        raise DataError(
+            f"{path} is {other[0]}'s published file, not {name}'s; pass --dataset "
+            f"{other[0]}, or point --data-dir at {name}'s files"
+        )
+    if known is not None:
         raise DataError(
             f"{path}: sha256 {digest[:12]}... does not match the published {known[:12]}... "
             "(corrupt or a different dataset); delete it or point --data-dir elsewhere"
@@ -284,7 +293,12 @@ def read_directory(name: str, directory: Path) -> tuple[dict, dict] | None:
         if missing:
             raise DataError(f"{directory}: IDX files incomplete, missing {missing} (.gz or raw)")
         arrays = {k: parse_idx(_read_bytes(verified(p)), str(p)) for k, p in idx.items()}
-    elif kmnist_npz:
+    elif kmnist_npz and name != "kmnist" and not npz_single:
+        raise DataError(
+            f"{directory} holds Kuzushiji-MNIST's files ({', '.join(sorted(p.name for p in kmnist_npz.values()))}), "
+            f"not {name}'s; pass --dataset kmnist, or point --data-dir at {name}'s files"
+        )
+    elif kmnist_npz and name == "kmnist":
         if len(kmnist_npz) < 4:
             missing = sorted(set(KMNIST_NPZ.values()) - {p.name for p in kmnist_npz.values()})
             raise DataError(f"{directory}: Kuzushiji npz files incomplete, missing {missing}")
@@ -299,6 +313,9 @@ def read_directory(name: str, directory: Path) -> tuple[dict, dict] | None:
         s: _check_images(arrays[f"{s}_x"], arrays[f"{s}_y"], f"{directory} ({s})")
         for s in ("train", "test")
     }
+    for split, (x, _) in splits.items():
+        if not len(x):  # training needs batches, and a run ends by scoring its test split
+            raise DataError(f"{directory}: the {split} images file holds no images")
     return splits, files
 
 

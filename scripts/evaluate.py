@@ -156,6 +156,11 @@ def main(argv=None) -> int:
             f"{trained_on} -> {dataset.name} transfer and do not compare with the run's own"
         )
     x, y = getattr(dataset, args.split)
+    if not len(x):
+        raise DataError(
+            f"the {args.split} split of {dataset.name} holds no images here (val_fraction "
+            f"{val_fraction}); choose another --split or --val-fraction"
+        )
     loaded = load_saved_model(saved_dir)
     scores = predict_scores(loaded, x, args.batch_size)
     if scores.shape[1] != dataset.num_classes:

@@ -128,6 +128,41 @@ def test_another_datasets_published_file_is_named_not_called_corrupt():
     )
 
 
+def test_another_datasets_published_file_is_refused_where_this_one_has_no_digest(tmp_path):
+    """Fashion-MNIST's unzipped files (their sha256 known, MNIST's unzipped ones not) and
+    Keras' mnist.npz read as `fashion_mnist` or `kmnist` were taken without a word."""
+    raw = data.KNOWN_SHA256["fashion_mnist"]["train-images-idx3-ubyte"]
+    path = Path("fashion") / "train-images-idx3-ubyte"
+    assert "train-images-idx3-ubyte" not in data.KNOWN_SHA256["mnist"]
+    with pytest.raises(DataError, match=r"is fashion_mnist's published file, not mnist's"):
+        data._check_sha("mnist", path, raw)
+    data._check_sha("fashion_mnist", path, raw)  # its own
+    keras_mnist = data.KNOWN_SHA256["mnist"]["mnist.npz"]
+    for name in ("fashion_mnist", "kmnist"):
+        with pytest.raises(DataError, match=rf"is mnist's published file, not {name}'s"):
+            data._check_sha(name, Path("mnist.npz"), keras_mnist)
+    data._check_sha("kmnist", Path("mnist.npz"), "0" * 64)  # files of your own: no digest to check
+
+
+def test_kuzushiji_files_are_read_as_kmnist_only_and_empty_splits_refused(tmp_path):
+    """`kmnist-*.npz` files trained as `mnist` or `fashion_mnist` (Kuzushiji images
+    labelled digits or clothes); an empty test file trained a whole run, then crashed
+    at its test evaluation."""
+    from conftest import make_images
+
+    xtr, ytr = make_images(30)
+    for key, arr in (("train_x", xtr), ("train_y", ytr), ("test_x", xtr), ("test_y", ytr)):
+        np.savez(tmp_path / data.KMNIST_NPZ[key], arr)
+    for name in ("mnist", "fashion_mnist"):
+        with pytest.raises(DataError, match=rf"holds Kuzushiji-MNIST's files .*, not {name}'s; "
+                           "pass --dataset kmnist"):  # fmt: skip
+            data.load_dataset(name, data_dir=tmp_path)
+    np.savez(tmp_path / data.KMNIST_NPZ["test_x"], xtr[:0])
+    np.savez(tmp_path / data.KMNIST_NPZ["test_y"], ytr[:0])
+    with pytest.raises(DataError, match=r": the test images file holds no images"):
+        data.load_dataset("kmnist", data_dir=tmp_path)
+
+
 def test_image_label_count_mismatch_names_the_folder(tmp_path):
     write_idx_dataset(tmp_path)
     (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros(7, np.uint8)))
@@ -525,6 +560,10 @@ def test_lookup_order_data_dir_keras_cache_debian_then_no_download(tmp_path, mon
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     monkeypatch.setenv("KMNIST_LAB_NO_DOWNLOAD", "1")
     monkeypatch.setitem(data._DEBIAN_DIRS, "fashion_mnist", str(tmp_path / "debian"))
+    # Synthetic unzipped files stand in for the published ones (whose digests are checked).
+    published = data.KNOWN_SHA256["fashion_mnist"]
+    monkeypatch.setitem(data.KNOWN_SHA256, "fashion_mnist",
+                        {k: v for k, v in published.items() if k.endswith(".gz")})  # fmt: skip
     write_idx_dataset(tmp_path / "mine", n_train=20, n_test=5)
     write_idx_dataset(tmp_path / "keras" / "datasets" / "fashion-mnist", n_train=20, n_test=6)
     write_idx_dataset(tmp_path / "debian", n_train=20, n_test=7)
