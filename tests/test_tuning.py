@@ -1038,14 +1038,50 @@ def test_fit_shuffles_and_stops_at_a_non_finite_loss_unless_told_otherwise():
     "field, refused, accepted",
     [("max_epochs", 0, 1), ("max_epochs", True, 2), ("max_trials", 0, 1), ("factor", 1, 2),
      ("hyperband_iterations", 0, 1), ("workers", -1, 0), ("expect_workers", -1, 0),
-     ("recycle_mb", 0, 1), ("val_fraction", 0.0, 0.01), ("val_fraction", 1.0, 0.99)],
+     ("recycle_mb", 0, 1), ("val_fraction", 0.0, 0.01), ("val_fraction", 1.0, 0.99),
+     ("seed", -1, 0), ("val_fraction", "0.1", 0.1), ("directory", "", "s"),
+     ("directory", None, "s"), ("overwrite", "no", False), ("export", 1, True),
+     ("retrain", "yes", True)],
 )  # fmt: skip
 def test_search_config_refuses_the_first_value_past_each_bound(field, refused, accepted):
+    # `overwrite="no"` emptied the search (any non-empty string is true); `val_fraction`
+    # as text and `directory=None` failed later, with a TypeError.
     from kmnist_lab.errors import ConfigError
 
     assert getattr(SearchConfig(space="a_grid", **{field: accepted}), field) == accepted
     with pytest.raises(ConfigError, match=field):
         SearchConfig(space="a_grid", **{field: refused})
+
+
+def test_search_config_takes_numpy_integers_and_paths(tmp_path):
+    import numpy as np
+
+    cfg = SearchConfig(space="a_grid", max_trials=np.int64(2), seed=np.int32(3), directory=tmp_path)
+    assert (cfg.max_trials, cfg.seed, cfg.directory) == (2, 3, str(tmp_path))
+    assert type(cfg.max_trials) is int and type(cfg.seed) is int
+
+
+def test_a_restarted_search_leaves_no_marker_for_the_next_one(tmp_path, data_dir, monkeypatch):
+    """A search that `--recycle-mb` restarted leaves its markers in the environment; a
+    later search in the same process then skipped `overwrite`'s emptying (resuming the
+    old search) and reported the first one's restarts."""
+    from tuning import run_search
+    from tuning.search import _RESTARTS, _RSS0
+
+    monkeypatch.setenv(_RESTARTS, "2")  # as a process `restart` re-executed holds them
+    monkeypatch.setenv(_RSS0, "123.0")
+    common = dict(space="a_grid", tuner="grid", dataset="kmnist", data_dir=str(data_dir),
+                  max_epochs=1, max_trials=1, directory=str(tmp_path), jit="off", export=False,
+                  verbose=0)  # fmt: skip
+    first = run_search(SearchConfig(**common))
+    assert first.summary["session_memory_mb"]["restarts"] == 2  # its own restarts
+    import os
+
+    assert _RESTARTS not in os.environ and _RSS0 not in os.environ
+    (first.project_dir / "trial_0" / "mark.txt").write_text("from the first search")
+    second = run_search(SearchConfig(**common, overwrite=True))
+    assert not (second.project_dir / "trial_0" / "mark.txt").exists()  # emptied
+    assert second.summary["session_memory_mb"]["restarts"] == 0
 
 
 def test_a_folder_that_is_not_a_search_is_never_taken_over(tmp_path):

@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 from kmnist_lab import runs
-from kmnist_lab.errors import ConfigError, KmnistLabError, RunFolderError
+from kmnist_lab.errors import ConfigError, KmnistLabError, RunFolderError, is_int, is_real
 
 log = logging.getLogger(__name__)
 
@@ -136,22 +136,37 @@ class SearchConfig:
             )
         for name, low in (
             ("max_epochs", 1), ("max_trials", 1), ("factor", 2), ("hyperband_iterations", 1),
-            ("workers", 0), ("expect_workers", 0), ("recycle_mb", 1),
+            ("workers", 0), ("expect_workers", 0), ("recycle_mb", 1), ("seed", 0),
         ):  # fmt: skip
             value = getattr(self, name)
             if value is None and name in ("max_epochs", "max_trials", "recycle_mb"):
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            if not is_int(value) or value < low:
                 raise ConfigError(
                     f"`{name}` must be an integer >= {low}. Received: {name}={value!r}"
                 )
+            object.__setattr__(self, name, int(value))  # a NumPy integer as a Python one
+        for name in ("overwrite", "export", "retrain"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(
+                    f"`{name}` must be true or false. Received: {name}={getattr(self, name)!r}"
+                )
+        if isinstance(self.directory, os.PathLike):
+            object.__setattr__(self, "directory", os.fspath(self.directory))
+        if not isinstance(self.directory, str) or not self.directory:
+            raise ConfigError(
+                f"`directory` must be a non-empty string or path. Received: "
+                f"directory={self.directory!r}"
+            )
         if self.project_name is not None:
             if not isinstance(self.project_name, str):
                 raise ConfigError(
                     f"`project_name` must be a string. Received: project_name={self.project_name!r}"
                 )
             check_folder_name("project_name", self.project_name, "directory")
-        if self.val_fraction is not None and not (0 < self.val_fraction < 1):
+        if self.val_fraction is not None and not (
+            is_real(self.val_fraction) and 0 < self.val_fraction < 1
+        ):
             raise ConfigError(f"`val_fraction` must be in (0, 1). Received: {self.val_fraction!r}")
 
     def resolved(self) -> SearchConfig:
@@ -379,6 +394,17 @@ def run_search(config: SearchConfig) -> SearchResult | None:
         ConfigError, DataError, RunFolderError: bad input (nothing is overwritten).
         SearchError: a process of a distributed search failed.
     """
+    try:
+        return _run_search(config)
+    finally:
+        # The markers of a restarted process (`restart`) describe this search only: a
+        # later search in the process, or a process it starts, is a new one (it skipped
+        # `overwrite`'s emptying and reported this one's restarts).
+        os.environ.pop(_RESTARTS, None)
+        os.environ.pop(_RSS0, None)
+
+
+def _run_search(config: SearchConfig) -> SearchResult | None:
     from kmnist_lab.data import load_dataset
 
     cfg = config.resolved()
