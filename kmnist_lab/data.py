@@ -261,8 +261,9 @@ def _check_images(x: np.ndarray, y: np.ndarray, where: str) -> tuple[np.ndarray,
         raise DataError(f"{where}: labels must be integers; got dtype {y.dtype}")
     # Whole floats beyond int64 (1e20) would cast to garbage (NumPy warns) and then be
     # taken for a class id; no class id comes near this bound.
-    if y.dtype.kind == "f" and y.size and np.abs(y).max() >= 2**62:
-        raise DataError(f"{where}: labels must be class ids; got {np.abs(y).max():.3g}")
+    largest = np.abs(y.astype(np.float64)).max() if y.dtype.kind == "f" and y.size else 0
+    if largest >= 2**62:  # (in float64: 2**62 overflows a float16 comparison)
+        raise DataError(f"{where}: labels must be class ids; got {largest:.3g}")
     return x, y.astype(np.int64)
 
 
@@ -293,6 +294,7 @@ def read_directory(name: str, directory: Path) -> tuple[dict, dict] | None:
         if missing:
             raise DataError(f"{directory}: IDX files incomplete, missing {missing} (.gz or raw)")
         arrays = {k: parse_idx(_read_bytes(verified(p)), str(p)) for k, p in idx.items()}
+        read = {k: p.name for k, p in idx.items()}
     elif kmnist_npz and name != "kmnist" and not npz_single:
         raise DataError(
             f"{directory} holds Kuzushiji-MNIST's files ({', '.join(sorted(p.name for p in kmnist_npz.values()))}), "
@@ -303,19 +305,25 @@ def read_directory(name: str, directory: Path) -> tuple[dict, dict] | None:
             missing = sorted(set(KMNIST_NPZ.values()) - {p.name for p in kmnist_npz.values()})
             raise DataError(f"{directory}: Kuzushiji npz files incomplete, missing {missing}")
         arrays = {k: _read_npz(verified(p), ("arr_0",))[0] for k, p in kmnist_npz.items()}
+        read = {k: p.name for k, p in kmnist_npz.items()}
     elif npz_single:
         path = verified(npz_single[0])
         keys = ("x_train", "y_train", "x_test", "y_test")
         arrays = dict(zip(("train_x", "train_y", "test_x", "test_y"), _read_npz(path, keys)))
+        read = dict.fromkeys(arrays, path.name)
     else:
         return None
+
+    def where(split):  # the files a split's problem is in (swapped ones show)
+        names = dict.fromkeys((read[f"{split}_x"], read[f"{split}_y"]))
+        return f"{directory} ({split}: {', '.join(names)})"
+
     splits = {
-        s: _check_images(arrays[f"{s}_x"], arrays[f"{s}_y"], f"{directory} ({s})")
-        for s in ("train", "test")
+        s: _check_images(arrays[f"{s}_x"], arrays[f"{s}_y"], where(s)) for s in ("train", "test")
     }
     for split, (x, _) in splits.items():
         if not len(x):  # training needs batches, and a run ends by scoring its test split
-            raise DataError(f"{directory}: the {split} images file holds no images")
+            raise DataError(f"{where(split)}: no images")
     return splits, files
 
 

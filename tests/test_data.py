@@ -159,14 +159,18 @@ def test_kuzushiji_files_are_read_as_kmnist_only_and_empty_splits_refused(tmp_pa
             data.load_dataset(name, data_dir=tmp_path)
     np.savez(tmp_path / data.KMNIST_NPZ["test_x"], xtr[:0])
     np.savez(tmp_path / data.KMNIST_NPZ["test_y"], ytr[:0])
-    with pytest.raises(DataError, match=r": the test images file holds no images"):
+    with pytest.raises(
+        DataError, match=r" \(test: kmnist-test-imgs\.npz, kmnist-test-labels\.npz\): no images$"
+    ):
         data.load_dataset("kmnist", data_dir=tmp_path)
 
 
-def test_image_label_count_mismatch_names_the_folder(tmp_path):
+def test_image_label_count_mismatch_names_the_folder_and_files(tmp_path):
     write_idx_dataset(tmp_path)
     (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros(7, np.uint8)))
-    with pytest.raises(DataError, match="40 images but 7 labels"):
+    # The files it read, so that swapped or mismatched ones show.
+    with pytest.raises(DataError, match=r"\(test: t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte\): "
+                       "40 images but 7 labels"):  # fmt: skip
         data.load_dataset("kmnist", data_dir=tmp_path)
 
 
