@@ -5,7 +5,7 @@ signal is handled, and some code drops it: a garbage-collection callback (JAX
 registers one, `_xla_gc_callback`; Python prints "Exception ignored in ..." and goes
 on), or a bare `except:`. A Ctrl-C pressed while `train.py` loaded its data was lost
 that way, and the run trained to the end and exited 0. The scripts install
-`on_sigint` for their whole run (`scripts/_cli.py`), and
+`on_signal` for their whole run (`scripts/_cli.py`), and
 `kmnist_lab.callbacks.InterruptCheck` stops training once `received()` is true, also
 for a Ctrl-C that arrived before training began. While it is installed, a
 KeyboardInterrupt that Python could not raise (an "Exception ignored in ..." of a
@@ -39,9 +39,6 @@ def on_signal(signum, frame):
     global _received
     _received = signum
     raise interruption()
-
-
-on_sigint = on_signal
 
 
 def interruption() -> KeyboardInterrupt:

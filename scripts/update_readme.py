@@ -17,7 +17,7 @@ def main(argv=None) -> int:
     p = _cli.Parser(prog="update_readme.py", description=__doc__)
     p.add_argument("--check", action="store_true", help="only check; exit 1 when stale")
     args = p.parse_args(argv)
-    _cli.select_backend(argv)  # TensorFlow's start-up lines filtered, as in the other scripts
+    _cli.prepare_process()  # TensorFlow's start-up lines filtered, as in the other scripts
     from kmnist_lab.catalog import TABLES, fill
 
     readme = Path(__file__).resolve().parents[1] / "README.md"

@@ -375,7 +375,7 @@ def make_tuner(cfg: SearchConfig, num_classes: int, train_size: int | None):
     except (ValueError, KeyError, TypeError) as e:  # a damaged JSON file, or one cut short
         detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         raise RunFolderError(
-            f"cannot resume the search in {Path(cfg.directory) / cfg.project_name}: its "
+            f"cannot resume the search in {cfg.project_dir}: its "
             f"keras-tuner state (oracle.json, tuner*.json, trial_*/trial.json) is damaged "
             f"({type(e).__name__}: {detail}); pass --overwrite to start it over"
         ) from None
